@@ -1,0 +1,49 @@
+"""metarl's task families, registered with Gymnasium under the ``metarl/`` namespace.
+
+Importing :mod:`metarl` registers them; ``metarl envs`` lists them.
+
+=============================  ===================================  ===========================
+id                             what varies                          paper
+=============================  ===================================  ===========================
+metarl/Navigation2D-v0         goal position in [-0.5, 0.5]²        Finn et al. 2017
+metarl/BernoulliBandit-K5-v0   5 arm probabilities ~ U[0, 1]        Duan et al. 2016 (RL²)
+metarl/BernoulliBandit-K10-v0  10 arm probabilities                 Duan et al. 2016
+metarl/BernoulliBandit-K50-v0  50 arm probabilities                 Duan et al. 2016
+metarl/TabularMDP-S10A5-v0     10×5 transitions and rewards         Duan et al. 2016
+=============================  ===================================  ===========================
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from metarl.envs import bandits, navigation, tabular_mdp
+
+from metarl.registry import register_family
+
+__all__ = ["bandits", "navigation", "tabular_mdp"]
+
+register_family(
+    "metarl/Navigation2D-v0",
+    "metarl.envs.navigation:Navigation2D",
+    max_episode_steps=navigation.HORIZON,
+    batched={"numpy": navigation.Navigation2DBatched},
+    paper="Finn et al. 2017, MAML, Sec. 5.3",
+)
+for _k in bandits.ARM_COUNTS:
+    register_family(
+        f"metarl/BernoulliBandit-K{_k}-v0",
+        "metarl.envs.bandits:BernoulliBandit",
+        max_episode_steps=bandits.HORIZON,
+        kwargs={"num_arms": _k},
+        batched={"numpy": partial(bandits.BernoulliBanditBatched, num_arms=_k)},
+        paper="Duan et al. 2016, RL², Sec. 4.1",
+    )
+register_family(
+    "metarl/TabularMDP-S10A5-v0",
+    "metarl.envs.tabular_mdp:TabularMDP",
+    max_episode_steps=tabular_mdp.HORIZON,
+    kwargs={"num_states": 10, "num_actions": 5},
+    batched={"numpy": partial(tabular_mdp.TabularMDPBatched, num_states=10, num_actions=5)},
+    paper="Duan et al. 2016, RL², Sec. 4.2",
+)

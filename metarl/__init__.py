@@ -1,0 +1,54 @@
+"""metarl: meta-reinforcement learning on Gymnasium, MuJoCo and PyTorch.
+
+Importing the package registers every task family with Gymnasium, so that
+``gymnasium.make("metarl/Navigation2D-v0")`` works.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
+from metarl.env import TaskEnv, make_task_env
+from metarl.registry import (
+    family,
+    family_ids,
+    make,
+    make_batched,
+    register_family,
+    task_distribution,
+)
+from metarl.seeding import seed_everything
+from metarl.tasks import (
+    BoxTaskDistribution,
+    FiniteTaskDistribution,
+    TaskDistribution,
+    TaskError,
+)
+
+try:
+    __version__ = version("metarl")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+from metarl import envs  # registers the task families
+
+__all__ = [
+    "BatchedTaskEnv",
+    "BoxTaskDistribution",
+    "FiniteTaskDistribution",
+    "GenericBatchedEnv",
+    "TaskDistribution",
+    "TaskEnv",
+    "TaskError",
+    "__version__",
+    "envs",
+    "family",
+    "family_ids",
+    "make",
+    "make_batched",
+    "make_task_env",
+    "register_family",
+    "seed_everything",
+    "task_distribution",
+]

@@ -1,0 +1,138 @@
+"""The registry of task families: Gymnasium ids plus what metarl needs beside them.
+
+``register_family`` registers a Gymnasium id (``gymnasium.make`` works as usual) and records
+the family's batched backends. ``metarl envs`` lists what is here.
+
+Example:
+    >>> import gymnasium as gym
+    >>> import metarl
+    >>> env = gym.make("metarl/Navigation2D-v0")
+    >>> dist = metarl.task_distribution("metarl/Navigation2D-v0")
+    >>> obs, info = env.reset(seed=0, options={"task": dist.split("test")[0]})
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+
+from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
+from metarl.tasks import TaskDistribution
+
+__all__ = [
+    "TaskFamily",
+    "family",
+    "family_ids",
+    "make",
+    "make_batched",
+    "register_family",
+    "task_distribution",
+]
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    """A registered task family.
+
+    Attributes:
+        env_id: the Gymnasium id, ``"metarl/Name-vN"``.
+        batched: backend name -> ``factory(num_envs, **env_kwargs)`` returning a
+            :class:`~metarl.batched.BatchedTaskEnv`. ``"generic"`` is always available.
+        paper: where the family comes from.
+    """
+
+    env_id: str
+    batched: dict[str, Callable[..., BatchedTaskEnv]] = field(default_factory=dict)
+    paper: str = ""
+
+    @property
+    def backends(self) -> list[str]:
+        return [*self.batched, "generic"]
+
+
+_FAMILIES: dict[str, TaskFamily] = {}
+
+
+def register_family(
+    env_id: str,
+    entry_point: str | Callable[..., gym.Env[Any, Any]],
+    *,
+    max_episode_steps: int,
+    kwargs: dict[str, Any] | None = None,
+    batched: dict[str, Callable[..., BatchedTaskEnv]] | None = None,
+    paper: str = "",
+) -> TaskFamily:
+    """Register a task family under ``env_id`` with Gymnasium and with metarl.
+
+    The time limit lives in the registration (``max_episode_steps``), not the env.
+    """
+    gym.register(
+        id=env_id,
+        entry_point=entry_point,
+        max_episode_steps=max_episode_steps,
+        kwargs=kwargs or {},
+    )
+    fam = TaskFamily(env_id=env_id, batched=dict(batched or {}), paper=paper)
+    _FAMILIES[env_id] = fam
+    return fam
+
+
+def family_ids() -> list[str]:
+    """Every registered task-family id, sorted."""
+    return sorted(_FAMILIES)
+
+
+def family(env_id: str) -> TaskFamily:
+    """The family registered as ``env_id``; a clear error listing the ids if there is none."""
+    if env_id not in _FAMILIES:
+        close = difflib.get_close_matches(env_id, list(_FAMILIES), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(
+            f"no task family registered as {env_id!r}.{hint} Registered: "
+            f"{', '.join(family_ids())}. (`metarl envs` lists them; a family of your own is "
+            "added with metarl.register_family.)"
+        )
+    return _FAMILIES[env_id]
+
+
+def make(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    """``gymnasium.make`` for a registered task family, with a clear error for unknown ids."""
+    family(env_id)
+    return gym.make(env_id, **kwargs)
+
+
+def task_distribution(env_id: str, **kwargs: Any) -> TaskDistribution[Any]:
+    """The task distribution of ``env_id`` (built with the env's keyword arguments)."""
+    env = make(env_id, **kwargs)
+    try:
+        return env.unwrapped.task_distribution  # type: ignore[attr-defined]
+    finally:
+        env.close()
+
+
+def make_batched(
+    env_id: str, num_envs: int, *, backend: str = "auto", **kwargs: Any
+) -> BatchedTaskEnv:
+    """A batched env of ``num_envs`` rows for ``env_id``.
+
+    Args:
+        backend: ``"auto"`` (the fastest registered one), ``"generic"`` (a loop over single
+            envs; any family) or a family-specific name (``metarl envs`` lists them).
+        kwargs: passed to the env, as to ``gymnasium.make``; ``max_episode_steps`` sets the
+            horizon.
+    """
+    fam = family(env_id)
+    if backend == "auto":
+        backend = next(iter(fam.batched), "generic")
+    if backend == "generic":
+        horizon = kwargs.get("max_episode_steps")
+        return GenericBatchedEnv(lambda: gym.make(env_id, **kwargs), num_envs, horizon)
+    if backend not in fam.batched:
+        raise ValueError(
+            f"{env_id} has no batched backend {backend!r}; available: {', '.join(fam.backends)}"
+        )
+    return fam.batched[backend](num_envs, **kwargs)

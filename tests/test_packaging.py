@@ -1,0 +1,55 @@
+"""`pip install .` gives a working package: envs/ and agents/ land as metarl.envs and
+metarl.agents, nothing plainly named `envs` or `agents` reaches site-packages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_layout(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("metarl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert "envs" not in tops and "agents" not in tops
+    assert "metarl/py.typed" in names
+    assert "metarl/envs/navigation.py" in names
+    assert "metarl/agents/__init__.py" in names
+    # Every Python file of envs/ and agents/ made it (subpackages included).
+    for src, dst in (("envs", "metarl/envs"), ("agents", "metarl/agents"), ("metarl", "metarl")):
+        for path in (ROOT / src).rglob("*.py"):
+            rel = path.relative_to(ROOT / src).as_posix()
+            assert f"{dst}/{rel}" in names, f"{src}/{rel} is missing from the wheel"
+    # The installed wheel works on its own: import it from a clean directory.
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(site)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import metarl, gymnasium as gym;"
+        "assert metarl.__file__.startswith(sys.argv[1]), metarl.__file__;"
+        "env = gym.make('metarl/Navigation2D-v0'); env.reset(seed=0); print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert out.stdout.strip() == "ok", out.stderr
