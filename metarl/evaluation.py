@@ -1,0 +1,192 @@
+"""One evaluation protocol for every agent: adaptation curves on held-out tasks.
+
+An :class:`AdaptationCurve` holds, for every held-out task and seed, the return after
+``0, 1, ..., K`` adaptation units — inner gradient steps for MAML and Reptile, episodes of a
+trial for RL² — and summarises it as a mean with a 95% confidence interval. Every agent's
+``evaluate`` returns one; ``metarl benchmark`` puts several side by side. Results are JSON,
+plots PNG.
+
+Example:
+    >>> import numpy as np
+    >>> curve = AdaptationCurve(agent="maml-trpo", env_id="metarl/Navigation2D-v0",
+    ...                         unit="gradient steps", returns=np.zeros((1, 40, 2)))
+    >>> curve.mean().shape
+    (2,)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["AdaptationCurve", "mean_ci95", "plot_curves"]
+
+# Two-sided 97.5% quantiles of Student's t for small degrees of freedom; the normal 1.96
+# beyond (the difference is below 1% past 120).
+_T975 = {
+    1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+    9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120,
+    17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064,
+    25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042, 40: 2.021, 60: 2.000,
+    120: 1.980,
+}  # fmt: skip
+
+
+def _t975(dof: int) -> float:
+    if dof <= 0:
+        return math.nan
+    if dof in _T975:
+        return _T975[dof]
+    larger = [d for d in _T975 if d > dof]
+    return _T975[min(larger)] if larger else 1.96
+
+
+def mean_ci95(samples: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and half-width of the 95% confidence interval (Student's t) along ``axis``.
+
+    The half-width is NaN for a single sample.
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    n = samples.shape[axis]
+    mean = samples.mean(axis=axis)
+    if n < 2:
+        return mean, np.full_like(mean, math.nan)
+    sem = samples.std(axis=axis, ddof=1) / math.sqrt(n)
+    return mean, _t975(n - 1) * sem
+
+
+@dataclass
+class AdaptationCurve:
+    """Returns on held-out tasks after 0..K adaptation units.
+
+    Attributes:
+        agent: the agent's name (``"maml-trpo"``, ``"rl2"``...).
+        env_id: the task family.
+        unit: what one adaptation unit is (``"gradient steps"`` or ``"episodes"``).
+        returns: ``(num_seeds, num_tasks, K + 1)`` mean episode return per seed, task and
+            number of units (index 0: before any adaptation).
+        success: same shape, success rate where the env defines one, else None.
+        env_steps: env steps spent adapting, per unit (length ``K + 1``, cumulative).
+        wall_clock_s: seconds spent adapting, per unit (cumulative).
+        split: the split evaluated (``"test"`` for held-out tasks).
+        meta: anything else worth keeping (config, meta-training cost...).
+    """
+
+    agent: str
+    env_id: str
+    unit: str
+    returns: np.ndarray
+    success: np.ndarray | None = None
+    env_steps: list[int] = field(default_factory=list)
+    wall_clock_s: list[float] = field(default_factory=list)
+    split: str = "test"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.returns = np.asarray(self.returns, dtype=np.float64)
+        if self.returns.ndim != 3:
+            raise ValueError(
+                f"returns must be (num_seeds, num_tasks, K + 1), got shape {self.returns.shape}"
+            )
+        if self.success is not None:
+            self.success = np.asarray(self.success, dtype=np.float64)
+            if self.success.shape != self.returns.shape:
+                raise ValueError("success must have the shape of returns")
+
+    @property
+    def num_units(self) -> int:
+        return int(self.returns.shape[-1]) - 1
+
+    def _per_sample(self, values: np.ndarray) -> np.ndarray:
+        # Every (seed, task) pair is one sample of the post-adaptation return.
+        return values.reshape(-1, values.shape[-1])
+
+    def mean(self) -> np.ndarray:
+        """Mean return after 0..K units, over tasks and seeds."""
+        return self._per_sample(self.returns).mean(axis=0)
+
+    def ci95(self) -> np.ndarray:
+        """95% CI half-width after 0..K units, over (seed, task) samples."""
+        return mean_ci95(self._per_sample(self.returns))[1]
+
+    def improvement(self, units: int = 1) -> tuple[float, float]:
+        """Mean and 95% CI half-width of (return after ``units``) − (return before)."""
+        diff = self._per_sample(self.returns)
+        d = diff[:, units] - diff[:, 0]
+        mean, half = mean_ci95(d)
+        return float(mean), float(half)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "agent": self.agent,
+            "env_id": self.env_id,
+            "split": self.split,
+            "unit": self.unit,
+            "num_seeds": int(self.returns.shape[0]),
+            "num_tasks": int(self.returns.shape[1]),
+            "mean": self.mean().tolist(),
+            "ci95": self.ci95().tolist(),
+        }
+        if self.success is not None:
+            out["success_rate"] = self._per_sample(self.success).mean(axis=0).tolist()
+        if self.env_steps:
+            out["env_steps"] = list(self.env_steps)
+        if self.wall_clock_s:
+            out["wall_clock_s"] = list(self.wall_clock_s)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["returns"] = self.returns.tolist()
+        data["success"] = None if self.success is None else self.success.tolist()
+        data["summary"] = self.summary()
+        return data
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AdaptationCurve:
+        data = json.loads(Path(path).read_text())
+        data.pop("summary", None)
+        return cls(**data)
+
+
+def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = "") -> Path:
+    """Adaptation curves (mean ± 95% CI) as a PNG, one line per curve."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - depends on the extra
+        raise ImportError("plots need matplotlib: pip install 'metarl[plots]'") from e
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for c in curves:
+        x = np.arange(c.num_units + 1)
+        mean, half = c.mean(), np.nan_to_num(c.ci95())
+        ax.plot(x, mean, marker="o", label=c.agent)
+        ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+    if curves:
+        ax.set_xlabel(f"adaptation {curves[0].unit}")
+        ax.set_xticks(np.arange(max(c.num_units for c in curves) + 1))
+    ax.set_ylabel("return on held-out tasks")
+    ax.set_title(title or (curves[0].env_id if curves else ""))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
