@@ -17,17 +17,17 @@ from __future__ import annotations
 
 from functools import partial
 
-from metarl.envs import bandits, navigation, tabular_mdp
-
+from metarl.envs import bandits, navigation, tabular_mdp, torch_envs
 from metarl.registry import register_family
 
-__all__ = ["bandits", "navigation", "tabular_mdp"]
+__all__ = ["bandits", "navigation", "tabular_mdp", "torch_envs"]
 
 register_family(
     "metarl/Navigation2D-v0",
     "metarl.envs.navigation:Navigation2D",
     max_episode_steps=navigation.HORIZON,
     batched={"numpy": navigation.Navigation2DBatched},
+    torch=torch_envs.Navigation2DTorch,
     paper="Finn et al. 2017, MAML, Sec. 5.3",
 )
 for _k in bandits.ARM_COUNTS:
@@ -37,6 +37,7 @@ for _k in bandits.ARM_COUNTS:
         max_episode_steps=bandits.HORIZON,
         kwargs={"num_arms": _k},
         batched={"numpy": partial(bandits.BernoulliBanditBatched, num_arms=_k)},
+        torch=partial(torch_envs.BernoulliBanditTorch, num_arms=_k),
         paper="Duan et al. 2016, RL², Sec. 4.1",
     )
 register_family(
@@ -45,5 +46,6 @@ register_family(
     max_episode_steps=tabular_mdp.HORIZON,
     kwargs={"num_states": 10, "num_actions": 5},
     batched={"numpy": partial(tabular_mdp.TabularMDPBatched, num_states=10, num_actions=5)},
+    torch=partial(torch_envs.TabularMDPTorch, num_states=10, num_actions=5),
     paper="Duan et al. 2016, RL², Sec. 4.2",
 )

@@ -15,6 +15,7 @@ from metarl.registry import (
     family_ids,
     make,
     make_batched,
+    make_torch_batched,
     register_family,
     task_distribution,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "make",
     "make_batched",
     "make_task_env",
+    "make_torch_batched",
     "register_family",
     "seed_everything",
     "task_distribution",

@@ -34,7 +34,7 @@ def _envs(args: argparse.Namespace) -> int:
                 "id": env_id,
                 **{k: v for k, v in dist.describe().items() if k != "name"},
                 "horizon": spec.max_episode_steps,
-                "backends": fam.backends,
+                "backends": fam.backends + (["torch"] if fam.torch is not None else []),
                 "paper": fam.paper,
             }
         )

@@ -22,6 +22,7 @@ import gymnasium as gym
 
 from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
 from metarl.tasks import TaskDistribution
+from metarl.torch_batched import TorchBatchedTaskEnv
 
 __all__ = [
     "TaskFamily",
@@ -29,6 +30,7 @@ __all__ = [
     "family_ids",
     "make",
     "make_batched",
+    "make_torch_batched",
     "register_family",
     "task_distribution",
 ]
@@ -42,15 +44,20 @@ class TaskFamily:
         env_id: the Gymnasium id, ``"metarl/Name-vN"``.
         batched: backend name -> ``factory(num_envs, **env_kwargs)`` returning a
             :class:`~metarl.batched.BatchedTaskEnv`. ``"generic"`` is always available.
+        torch: ``factory(num_envs, device=..., **env_kwargs)`` returning a
+            :class:`~metarl.torch_batched.TorchBatchedTaskEnv` that lives on a torch
+            device, or None.
         paper: where the family comes from.
     """
 
     env_id: str
     batched: dict[str, Callable[..., BatchedTaskEnv]] = field(default_factory=dict)
+    torch: Callable[..., TorchBatchedTaskEnv] | None = None
     paper: str = ""
 
     @property
     def backends(self) -> list[str]:
+        """Names of the NumPy-API batched backends (``make_batched(backend=...)``)."""
         return [*self.batched, "generic"]
 
 
@@ -64,6 +71,7 @@ def register_family(
     max_episode_steps: int,
     kwargs: dict[str, Any] | None = None,
     batched: dict[str, Callable[..., BatchedTaskEnv]] | None = None,
+    torch: Callable[..., TorchBatchedTaskEnv] | None = None,
     paper: str = "",
 ) -> TaskFamily:
     """Register a task family under ``env_id`` with Gymnasium and with metarl.
@@ -76,7 +84,7 @@ def register_family(
         max_episode_steps=max_episode_steps,
         kwargs=kwargs or {},
     )
-    fam = TaskFamily(env_id=env_id, batched=dict(batched or {}), paper=paper)
+    fam = TaskFamily(env_id=env_id, batched=dict(batched or {}), torch=torch, paper=paper)
     _FAMILIES[env_id] = fam
     return fam
 
@@ -136,3 +144,21 @@ def make_batched(
             f"{env_id} has no batched backend {backend!r}; available: {', '.join(fam.backends)}"
         )
     return fam.batched[backend](num_envs, **kwargs)
+
+
+def make_torch_batched(
+    env_id: str, num_envs: int, *, device: str = "cpu", **kwargs: Any
+) -> TorchBatchedTaskEnv:
+    """A batched env of ``num_envs`` rows for ``env_id`` whose tensors live on ``device``.
+
+    Available for the families registered with a ``torch`` factory (``metarl envs`` shows
+    ``torch`` among the backends); ``device`` may be ``"auto"``.
+    """
+    fam = family(env_id)
+    if fam.torch is None:
+        have = [i for i in family_ids() if _FAMILIES[i].torch is not None]
+        raise ValueError(
+            f"{env_id} has no torch (on-device) backend; families that do: {', '.join(have)}. "
+            "Use metarl.make_batched for the others."
+        )
+    return fam.torch(num_envs, device=device, **kwargs)
