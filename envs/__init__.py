@@ -49,3 +49,8 @@ register_family(
     torch=partial(torch_envs.TabularMDPTorch, num_states=10, num_actions=5),
     paper="Duan et al. 2016, RL², Sec. 4.2",
 )
+
+# The MuJoCo families register themselves (string entry points: models load on make).
+from metarl.envs import mujoco  # noqa: E402
+
+__all__ += ["mujoco"]

@@ -26,8 +26,8 @@ def _batch_actions(space: gym.Space, num_envs: int, steps: int, seed: int) -> np
 def test_batched_equals_single_env(env_id: str, backend: str) -> None:
     dist = metarl.task_distribution(env_id)
     tasks = list(dist.split("test")[:3])
-    rows = [t for t in tasks for _ in range(2)]  # 3 tasks × 2 episodes
-    seeds = [11, 12, 13, 14, 15, 16]
+    rows = [t for t in tasks for _ in range(2)]  # 3 tasks (2 in a two-task family) × 2 episodes
+    seeds = list(range(11, 11 + len(rows)))
     batch = metarl.make_batched(env_id, len(rows), backend=backend)
     horizon = batch.horizon
     actions = _batch_actions(batch.single_action_space, len(rows), horizon, seed=3)

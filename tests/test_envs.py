@@ -89,7 +89,8 @@ def test_different_tasks_give_different_rewards(env_id: str) -> None:
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
 def test_set_task_matches_reset_option(env_id: str) -> None:
-    task = metarl.task_distribution(env_id).split("test")[2]
+    split = metarl.task_distribution(env_id).split("test")
+    task = split[min(2, len(split) - 1)]  # finite families may have only two tasks
     env_a, env_b = gym.make(env_id), gym.make(env_id)
     env_a.unwrapped.set_task(task)
     actions = _actions(env_a, 20)

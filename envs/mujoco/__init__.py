@@ -1,0 +1,34 @@
+"""MuJoCo task families (see :mod:`metarl.envs.mujoco.locomotion`), registered on import.
+
+Registration is cheap: entry points are strings, models load when an env is made.
+"""
+
+from __future__ import annotations
+
+from metarl.registry import register_family
+
+__all__ = ["FAMILIES", "HORIZON"]
+
+HORIZON = 200  # the papers' episode length; a registration argument (max_episode_steps)
+
+#: name -> (what the paper is)
+FAMILIES = {
+    "HalfCheetahVel": "Finn et al. 2017, MAML, Sec. 5.3",
+    "HalfCheetahDir": "Finn et al. 2017, MAML, Sec. 5.3",
+    "AntVel": "Finn et al. 2017, MAML, Sec. 5.3",
+    "AntDir": "Finn et al. 2017, MAML, Sec. 5.3",
+    "AntDir2D": "Rakelly et al. 2019, PEARL",
+    "AntGoal": "Rakelly et al. 2019, PEARL",
+    "HopperRandParams": "Rothfuss et al. 2019, ProMP",
+    "Walker2dRandParams": "Rothfuss et al. 2019, ProMP",
+    "HalfCheetahRandParams": "Rothfuss et al. 2019, ProMP; Rakelly et al. 2019",
+}
+
+
+for _name, _paper in FAMILIES.items():
+    register_family(
+        f"metarl/{_name}-v0",
+        f"metarl.envs.mujoco.locomotion:{_name}",
+        max_episode_steps=HORIZON,
+        paper=_paper,
+    )
