@@ -149,3 +149,42 @@ def test_bad_input_is_refused_with_what_to_do() -> None:
         gym.make("metarl/HopperRandParams-v0", xml_file="/nonexistent/hopper.xml")
     with pytest.raises(FileNotFoundError, match="pass xml_file= an existing MJCF file"):
         gym.make("metarl/AntVel-v0", xml_file="no_such_ant.xml")
+
+
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahRandParams-v0", "metarl/AntVel-v0"])
+def test_native_batched_backend_is_the_single_env_to_the_last_bit(env_id: str) -> None:
+    # tests/test_batched.py checks every backend to a tolerance; MuJoCo's is exact, for any
+    # thread count, with rows that end early (Ant) and one model per task (RandParams).
+    tasks = metarl.task_distribution(env_id).split("train")[:4]
+    rows = [t for t in tasks for _ in range(3)]
+    steps = 40
+    rng = np.random.default_rng(1)
+    actions = rng.uniform(-1, 1, (steps, len(rows), *gym.make(env_id).action_space.shape))
+    results = []
+    for nthread in (1, 2):
+        batch = metarl.make_batched(env_id, len(rows), backend="mujoco", nthread=nthread)
+        obs, _ = batch.reset(rows, seeds=100)
+        traj = [(obs, np.zeros(len(rows)), np.ones(len(rows), bool))]
+        for t in range(steps):
+            if not batch.active.any():
+                break
+            o, r, _, _, info = batch.step(actions[t].astype(np.float32))
+            traj.append((o, r, info["active"]))
+        batch.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            batch.step(actions[0])
+        results.append(traj)
+    for (o1, r1, m1), (o2, r2, m2) in zip(*results, strict=True):
+        np.testing.assert_array_equal(m1, m2)
+        np.testing.assert_array_equal(o1, o2)
+        np.testing.assert_array_equal(r1, r2)
+    for i, task in enumerate(rows):
+        env = gym.make(env_id)
+        o, _ = env.reset(seed=100 + i, options={"task": task})
+        np.testing.assert_array_equal(results[0][0][0][i], o)
+        for t, (bo, br, bm) in enumerate(results[0][1:]):
+            if not bm[i]:
+                break
+            o, r, *_ = env.step(actions[t, i].astype(np.float32))
+            np.testing.assert_array_equal(bo[i], o)
+            assert br[i] == r

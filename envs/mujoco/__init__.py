@@ -5,6 +5,10 @@ Registration is cheap: entry points are strings, models load when an env is made
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
+from metarl.batched import BatchedTaskEnv
 from metarl.registry import register_family
 
 __all__ = ["FAMILIES", "HORIZON"]
@@ -25,10 +29,18 @@ FAMILIES = {
 }
 
 
+def _batched(name: str, num_envs: int, **kwargs: Any) -> BatchedTaskEnv:
+    # Imported here: the backend loads MuJoCo models, registration must stay cheap.
+    from metarl.envs.mujoco.batched import MujocoBatchedEnv
+
+    return MujocoBatchedEnv(name, num_envs, **kwargs)
+
+
 for _name, _paper in FAMILIES.items():
     register_family(
         f"metarl/{_name}-v0",
         f"metarl.envs.mujoco.locomotion:{_name}",
         max_episode_steps=HORIZON,
+        batched={"mujoco": partial(_batched, _name)},
         paper=_paper,
     )
