@@ -1,0 +1,316 @@
+"""Few-shot learning: data, episodes, closed-form consistency, bad input, a learning test."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.func import vmap
+
+from metarl.fewshot.data import (
+    EpisodeBatch,
+    EpisodeSampler,
+    ImageClasses,
+    SinusoidTasks,
+    image_folder,
+    lake_one_shot_runs,
+    omniglot,
+    omniglot_split,
+)
+from metarl.fewshot.maml import MAML
+from metarl.fewshot.metasgd import MetaSGD
+from metarl.fewshot.models import MLP, BatchStatNorm2d, Conv4
+from metarl.fewshot.protonet import ProtoNet, prototype_logits
+from metarl.fewshot.reptile import Reptile
+
+OMNIGLOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "omniglot"
+needs_omniglot = pytest.mark.skipif(
+    not (OMNIGLOT / "images_background.zip").is_file(),
+    reason=f"Omniglot is not at {OMNIGLOT} (../shared/data/omniglot beside the repository)",
+)
+
+
+def _random_classes(num_classes: int = 6, per_class: int = 8, size: int = 28) -> ImageClasses:
+    rng = np.random.default_rng(0)
+    imgs = [
+        rng.integers(0, 256, (per_class, 1, size, size), dtype=np.uint8) for _ in range(num_classes)
+    ]
+    return ImageClasses(imgs, [f"c{i}" for i in range(num_classes)])
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def test_sinusoid_ranges_and_shapes() -> None:
+    b = SinusoidTasks(num_shots=5, num_query=7).sample(50, np.random.default_rng(0))
+    assert b.support_x.shape == (50, 5, 1) and b.query_y.shape == (50, 7, 1)
+    x = torch.cat([b.support_x, b.query_x], 1)
+    assert x.min() >= -5 and x.max() <= 5
+    assert torch.cat([b.support_y, b.query_y], 1).abs().max() <= 5
+
+
+def test_episode_sampler_disjoint_and_seeded() -> None:
+    data = _random_classes()
+    sampler = EpisodeSampler(data, num_ways=3, num_shots=2, num_query=3)
+    a = sampler.sample(4, np.random.default_rng(1))
+    b = sampler.sample(4, np.random.default_rng(1))
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.classes, b.classes)
+    assert a.support_x.shape == (4, 6, 1, 28, 28) and a.query_x.shape == (4, 9, 1, 28, 28)
+    assert a.support_y.tolist()[0] == [0, 0, 1, 1, 2, 2]
+    for t in range(4):
+        assert len(set(a.classes[t].tolist())) == 3
+        for j in range(3):
+            # every image of label j comes from class classes[t, j], support ∩ query = ∅
+            pool = {img.tobytes() for img in data.images[int(a.classes[t, j])]}
+            sup = {
+                (x.numpy() * 255).round().astype(np.uint8).tobytes()
+                for x in a.support_x[t][a.support_y[t] == j]
+            }
+            qry = {
+                (x.numpy() * 255).round().astype(np.uint8).tobytes()
+                for x in a.query_x[t][a.query_y[t] == j]
+            }
+            assert sup <= pool and qry <= pool and not sup & qry
+            assert len(sup) == 2 and len(qry) == 3
+
+
+def test_rotations_are_new_classes() -> None:
+    data = ImageClasses(_random_classes(2).images, ["a", "b"], rotations=(0, 1, 2, 3))
+    assert data.num_classes == 8
+    idx = np.arange(3)
+    assert np.allclose(data.get(5, idx), np.rot90(data.get(4, idx), 1, axes=(2, 3)))
+    assert np.allclose(data.get(7, idx), np.rot90(data.get(4, idx), 3, axes=(2, 3)))
+
+
+def test_bad_episode_requests_say_what_to_do() -> None:
+    data = _random_classes(num_classes=4, per_class=5)
+    with pytest.raises(ValueError, match="5-way episodes need at least 5 classes"):
+        EpisodeSampler(data, num_ways=5)
+    with pytest.raises(ValueError, match=r"need 6 images per class.*smallest class has 5"):
+        EpisodeSampler(data, num_ways=2, num_shots=1, num_query=5)
+
+
+def test_missing_and_wrong_layout_paths(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        omniglot(tmp_path / "nowhere")
+    (tmp_path / "junk").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"images_background/<alphabet>/<character>"):
+        omniglot(tmp_path / "junk")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        image_folder(tmp_path / "nowhere")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="<root>/<class>/<image>"):
+        image_folder(tmp_path / "flat")
+    with pytest.raises(FileNotFoundError, match=r"all_runs\.zip"):
+        lake_one_shot_runs(tmp_path)
+
+
+def test_image_folder_reads_class_folders(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(3):
+            arr = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / "data" / c / f"{i}.png")
+    data = image_folder(tmp_path / "data", image_size=8, cache_dir=tmp_path / "cache")
+    assert data.names == ["cat", "dog"] and data.image_shape == (3, 8, 8)
+    again = image_folder(tmp_path / "data", image_size=8, cache_dir=tmp_path / "cache")
+    assert all(np.array_equal(a, b) for a, b in zip(data.images, again.images, strict=True))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_omniglot_split_fixed_and_disjoint() -> None:
+    keys = [f"images_background/A{i // 20}/character{i % 20:02d}" for i in range(1623)]
+    train, test = omniglot_split(keys, "train"), omniglot_split(reversed(keys), "test")
+    assert len(train) == 1200 and len(test) == 423 and not set(train) & set(test)
+    assert train == omniglot_split(sorted(keys, reverse=True), "train")  # order-free
+    with pytest.raises(ValueError, match="needs all 1623"):
+        omniglot_split(keys[:100], "train")
+
+
+@needs_omniglot
+def test_omniglot_real_copy(tmp_path: Path) -> None:
+    data = omniglot(OMNIGLOT, "test", max_characters=3, cache_dir=tmp_path)
+    assert data.num_classes == 12 and data.image_shape == (1, 28, 28)
+    assert data.min_class_size == 20
+    # strokes bright on a dark background after inversion
+    assert data.images[0].mean() < 80
+    # The versioned split: these are pinned so that a change of the split is noticed.
+    with (
+        zipfile.ZipFile(OMNIGLOT / "images_background.zip") as zb,
+        zipfile.ZipFile(OMNIGLOT / "images_evaluation.zip") as ze,
+    ):
+        keys = {
+            "/".join(n.split("/")[:3]) for z in (zb, ze) for n in z.namelist() if n.endswith(".png")
+        }
+    test = omniglot_split(keys, "test")
+    assert data.names == test[:3]
+    assert sum(k.startswith("images_evaluation") for k in test) == 183
+    assert test[:3] == [
+        "images_background/Alphabet_of_the_Magi/character03",
+        "images_background/Alphabet_of_the_Magi/character10",
+        "images_background/Alphabet_of_the_Magi/character13",
+    ]
+
+
+@needs_omniglot
+def test_lake_runs() -> None:
+    runs = lake_one_shot_runs(OMNIGLOT)
+    assert len(runs) == 20
+    assert runs[0].support_x.shape == (1, 20, 1, 28, 28)
+    assert sorted(runs[0].query_y[0].tolist()) == list(range(20))
+
+
+# ---------------------------------------------------------------------------- models and maths
+
+
+def test_batch_stat_norm_matches_batchnorm_and_vmaps() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 5, 5)
+    ours = BatchStatNorm2d(4)
+    ref = torch.nn.BatchNorm2d(4, track_running_stats=False)
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    per_task = vmap(ours)(x.view(2, 3, 4, 5, 5))
+    assert torch.allclose(per_task[1], ref(x[3:]), atol=1e-5)
+
+
+def test_prototype_logits_closed_form() -> None:
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]])
+    sy = torch.tensor([0, 0, 1])
+    query = torch.tensor([[1.0, 1.0]])
+    # prototypes (1, 0) and (0, 4): squared distances 1 and 10
+    assert torch.allclose(prototype_logits(support, sy, query, 2), torch.tensor([[-1.0, -10.0]]))
+
+
+def _tiny_batch(seed: int = 0) -> EpisodeBatch:
+    data = _random_classes(num_classes=5, per_class=4, size=12)
+    return EpisodeSampler(data, num_ways=3, num_shots=1, num_query=2).sample(
+        3, np.random.default_rng(seed)
+    )
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_maml_vmap_equals_loop(first_order: bool) -> None:
+    batch = _tiny_batch()
+    grads = []
+    for vectorize in (True, False):
+        torch.manual_seed(0)
+        maml = MAML(Conv4((1, 12, 12), 3, hidden=8, pool="stride"), 0.4, 2, first_order=first_order)
+        maml.vectorize = vectorize
+        pred = maml.adapt_and_query(batch, 2, first_order)
+        torch.nn.functional.cross_entropy(pred.reshape(-1, 3), batch.query_y.reshape(-1)).backward()
+        grads.append({n: p.grad.clone() for n, p in maml.named_parameters()})
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+
+
+def test_maml_second_order_differs_from_first_order() -> None:
+    batch = _tiny_batch()
+    out = []
+    for fo in (False, True):
+        torch.manual_seed(0)
+        maml = MAML(Conv4((1, 12, 12), 3, hidden=8, pool="stride"), 0.4, 1, first_order=fo)
+        pred = maml.adapt_and_query(batch, 1, fo)
+        torch.nn.functional.cross_entropy(pred.reshape(-1, 3), batch.query_y.reshape(-1)).backward()
+        out.append(maml.model.features[0][0].weight.grad.clone())
+    assert not torch.allclose(out[0], out[1], atol=1e-6)
+
+
+def test_metasgd_rates_get_gradients_and_match_manual_step() -> None:
+    torch.manual_seed(0)
+    model = MLP((1, 3, 1))
+    learner = MetaSGD(model, inner_lr=0.1)
+    b = SinusoidTasks(4, 4).sample(1, np.random.default_rng(0))
+    pred = learner.adapt_and_query(b, 1, first_order=False)
+    loss = ((pred - b.query_y) ** 2).mean()
+    loss.backward()
+    assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in learner.rates.values())
+    # one manual Meta-SGD step: θ' = θ − α ∘ ∇θ L_support (Li et al. 2017, Alg. 1)
+    w = dict(model.named_parameters())
+    inner = ((model(b.support_x[0]) - b.support_y[0]) ** 2).mean()
+    one = dict(w)
+    for n, p in w.items():
+        gp = torch.autograd.grad(inner, p, retain_graph=True)[0]
+        one[n] = p - learner.rates[n.replace(".", "/")] * gp
+    assert torch.allclose(
+        pred[0], torch.func.functional_call(model, one, (b.query_x[0],)), atol=1e-5
+    )
+
+
+def test_reptile_meta_step_interpolates() -> None:
+    torch.manual_seed(0)
+    model = MLP((1, 4, 1))
+    learner = Reptile(model, inner_lr=0.01, num_inner_steps=3, meta_step=0.5, meta_step_final=0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    b = SinusoidTasks(5, 5).sample(2, np.random.default_rng(0))
+    x = torch.cat([b.support_x, b.query_x], 1)
+    y = torch.cat([b.support_y, b.query_y], 1)
+    torch.manual_seed(1)
+    adapted = learner.inner_loop(x, y, 3)
+    torch.manual_seed(1)
+    learner.meta_train_step(b)
+    for n, p in model.named_parameters():
+        expected = before[n] + 0.5 * (adapted[n].mean(0) - before[n])
+        assert torch.allclose(p, expected, atol=1e-6), n
+
+
+def test_reptile_nontransductive_sees_one_query_at_a_time() -> None:
+    torch.manual_seed(0)
+    learner = Reptile(
+        Conv4((1, 12, 12), 3, hidden=8, pool="stride"), num_eval_steps=2, transductive=False
+    )
+    batch = _tiny_batch()
+    full = learner.predict(batch)
+    one = EpisodeBatch(batch.support_x, batch.support_y, batch.query_x[:, :1], batch.query_y[:, :1])
+    torch.manual_seed(0)
+    learner2 = Reptile(
+        Conv4((1, 12, 12), 3, hidden=8, pool="stride"), num_eval_steps=2, transductive=False
+    )
+    assert torch.allclose(full[:, :1], learner2.predict(one), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- learning
+
+
+def test_maml_sinusoid_learns_to_adapt() -> None:
+    """A few hundred meta-iterations: one inner step must cut the query MSE by a margin."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    tasks = SinusoidTasks(num_shots=10)
+    maml = MAML(MLP(), inner_lr=0.05, num_inner_steps=1, meta_lr=1e-2)
+    for _ in range(300):
+        maml.meta_train_step(tasks.sample(10, rng))
+    b = tasks.sample(200, np.random.default_rng(1))
+    pre = ((maml.predict(b, num_steps=0) - b.query_y) ** 2).mean().item()
+    post = ((maml.predict(b) - b.query_y) ** 2).mean().item()
+    assert post < 0.6 * pre, (pre, post)
+
+
+def test_protonet_learns_shifted_patterns() -> None:
+    """Each class is a random dot pattern at a random cyclic shift over noise: random
+    embeddings sit near chance, a learnt shift-tolerant one gets most episodes right."""
+    from metarl.fewshot.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    imgs = []
+    for _ in range(20):
+        pattern = rng.random((16, 16)) < 0.15
+        a = np.zeros((10, 1, 16, 16), np.uint8)
+        for i in range(10):
+            shifted = np.roll(pattern, tuple(rng.integers(0, 16, 2)), (0, 1)) * 200.0
+            a[i, 0] = np.clip(shifted + rng.integers(0, 120, (16, 16)), 0, 255)
+        imgs.append(a)
+    sampler = EpisodeSampler(ImageClasses(imgs, [str(c) for c in range(20)]), 5, 1, 3)
+    torch.manual_seed(0)
+    learner = ProtoNet(Conv4((1, 16, 16), None, hidden=16))
+    before = evaluate(learner, sampler, 100, 25, seed=1)["mean"]
+    for _ in range(100):
+        learner.meta_train_step(sampler.sample(4, rng))
+    after = evaluate(learner, sampler, 100, 25, seed=1)["mean"]
+    assert before < 0.4 and after > 0.8, (before, after)
