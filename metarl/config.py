@@ -1,0 +1,310 @@
+"""Typed run configurations: dataclasses whose field docs are the ``--help`` text.
+
+Every agent (and every few-shot learner) describes its settings as a dataclass deriving from
+:class:`Config`. A field is declared with :func:`option`, which records its help text and its
+constraints; :func:`add_arguments` turns the dataclass into ``argparse`` options
+(``meta_batch_size`` → ``--meta-batch-size``), :func:`from_args` resolves a configuration in
+the order *dataclass defaults < preset < command line*, and validation runs whenever a config
+is built, so a negative learning rate or an empty meta-batch is refused with a message that
+names the option and says what is allowed.
+
+Presets are named dicts of overrides kept on the class (``presets``), e.g. the paper settings
+of Finn et al. 2017 for 2D navigation.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class MyConfig(Config):
+    ...     lr: float = option(0.1, "inner step size", low=0.0, low_open=True)
+    ...     presets = {"paper": {"lr": 0.05}}
+    >>> MyConfig.from_preset("paper").lr
+    0.05
+    >>> MyConfig(lr=-1.0)
+    Traceback (most recent call last):
+    ...
+    metarl.config.ConfigError: MyConfig.lr (--lr) must be > 0.0, got -1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "RunConfig",
+    "add_arguments",
+    "from_args",
+    "option",
+]
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range, of the wrong type, or unknown."""
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: Sequence[Any] | None = None,
+    check: Callable[[Any], str | None] | None = None,
+    may_change_on_resume: bool = False,
+    aliases: Sequence[str] = (),
+) -> Any:
+    """A config field with its help text and constraints.
+
+    Args:
+        default: the default value (a list/tuple default is copied per instance).
+        help: the ``--help`` text of the option.
+        low, high: inclusive bounds (``low_open=True`` makes ``low`` exclusive).
+        choices: the allowed values.
+        check: ``value -> error message or None`` for anything else.
+        may_change_on_resume: the value may differ when a run is resumed (the number of
+            iterations, the device); every other field must match the run's config.
+    """
+    meta = {
+        "help": help,
+        "low": low,
+        "high": high,
+        "low_open": low_open,
+        "choices": tuple(choices) if choices is not None else None,
+        "check": check,
+        "may_change_on_resume": may_change_on_resume,
+        "aliases": tuple(aliases),
+    }
+    if isinstance(default, list | dict | set):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(cls_name: str, name: str, tp: Any, value: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (with int → float widening)."""
+    base, optional = _unwrap_optional(tp)
+    where = f"{cls_name}.{name} ({_flag(name)})"
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} may not be None")
+    origin = typing.get_origin(base)
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a sequence, got {value!r}")
+        args = [a for a in typing.get_args(base) if a is not Ellipsis]
+        item = args[0] if args else Any
+        items = [_coerce(cls_name, name, item, v) for v in value]
+        return tuple(items) if origin is tuple else items
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+@dataclass
+class Config:
+    """Base class of every run configuration; validates on construction.
+
+    Subclasses declare fields with :func:`option` and may add presets (``presets``: name →
+    dict of overrides) and extra cross-field checks (override :meth:`validate` and call
+    ``super().validate()``).
+    """
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Type-check every field and enforce its bounds, choices and checks."""
+        name_cls = type(self).__name__
+        hints = _field_types(type(self))
+        for f in fields(self):
+            value = _coerce(name_cls, f.name, hints[f.name], getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+            meta = f.metadata
+            where = f"{name_cls}.{f.name} ({_flag(f.name)})"
+            values = value if isinstance(value, list | tuple) else [value]
+            for v in values:
+                if v is None:
+                    continue
+                low, high = meta.get("low"), meta.get("high")
+                if low is not None:
+                    if meta.get("low_open") and not v > low:
+                        raise ConfigError(f"{where} must be > {low}, got {v!r}")
+                    if not meta.get("low_open") and not v >= low:
+                        raise ConfigError(f"{where} must be >= {low}, got {v!r}")
+                if high is not None and not v <= high:
+                    raise ConfigError(f"{where} must be <= {high}, got {v!r}")
+                choices = meta.get("choices")
+                if choices is not None and v not in choices:
+                    allowed = ", ".join(map(str, choices))
+                    raise ConfigError(f"{where} must be one of {allowed}; got {v!r}")
+                check = meta.get("check")
+                if check is not None and (msg := check(v)):
+                    raise ConfigError(f"{where}: {msg}")
+
+    # -- conversions ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain JSON-able data."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+        """Build from a dict (e.g. a run's config.json); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown {cls.__name__} option(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        return cls(**dict(data))
+
+    @classmethod
+    def from_preset(cls: type[C], preset: str | None = None, **overrides: Any) -> C:
+        """Defaults, then the preset's overrides, then ``overrides``."""
+        values: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                have = ", ".join(sorted(cls.presets)) or "none"
+                raise ConfigError(f"{cls.__name__} has no preset {preset!r}; presets: {have}")
+            values.update(cls.presets[preset])
+        values.update(overrides)
+        return cls.from_dict(values)
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def differences(self, other: Config) -> dict[str, tuple[Any, Any]]:
+        """Fields whose values differ and may not change on resume: name → (self, other)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        out = {}
+        for f in fields(self):
+            if f.metadata.get("may_change_on_resume"):
+                continue
+            if mine.get(f.name) != theirs.get(f.name):
+                out[f.name] = (mine.get(f.name), theirs.get(f.name))
+        return out
+
+
+def _check_device(value: str) -> str | None:
+    if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
+        return None
+    return "must be auto, cpu, cuda or cuda:N"
+
+
+@dataclass
+class RunConfig(Config):
+    """Settings every training run has; agents' configs derive from it."""
+
+    env_id: str = option(
+        "metarl/Navigation2D-v0",
+        "the task family to meta-train on (`metarl envs` lists them)",
+        aliases=("--env",),
+    )
+    seed: int = option(0, "seed of every random number generator of the run", low=0)
+    device: str = option(
+        "auto",
+        "where the learner runs: auto (CUDA if available), cpu, cuda or cuda:N",
+        check=_check_device,
+        may_change_on_resume=True,
+    )
+    num_iterations: int = option(
+        500, "number of meta-iterations (outer updates)", low=1, may_change_on_resume=True
+    )
+    checkpoint_every: int = option(
+        10,
+        "save a checkpoint every this many meta-iterations (and at the end)",
+        low=1,
+        may_change_on_resume=True,
+    )
+    tensorboard: bool = option(
+        True,
+        "also write TensorBoard logs when the tensorboard package is installed",
+        may_change_on_resume=True,
+    )
+
+
+# -- argparse -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
+    """Add one ``--option`` per field of ``cls`` (help text = the field's doc) and
+    ``--preset``. Options left out stay unset, so presets and defaults apply beneath them."""
+    hints = _field_types(cls)
+    if cls.presets:
+        parser.add_argument(
+            "--preset",
+            choices=sorted(cls.presets),
+            default=None,
+            help="named settings applied beneath the options given here: "
+            + "; ".join(f"{k}: {v}" for k, v in sorted(cls.presets.items())),
+        )
+    for f in fields(cls):
+        base, _ = _unwrap_optional(hints[f.name])
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
+        origin = typing.get_origin(base)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif origin in (tuple, list):
+            args = [a for a in typing.get_args(base) if a is not Ellipsis]
+            kwargs["nargs"] = "+"
+            kwargs["type"] = args[0] if args and args[0] in (int, float, str) else str
+        elif base in (int, float, str):
+            kwargs["type"] = base
+        if f.metadata.get("choices") is not None:
+            kwargs["choices"] = list(f.metadata["choices"])
+        parser.add_argument(_flag(f.name), *f.metadata.get("aliases", ()), dest=f.name, **kwargs)
+
+
+def from_args(cls: type[C], args: argparse.Namespace) -> C:
+    """The config given on the command line: defaults < ``--preset`` < explicit options."""
+    names = {f.name for f in fields(cls)}
+    overrides = {k: v for k, v in vars(args).items() if k in names}
+    return cls.from_preset(getattr(args, "preset", None), **overrides)

@@ -1,0 +1,456 @@
+"""Run directories: resolved config, CSV/TensorBoard logs, atomic checkpoints, exact resume.
+
+A run directory holds
+
+* ``config.json`` — the agent's name, the resolved config and the metarl version;
+* ``metrics.csv`` — one row per logged iteration (``tensorboard/`` too when the
+  ``tensorboard`` package is installed);
+* ``checkpoint.pt`` — the latest good checkpoint.
+
+Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts) and are read with
+``torch.load(weights_only=True)``, so a crafted pickle is refused instead of executed. They
+are written to a temporary file in the same directory, flushed to disk and renamed over the
+old one (``os.replace`` is atomic), so an interrupted save leaves the last checkpoint intact;
+a checkpoint holding NaN or inf is refused before anything is written. The random states of
+Python, NumPy, torch and any generator the run passes in are saved with it, so a resumed run
+on the CPU continues bit for bit like an uninterrupted one.
+
+Example:
+    >>> import tempfile
+    >>> from metarl.config import RunConfig
+    >>> d = tempfile.mkdtemp()
+    >>> run = Run.create(d + "/run", "my-agent", RunConfig(num_iterations=2))
+    >>> run.log(0, {"return": -1.0})
+    >>> path = run.save_checkpoint(1, {"params": {"w": torch.zeros(2)}})
+    >>> run2 = Run.resume(d + "/run", "my-agent", RunConfig(num_iterations=4))
+    >>> run2.load_checkpoint()["iteration"]
+    1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from metarl.config import Config
+from metarl.torch_batched import resolve_device
+
+__all__ = [
+    "CheckpointError",
+    "Run",
+    "RunMismatchError",
+    "capture_rng_state",
+    "progress",
+    "resolve_device",
+    "restore_rng_state",
+]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+T = TypeVar("T")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written (non-finite values, not plain data) or read."""
+
+
+class RunMismatchError(ValueError):
+    """A run directory was made by another agent, env or configuration."""
+
+
+# -- random states -------------------------------------------------------------------------
+def capture_rng_state(
+    generators: Mapping[str, np.random.Generator | torch.Generator] | None = None,
+) -> dict[str, Any]:
+    """The states of Python's, NumPy's global and torch's generators (and CUDA's when it is
+    initialised), plus those of ``generators`` (env noise streams, task samplers...), as
+    plain data."""
+    np_state = np.random.get_state(legacy=False)  # noqa: NPY002 (saving global state)
+    state: dict[str, Any] = {
+        "python": _plain(random.getstate()),
+        "numpy": _plain(np_state),
+        "torch": torch.get_rng_state(),
+        "generators": {},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    for name, gen in (generators or {}).items():
+        if isinstance(gen, np.random.Generator):
+            state["generators"][name] = {"numpy": _plain(gen.bit_generator.state)}
+        elif isinstance(gen, torch.Generator):
+            state["generators"][name] = {"torch": gen.get_state(), "device": str(gen.device)}
+        else:
+            raise TypeError(f"generator {name!r} is a {type(gen).__name__}, not a numpy/torch one")
+    return state
+
+
+def restore_rng_state(
+    state: Mapping[str, Any],
+    generators: Mapping[str, np.random.Generator | torch.Generator] | None = None,
+) -> None:
+    """Put back what :func:`capture_rng_state` saved (into ``generators`` by name)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np.random.set_state(_unplain(state["numpy"]))  # noqa: NPY002 (restoring global state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("generators", {})
+    for name, gen in (generators or {}).items():
+        if name not in saved:
+            raise CheckpointError(f"the checkpoint has no state for generator {name!r}")
+        if isinstance(gen, np.random.Generator):
+            gen.bit_generator.state = _unplain(saved[name]["numpy"])
+        else:
+            gen.set_state(saved[name]["torch"])
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy arrays → tensors, tuples → lists, recursively (what weights_only loads)."""
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": torch.from_numpy(obj.copy())}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _unplain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__ndarray__"}:
+            return obj["__ndarray__"].numpy()
+        return {k: _unplain(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unplain(v) for v in obj]
+    return obj
+
+
+def _non_finite(obj: Any, path: str = "") -> list[str]:
+    """Paths of tensors/arrays/floats in ``obj`` that hold NaN or inf."""
+    bad: list[str] = []
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            bad.append(path or "<root>")
+    elif isinstance(obj, np.ndarray):
+        if np.issubdtype(obj.dtype, np.inexact) and not np.isfinite(obj).all():
+            bad.append(path or "<root>")
+    elif isinstance(obj, float):
+        if not math.isfinite(obj):
+            bad.append(path or "<root>")
+    elif isinstance(obj, Mapping):
+        for k, v in obj.items():
+            bad += _non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            bad += _non_finite(v, f"{path}[{i}]")
+    return bad
+
+
+# -- progress ------------------------------------------------------------------------------
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", initial: int = 0
+) -> Iterator[T]:
+    """A tqdm progress bar on a terminal; the bare iterable when stderr is not a TTY (logs,
+    CI, tests) or tqdm is missing. Update the postfix with ``bar.set_postfix`` when the
+    returned object has it."""
+    if not sys.stderr.isatty():
+        return iter(iterable)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return iter(iterable)
+    return iter(tqdm(iterable, total=total, desc=desc, initial=initial, dynamic_ncols=True))
+
+
+# -- the run directory ---------------------------------------------------------------------
+class Run:
+    """A run directory; build it with :meth:`create` or :meth:`resume`.
+
+    Attributes:
+        path: the directory.
+        agent: the agent's registry name.
+        config: the resolved config of this (possibly resumed) session.
+    """
+
+    def __init__(self, path: Path, agent: str, config: Config) -> None:
+        self.path = path
+        self.agent = agent
+        self.config = config
+        self._columns: list[str] | None = None
+        self._tb: Any = None
+        if getattr(config, "tensorboard", False):
+            self._tb = _tensorboard_writer(path / "tensorboard")
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, agent: str, config: Config) -> Run:
+        """A fresh run directory; refuses one that already holds a run."""
+        path = Path(path)
+        if (path / CONFIG_FILE).exists() or (path / CHECKPOINT_FILE).exists():
+            raise FileExistsError(
+                f"{path} already holds a run; continue it with --resume {path} or choose "
+                "another run directory"
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        record = {
+            "agent": agent,
+            "config_class": type(config).__name__,
+            "config": config.to_dict(),
+            "metarl_version": _version(),
+        }
+        _atomic_write_bytes(path / CONFIG_FILE, json.dumps(record, indent=2).encode())
+        return cls(path, agent, config)
+
+    @classmethod
+    def resume(
+        cls, path: str | Path, agent: str | None = None, config: Config | None = None
+    ) -> Run:
+        """Reopen ``path`` to continue it.
+
+        Args:
+            agent: if given, must be the agent that made the run.
+            config: this session's config; every field must equal the run's except those
+                marked ``may_change_on_resume`` (iterations, device...). None: the run's own
+                config (needs ``agent`` to know its class; see :meth:`read_config`).
+        """
+        path = Path(path)
+        record = cls.read_record(path)
+        if agent is not None and record["agent"] != agent:
+            raise RunMismatchError(
+                f"{path} was made by agent {record['agent']!r}, not {agent!r}; resume it with "
+                f"--agent {record['agent']} or start a new run directory"
+            )
+        if config is None:
+            raise ValueError("resume needs the config class: pass config=")
+        saved = type(config).from_dict(record["config"])
+        diff = saved.differences(config)
+        if diff:
+            lines = "; ".join(f"{k}: run has {a!r}, asked for {b!r}" for k, (a, b) in diff.items())
+            raise RunMismatchError(
+                f"{path} was made with another configuration ({lines}); resume with the run's "
+                "settings (omit these options) or start a new run directory"
+            )
+        if not (path / CHECKPOINT_FILE).exists():
+            raise FileNotFoundError(f"{path} has no checkpoint yet; nothing to resume")
+        return cls(path, record["agent"], config)
+
+    @staticmethod
+    def read_record(path: str | Path) -> dict[str, Any]:
+        """The run's ``config.json`` (agent, config class, config, version)."""
+        path = Path(path)
+        file = path / CONFIG_FILE
+        if not file.exists():
+            raise FileNotFoundError(
+                f"{path} is not a run directory (no {CONFIG_FILE}); pass the directory "
+                "`metarl train` printed"
+            )
+        record = json.loads(file.read_text())
+        if not isinstance(record, dict) or "agent" not in record or "config" not in record:
+            raise ValueError(f"{file} is not a metarl run config")
+        return record
+
+    # -- logging ---------------------------------------------------------------------------
+    def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
+        """Append one row to metrics.csv (and TensorBoard scalars)."""
+        row = {"iteration": iteration, **{k: _scalar(v) for k, v in metrics.items()}}
+        file = self.path / METRICS_FILE
+        if self._columns is None and file.exists():
+            with file.open(newline="") as f:
+                header = next(csv.reader(f), None)
+            self._columns = list(header) if header else None
+        if self._columns is None:
+            self._columns = list(row)
+            with file.open("w", newline="") as f:
+                csv.writer(f).writerow(self._columns)
+        new = [k for k in row if k not in self._columns]
+        if new:  # a metric appeared: rewrite the file with the wider header
+            rows = self.metrics()
+            self._columns += new
+            tmp = file.with_suffix(".tmp")
+            with tmp.open("w", newline="") as f:
+                w = csv.DictWriter(f, self._columns)
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, file)
+        with file.open("a", newline="") as f:
+            csv.DictWriter(f, self._columns).writerow(row)
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "iteration" and isinstance(v, int | float):
+                    self._tb.add_scalar(k, v, iteration)
+            self._tb.flush()
+
+    def metrics(self) -> list[dict[str, str]]:
+        """The rows of metrics.csv (strings, as read)."""
+        file = self.path / METRICS_FILE
+        if not file.exists():
+            return []
+        with file.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _truncate_metrics(self, after: int) -> None:
+        """Drop rows logged after ``after`` (work lost with an interruption, redone now)."""
+        rows = self.metrics()
+        if not rows:
+            return
+        keep = [r for r in rows if int(r["iteration"]) <= after]
+        if len(keep) == len(rows):
+            return
+        file = self.path / METRICS_FILE
+        tmp = file.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, list(rows[0]))
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, file)
+
+    # -- checkpoints -----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    def save_checkpoint(
+        self,
+        iteration: int,
+        state: Mapping[str, Any],
+        generators: Mapping[str, np.random.Generator | torch.Generator] | None = None,
+    ) -> Path:
+        """Atomically write ``state`` (plain data) with the RNG states as the latest
+        checkpoint, after ``iteration`` iterations are done.
+
+        Raises:
+            CheckpointError: ``state`` holds NaN/inf (the previous checkpoint is kept).
+        """
+        bad = _non_finite(state)
+        if bad:
+            raise CheckpointError(
+                f"refusing to checkpoint iteration {iteration}: non-finite values in "
+                f"{', '.join(bad[:5])}; the last good checkpoint ({self.checkpoint_path}) is "
+                "kept — lower the learning rate or check the loss"
+            )
+        payload = {
+            "iteration": int(iteration),
+            "agent": self.agent,
+            "state": _plain(dict(state)),
+            "rng": capture_rng_state(generators),
+        }
+        _atomic_write(self.checkpoint_path, payload)
+        return self.checkpoint_path
+
+    def load_checkpoint(
+        self, generators: Mapping[str, np.random.Generator | torch.Generator] | None = None
+    ) -> dict[str, Any]:
+        """Read the latest checkpoint, restore the RNG states (into ``generators`` too), drop
+        metrics logged after it, and return ``{"iteration", "state", ...}``."""
+        payload = load_checkpoint_file(self.checkpoint_path)
+        restore_rng_state(payload["rng"], generators)
+        payload["state"] = _unplain(payload["state"])
+        self._truncate_metrics(int(payload["iteration"]) - 1)
+        return payload
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors; refuses arbitrary pickles."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refusing to load {path}: it is not a plain-data metarl checkpoint (it holds "
+            f"objects that loading would have to execute). Details: {str(e).splitlines()[0]}"
+        ) from e
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from e
+    if not isinstance(payload, dict) or "iteration" not in payload or "state" not in payload:
+        raise CheckpointError(f"{path} is not a metarl checkpoint")
+    return payload
+
+
+def _atomic_write(path: Path, payload: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: CSV only
+        return None
+    return SummaryWriter(str(path))
+
+
+def _version() -> str:
+    from metarl import __version__
+
+    return __version__
