@@ -61,11 +61,37 @@ def _envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_env_parser(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "target",
+        help="MODULE:ATTR or path/to/file.py:ATTR naming a task env class, a function that "
+        "builds one, or a TaskDistribution; or a registered env id (metarl/HalfCheetahVel-v0)",
+    )
+    sub.add_argument("--steps", type=int, default=50, help="steps per checking rollout")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the checking rollouts")
+
+
+def _check_env(args: argparse.Namespace) -> int:
+    from metarl.checks import check_env, format_report, load_target
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    results = check_env(load_target(args.target), steps=args.steps, seed=args.seed)
+    print(format_report(args.target, results))
+    return 1 if any(r.ok is False for r in results) else 0
+
+
 #: name -> (help, add_arguments, run)
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 ] = {
     "envs": ("list every registered task family, what varies and its splits", _envs_parser, _envs),
+    "check-env": (
+        "check that a task env (yours) is ready for meta-learning: Gymnasium/SB3 checkers, "
+        "determinism, task sensitivity, splits, batched vs single",
+        _check_env_parser,
+        _check_env,
+    ),
 }
 
 
