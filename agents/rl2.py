@@ -1,0 +1,584 @@
+"""RL²: a recurrent policy that learns to adapt within a trial (Duan et al. 2016; Wang et al. 2016).
+
+A *trial* is ``n`` episodes on one task. The policy is a GRU whose input at every step is
+``(observation, previous action, previous reward, done flag)`` — the done flag is 1 on the
+first step of episodes 2..n, where the previous action and reward are those that ended the
+previous episode, and everything but the observation is 0 on a trial's first step. The
+hidden state runs through all episodes of a trial (that is where the adaptation lives) and
+is reset to zero between trials. The meta-objective is the return of the whole trial, so the
+policy learns to spend early episodes exploring when that pays later. It is trained with PPO
+(Schulman et al. 2017: clipped objective, GAE over the whole trial) on many training tasks at
+once: ``B`` trials, one task each, stepped together through the family's on-device (torch)
+batched env where there is one, else its NumPy batched env.
+
+Evaluation follows the one protocol (:class:`metarl.evaluation.AdaptationCurve`): the unit is
+the episode, and the curve holds the return of episodes 1, 2, ..., n of trials on held-out
+tasks. For the bandits a trial is one episode of ``n`` pulls (the paper's "n episodes" of
+one pull each), so the curve has one point: the trial's return.
+
+Deviations from the paper: PPO instead of TRPO; Adam; hyperparameters in :data:`PRESETS`.
+
+Example:
+    >>> from metarl.agents import rl2
+    >>> cfg = rl2.RL2Config(env_id="metarl/BernoulliBandit-K5-v0", max_episode_steps=10,
+    ...                     num_trials=8, hidden_size=16, num_iterations=1)
+    >>> agent = rl2.RL2(cfg)
+    >>> stats = agent.train()
+    >>> curve = agent.evaluate(num_tasks=4, trials_per_task=2)
+    >>> curve.returns.shape
+    (2, 4, 1)
+
+References:
+    Duan, Schulman, Chen, Bartlett, Sutskever, Abbeel 2016, "RL²: Fast Reinforcement Learning
+    via Slow Reinforcement Learning".
+    Wang et al. 2016, "Learning to Reinforcement Learn".
+    Schulman, Wolski, Dhariwal, Radford, Klimov 2017, "Proximal Policy Optimization
+    Algorithms"; Schulman et al. 2016, "High-Dimensional Continuous Control Using
+    Generalized Advantage Estimation".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import metarl
+from metarl.evaluation import AdaptationCurve
+from metarl.torch_batched import resolve_device
+
+__all__ = [
+    "PRESETS",
+    "RL2",
+    "RL2Config",
+    "RL2Policy",
+    "Trials",
+    "collect_trials",
+    "trial_gae",
+]
+
+
+@dataclass
+class RL2Config:
+    """Settings of an RL² run; :data:`PRESETS` holds the paper's settings."""
+
+    env_id: str = "metarl/BernoulliBandit-K5-v0"
+    """Task family (``metarl envs`` lists them)."""
+    episodes_per_trial: int = 1
+    """``n``: episodes per trial on one task (for bandits: 1 episode of ``n`` pulls)."""
+    max_episode_steps: int | None = None
+    """Steps per episode; None: the family's registered horizon."""
+    num_trials: int = 256
+    """Trials (tasks) per PPO iteration, stepped together."""
+    num_iterations: int = 500
+    """PPO iterations."""
+    hidden_size: int = 128
+    """GRU hidden units."""
+    lr: float = 1e-3
+    gamma: float = 0.99
+    """Discount over the whole trial."""
+    gae_lambda: float = 0.3
+    clip_coef: float = 0.2
+    """PPO's clipping ε."""
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    """Minibatches of whole trials per epoch."""
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    seed: int = 0
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``auto``."""
+    backend: str = "auto"
+    """``auto`` (torch env when the family has one), ``torch`` or ``numpy``."""
+
+    def validate(self) -> RL2Config:
+        for name in ("episodes_per_trial", "num_trials", "num_iterations", "hidden_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_trials % self.num_minibatches:
+            raise ValueError(
+                f"num_trials ({self.num_trials}) must be a multiple of num_minibatches "
+                f"({self.num_minibatches})"
+            )
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
+        if self.backend not in ("auto", "torch", "numpy"):
+            raise ValueError(f"backend must be auto, torch or numpy, got {self.backend!r}")
+        metarl.family(self.env_id)  # a clear error for an unknown id
+        return self
+
+
+def _bandit(k: int, n: int, iterations: int, **kwargs: Any) -> RL2Config:
+    return RL2Config(
+        env_id=f"metarl/BernoulliBandit-K{k}-v0",
+        episodes_per_trial=1,
+        max_episode_steps=n,
+        num_iterations=iterations,
+        **kwargs,
+    )
+
+
+# Long trials: fewer passes over each batch (the GRU's backward pass dominates on a CPU).
+_LONG: dict[str, Any] = {"update_epochs": 2, "num_minibatches": 2}
+
+
+#: The paper's settings (Duan et al. 2016, Sec. 4.1–4.2): bandits with k arms and n pulls,
+#: random MDPs with n episodes of 10 steps. Iteration counts fit a CPU budget of minutes per
+#: setting (the paper trained far longer); raise ``num_iterations`` for better agents.
+PRESETS: dict[str, RL2Config] = {
+    "bandit-k5-n10": _bandit(5, 10, 300),
+    "bandit-k10-n10": _bandit(10, 10, 300),
+    "bandit-k5-n100": _bandit(5, 100, 400, **_LONG),
+    "bandit-k10-n100": _bandit(10, 100, 500, **_LONG),
+    "mdp-n10": RL2Config(
+        env_id="metarl/TabularMDP-S10A5-v0", episodes_per_trial=10, num_iterations=500, **_LONG
+    ),
+    "mdp-n25": RL2Config(
+        env_id="metarl/TabularMDP-S10A5-v0",
+        episodes_per_trial=25,
+        num_trials=128,
+        num_iterations=300,
+        **_LONG,
+    ),
+}
+
+
+# -- the environment edge: everything past here is tensors on the device -------------------
+class _Env:
+    """The batched env of a family as tensors on ``device`` (torch backend when there is
+    one, else the NumPy backend with one transfer per step)."""
+
+    def __init__(
+        self, env_id: str, num_envs: int, horizon: int | None, device: torch.device, backend: str
+    ) -> None:
+        kwargs: dict[str, Any] = {} if horizon is None else {"max_episode_steps": horizon}
+        fam = metarl.family(env_id)
+        self.device = device
+        use_torch = backend == "torch" or (backend == "auto" and fam.torch is not None)
+        spec_env = gym.make(env_id)
+        self.observation_space = spec_env.observation_space
+        self.action_space = spec_env.action_space
+        spec_env.close()
+        if use_torch:
+            self.torch_env: Any = metarl.make_torch_batched(
+                env_id, num_envs, device=str(device), **kwargs
+            )
+            self.numpy_env: Any = None
+            self.horizon = int(self.torch_env.horizon)
+        else:
+            self.torch_env = None
+            self.numpy_env = metarl.make_batched(env_id, num_envs, **kwargs)
+            self.horizon = int(self.numpy_env.horizon)
+
+    def reset(self, tasks: Sequence[Any], seed: int | None) -> Tensor:
+        if self.torch_env is not None:
+            return self.torch_env.reset(tasks, seed=seed)[0]
+        return torch.as_tensor(self.numpy_env.reset(tasks, seeds=seed)[0], device=self.device)
+
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(obs, reward, done, stepped) after one step."""
+        if self.torch_env is not None:
+            obs, reward, term, trunc, info = self.torch_env.step(actions)
+            return obs, reward.float(), term | trunc, info["active"]
+        obs, reward, term, trunc, info = self.numpy_env.step(actions.cpu().numpy())
+        dev = self.device
+        return (
+            torch.as_tensor(obs, device=dev),
+            torch.as_tensor(reward, device=dev).float(),
+            torch.as_tensor(term | trunc, device=dev),
+            torch.as_tensor(info["active"], device=dev),
+        )
+
+
+def _encoder(space: gym.Space[Any]) -> tuple[int, Callable[[Tensor], Tensor]]:
+    """(size, function) turning a batch of elements of ``space`` into float vectors."""
+    if isinstance(space, gym.spaces.Discrete):
+        n = int(space.n)
+        return n, lambda x: nn.functional.one_hot(x.long() - int(space.start), n).float()
+    if isinstance(space, gym.spaces.Box):
+        size = int(np.prod(space.shape))
+        return size, lambda x: x.float().reshape(x.shape[0], size)
+    raise TypeError(f"RL² supports Discrete and Box spaces, got {space}")
+
+
+class RL2Policy(nn.Module):
+    """A GRU over ``(obs, prev action, prev reward, done)`` with a policy and a value head.
+
+    ``forward(x, h)`` takes inputs ``(T, B, input_size)`` and the initial hidden state
+    ``(B, hidden)``, with an optional ``mask`` ``(T, B)``: where 0, a row's hidden state is
+    carried through unchanged (the row is waiting for the others to end their episode).
+    Returns (logits or means ``(T, B, A)``, values ``(T, B)``, final hidden ``(B, hidden)``).
+    """
+
+    def __init__(
+        self, observation_space: gym.Space[Any], action_space: gym.Space[Any], hidden: int
+    ):
+        super().__init__()
+        self.obs_size, self.encode_obs = _encoder(observation_space)
+        self.act_size, self.encode_act = _encoder(action_space)
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        self.input_size = self.obs_size + self.act_size + 2
+        self.hidden_size = hidden
+        self.gru = nn.GRU(self.input_size, hidden)
+        self.pi = nn.Linear(hidden, self.act_size)
+        self.v = nn.Linear(hidden, 1)
+        nn.init.orthogonal_(self.pi.weight, 0.01)
+        nn.init.zeros_(self.pi.bias)
+        self.log_std = nn.Parameter(
+            torch.full((self.act_size,), -0.5), requires_grad=not self.discrete
+        )
+
+    def inputs(self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor) -> Tensor:
+        """One step's input ``(B, input_size)``; ``prev_action`` is already encoded."""
+        return torch.cat(
+            [self.encode_obs(obs), prev_action, prev_reward[:, None], done[:, None]], -1
+        )
+
+    def forward(
+        self, x: Tensor, h: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if mask is None or bool(mask.all()):
+            out, h_last = self.gru(x, h[None])
+            h_last = h_last[0]
+        else:
+            outs = []
+            for t in range(x.shape[0]):
+                o, h_new = self.gru(x[t : t + 1], h[None])
+                keep = mask[t, :, None].bool()
+                h = torch.where(keep, h_new[0], h)
+                outs.append(torch.where(keep, o[0], 0.0))
+            out, h_last = torch.stack(outs), h
+        return self.pi(out), self.v(out).squeeze(-1), h_last
+
+    def distribution(self, head: Tensor) -> torch.distributions.Distribution:
+        if self.discrete:
+            return torch.distributions.Categorical(logits=head)
+        return torch.distributions.Independent(
+            torch.distributions.Normal(head, self.log_std.exp()), 1
+        )
+
+
+class Trials(NamedTuple):
+    """``B`` trials of ``T = n × horizon`` steps, time-major.
+
+    ``inputs`` ``(T, B, input_size)``; ``actions`` ``(T, B[, A])``; ``log_probs``,
+    ``values``, ``rewards``, ``mask`` ``(T, B)``; ``heads`` ``(T, B, A)`` the policy's
+    logits (means) at collection; ``episode_returns`` ``(n, B)``.
+    """
+
+    inputs: Tensor
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+    rewards: Tensor
+    mask: Tensor
+    heads: Tensor
+    episode_returns: Tensor
+
+
+@torch.no_grad()
+def collect_trials(
+    policy: RL2Policy,
+    env: _Env,
+    tasks: Sequence[Any],
+    episodes_per_trial: int,
+    seed: int | None,
+    generator: torch.Generator | None = None,
+) -> Trials:
+    """Run one trial per task (``len(tasks)`` = the env's rows), the hidden state kept across
+    the trial's episodes and starting from zero; returns the :class:`Trials`."""
+    device = env.device
+    batch = len(tasks)
+    h = torch.zeros(batch, policy.hidden_size, device=device)  # a new trial: zero memory
+    prev_action = torch.zeros(batch, policy.act_size, device=device)
+    prev_reward = torch.zeros(batch, device=device)
+    done_flag = torch.zeros(batch, device=device)
+    buf: dict[str, list[Tensor]] = {k: [] for k in Trials._fields if k != "episode_returns"}
+    episode_returns = []
+    for episode in range(episodes_per_trial):
+        obs = env.reset(tasks, seed=None if seed is None or episode else seed)
+        ep_return = torch.zeros(batch, device=device)
+        for _ in range(env.horizon):
+            x = policy.inputs(obs, prev_action, prev_reward, done_flag)
+            head, value, h_new = policy(x[None], h)
+            dist = policy.distribution(head[0])
+            if policy.discrete:
+                probs = dist.probs  # type: ignore[attr-defined]
+                action = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            else:
+                noise = torch.randn(head[0].shape, generator=generator, device=device)
+                action = head[0] + policy.log_std.exp() * noise
+            obs, reward, done, stepped = env.step(action)
+            m = stepped.float()
+            for key, val in (
+                ("inputs", x),
+                ("actions", action),
+                ("log_probs", dist.log_prob(action)),
+                ("values", value[0]),
+                ("rewards", reward * m),
+                ("mask", m),
+                ("heads", head[0]),
+            ):
+                buf[key].append(val)
+            keep = stepped[:, None]
+            h = torch.where(keep, h_new, h)
+            prev_action = torch.where(keep, policy.encode_act(action), prev_action)
+            prev_reward = torch.where(stepped, reward, prev_reward)
+            done_flag = torch.where(stepped, done.float(), done_flag)
+            ep_return += reward * m
+            if not bool((stepped & ~done).any()):
+                break
+        episode_returns.append(ep_return)
+    return Trials(
+        **{k: torch.stack(v) for k, v in buf.items()}, episode_returns=torch.stack(episode_returns)
+    )
+
+
+def trial_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """GAE (Schulman et al. 2016, Eq. 16) over a whole trial, skipping masked steps.
+
+    The trial is one long episode: the value after an episode's last step is the value of
+    the next episode's first step, and 0 after the trial's last step. Steps with mask 0 (a
+    row waiting while others finish their episode) are skipped, not treated as ends.
+    All tensors ``(T, B)``; returns advantages ``(T, B)``, 0 where masked.
+    """
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    next_value = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        live = mask[t] > 0
+        delta = rewards[t] + gamma * next_value - values[t]
+        a = delta + gamma * lam * running
+        adv[t] = torch.where(live, a, 0.0)
+        running = torch.where(live, a, running)
+        next_value = torch.where(live, values[t], next_value)
+    return adv
+
+
+class RL2:
+    """An RL² agent: :meth:`train`, :meth:`evaluate`, :meth:`save`, :meth:`load`.
+
+    Args:
+        config: an :class:`RL2Config` (or a preset from :data:`PRESETS`).
+    """
+
+    def __init__(self, config: RL2Config) -> None:
+        self.config = config.validate()
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.dist = metarl.task_distribution(config.env_id)
+        self.train_tasks = self.dist.split("train")
+        self.env = _Env(
+            config.env_id, config.num_trials, config.max_episode_steps, self.device, config.backend
+        )
+        self.policy = RL2Policy(
+            self.env.observation_space, self.env.action_space, config.hidden_size
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
+        self.rng = np.random.default_rng([config.seed, 0x412])
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.iteration = 0
+        self.env_steps = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- training ------------------------------------------------------------------------
+    def _ppo_update(self, trials: Trials) -> dict[str, float]:
+        cfg = self.config
+        adv = trial_gae(trials.rewards, trials.values, trials.mask, cfg.gamma, cfg.gae_lambda)
+        returns = adv + trials.values
+        batch = trials.rewards.shape[1]
+        h0 = torch.zeros(batch, self.policy.hidden_size, device=self.device)
+        stats: dict[str, list[float]] = {
+            "policy_loss": [],
+            "value_loss": [],
+            "entropy": [],
+            "clip_frac": [],
+        }
+        for _ in range(cfg.update_epochs):
+            perm = torch.randperm(batch, generator=self.generator, device=self.device)
+            for mb in perm.view(cfg.num_minibatches, -1):
+                m = trials.mask[:, mb]
+                head, values, _ = self.policy(trials.inputs[:, mb], h0[mb], m)
+                dist = self.policy.distribution(head)
+                logp = dist.log_prob(trials.actions[:, mb])
+                n = m.sum().clamp_min(1.0)
+                mb_adv = adv[:, mb]
+                mean = (mb_adv * m).sum() / n
+                std = (((mb_adv - mean) * m) ** 2).sum().div(n).sqrt()
+                mb_adv = (mb_adv - mean) / (std + 1e-8)
+                ratio = (logp - trials.log_probs[:, mb]).exp()
+                # Clipped surrogate (Schulman et al. 2017, Eq. 7).
+                surrogate = torch.min(
+                    ratio * mb_adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * mb_adv
+                )
+                policy_loss = -(surrogate * m).sum() / n
+                value_loss = 0.5 * (((values - returns[:, mb]) ** 2) * m).sum() / n
+                entropy = (dist.entropy() * m).sum() / n
+                loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
+                self.optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                stats["policy_loss"].append(policy_loss.item())
+                stats["value_loss"].append(value_loss.item())
+                stats["entropy"].append(entropy.item())
+                clipped = ((ratio - 1).abs() > cfg.clip_coef).float()
+                stats["clip_frac"].append(((clipped * m).sum() / n).item())
+        return {k: float(np.mean(v)) for k, v in stats.items()}
+
+    def train_iteration(self) -> dict[str, float]:
+        """One PPO iteration on ``num_trials`` fresh training tasks."""
+        cfg = self.config
+        start = time.perf_counter()
+        idx = self.rng.integers(0, len(self.train_tasks), size=cfg.num_trials)
+        tasks = [self.train_tasks[i] for i in idx]
+        seed = int(self.rng.integers(2**31))
+        trials = collect_trials(
+            self.policy, self.env, tasks, cfg.episodes_per_trial, seed, self.generator
+        )
+        sample_time = time.perf_counter() - start
+        stats = self._ppo_update(trials)
+        steps = int(trials.mask.sum())
+        self.env_steps += steps
+        self.iteration += 1
+        stats.update(
+            iteration=self.iteration,
+            env_steps=self.env_steps,
+            trial_return=float(trials.episode_returns.sum(0).mean()),
+            sample_s=sample_time,
+            total_s=time.perf_counter() - start,
+            steps=steps,
+        )
+        self.history.append(stats)
+        return stats
+
+    def train(
+        self,
+        num_iterations: int | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int = 50,
+        log: Callable[[dict[str, float]], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Train up to ``num_iterations`` (default: the config's) iterations in total.
+
+        With ``checkpoint``, resumes from it when it exists and saves to it (atomically)
+        every ``checkpoint_every`` iterations and at the end.
+        """
+        total = self.config.num_iterations if num_iterations is None else num_iterations
+        if checkpoint is not None and Path(checkpoint).exists():
+            self.load(checkpoint)
+        while self.iteration < total:
+            stats = self.train_iteration()
+            if log is not None:
+                log(stats)
+            if checkpoint is not None and self.iteration % checkpoint_every == 0:
+                self.save(checkpoint)
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self.history
+
+    # -- evaluation ----------------------------------------------------------------------
+    def evaluate(
+        self,
+        tasks: Sequence[Any] | None = None,
+        num_tasks: int | None = None,
+        trials_per_task: int = 10,
+        seed: int = 1,
+        split: str = "test",
+    ) -> AdaptationCurve:
+        """Returns of episodes 1..n of trials on held-out tasks (default: the test split).
+
+        Returns:
+            An :class:`AdaptationCurve` with ``returns`` ``(trials_per_task, num_tasks, n)``:
+            entry ``k`` is the return of episode ``k + 1`` (after ``k`` episodes of
+            adaptation).
+        """
+        if tasks is None:
+            tasks = self.dist.split("test" if split == "test" else "train")
+        tasks = list(tasks)[:num_tasks]
+        rows = [t for _ in range(trials_per_task) for t in tasks]
+        env = _Env(
+            self.config.env_id, len(rows), self.config.max_episode_steps, self.device,
+            self.config.backend,
+        )  # fmt: skip
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        start = time.perf_counter()
+        trials = collect_trials(self.policy, env, rows, self.config.episodes_per_trial, seed, gen)
+        elapsed = time.perf_counter() - start
+        n = self.config.episodes_per_trial
+        returns = trials.episode_returns.T.reshape(trials_per_task, len(tasks), n)
+        steps_per_episode = int(trials.mask.sum()) / max(len(rows) * n, 1)
+        return AdaptationCurve(
+            agent="rl2",
+            env_id=self.config.env_id,
+            unit="episodes",
+            returns=returns.cpu().numpy(),
+            env_steps=[round(steps_per_episode * k) for k in range(n)],
+            wall_clock_s=[elapsed * k / n for k in range(n)],
+            split=split,
+            meta={
+                "config": dataclasses.asdict(self.config),
+                "iterations": self.iteration,
+                "meta_train_env_steps": self.env_steps,
+                "trials_per_task": trials_per_task,
+            },
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint atomically (a temporary file renamed over the old one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "config": dataclasses.asdict(self.config),
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "history": self.history,
+            "rng": self.rng.bit_generator.state,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save`; training resumes exactly."""
+        state = torch.load(Path(path), map_location=self.device, weights_only=False)
+        saved = {k: v for k, v in state["config"].items() if k not in ("num_iterations", "device")}
+        mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k in saved}
+        if saved != mine:
+            diff = sorted(k for k in saved if saved[k] != mine[k])
+            raise ValueError(
+                f"checkpoint {path} was written with a different config (differs in {diff}); "
+                "use the same settings or another checkpoint path"
+            )
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state["iteration"])
+        self.env_steps = int(state["env_steps"])
+        self.history = list(state["history"])
+        self.rng.bit_generator.state = state["rng"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> RL2:
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        config = RL2Config(**{**state["config"], "device": device})
+        agent = cls(config)
+        agent.load(path)
+        return agent
