@@ -40,7 +40,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.evaluation import AdaptationCurve
+from metarl.runs import load_checkpoint_file, save_checkpoint_file
 from metarl.torch_batched import resolve_device
 
 __all__ = [
@@ -65,6 +66,9 @@ __all__ = [
     "collect_trials",
     "trial_gae",
 ]
+
+#: The name written into (and required of) RL² checkpoints.
+AGENT = "rl2"
 
 
 @dataclass
@@ -102,9 +106,32 @@ class RL2Config:
     """``auto`` (torch env when the family has one), ``torch`` or ``numpy``."""
 
     def validate(self) -> RL2Config:
-        for name in ("episodes_per_trial", "num_trials", "num_iterations", "hidden_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        """Raise ValueError naming the setting for any value of the wrong type or range."""
+        for name in ("episodes_per_trial", "num_trials", "num_iterations", "hidden_size",
+                     "update_epochs", "num_minibatches", "max_episode_steps", "seed"):  # fmt: skip
+            value = getattr(self, name)
+            if value is None and name == "max_episode_steps":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < (0 if name == "seed" else 1):
+                raise ValueError(f"{name} must be >= {0 if name == 'seed' else 1}, got {value}")
+        for name in ("lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef",
+                     "max_grad_norm"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        for name in ("lr", "clip_coef", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not isinstance(self.env_id, str):
+            raise ValueError(f"env_id must be a string, got {self.env_id!r}")
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.num_trials % self.num_minibatches:
             raise ValueError(
                 f"num_trials ({self.num_trials}) must be a multiple of num_minibatches "
@@ -550,14 +577,20 @@ class RL2:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+        # Plain data, fsynced and renamed into place; refused (old file kept) on NaN/inf.
+        return save_checkpoint_file(
+            path,
+            state,
+            agent=AGENT,
+            task_family=self.config.env_id,
+            check_finite=("policy", "optimizer"),
+        )
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint written by :meth:`save`; training resumes exactly."""
-        state = torch.load(Path(path), map_location=self.device, weights_only=False)
+        state = load_checkpoint_file(
+            path, agent=AGENT, task_family=self.config.env_id, map_location=self.device
+        )
         saved = {k: v for k, v in state["config"].items() if k not in ("num_iterations", "device")}
         mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k in saved}
         if saved != mine:
@@ -577,7 +610,7 @@ class RL2:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> RL2:
-        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        state = load_checkpoint_file(path, agent=AGENT)
         config = RL2Config(**{**state["config"], "device": device})
         agent = cls(config)
         agent.load(path)

@@ -125,6 +125,8 @@ def _coerce(cls_name: str, name: str, tp: Any, value: Any) -> Any:
     if base is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        if value != value:  # NaN passes no bound check and poisons every update
+            raise ConfigError(f"{where} must be a number, got NaN")
         return float(value)
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):

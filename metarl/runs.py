@@ -11,9 +11,18 @@ Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts) and a
 ``torch.load(weights_only=True)``, so a crafted pickle is refused instead of executed. They
 are written to a temporary file in the same directory, flushed to disk and renamed over the
 old one (``os.replace`` is atomic), so an interrupted save leaves the last checkpoint intact;
-a checkpoint holding NaN or inf is refused before anything is written. The random states of
-Python, NumPy, torch and any generator the run passes in are saved with it, so a resumed run
-on the CPU continues bit for bit like an uninterrupted one.
+a checkpoint holding NaN or inf is refused before anything is written.
+
+The file is a ``torch.save`` envelope ``{"kind", "format", "metarl_version", "agent",
+"task_family", "sha256", "payload"}`` whose ``payload`` is the serialised checkpoint as a
+``uint8`` tensor: loading checks the format version, the agent and task family it was written
+for and the SHA-256 of the payload (a flipped bit inside a tensor is otherwise invisible to
+``torch.load``) before it unpickles the payload, again with ``weights_only=True``.
+:func:`save_checkpoint_file` and :func:`load_checkpoint_file` do this for any agent that keeps
+its own checkpoint path (RL²); :class:`Run` uses them for its ``checkpoint.pt``.
+
+The random states of Python, NumPy, torch and any generator the run passes in are saved with
+it, so a resumed run on the CPU continues bit for bit like an uninterrupted one.
 
 Example:
     >>> import tempfile
@@ -31,11 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
+import io
 import json
 import math
 import os
 import pickle
 import random
+import signal
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -53,14 +65,24 @@ __all__ = [
     "Run",
     "RunMismatchError",
     "capture_rng_state",
+    "load_checkpoint_file",
     "progress",
     "resolve_device",
     "restore_rng_state",
+    "save_checkpoint_file",
 ]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+
+#: Bumped whenever the checkpoint layout changes; a file of another format is refused.
+CHECKPOINT_FORMAT = 1
+_KIND = "metarl-checkpoint"
+#: Test hook (reliability tests only): ``N`` makes the process SIGKILL itself halfway through
+#: writing its N-th checkpoint file, after the first half of the bytes reached the disk.
+_KILL_IN_WRITE_ENV = "METARL_TEST_KILL_IN_CHECKPOINT_WRITE"
+_writes = 0
 
 T = TypeVar("T")
 
@@ -262,7 +284,13 @@ class Run:
                 f"{path} is not a run directory (no {CONFIG_FILE}); pass the directory "
                 "`metarl train` printed"
             )
-        record = json.loads(file.read_text())
+        try:
+            record = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(
+                f"{file} is corrupted ({e}); it is rewritten only when a run is created, so "
+                "restore it from a copy or start a new run directory"
+            ) from e
         if not isinstance(record, dict) or "agent" not in record or "config" not in record:
             raise ValueError(f"{file} is not a metarl run config")
         return record
@@ -337,7 +365,8 @@ class Run:
         checkpoint, after ``iteration`` iterations are done.
 
         Raises:
-            CheckpointError: ``state`` holds NaN/inf (the previous checkpoint is kept).
+            CheckpointError: ``state`` holds NaN/inf or something that is not plain data
+                (the previous checkpoint is kept).
         """
         bad = _non_finite(state)
         if bad:
@@ -352,15 +381,37 @@ class Run:
             "state": _plain(dict(state)),
             "rng": capture_rng_state(generators),
         }
-        _atomic_write(self.checkpoint_path, payload)
-        return self.checkpoint_path
+        return save_checkpoint_file(
+            self.checkpoint_path, payload, agent=self.agent, task_family=self.task_family
+        )
+
+    @property
+    def task_family(self) -> str | None:
+        """What the run learns from: the config's ``env_id`` (or ``dataset``), if it has one."""
+        for name in ("env_id", "dataset"):
+            value = getattr(self.config, name, None)
+            if isinstance(value, str):
+                return value
+        return None
 
     def load_checkpoint(
         self, generators: Mapping[str, np.random.Generator | torch.Generator] | None = None
     ) -> dict[str, Any]:
         """Read the latest checkpoint, restore the RNG states (into ``generators`` too), drop
-        metrics logged after it, and return ``{"iteration", "state", ...}``."""
-        payload = load_checkpoint_file(self.checkpoint_path)
+        metrics logged after it, and return ``{"iteration", "state", ...}``.
+
+        Raises:
+            CheckpointError: the file is corrupted, truncated, of another format, or not
+                plain data (a pickle that would run code).
+            RunMismatchError: it was written by another agent or for another task family.
+        """
+        payload = load_checkpoint_file(
+            self.checkpoint_path, agent=self.agent, task_family=self.task_family
+        )
+        for key in ("iteration", "state", "rng"):
+            if key not in payload:
+                raise CheckpointError(f"{self.checkpoint_path} has no {key!r}; it is not a run "
+                                      "checkpoint")  # fmt: skip
         restore_rng_state(payload["rng"], generators)
         payload["state"] = _unplain(payload["state"])
         self._truncate_metrics(int(payload["iteration"]) - 1)
@@ -372,44 +423,197 @@ class Run:
             self._tb = None
 
 
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors; refuses arbitrary pickles."""
+def save_checkpoint_file(
+    path: str | Path,
+    payload: Mapping[str, Any],
+    *,
+    agent: str,
+    task_family: str | None = None,
+    check_finite: Iterable[str] | None = None,
+) -> Path:
+    """Atomically write ``payload`` (plain data: tensors, numbers, strings, None, lists,
+    tuples, dicts) as a checkpoint of ``agent`` on ``task_family``.
+
+    Args:
+        check_finite: the top-level keys that must hold no NaN/inf (None: all of them).
+
+    Raises:
+        CheckpointError: non-finite values or objects that are not plain data; nothing is
+            written and the previous file stays as it was.
+    """
+    path = Path(path)
+    checked = payload if check_finite is None else {k: payload[k] for k in check_finite}
+    bad = _non_finite(checked)
+    if bad:
+        raise CheckpointError(
+            f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}; the last "
+            "good checkpoint is kept — lower the learning rate or check the loss"
+        )
+    not_plain = _not_plain(payload)
+    if not_plain:
+        raise CheckpointError(
+            f"refusing to write {path}: {not_plain} is not plain data (tensors, numbers, "
+            "strings, None, lists, tuples, dicts), so it could not be loaded safely; convert "
+            "it (e.g. a state_dict, or .tolist())"
+        )
+    buf = io.BytesIO()
+    torch.save(dict(payload), buf)
+    inner = buf.getvalue()
+    envelope = {
+        "kind": _KIND,
+        "format": CHECKPOINT_FORMAT,
+        "metarl_version": _version(),
+        "agent": agent,
+        "task_family": task_family,
+        "sha256": hashlib.sha256(inner).hexdigest(),
+        "payload": torch.frombuffer(bytearray(inner), dtype=torch.uint8),
+    }
+    out = io.BytesIO()
+    torch.save(envelope, out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, out.getvalue(), checkpoint=True)
+    return path
+
+
+def load_checkpoint_file(
+    path: str | Path,
+    *,
+    agent: str | None = None,
+    task_family: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint_file`, refusing anything unsafe.
+
+    Both the envelope and the payload are read with ``torch.load(weights_only=True)``: a
+    pickle that would construct arbitrary objects or call functions is refused, never run.
+
+    Args:
+        agent, task_family: if given, the checkpoint must have been written for them.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: empty, truncated or corrupted (SHA-256 mismatch), of another
+            checkpoint format, not a metarl checkpoint, or not plain data.
+        RunMismatchError: written by another agent or for another task family.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    if path.stat().st_size == 0:
         raise CheckpointError(
-            f"refusing to load {path}: it is not a plain-data metarl checkpoint (it holds "
-            f"objects that loading would have to execute). Details: {str(e).splitlines()[0]}"
-        ) from e
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from e
-    if not isinstance(payload, dict) or "iteration" not in payload or "state" not in payload:
-        raise CheckpointError(f"{path} is not a metarl checkpoint")
+            f"{path} is empty (its write never finished); use an earlier copy or start over"
+        )
+    envelope = _safe_load(path, path.read_bytes(), "cpu")
+    if not isinstance(envelope, dict) or envelope.get("kind") != _KIND:
+        if isinstance(envelope, dict) and "iteration" in envelope and "state" in envelope:
+            raise CheckpointError(
+                f"{path} was written by an earlier metarl, before checkpoint format "
+                f"{CHECKPOINT_FORMAT}; this version cannot read it — resume it with the "
+                "version that wrote it, or start a new run"
+            )
+        raise CheckpointError(f"{path} is not a metarl checkpoint (no metarl envelope)")
+    fmt, version = envelope.get("format"), envelope.get("metarl_version", "?")
+    if fmt != CHECKPOINT_FORMAT:
+        newer = isinstance(fmt, int) and fmt > CHECKPOINT_FORMAT
+        raise CheckpointError(
+            f"{path} has checkpoint format {fmt!r} (written by metarl {version}); this metarl "
+            f"({_version()}) reads format {CHECKPOINT_FORMAT} only — "
+            + ("upgrade metarl" if newer else "use the metarl version that wrote it")
+        )
+    if agent is not None and envelope.get("agent") != agent:
+        raise RunMismatchError(
+            f"{path} is a checkpoint of agent {envelope.get('agent')!r}, not {agent!r}; load "
+            "it with that agent, or point to this agent's own checkpoint"
+        )
+    if task_family is not None and envelope.get("task_family") not in (None, task_family):
+        raise RunMismatchError(
+            f"{path} was written for {envelope.get('task_family')!r}, not {task_family!r}; "
+            "use a checkpoint of the same task family (or train a new run)"
+        )
+    data = envelope.get("payload")
+    if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
+        raise CheckpointError(f"{path} is not a metarl checkpoint (its payload is missing)")
+    inner = data.numpy().tobytes()
+    if hashlib.sha256(inner).hexdigest() != envelope.get("sha256"):
+        raise CheckpointError(
+            f"{path} is corrupted: its payload does not match the SHA-256 recorded when it was "
+            "written (a damaged disk or copy); use an earlier copy or start a new run"
+        )
+    payload = _safe_load(path, inner, map_location)
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} is not a metarl checkpoint (its payload is not a dict)")
     return payload
 
 
-def _atomic_write(path: Path, payload: Any) -> None:
+def _safe_load(path: Path, data: bytes, map_location: str | torch.device) -> Any:
+    """``torch.load(weights_only=True)`` of ``data`` with every failure a CheckpointError."""
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if "weights only" in text.lower() or "weights_only" in text.lower():
+            raise CheckpointError(
+                f"refusing to load {path}: it is not a plain-data metarl checkpoint (it holds "
+                "objects that loading would have to construct or call; nothing was run). A "
+                "metarl checkpoint never needs that: this file was made by another program or "
+                f"crafted. Details: {_unpickler_reason(text)}"
+            ) from e
+        first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+        raise CheckpointError(f"{path} is corrupted (unreadable pickle: {first})") from e
+    except Exception as e:  # truncated zip, bad offsets, bad UTF-8...: all mean corrupted
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({type(e).__name__}: {str(e)[:200]}); use an "
+            "earlier copy or start a new run"
+        ) from e
+
+
+def _unpickler_reason(message: str) -> str:
+    """What torch's weights-only unpickler objected to, without its advice to turn it off."""
+    _, found, rest = message.partition("WeightsUnpickler error:")
+    if not found:
+        return "objects other than tensors and plain data"
+    for stop in ("Please use", "Check the documentation"):
+        rest = rest.split(stop)[0]
+    return " ".join(rest.split()) or "objects other than tensors and plain data"
+
+
+def _not_plain(obj: Any, path: str = "") -> str | None:
+    """The path of the first value in ``obj`` that weights_only loading would refuse."""
+    if obj is None or isinstance(obj, bool | int | float | str | bytes | torch.Tensor):
+        return None
+    if isinstance(obj, torch.dtype | torch.device | torch.Size):
+        return None
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if not isinstance(k, str | int):
+                return f"{path}[{k!r}] (a {type(k).__name__} key)"
+            bad = _not_plain(v, f"{path}.{k}" if path else str(k))
+            if bad:
+                return bad
+        return None
+    if isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            bad = _not_plain(v, f"{path}[{i}]")
+            if bad:
+                return bad
+        return None
+    return f"{path or '<root>'} (a {type(obj).__name__})"
+
+
+def _atomic_write_bytes(path: Path, data: bytes, checkpoint: bool = False) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``
+    and fsync the directory: a reader sees the old file or the new one, never a mix."""
+    global _writes
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+            if checkpoint and os.environ.get(_KILL_IN_WRITE_ENV):
+                _writes += 1
+                if _writes == int(os.environ[_KILL_IN_WRITE_ENV]):
+                    f.write(data[: len(data) // 2])
+                    f.flush()
+                    os.fsync(f.fileno())
+                    os.kill(os.getpid(), signal.SIGKILL)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

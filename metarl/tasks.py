@@ -155,6 +155,13 @@ class TaskDistribution(Generic[T]):
                 f"{type(task).__name__} ({task!r})"
             )
         self._check(task)
+        try:
+            hash(task)  # tasks key caches and per-task models
+        except TypeError as e:
+            raise TaskError(
+                f"{self.name}: {type(task).__name__} must be hashable ({e}); give sequence "
+                "fields as tuples, not lists or arrays"
+            ) from e
         return task
 
     def split(self, which: SplitName, *, seed: int | None = None) -> tuple[T, ...]:

@@ -252,6 +252,8 @@ class RandParamsDistribution(BoxTaskDistribution[RandParamsTask]):
     def _check(self, task: RandParamsTask) -> None:
         for f in self.fields:
             values = getattr(task, f)
+            if not isinstance(values, tuple | list | np.ndarray):
+                continue  # not a sequence: the base check names the field and its length
             bad = [v for v in values if isinstance(v, int | float) and not v > 0]
             if bad:
                 raise TaskError(
