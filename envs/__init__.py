@@ -11,6 +11,10 @@ metarl/BernoulliBandit-K10-v0  10 arm probabilities                 Duan et al. 
 metarl/BernoulliBandit-K50-v0  50 arm probabilities                 Duan et al. 2016
 metarl/TabularMDP-S10A5-v0     10×5 transitions and rewards         Duan et al. 2016
 =============================  ===================================  ===========================
+
+The MuJoCo families (``metarl/HalfCheetahVel-v0``, ``AntGoal``, ``HopperRandParams``...) are in
+:mod:`metarl.envs.mujoco`; Meta-World's benchmarks register on
+``metarl.envs.meta_world.register()`` (an optional extra).
 """
 
 from __future__ import annotations

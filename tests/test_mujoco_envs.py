@@ -188,3 +188,33 @@ def test_native_batched_backend_is_the_single_env_to_the_last_bit(env_id: str) -
             o, r, *_ = env.step(actions[t, i].astype(np.float32))
             np.testing.assert_array_equal(bo[i], o)
             assert br[i] == r
+
+
+def test_batched_backend_refuses_bad_input_and_reports_reward_terms() -> None:
+    env_id = "metarl/HopperRandParams-v0"
+    with pytest.raises(ValueError, match="nthread must be >= 1"):
+        metarl.make_batched(env_id, 2, backend="mujoco", nthread=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        metarl.make_batched(env_id, 2, backend="mujoco", xml_file="/nonexistent/hopper.xml")
+    from metarl.envs.mujoco.batched import MujocoBatchedEnv
+
+    with pytest.raises(TypeError, match="not a MuJoCo task family"):
+        MujocoBatchedEnv("Pendulum", 2)
+    batch = metarl.make_batched(env_id, 2, backend="mujoco", nthread=1)
+    good = metarl.task_distribution(env_id).split("train")[0]
+    bad = dataclasses.replace(good, dof_damping=(0.0, *good.dof_damping[1:]))
+    with pytest.raises(TaskError, match="dof_damping factor must be > 0"):
+        batch.reset([good, bad], seeds=0)
+    batch.reset([good, good], seeds=0)
+    _, reward, *_, info = batch.step(np.zeros((2, 3), dtype=np.float32))
+    terms = info["reward_forward"] + info["reward_ctrl"] + info["reward_survive"]
+    np.testing.assert_allclose(reward, terms, rtol=0, atol=1e-12)
+    batch.close()
+
+
+def test_loading_half_cheetah_prints_no_settotalmass_warning(capfd: pytest.CaptureFixture) -> None:
+    gym.make("metarl/HalfCheetahVel-v0")
+    assert "settotalmass" not in capfd.readouterr().err
+    import mujoco
+
+    assert mujoco.get_mju_user_warning() is None  # the user's handler (none) is restored

@@ -66,9 +66,14 @@ class MujocoBatchedEnv(BatchedTaskEnv):
         nthread: int | None = None,
         xml_file: str | None = None,
     ) -> None:
-        env_cls = getattr(locomotion, family) if isinstance(family, str) else family
+        env_cls = getattr(locomotion, family, None) if isinstance(family, str) else family
         if not (isinstance(env_cls, type) and issubclass(env_cls, locomotion.LocomotionEnv)):
-            raise TypeError(f"{family!r} is not a MuJoCo task family of metarl.envs.mujoco")
+            from metarl.envs.mujoco import FAMILIES
+
+            raise TypeError(
+                f"{family!r} is not a MuJoCo task family of metarl.envs.mujoco; "
+                f"pass one of {', '.join(FAMILIES)}, or a LocomotionEnv subclass"
+            )
         super().__init__(num_envs, HORIZON if max_episode_steps is None else max_episode_steps)
         self.env_cls = env_cls
         self.template = env_cls(xml_file=xml_file)  # the model, its initial state, its task space

@@ -44,10 +44,12 @@ Version history:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -286,6 +288,32 @@ def rand_params_distribution(
 
 
 # -- the env ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _without_settotalmass_warning() -> Iterator[None]:
+    """Load a model without MuJoCo ≥ 3.4's deprecation warning for ``settotalmass``.
+
+    Gymnasium's ``half_cheetah.xml`` sets ``<compiler settotalmass="14">``, which newer MuJoCo
+    still honours but warns about on every load (once per env: hundreds of lines for a
+    vector of envs). Only that message is dropped; any other goes to the handler that was
+    installed, or is printed as MuJoCo prints it.
+    """
+    previous = mujoco.get_mju_user_warning()
+
+    def forward(message: str) -> None:
+        if "settotalmass" in message:
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            print(f"WARNING: {message}", file=sys.stderr)
+
+    mujoco.set_mju_user_warning(forward)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 class LocomotionEnv(TaskEnv[np.ndarray, np.ndarray, Any], MujocoEnv):
     """A MuJoCo robot whose task is a goal or its dynamics; subclasses are the families.
 
@@ -315,15 +343,16 @@ class LocomotionEnv(TaskEnv[np.ndarray, np.ndarray, Any], MujocoEnv):
         height: int = 480,
     ) -> None:
         full = resolve_model_path(xml_file or self.robot.xml_file)
-        MujocoEnv.__init__(
-            self,
-            full,
-            self.robot.frame_skip,
-            observation_space=None,
-            render_mode=render_mode,
-            width=width,
-            height=height,
-        )
+        with _without_settotalmass_warning():
+            MujocoEnv.__init__(
+                self,
+                full,
+                self.robot.frame_skip,
+                observation_space=None,
+                render_mode=render_mode,
+                width=width,
+                height=height,
+            )
         self.metadata = {**type(self).metadata, "render_fps": round(1.0 / self.dt)}
         skip = self.robot.num_root if self.obs_skip is None else self.obs_skip
         self.skip = skip
