@@ -1,1 +1,65 @@
-"""Meta-RL agents (MAML-RL, Reptile-RL, RL², baselines), one readable file each."""
+"""Meta-RL agents (MAML-RL, Reptile-RL, RL², baselines), one readable file each.
+
+The registry maps an agent's name (``metarl train --agent NAME``) to its module, imported
+on first use. An agent module defines:
+
+* ``AGENT`` — its name;
+* ``CONFIG`` — its :class:`metarl.config.RunConfig` subclass (fields → ``--options``,
+  ``presets``);
+* ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> metarl.runs.Run``;
+* ``evaluate(run_dir, *, split, num_steps, seeds, episodes_per_step, device, max_tasks)``
+  returning ``(AdaptationCurve, json_path, png_path)``.
+
+Add an agent with :func:`register_agent` (or one line in ``_AGENTS``).
+
+Example:
+    >>> from metarl.agents import agent_names, get_agent
+    >>> "maml-trpo" in agent_names()
+    True
+    >>> get_agent("maml-trpo").CONFIG.__name__
+    'MAMLTRPOConfig'
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from types import ModuleType
+
+__all__ = ["agent_names", "describe_agents", "get_agent", "register_agent"]
+
+#: name -> (module path, one-line description)
+_AGENTS: dict[str, tuple[str, str]] = {
+    "maml-trpo": (
+        "metarl.agents.maml_trpo",
+        "MAML with a TRPO outer step (Finn et al. 2017); second- or first-order",
+    ),
+}
+
+
+def register_agent(name: str, module: str, description: str = "") -> None:
+    """Make ``metarl train --agent name`` use ``module`` (imported on first use)."""
+    _AGENTS[name] = (module, description)
+
+
+def agent_names() -> list[str]:
+    """Every registered agent's name, sorted."""
+    return sorted(_AGENTS)
+
+
+def describe_agents() -> dict[str, str]:
+    """name -> one-line description."""
+    return {name: desc for name, (_, desc) in sorted(_AGENTS.items())}
+
+
+def get_agent(name: str) -> ModuleType:
+    """The module of agent ``name``; a clear error naming the registered ones otherwise."""
+    if name not in _AGENTS:
+        close = difflib.get_close_matches(name, list(_AGENTS), n=2)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise KeyError(f"no agent named {name!r}.{hint} Agents: {', '.join(agent_names())}")
+    module = importlib.import_module(_AGENTS[name][0])
+    for attr in ("AGENT", "CONFIG", "train", "evaluate"):
+        if not hasattr(module, attr):
+            raise TypeError(f"agent module {module.__name__} defines no {attr}")
+    return module

@@ -81,6 +81,147 @@ def _check_env(args: argparse.Namespace) -> int:
     return 1 if any(r.ok is False for r in results) else 0
 
 
+def _train_parser(sub: argparse.ArgumentParser) -> None:
+    from metarl.agents import describe_agents
+
+    # The agent's own options are known only once --agent is: they are parsed in _train, and
+    # --help there shows them.
+    sub.conflict_handler = "resolve"  # replace argparse's -h/--help with ours
+    sub._optionals.conflict_handler = "resolve"
+    sub.add_argument("-h", "--help", action="store_true", help="show the agent's options")
+    sub.add_argument(
+        "--agent",
+        help="the agent: "
+        + "; ".join(f"{name} ({desc})" for name, desc in describe_agents().items()),
+    )
+    sub.add_argument("--run-dir", help="where the run goes (default: runs/AGENT/ENV-seedN)")
+    sub.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
+    sub.add_argument(
+        "--overwrite", action="store_true", help="delete an existing run directory first"
+    )
+    sub.set_defaults(accepts_extra=True)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metarl.agents import agent_names, get_agent
+    from metarl.config import add_arguments, from_args
+    from metarl.runs import Run
+
+    agent = args.agent
+    saved: dict[str, Any] = {}
+    if args.resume:
+        record = Run.read_record(args.resume)
+        if agent is not None and agent != record["agent"]:
+            raise ValueError(
+                f"{args.resume} was made by agent {record['agent']!r}, not {agent!r}; drop "
+                "--agent or start a new run directory"
+            )
+        agent, saved = record["agent"], record["config"]
+    if agent is None:
+        if args.help:
+            _train_help(None)
+            return 0
+        raise ValueError(f"say which agent to train with --agent ({', '.join(agent_names())})")
+    module = get_agent(agent)
+    cfg_parser = argparse.ArgumentParser(
+        prog=f"metarl train --agent {agent}", usage=argparse.SUPPRESS, add_help=False
+    )
+    add_arguments(cfg_parser, module.CONFIG)
+    if args.help:
+        _train_help(cfg_parser)
+        return 0
+    opts, unknown = cfg_parser.parse_known_args(args.extra)
+    if unknown:
+        raise ValueError(
+            f"unrecognized option(s) for {agent}: {' '.join(unknown)} "
+            f"(`metarl train --agent {agent} --help` lists them)"
+        )
+    if args.resume:
+        explicit = {k: v for k, v in vars(opts).items() if k != "preset"}
+        base = dict(saved)
+        if getattr(opts, "preset", None):
+            base.update(module.CONFIG.presets[opts.preset])
+        cfg = module.CONFIG.from_dict({**base, **explicit})
+        run_dir = args.resume
+    else:
+        cfg = from_args(module.CONFIG, opts)
+        run_dir = args.run_dir or (f"runs/{agent}/{cfg.env_id.split('/')[-1]}-seed{cfg.seed}")
+    run = module.train(
+        cfg,
+        run_dir,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        log=lambda m: print(m, flush=True),
+    )
+    print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt)")
+    print(f"evaluate it on the held-out tasks with: metarl evaluate {run.path}")
+    return 0
+
+
+def _train_help(cfg_parser: argparse.ArgumentParser | None) -> None:
+    from metarl.agents import describe_agents
+
+    print(
+        "usage: metarl train --agent AGENT [--run-dir DIR | --resume RUN_DIR] [--overwrite] "
+        "[--preset NAME] [agent options]\n\nagents:"
+    )
+    for name, desc in describe_agents().items():
+        print(f"  {name:12s} {desc}")
+    if cfg_parser is None:
+        print("\n`metarl train --agent AGENT --help` lists the agent's options.")
+        return
+    print("\n" + cfg_parser.format_help().strip())
+
+
+def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by metarl train")
+    sub.add_argument(
+        "--tasks", default="test", choices=["test", "train"], help="which split (default: test)"
+    )
+    sub.add_argument("--steps", type=int, default=3, help="adaptation steps K (default: 3)")
+    sub.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (default: 0 1 2)"
+    )
+    sub.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="episodes per step and task (default: 40 for 2D navigation, 20 otherwise)",
+    )
+    sub.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from metarl.agents import get_agent
+    from metarl.runs import Run
+
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.episodes is not None and args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    record = Run.read_record(args.run_dir)
+    module = get_agent(record["agent"])
+    curve, json_path, png_path = module.evaluate(
+        args.run_dir,
+        split=args.tasks,
+        num_steps=args.steps,
+        seeds=tuple(args.seeds),
+        episodes_per_step=args.episodes,
+        device=args.device,
+        max_tasks=args.max_tasks,
+    )
+    mean, half = curve.mean(), curve.ci95()
+    print(f"{record['agent']} on {curve.env_id}, {curve.returns.shape[1]} {args.tasks} tasks × "
+          f"{curve.returns.shape[0]} seeds: mean return (95% CI) after k {curve.unit}")  # fmt: skip
+    for k in range(len(mean)):
+        print(f"  k={k}: {mean[k]:9.3f} ± {half[k]:.3f}")
+    gain, gain_half = curve.improvement(1) if curve.num_units else (0.0, 0.0)
+    print(f"  gain after 1 step: {gain:.3f} ± {gain_half:.3f}")
+    print(f"results: {json_path}\nplot:    {png_path}")
+    return 0
+
+
 #: name -> (help, add_arguments, run)
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -91,6 +232,12 @@ COMMANDS: dict[
         "determinism, task sensitivity, splits, batched vs single",
         _check_env_parser,
         _check_env,
+    ),
+    "train": ("meta-train an agent (metarl train --agent maml-trpo --help)", _train_parser, _train),
+    "evaluate": (
+        "held-out evaluation of a run: return after 0..K adaptation steps, JSON and PNG",
+        _evaluate_parser,
+        _evaluate,
     ),
 }
 
@@ -114,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     if args.command is None:
         parser.print_help()
         return 2

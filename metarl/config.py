@@ -265,6 +265,12 @@ class RunConfig(Config):
         low=1,
         may_change_on_resume=True,
     )
+    num_threads: int = option(
+        1,
+        "CPU threads for torch (0: torch's default); 1 avoids oversubscribing shared CPUs",
+        low=0,
+        may_change_on_resume=True,
+    )
     tensorboard: bool = option(
         True,
         "also write TensorBoard logs when the tensorboard package is installed",

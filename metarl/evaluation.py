@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import json
 import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["AdaptationCurve", "mean_ci95", "plot_curves"]
+if TYPE_CHECKING:
+    import torch
+
+    from metarl.policies import Policy
+    from metarl.sampler import Episodes
+
+__all__ = ["AdaptationCurve", "evaluate_policy_adaptation", "mean_ci95", "plot_curves"]
 
 # Two-sided 97.5% quantiles of Student's t for small degrees of freedom; the normal 1.96
 # beyond (the difference is below 1% past 120).
@@ -190,3 +198,98 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+#: ``adapt_fn(params, episodes, lr, per_task_params) -> per-task params``: one inner step.
+AdaptFn = Callable[[Mapping[str, "torch.Tensor"], "Episodes", float, bool], dict[str, Any]]
+
+
+def evaluate_policy_adaptation(
+    policy: Policy,
+    params: Mapping[str, torch.Tensor],
+    env_id: str,
+    adapt_fn: AdaptFn,
+    *,
+    agent: str,
+    split: str = "test",
+    num_steps: int = 3,
+    lrs: Sequence[float] = (0.1, 0.05),
+    episodes_per_step: int | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    device: str = "cpu",
+    backend: str = "auto",
+    env_kwargs: Mapping[str, Any] | None = None,
+    max_tasks: int | None = None,
+) -> AdaptationCurve:
+    """The held-out protocol of Finn et al. 2017 for gradient-based meta-RL.
+
+    For every task of ``split`` (all of them at once, batched), and for each seed: the mean
+    return of ``episodes_per_step`` episodes with the meta-parameters, then after each of
+    ``num_steps`` inner steps — step ``k`` uses fresh episodes of the current policy and the
+    learning rate ``lrs[k]`` (the last entry repeats: 0.1 then 0.05 in the paper).
+
+    Args:
+        adapt_fn: the agent's inner step (see :data:`AdaptFn`).
+        episodes_per_step: default 40 for 2D navigation, 20 otherwise (the paper's).
+        seeds: evaluation seeds (action and env noise); the CI is over (seed, task) pairs.
+        max_tasks: evaluate only the first tasks of the split (quick checks).
+    """
+
+    from metarl.registry import task_distribution
+    from metarl.sampler import BatchedSampler
+
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if not lrs:
+        raise ValueError("lrs needs at least one learning rate")
+    tasks = list(task_distribution(env_id, **dict(env_kwargs or {})).split(split))
+    if max_tasks is not None:
+        tasks = tasks[:max_tasks]
+    if episodes_per_step is None:
+        episodes_per_step = 40 if "Navigation2D" in env_id else 20
+    sampler = BatchedSampler(
+        env_id,
+        len(tasks),
+        episodes_per_step,
+        backend=backend,
+        device=device,
+        env_kwargs=env_kwargs,
+    )
+    returns = np.zeros((len(seeds), len(tasks), num_steps + 1))
+    success: np.ndarray | None = None
+    env_steps = [0] * (num_steps + 1)
+    wall = [0.0] * (num_steps + 1)
+    theta = {k: v.detach().to(sampler.device) for k, v in params.items()}
+    for s, seed in enumerate(seeds):
+        current: Mapping[str, torch.Tensor] = theta
+        per_task = False
+        start = time.perf_counter()
+        for k in range(num_steps + 1):
+            eps = sampler.collect(
+                policy, current, tasks, seed=int(seed) * 1000 + k, per_task_params=per_task
+            )
+            returns[s, :, k] = eps.task_returns().cpu().numpy()
+            if s == 0 and k < num_steps:  # steps spent to reach unit k + 1
+                env_steps[k + 1] = env_steps[k] + eps.num_steps()
+            if k < num_steps:
+                lr = float(lrs[min(k, len(lrs) - 1)])
+                current = {n: v.detach() for n, v in adapt_fn(current, eps, lr, per_task).items()}
+                per_task = True
+            if s == 0:
+                wall[k] = time.perf_counter() - start
+    sampler.close()
+    return AdaptationCurve(
+        agent=agent,
+        env_id=env_id,
+        unit="gradient steps",
+        returns=returns,
+        success=success,
+        env_steps=env_steps,
+        wall_clock_s=wall,
+        split=split,
+        meta={
+            "lrs": list(map(float, lrs)),
+            "episodes_per_step": episodes_per_step,
+            "seeds": list(map(int, seeds)),
+        },
+    )

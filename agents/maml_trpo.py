@@ -1,0 +1,550 @@
+"""MAML-TRPO: model-agnostic meta-learning for RL with a TRPO outer step.
+
+Finn, Abbeel, Levine 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", Sec. 3.2 and Alg. 3; the outer update is TRPO (Schulman et al. 2015, "Trust Region
+Policy Optimization", App. C: conjugate gradient on the KL Hessian, backtracking line search).
+
+One meta-iteration, all tasks batched (no Python loop over tasks):
+
+1. sample ``meta_batch_size`` training tasks; collect ``episodes_per_task`` episodes of each
+   with the meta-parameters ``θ`` (the "fast batch");
+2. inner step per task (vanilla policy gradient with the linear baseline, lr ``α``):
+   ``θ'_i = θ − α ∇L_i(θ)``, vmapped over tasks;
+3. collect validation episodes with each ``θ'_i``;
+4. TRPO on the mean over tasks of the surrogate ``E[π_θ'_i(θ)(a|s) / π_old(a|s) · A]``
+   under ``mean_i KL(π_old || π_θ'_i(θ)) ≤ max_kl``.
+
+Second-order by default: the meta-gradient is ``Σ_i J_iᵀ ∇L_out,i(θ'_i)`` with the Jacobian
+of the inner step ``J_i = I − α H_i`` (``H_i`` the Hessian of task ``i``'s inner loss; ``J_i``
+is symmetric). The KL has zero gradient at the current parameters, so its Hessian is exactly
+``Σ_i J_i F_i J_i`` (``F_i`` the Hessian of the KL in the adapted parameters, i.e. the Fisher
+matrix of the adapted policy); conjugate gradient uses that product: two inner-loss
+Hessian-vector products and one KL one per CG iteration, each a single backward pass for all
+tasks at once. ``first_order=True`` (FOMAML) sets ``J_i = I``.
+
+Example:
+    >>> from metarl.agents.maml_trpo import MAMLTRPOConfig, train
+    >>> cfg = MAMLTRPOConfig.from_preset("quick", num_iterations=1, device="cpu")
+    >>> run = train(cfg, "/tmp/maml-doctest", overwrite=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from metarl.config import RunConfig, option
+from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
+from metarl.functional import Params, forward, load_params
+from metarl.policies import Policy, make_policy
+from metarl.policy_gradient import adapt_policy, advantages
+from metarl.registry import family_ids, make, task_distribution
+from metarl.runs import Run, load_checkpoint_file, progress, resolve_device
+from metarl.sampler import BatchedSampler, Episodes, per_task
+from metarl.seeding import seed_everything
+
+__all__ = ["AGENT", "CONFIG", "MAMLTRPOConfig", "evaluate", "load_policy", "meta_step", "train"]
+
+AGENT = "maml-trpo"
+
+
+@dataclass
+class MAMLTRPOConfig(RunConfig):
+    """MAML-TRPO settings; defaults are the 2D-navigation setting of Finn et al. 2017."""
+
+    meta_batch_size: int = option(20, "tasks per meta-iteration", low=1)
+    episodes_per_task: int = option(
+        20, "episodes per task for each inner step and for validation (fast batch)", low=1
+    )
+    num_adapt_steps: int = option(1, "inner policy-gradient steps during meta-training", low=1)
+    inner_lr: float = option(0.1, "inner step size α", low=0.0, low_open=True)
+    first_order: bool = option(False, "first-order MAML: drop the inner-step Jacobian")
+    gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
+    gae_lambda: float = option(1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0,
+                               high=1.0)  # fmt: skip
+    max_kl: float = option(0.01, "TRPO trust region: max mean KL per outer step", low=0.0,
+                           low_open=True)  # fmt: skip
+    cg_iters: int = option(10, "conjugate-gradient iterations", low=1)
+    cg_damping: float = option(1e-5, "damping added to the KL Hessian in CG", low=0.0)
+    cg_subsample: float = option(
+        1.0,
+        "fraction of each task's episodes used for the KL Hessian-vector products in CG "
+        "(TRPO, Schulman et al. 2015, Sec. 6, uses 10%%); 1.0: exact",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    )
+    ls_max_steps: int = option(15, "backtracking line-search steps", low=1)
+    ls_backtrack_ratio: float = option(0.5, "line-search shrink factor", low=0.0, high=1.0,
+                                       low_open=True)  # fmt: skip
+    hidden_sizes: tuple[int, ...] = option((100, 100), "policy MLP hidden widths", low=1)
+    nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
+    init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
+    horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
+    backend: str = option(
+        "auto", "batched env backend: auto (torch on-device if any), torch, numpy, generic"
+    )
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # Finn et al. 2017, Sec. 5.3 / App. A.2.
+        "nav2d-paper": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 500},
+        "halfcheetah-vel-paper": {
+            "env_id": "metarl/HalfCheetahVel-v0",
+            "meta_batch_size": 40,
+            "episodes_per_task": 20,
+            "horizon": 200,
+        },
+        "halfcheetah-dir-paper": {
+            "env_id": "metarl/HalfCheetahDir-v0",
+            "meta_batch_size": 40,
+            "episodes_per_task": 20,
+            "horizon": 200,
+        },
+        "ant-vel-paper": {
+            "env_id": "metarl/AntVel-v0",
+            "meta_batch_size": 40,
+            "episodes_per_task": 20,
+            "horizon": 200,
+        },
+        "ant-dir-paper": {
+            "env_id": "metarl/AntDir-v0",
+            "meta_batch_size": 40,
+            "episodes_per_task": 20,
+            "horizon": 200,
+        },
+        # A few minutes on two CPU cores: the README's first command and the learning test.
+        "quick": {
+            "env_id": "metarl/Navigation2D-v0",
+            "num_iterations": 30,
+            "meta_batch_size": 10,
+            "episodes_per_task": 10,
+            "hidden_sizes": (32, 32),
+            "checkpoint_every": 10,
+        },
+    }
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"max_episode_steps": self.horizon} if self.horizon else {}
+
+
+CONFIG = MAMLTRPOConfig
+
+
+# -- flat-vector helpers for conjugate gradient ---------------------------------------------
+def _dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
+    return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
+
+
+def _axpy(alpha: float | Tensor, x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Params:
+    return {k: y[k] + alpha * x[k] for k in y}
+
+
+def conjugate_gradient(
+    mvp: Callable[[Params], Params], b: Params, iters: int, tol: float = 1e-10
+) -> Params:
+    """Solve ``A x = b`` for symmetric positive-definite ``A`` given by ``mvp`` (Hestenes and
+    Stiefel 1952), as in TRPO's reference implementation."""
+    x = {k: torch.zeros_like(v) for k, v in b.items()}
+    r = {k: v.clone() for k, v in b.items()}
+    p = {k: v.clone() for k, v in b.items()}
+    rr = _dot(r, r)
+    for _ in range(iters):
+        ap = mvp(p)
+        alpha = rr / _dot(p, ap).clamp_min(1e-30)
+        x = _axpy(alpha, p, x)
+        r = _axpy(-alpha, ap, r)
+        rr_new = _dot(r, r)
+        if rr_new < tol:
+            break
+        p = _axpy(rr_new / rr, p, r)
+        rr = rr_new
+    return x
+
+
+# -- the meta-iteration ----------------------------------------------------------------------
+class _InnerStep:
+    """One inner step ``θ' = θ − α ∇L(θ)`` for every task, keeping what the Jacobian-vector
+    products ``J w = w − α H w`` need (the graph of the per-task gradients)."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        start: Params,
+        episodes: Episodes,
+        adv: Tensor,
+        lr: float,
+        keep_graph: bool,
+    ) -> None:
+        n = episodes.num_tasks
+        self.episodes, self.adv, self.start = episodes, adv.detach(), start
+        self.num_env_steps = episodes.num_steps()
+        # Per-task leaves (N, ...): the gradient of the summed loss is every task's gradient.
+        self.leaf = {k: v.detach().requires_grad_(True) for k, v in start.items()}
+        obs, act = per_task(episodes.obs, n), per_task(episodes.actions, n)
+        a, m = per_task(adv.detach(), n), per_task(episodes.mask, n)
+
+        def task_loss(p: Params, o: Tensor, ac: Tensor, aa: Tensor, mm: Tensor) -> Tensor:
+            logp = policy.log_prob(tuple(forward(policy, p, o)), ac)
+            return -(logp * aa * mm).sum() / mm.sum().clamp_min(1.0)
+
+        loss = vmap(task_loss)(self.leaf, obs, act, a, m).sum()
+        names = list(self.leaf)
+        grads = torch.autograd.grad(loss, [self.leaf[k] for k in names], create_graph=keep_graph)
+        self.grads = dict(zip(names, grads, strict=True))
+        self.lr = lr
+        self.adapted = {k: (self.leaf[k] - lr * self.grads[k]).detach() for k in names}
+
+    def jvp(self, w: Params) -> Params:
+        """``J w = w − α H w`` per task (``w`` has the leading task dimension)."""
+        names = list(self.leaf)
+        hw = torch.autograd.grad(
+            _dot(self.grads, w), [self.leaf[k] for k in names], retain_graph=True
+        )
+        return {k: w[k] - self.lr * h for k, h in zip(names, hw, strict=True)}
+
+
+def _subsample(episodes: Episodes, adv: Tensor, fraction: float) -> tuple[Episodes, Tensor]:
+    """The first ``ceil(fraction × E)`` episodes of every task (and their advantages)."""
+    n, e = episodes.num_tasks, episodes.episodes_per_task
+    k = max(1, math.ceil(fraction * e))
+    if k >= e:
+        return episodes, adv
+
+    def cut(x: Tensor) -> Tensor:
+        t = x.shape[0]
+        return x.reshape(t, n, e, *x.shape[2:])[:, :, :k].reshape(t, n * k, *x.shape[2:])
+
+    sub = Episodes(cut(episodes.obs), cut(episodes.actions), cut(episodes.rewards),
+                   cut(episodes.mask), n)  # fmt: skip
+    return sub, cut(adv)
+
+
+def _expand(params: Mapping[str, Tensor], n: int) -> Params:
+    return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
+
+
+def _outer_terms(
+    policy: Policy, adapted: Params, episodes: Episodes, adv: Tensor, old_logp: Tensor,
+    old_dist: tuple[Tensor, ...],
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Mean over tasks of the TRPO surrogate loss (to minimise) and of the KL, both
+    functions of the per-task parameters ``adapted`` ``(N, ...)``."""
+    n = episodes.num_tasks
+    obs, act, mask = (per_task(x, n) for x in (episodes.obs, episodes.actions, episodes.mask))
+
+    def task_dist(p: Params, o: Tensor) -> tuple[Tensor, ...]:
+        return tuple(forward(policy, p, o))
+
+    dist = vmap(task_dist)(adapted, obs)
+    logp = policy.log_prob(dist, act)
+    count = mask.sum((1, 2)).clamp_min(1.0)
+    ratio = torch.exp(logp - old_logp)
+    surrogate = -((ratio * per_task(adv, n) * mask).sum((1, 2)) / count).mean()
+    kl = ((policy.kl(old_dist, dist) * mask).sum((1, 2)) / count).mean()
+    return surrogate, kl
+
+
+def meta_step(
+    policy: Policy, sampler: BatchedSampler, tasks: list[Any], seed: int, cfg: MAMLTRPOConfig
+) -> dict[str, float]:
+    """One meta-iteration on ``tasks`` (updates ``policy`` in place); returns its statistics."""
+    n = len(tasks)
+    theta = {k: p.detach() for k, p in policy.named_parameters()}
+    t0 = time.perf_counter()
+
+    # 1-3. Inner steps on fresh episodes, then validation episodes with the adapted policies.
+    steps: list[_InnerStep] = []
+    current, per_task_params = theta, False
+    train_returns = []
+    sample_s = adapt_s = 0.0
+    for k in range(cfg.num_adapt_steps):
+        ts = time.perf_counter()
+        eps = sampler.collect(
+            policy, current, tasks, seed=seed + k, per_task_params=per_task_params
+        )
+        train_returns.append(eps.task_returns().mean().item())
+        ta = time.perf_counter()
+        adv = advantages(eps, cfg.gamma, cfg.gae_lambda)
+        start = current if per_task_params else _expand(current, n)
+        step = _InnerStep(policy, start, eps, adv, cfg.inner_lr, keep_graph=not cfg.first_order)
+        steps.append(step)
+        current, per_task_params = step.adapted, True
+        sample_s += ta - ts
+        adapt_s += time.perf_counter() - ta
+    ts = time.perf_counter()
+    valid = sampler.collect(policy, current, tasks, seed=seed + 1000, per_task_params=True)
+    sample_s += time.perf_counter() - ts
+    to = time.perf_counter()
+    valid_adv = advantages(valid, cfg.gamma, cfg.gae_lambda)
+
+    # 4. TRPO. The surrogate and the KL as functions of the last adapted parameters.
+    leaf = {k: v.detach().requires_grad_(True) for k, v in current.items()}
+
+    def old_policy(eps: Episodes) -> tuple[Tensor, tuple[Tensor, ...]]:
+        with torch.no_grad():
+            dist = vmap(lambda p, o: tuple(forward(policy, p, o)))(leaf, per_task(eps.obs, n))
+            return policy.log_prob(dist, per_task(eps.actions, n)), dist
+
+    old_logp, old_dist = old_policy(valid)
+    surrogate, kl = _outer_terms(policy, leaf, valid, valid_adv, old_logp, old_dist)
+    names = list(leaf)
+    g_out = torch.autograd.grad(surrogate, [leaf[k] for k in names], retain_graph=True)
+    # The curvature (KL Hessian) products, optionally on a subsample of the episodes.
+    curv_steps = steps
+    if cfg.cg_subsample < 1.0:
+        valid_c, valid_adv_c = _subsample(valid, valid_adv, cfg.cg_subsample)
+        if not cfg.first_order:
+            curv_steps = []
+            for step in steps:
+                eps_c, adv_c = _subsample(step.episodes, step.adv, cfg.cg_subsample)
+                curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, cfg.inner_lr, True))
+        old_logp_c, old_dist_c = old_policy(valid_c)
+        _, kl = _outer_terms(policy, leaf, valid_c, valid_adv_c, old_logp_c, old_dist_c)
+    kl_grad = torch.autograd.grad(kl, [leaf[k] for k in names], create_graph=True)
+
+    def back_to_theta(w: Params, through: list[_InnerStep]) -> Params:
+        """``Σ_i J_iᵀ w_i``: through the inner steps, last to first, then sum over tasks."""
+        if not cfg.first_order:
+            for step in reversed(through):
+                w = step.jvp(w)  # J is symmetric
+        return {k: v.sum(0) for k, v in w.items()}
+
+    def fisher(u: Params) -> Params:
+        hu = torch.autograd.grad(
+            sum((g * u[k]).sum() for g, k in zip(kl_grad, names, strict=True)),
+            [leaf[k] for k in names],
+            retain_graph=True,
+        )
+        return dict(zip(names, hu, strict=True))
+
+    def kl_hvp(v: Params) -> Params:
+        w = _expand(v, n)
+        if not cfg.first_order:
+            for step in curv_steps:
+                w = step.jvp(w)
+        hv = back_to_theta(fisher(w), curv_steps)
+        return _axpy(cfg.cg_damping, v, hv)
+
+    grad = back_to_theta(dict(zip(names, g_out, strict=True)), steps)
+    if not all(torch.isfinite(g).all() for g in grad.values()) or not torch.isfinite(surrogate):
+        raise FloatingPointError(
+            "non-finite MAML-TRPO loss or gradient; the last checkpoint is kept. Lower "
+            "--inner-lr or --max-kl, or check the env's rewards"
+        )
+    direction = conjugate_gradient(kl_hvp, grad, cfg.cg_iters)
+    shs = 0.5 * _dot(direction, kl_hvp(direction))
+    lagrange = torch.sqrt(shs.clamp_min(1e-20) / cfg.max_kl)
+    full_step = {k: v / lagrange for k, v in direction.items()}
+    old_loss = surrogate.item()
+
+    # Backtracking line search: re-adapt from the candidate θ and check the surrogate and KL.
+    def evaluate_candidate(candidate: Params) -> tuple[float, float]:
+        cur, per = candidate, False
+        for step in steps:
+            start = cur if per else _expand(cur, n)
+            cur = _InnerStep(policy, start, step.episodes, step.adv, cfg.inner_lr, False).adapted
+            per = True
+        with torch.no_grad():
+            s, d = _outer_terms(policy, cur, valid, valid_adv, old_logp, old_dist)
+        return s.item(), d.item()
+
+    accepted, ratio, new_loss, new_kl = False, 1.0, old_loss, 0.0
+    for _ in range(cfg.ls_max_steps):
+        candidate = {k: theta[k] - ratio * full_step[k] for k in theta}
+        new_loss, new_kl = evaluate_candidate(candidate)
+        if new_loss < old_loss and new_kl <= cfg.max_kl and math.isfinite(new_loss):
+            load_params(policy, candidate)
+            accepted = True
+            break
+        ratio *= cfg.ls_backtrack_ratio
+    outer_s = time.perf_counter() - to
+    total = time.perf_counter() - t0
+    env_steps = sum(s.num_env_steps for s in steps) + valid.num_steps()
+    return {
+        "pre_adapt_return": float(np.mean(train_returns[:1])),
+        "post_adapt_return": valid.task_returns().mean().item(),
+        "surrogate_before": old_loss,
+        "surrogate_after": new_loss if accepted else old_loss,
+        "kl": new_kl if accepted else 0.0,
+        "step_size": ratio if accepted else 0.0,
+        "log_std": float(policy.state_dict().get("log_std", torch.zeros(1)).mean()),
+        "env_steps": float(env_steps),
+        "env_steps_per_s": env_steps / total,
+        "sample_s": sample_s,
+        "adapt_s": adapt_s,
+        "outer_s": outer_s,
+        "iteration_s": total,
+    }
+
+
+# -- training, checkpoints, evaluation -----------------------------------------------------
+def _build(cfg: MAMLTRPOConfig, device: torch.device) -> tuple[Policy, BatchedSampler]:
+    sampler = BatchedSampler(
+        cfg.env_id,
+        cfg.meta_batch_size,
+        cfg.episodes_per_task,
+        backend=cfg.backend,
+        device=device,
+        env_kwargs=cfg.env_kwargs(),
+    )
+    policy = make_policy(
+        sampler.observation_space,
+        sampler.action_space,
+        cfg.hidden_sizes,
+        cfg.nonlinearity,
+        cfg.init_std,
+    ).to(device)
+    return policy, sampler
+
+
+def train(
+    cfg: MAMLTRPOConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Run:
+    """Meta-train MAML-TRPO; the run directory gets config.json, metrics.csv and checkpoints.
+
+    Args:
+        resume: continue ``run_dir`` from its last checkpoint (exactly, on the CPU).
+        overwrite: delete ``run_dir`` first if it exists.
+        log: where one-line progress messages go (e.g. ``print``); None: silent.
+    """
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = Path(run_dir)
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if cfg.env_id not in family_ids():
+        task_distribution(cfg.env_id)  # raises the registry's clear error
+    seed_everything(cfg.seed)
+    task_rng = np.random.default_rng(cfg.seed)
+    policy, sampler = _build(cfg, device)
+    train_tasks = list(sampler.task_distribution.split("train"))
+    if cfg.meta_batch_size > len(train_tasks):
+        raise ValueError(
+            f"meta_batch_size {cfg.meta_batch_size} exceeds the {len(train_tasks)} training "
+            f"tasks of {cfg.env_id}"
+        )
+    start = 0
+    if resume:
+        run = Run.resume(run_dir, AGENT, cfg)
+        ckpt = run.load_checkpoint({"tasks": task_rng})
+        load_params(policy, {k: v.to(device) for k, v in ckpt["state"]["params"].items()})
+        start = int(ckpt["iteration"])
+    else:
+        run = Run.create(run_dir, AGENT, cfg)
+    if log:
+        log(f"{AGENT} on {cfg.env_id}: iterations {start}..{cfg.num_iterations}, run dir {run_dir}")
+    bar = progress(range(start, cfg.num_iterations), total=cfg.num_iterations, initial=start,
+                   desc=AGENT)  # fmt: skip
+    try:
+        for it in bar:
+            replace = len(train_tasks) < cfg.meta_batch_size
+            idx = task_rng.choice(len(train_tasks), cfg.meta_batch_size, replace=replace)
+            seed = int(task_rng.integers(2**31 - 2000))
+            stats = meta_step(policy, sampler, [train_tasks[i] for i in idx], seed, cfg)
+            run.log(it, stats)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(
+                    pre=f"{stats['pre_adapt_return']:.1f}",
+                    post=f"{stats['post_adapt_return']:.1f}",
+                    sps=f"{stats['env_steps_per_s']:.0f}",
+                )
+            elif log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
+                log(
+                    f"iteration {it}: return before adaptation {stats['pre_adapt_return']:.2f}, "
+                    f"after {stats['post_adapt_return']:.2f}, {stats['iteration_s']:.2f} s"
+                )
+            done = it + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
+                run.save_checkpoint(done, _state(policy), generators={"tasks": task_rng})
+    finally:
+        sampler.close()
+        run.close()
+    return run
+
+
+def _state(policy: Policy) -> dict[str, Any]:
+    return {"params": {k: v.detach().cpu().clone() for k, v in policy.named_parameters()}}
+
+
+def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, MAMLTRPOConfig]:
+    """The meta-trained policy of a run (its last checkpoint) and the run's config."""
+    record = Run.read_record(run_dir)
+    if record["agent"] != AGENT:
+        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
+    cfg = MAMLTRPOConfig.from_dict(record["config"])
+    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt")
+    dev = resolve_device(device)
+    env = make(cfg.env_id, **cfg.env_kwargs())
+    policy = make_policy(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+    ).to(dev)
+    env.close()
+    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
+    load_params(policy, params)
+    return policy, params, cfg
+
+
+def inner_step_fn(
+    policy: Policy, cfg: MAMLTRPOConfig
+) -> Callable[[Mapping[str, Tensor], Episodes, float, bool], Params]:
+    """The agent's inner step as the evaluation protocol wants it."""
+
+    def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
+        adv = advantages(eps, cfg.gamma, cfg.gae_lambda)
+        return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
+                            per_task_params=per_task)  # fmt: skip
+
+    return step
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_steps: int = 3,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes_per_step: int | None = None,
+    device: str = "cpu",
+    max_tasks: int | None = None,
+) -> tuple[AdaptationCurve, Path, Path]:
+    """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`);
+    writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
+    policy, params, cfg = load_policy(run_dir, device)
+    curve = evaluate_policy_adaptation(
+        policy,
+        params,
+        cfg.env_id,
+        inner_step_fn(policy, cfg),
+        agent=AGENT,
+        split=split,
+        num_steps=num_steps,
+        lrs=(cfg.inner_lr, cfg.inner_lr / 2),
+        episodes_per_step=episodes_per_step,
+        seeds=seeds,
+        device=device,
+        backend=cfg.backend,
+        env_kwargs=cfg.env_kwargs(),
+        max_tasks=max_tasks,
+    )
+    curve.meta["config"] = cfg.to_dict()
+    curve.meta["run_dir"] = str(run_dir)
+    json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
+    png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png",
+                           title=f"{AGENT} on {cfg.env_id} ({split} tasks)")  # fmt: skip
+    return curve, json_path, png_path

@@ -1,0 +1,219 @@
+"""Stochastic policies with a functional interface, for batched meta-RL.
+
+A policy is an ``nn.Module`` whose parameters are also handled as a ``dict[str, Tensor]``
+(:func:`metarl.functional.named_params`). Everything the samplers and the losses need goes
+through four methods that take the distribution's parameters as a tuple of tensors, so that
+``torch.func.vmap`` can run one task's parameters on that task's rows:
+
+* ``dist_params(obs)`` — ``forward``; with given parameters, call it through
+  :func:`metarl.functional.forward` (``functional_call``);
+* ``sample(dist, generator)`` — draws actions outside any ``vmap`` (random draws from an
+  explicit generator keep runs reproducible);
+* ``log_prob(dist, actions)`` and ``kl(old, new)`` — closed forms.
+
+:class:`GaussianMLPPolicy` is the policy of Finn et al. 2017 (MAML) for continuous actions:
+an MLP for the mean and a learned, state-independent log standard deviation.
+:class:`CategoricalMLPPolicy` serves discrete actions (bandits, tabular MDPs); discrete
+observations are one-hot encoded.
+
+Example:
+    >>> policy = GaussianMLPPolicy(obs_dim=2, action_dim=2, hidden_sizes=(100, 100))
+    >>> dist = policy(torch.zeros(5, 2))
+    >>> actions = policy.sample(dist)
+    >>> policy.log_prob(dist, actions).shape
+    torch.Size([5])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "make_policy"]
+
+Dist = tuple[Tensor, ...]
+
+_NONLINEARITIES: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _mlp(inputs: int, hidden_sizes: Sequence[int], outputs: int, nonlinearity: str) -> nn.Module:
+    if nonlinearity not in _NONLINEARITIES:
+        raise ValueError(
+            f"nonlinearity must be one of {', '.join(_NONLINEARITIES)}, got {nonlinearity!r}"
+        )
+    layers: list[nn.Module] = []
+    width = inputs
+    for h in hidden_sizes:
+        layers += [nn.Linear(width, h), _NONLINEARITIES[nonlinearity]()]
+        width = h
+    layers.append(nn.Linear(width, outputs))
+    for m in layers:
+        if isinstance(m, nn.Linear):  # Xavier-uniform weights and zero biases, as rllab's MLP
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """The interface the samplers and losses use; see the module docstring."""
+
+    def forward(self, obs: Tensor) -> Dist:
+        raise NotImplementedError
+
+    def sample(self, dist: Dist, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def mode(self, dist: Dist) -> Tensor:
+        """The most likely action (deterministic evaluation)."""
+        raise NotImplementedError
+
+    def log_prob(self, dist: Dist, actions: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def kl(self, old: Dist, new: Dist) -> Tensor:
+        """``KL(old || new)`` per row."""
+        raise NotImplementedError
+
+    def entropy(self, dist: Dist) -> Tensor:
+        raise NotImplementedError
+
+
+class GaussianMLPPolicy(Policy):
+    """``a ~ N(μ_θ(s), diag(σ²))`` with ``μ`` an MLP and ``log σ`` a learned vector.
+
+    Args:
+        obs_dim, action_dim: sizes of the flat observation and action.
+        hidden_sizes: hidden layer widths; (100, 100) in Finn et al. 2017.
+        nonlinearity: ``"relu"`` (the paper's) or ``"tanh"``.
+        init_std: initial standard deviation (1.0, as rllab's ``GaussianMLPPolicy``).
+        min_log_std: lower clamp of ``log σ``, keeps the density finite.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        nonlinearity: str = "relu",
+        init_std: float = 1.0,
+        min_log_std: float = -6.0,
+    ) -> None:
+        super().__init__()
+        if not init_std > 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.obs_dim, self.action_dim = int(obs_dim), int(action_dim)
+        self.mean = _mlp(self.obs_dim, hidden_sizes, self.action_dim, nonlinearity)
+        self.log_std = nn.Parameter(torch.full((self.action_dim,), math.log(init_std)))
+        self.min_log_std = min_log_std
+
+    def forward(self, obs: Tensor) -> Dist:
+        mean = self.mean(obs.reshape(*obs.shape[: obs.dim() - 1], self.obs_dim).float())
+        log_std = self.log_std.clamp_min(self.min_log_std).expand_as(mean)
+        return mean, log_std
+
+    def sample(self, dist: Dist, generator: torch.Generator | None = None) -> Tensor:
+        mean, log_std = dist
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        return mean + log_std.exp() * noise
+
+    def mode(self, dist: Dist) -> Tensor:
+        return dist[0]
+
+    def log_prob(self, dist: Dist, actions: Tensor) -> Tensor:
+        mean, log_std = dist
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def kl(self, old: Dist, new: Dist) -> Tensor:
+        # KL(N(μ0, σ0²) || N(μ1, σ1²)) = log σ1/σ0 + (σ0² + (μ0 − μ1)²) / (2σ1²) − 1/2
+        m0, ls0 = old
+        m1, ls1 = new
+        var0, var1 = torch.exp(2 * ls0), torch.exp(2 * ls1)
+        return (ls1 - ls0 + (var0 + (m0 - m1) ** 2) / (2 * var1) - 0.5).sum(-1)
+
+    def entropy(self, dist: Dist) -> Tensor:
+        return (dist[1] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
+class CategoricalMLPPolicy(Policy):
+    """``a ~ Categorical(softmax(f_θ(s)))``; integer observations are one-hot encoded.
+
+    Args:
+        obs_dim: flat observation size, or the number of states when ``discrete_obs``.
+        num_actions: number of discrete actions.
+        discrete_obs: observations are integers in ``[0, obs_dim)``.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        nonlinearity: str = "relu",
+        discrete_obs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.obs_dim, self.num_actions = int(obs_dim), int(num_actions)
+        self.discrete_obs = discrete_obs
+        self.logits = _mlp(self.obs_dim, hidden_sizes, self.num_actions, nonlinearity)
+
+    def _features(self, obs: Tensor) -> Tensor:
+        if self.discrete_obs:
+            return nn.functional.one_hot(obs.long(), self.obs_dim).float()
+        return obs.reshape(*obs.shape[: obs.dim() - 1], self.obs_dim).float()
+
+    def forward(self, obs: Tensor) -> Dist:
+        return (torch.log_softmax(self.logits(self._features(obs)), -1),)
+
+    def sample(self, dist: Dist, generator: torch.Generator | None = None) -> Tensor:
+        logp = dist[0]
+        flat = logp.reshape(-1, logp.shape[-1]).exp()
+        return torch.multinomial(flat, 1, generator=generator).view(logp.shape[:-1])
+
+    def mode(self, dist: Dist) -> Tensor:
+        return dist[0].argmax(-1)
+
+    def log_prob(self, dist: Dist, actions: Tensor) -> Tensor:
+        return dist[0].gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def kl(self, old: Dist, new: Dist) -> Tensor:
+        return (old[0].exp() * (old[0] - new[0])).sum(-1)
+
+    def entropy(self, dist: Dist) -> Tensor:
+        return -(dist[0].exp() * dist[0]).sum(-1)
+
+
+def make_policy(
+    observation_space: gym.Space[Any],
+    action_space: gym.Space[Any],
+    hidden_sizes: Sequence[int] = (100, 100),
+    nonlinearity: str = "relu",
+    init_std: float = 1.0,
+) -> Policy:
+    """The policy that fits the spaces: Gaussian for ``Box`` actions, categorical for
+    ``Discrete`` ones (one-hot inputs for ``Discrete`` observations)."""
+    if isinstance(observation_space, gym.spaces.Discrete):
+        obs_dim, discrete_obs = int(observation_space.n), True
+    elif isinstance(observation_space, gym.spaces.Box):
+        obs_dim, discrete_obs = int(np.prod(observation_space.shape)), False
+    else:
+        raise TypeError(
+            f"policies take Box or Discrete observations, not {type(observation_space).__name__}"
+        )
+    if isinstance(action_space, gym.spaces.Box):
+        if discrete_obs:
+            raise TypeError("a Gaussian policy over Discrete observations is not supported")
+        return GaussianMLPPolicy(
+            obs_dim, int(np.prod(action_space.shape)), hidden_sizes, nonlinearity, init_std
+        )
+    if isinstance(action_space, gym.spaces.Discrete):
+        return CategoricalMLPPolicy(
+            obs_dim, int(action_space.n), hidden_sizes, nonlinearity, discrete_obs
+        )
+    raise TypeError(f"policies take Box or Discrete actions, not {type(action_space).__name__}")

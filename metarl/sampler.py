@@ -1,0 +1,231 @@
+"""The batched sampler: every task of a meta-batch and all its episodes in one rollout.
+
+``B = num_tasks × episodes_per_task`` rows step together through a batched env — the
+on-device torch backend when the family has one (no NumPy round trip; on the GPU with
+``device="cuda"``), else the family's NumPy backend, with numpy ↔ torch conversion only here.
+Each task may have its own policy parameters (a ``dict`` of tensors with a leading task
+dimension, e.g. after an inner gradient step): ``torch.func.vmap`` runs task ``i``'s
+parameters on task ``i``'s rows in one batched call, with no Python loop over tasks.
+
+Rows are ordered task-major: row ``i * episodes_per_task + j`` is episode ``j`` of task ``i``.
+Episodes come back as time-major tensors ``(T, B, ...)`` with a ``mask`` that is 1 while a
+row's episode runs.
+
+Example:
+    >>> import metarl
+    >>> from metarl.policies import GaussianMLPPolicy
+    >>> from metarl.functional import named_params
+    >>> sampler = BatchedSampler("metarl/Navigation2D-v0", num_tasks=2, episodes_per_task=3)
+    >>> policy = GaussianMLPPolicy(2, 2)
+    >>> tasks = metarl.task_distribution("metarl/Navigation2D-v0").split("train")[:2]
+    >>> eps = sampler.collect(policy, named_params(policy), tasks, seed=0)
+    >>> eps.obs.shape, eps.rewards.shape
+    (torch.Size([100, 6, 2]), torch.Size([100, 6]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from metarl.functional import forward
+from metarl.policies import Policy
+from metarl.registry import family, make, make_batched, make_torch_batched
+from metarl.torch_batched import resolve_device
+
+__all__ = ["BatchedSampler", "Episodes", "per_task"]
+
+
+class Episodes(NamedTuple):
+    """Episodes of ``num_tasks`` tasks, time-major.
+
+    Attributes:
+        obs: ``(T, B, *obs_shape)`` observation each action was taken in.
+        actions: ``(T, B, *action_shape)`` actions as sampled (before clipping to the
+            action space, so their log-probabilities are those of the policy).
+        rewards: ``(T, B)`` float32, 0 where masked.
+        mask: ``(T, B)`` float32, 1 while the row's episode runs.
+        num_tasks: ``N``; ``B = N × episodes_per_task``, task-major.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+    num_tasks: int
+
+    @property
+    def episodes_per_task(self) -> int:
+        return self.rewards.shape[1] // self.num_tasks
+
+    def episode_returns(self) -> Tensor:
+        """Undiscounted return of each episode, ``(B,)``."""
+        return self.rewards.sum(0)
+
+    def task_returns(self) -> Tensor:
+        """Mean undiscounted episode return of each task, ``(N,)``."""
+        return self.episode_returns().view(self.num_tasks, -1).mean(1)
+
+    def num_steps(self) -> int:
+        """Env steps taken (unmasked transitions)."""
+        return int(self.mask.sum().item())
+
+
+def per_task(x: Tensor, num_tasks: int) -> Tensor:
+    """``(T, B, ...)`` → ``(N, T, E, ...)``: the task dimension first, for ``vmap``."""
+    t, b = x.shape[:2]
+    return x.reshape(t, num_tasks, b // num_tasks, *x.shape[2:]).transpose(0, 1)
+
+
+class BatchedSampler:
+    """Collects ``episodes_per_task`` episodes of each of ``num_tasks`` tasks at once.
+
+    Args:
+        env_id: a registered task family.
+        num_tasks, episodes_per_task: the meta-batch shape; ``B`` is their product.
+        backend: ``"auto"`` (torch on-device if the family has it, else its fastest NumPy
+            backend), ``"torch"``, or a NumPy backend name (``"numpy"``, ``"generic"``...).
+        device: where the policy runs and the episodes live (``"auto"``, ``"cpu"``, ``"cuda"``).
+        env_kwargs: passed to the env (``max_episode_steps`` sets the horizon).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        num_tasks: int,
+        episodes_per_task: int,
+        *,
+        backend: str = "auto",
+        device: str | torch.device = "cpu",
+        env_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        if num_tasks < 1 or episodes_per_task < 1:
+            raise ValueError(
+                f"num_tasks and episodes_per_task must be >= 1, got {num_tasks} and "
+                f"{episodes_per_task}"
+            )
+        fam = family(env_id)
+        kwargs = dict(env_kwargs or {})
+        self.env_id = env_id
+        self.num_tasks, self.episodes_per_task = int(num_tasks), int(episodes_per_task)
+        self.num_envs = self.num_tasks * self.episodes_per_task
+        self.device = resolve_device(device)
+        probe = make(env_id, **kwargs)
+        self.observation_space = probe.observation_space
+        self.action_space = probe.action_space
+        self.task_distribution = probe.unwrapped.task_distribution  # type: ignore[attr-defined]
+        probe.close()
+        if backend == "torch" and fam.torch is None:
+            raise ValueError(f"{env_id} has no torch backend; use backend='auto' or 'numpy'")
+        self.on_device = backend == "torch" or (backend == "auto" and fam.torch is not None)
+        self.env: Any
+        if self.on_device:
+            self.env = make_torch_batched(env_id, self.num_envs, device=str(self.device), **kwargs)
+        else:
+            self.env = make_batched(env_id, self.num_envs, backend=backend, **kwargs)
+        self.horizon = int(self.env.horizon)
+        self.generator = torch.Generator(device=self.device)
+        self._low: Tensor | None = None
+        self._high: Tensor | None = None
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box) and np.isfinite(space.low).all():
+            self._low = torch.as_tensor(space.low, dtype=torch.float32, device=self.device)
+            self._high = torch.as_tensor(space.high, dtype=torch.float32, device=self.device)
+
+    def _rows(self, tasks: Sequence[Any]) -> list[Any]:
+        if len(tasks) != self.num_tasks:
+            raise ValueError(f"collect needs {self.num_tasks} tasks, got {len(tasks)}")
+        return [t for t in tasks for _ in range(self.episodes_per_task)]
+
+    def _to_torch(self, x: Any) -> Tensor:
+        if isinstance(x, Tensor):
+            return x
+        return torch.as_tensor(np.asarray(x), device=self.device)
+
+    @torch.no_grad()
+    def collect(
+        self,
+        policy: Policy,
+        params: Mapping[str, Tensor],
+        tasks: Sequence[Any],
+        *,
+        seed: int | None = None,
+        per_task_params: bool = False,
+        deterministic: bool = False,
+    ) -> Episodes:
+        """Run one episode in every row and return them.
+
+        Args:
+            policy: the policy module (its own parameters are not used).
+            params: the parameters to act with: shared by every task, or, with
+                ``per_task_params``, one set per task stacked on a leading dimension ``N``.
+            tasks: the ``N`` tasks.
+            seed: seeds the action noise and the env's noise (None: continue the streams).
+            deterministic: act with the policy's mode (no exploration noise).
+        """
+        rows = self._rows(tasks)
+        n, e = self.num_tasks, self.episodes_per_task
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        if self.on_device:
+            obs, _ = self.env.reset(rows, seed=seed)
+        else:
+            obs, _ = self.env.reset(rows, seeds=seed)
+        obs = self._to_torch(obs)
+        params = {k: v.detach() for k, v in params.items()}
+        if per_task_params:
+            bad = [k for k, v in params.items() if v.shape[0] != n]
+            if bad:
+                raise ValueError(f"per-task parameters need a leading dimension {n}: {bad}")
+
+            def dist_fn(p: dict[str, Tensor], o: Tensor) -> tuple[Tensor, ...]:
+                return tuple(forward(policy, p, o))
+
+            batched = vmap(dist_fn)
+        t_max = self.horizon
+        obs_buf = torch.zeros((t_max, *obs.shape), dtype=obs.dtype, device=self.device)
+        act_buf: Tensor | None = None
+        rew_buf = torch.zeros((t_max, self.num_envs), dtype=torch.float32, device=self.device)
+        mask_buf = torch.zeros_like(rew_buf)
+        steps = 0
+        for t in range(t_max):
+            if per_task_params:
+                dist = batched(params, obs.view(n, e, *obs.shape[1:]))
+                dist = tuple(d.reshape(self.num_envs, *d.shape[2:]) for d in dist)
+            else:
+                dist = tuple(forward(policy, params, obs))
+            action = policy.mode(dist) if deterministic else policy.sample(dist, self.generator)
+            if act_buf is None:
+                act_buf = torch.zeros(
+                    (t_max, *action.shape), dtype=action.dtype, device=self.device
+                )
+            env_action = action
+            if self._low is not None and self._high is not None:
+                env_action = torch.maximum(torch.minimum(action, self._high), self._low)
+            if self.on_device:
+                next_obs, reward, _term, _trunc, info = self.env.step(env_action)
+            else:
+                next_obs, reward, _term, _trunc, info = self.env.step(env_action.cpu().numpy())
+            obs_buf[t] = obs
+            act_buf[t] = action
+            active = self._to_torch(info["active"])
+            mask_buf[t] = active.float()
+            rew_buf[t] = self._to_torch(reward).float() * mask_buf[t]
+            obs = self._to_torch(next_obs)
+            steps = t + 1
+            if not bool(self.env.active.any()):
+                break
+        assert act_buf is not None
+        return Episodes(
+            obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps], self.num_tasks
+        )
+
+    def close(self) -> None:
+        if hasattr(self.env, "close"):
+            self.env.close()
