@@ -320,8 +320,9 @@ def meta_step(
         return {k: v.sum(0) for k, v in w.items()}
 
     def fisher(u: Params) -> Params:
+        gu = torch.stack([(g * u[k]).sum() for g, k in zip(kl_grad, names, strict=True)])
         hu = torch.autograd.grad(
-            sum((g * u[k]).sum() for g, k in zip(kl_grad, names, strict=True)),
+            gu.sum(),
             [leaf[k] for k in names],
             retain_graph=True,
         )

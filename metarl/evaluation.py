@@ -242,7 +242,9 @@ def evaluate_policy_adaptation(
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     if not lrs:
         raise ValueError("lrs needs at least one learning rate")
-    tasks = list(task_distribution(env_id, **dict(env_kwargs or {})).split(split))
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    tasks = list(task_distribution(env_id, **dict(env_kwargs or {})).split(split))  # type: ignore[arg-type]
     if max_tasks is not None:
         tasks = tasks[:max_tasks]
     if episodes_per_step is None:

@@ -1,0 +1,339 @@
+"""Policies, the batched sampler, the MAML inner step, MAML-TRPO's outer step, and the
+train/evaluate/resume machinery around them."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
+
+import metarl
+from metarl.agents import agent_names, get_agent
+from metarl.agents.maml_trpo import (
+    MAMLTRPOConfig,
+    _InnerStep,
+    conjugate_gradient,
+    evaluate,
+    inner_step_fn,
+    load_policy,
+    train,
+)
+from metarl.cli import main
+from metarl.evaluation import evaluate_policy_adaptation
+from metarl.functional import forward, named_params
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
+from metarl.policy_gradient import adapt_policy, advantages, reinforce_loss
+from metarl.sampler import BatchedSampler, per_task
+
+NAV = "metarl/Navigation2D-v0"
+
+
+def _tasks(n: int, env_id: str = NAV) -> list:
+    return list(metarl.task_distribution(env_id).split("train"))[:n]
+
+
+# -- policies --------------------------------------------------------------------------------
+def test_gaussian_log_prob_and_kl_match_torch_distributions() -> None:
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, hidden_sizes=(8,), init_std=0.7)
+    obs = torch.randn(5, 3)
+    mean, log_std = policy(obs)
+    assert torch.allclose(log_std, torch.full_like(log_std, math.log(0.7)))
+    act = policy.sample((mean, log_std))
+    ref = Independent(Normal(mean, log_std.exp()), 1)
+    assert torch.allclose(policy.log_prob((mean, log_std), act), ref.log_prob(act), atol=1e-5)
+    other = (mean + 0.3, log_std - 0.2)
+    ref_other = Independent(Normal(other[0], other[1].exp()), 1)
+    assert torch.allclose(
+        policy.kl((mean, log_std), other), kl_divergence(ref, ref_other), atol=1e-5
+    )
+    assert torch.allclose(policy.entropy((mean, log_std)), ref.entropy(), atol=1e-5)
+
+
+def test_categorical_log_prob_and_kl_match_torch_distributions() -> None:
+    torch.manual_seed(0)
+    policy = CategoricalMLPPolicy(4, 3, hidden_sizes=(8,), discrete_obs=True)
+    obs = torch.tensor([0, 1, 3])
+    (logp,) = policy(obs)
+    act = policy.sample((logp,))
+    ref = Categorical(logits=logp)
+    assert torch.allclose(policy.log_prob((logp,), act), ref.log_prob(act), atol=1e-6)
+    other = torch.log_softmax(logp + torch.randn_like(logp), -1)
+    assert torch.allclose(
+        policy.kl((logp,), (other,)), kl_divergence(ref, Categorical(logits=other)), atol=1e-6
+    )
+
+
+def test_make_policy_picks_by_space_and_refuses_others() -> None:
+    box = gym.spaces.Box(-1, 1, (2,))
+    assert isinstance(make_policy(box, box), GaussianMLPPolicy)
+    assert isinstance(make_policy(gym.spaces.Discrete(5), gym.spaces.Discrete(2)),
+                      CategoricalMLPPolicy)  # fmt: skip
+    with pytest.raises(TypeError, match="Box or Discrete actions"):
+        make_policy(box, gym.spaces.MultiBinary(3))
+    with pytest.raises(ValueError, match="nonlinearity"):
+        GaussianMLPPolicy(2, 2, nonlinearity="sigmoid")
+
+
+# -- sampler ---------------------------------------------------------------------------------
+def test_sampler_shapes_masks_and_seeding() -> None:
+    sampler = BatchedSampler(NAV, num_tasks=3, episodes_per_task=4)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    tasks = _tasks(3)
+    eps = sampler.collect(policy, named_params(policy), tasks, seed=1)
+    assert eps.obs.shape == (100, 12, 2) and eps.actions.shape == (100, 12, 2)
+    assert eps.mask.shape == eps.rewards.shape == (100, 12)
+    assert ((eps.mask == 0) | (eps.mask == 1)).all()
+    assert (eps.rewards[eps.mask == 0] == 0).all()
+    assert eps.task_returns().shape == (3,) and eps.episodes_per_task == 4
+    again = sampler.collect(policy, named_params(policy), tasks, seed=1)
+    assert torch.equal(eps.actions, again.actions) and torch.equal(eps.rewards, again.rewards)
+    other = sampler.collect(policy, named_params(policy), tasks, seed=2)
+    assert not torch.equal(eps.actions, other.actions)
+    with pytest.raises(ValueError, match="needs 3 tasks"):
+        sampler.collect(policy, named_params(policy), tasks[:2])
+
+
+def test_per_task_parameters_act_on_their_own_rows() -> None:
+    """vmap over per-task parameters == running each task alone with its parameters."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    theta = named_params(policy)
+    n, tasks = 3, _tasks(3)
+    stacked = {k: torch.stack([v + 0.3 * i for i in range(n)]) for k, v in theta.items()}
+    together = BatchedSampler(NAV, n, 2).collect(
+        policy, stacked, tasks, per_task_params=True, deterministic=True, seed=0
+    )
+    alone = BatchedSampler(NAV, 1, 2)
+    for i in range(n):
+        eps = alone.collect(policy, {k: v[i] for k, v in stacked.items()}, [tasks[i]],
+                            deterministic=True, seed=0)  # fmt: skip
+        t = eps.rewards.shape[0]
+        assert torch.allclose(together.obs[:t, 2 * i : 2 * i + 2], eps.obs, atol=1e-5)
+        assert torch.allclose(together.rewards[:t, 2 * i : 2 * i + 2], eps.rewards, atol=1e-5)
+    with pytest.raises(ValueError, match="leading dimension 3"):
+        BatchedSampler(NAV, n, 2).collect(policy, theta, tasks, per_task_params=True)
+
+
+def test_numpy_and_torch_backends_give_the_same_episodes() -> None:
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(8,))
+    tasks = _tasks(2)
+    a = BatchedSampler(NAV, 2, 3, backend="torch").collect(
+        policy, named_params(policy), tasks, seed=4
+    )
+    b = BatchedSampler(NAV, 2, 3, backend="numpy").collect(
+        policy, named_params(policy), tasks, seed=4
+    )
+    assert torch.equal(a.actions, b.actions)
+    assert torch.allclose(a.rewards, b.rewards, atol=1e-4)
+    assert torch.equal(a.mask, b.mask)
+
+
+def test_sampler_on_a_discrete_family() -> None:
+    env_id = next(i for i in metarl.family_ids() if "Bandit" in i)
+    env = metarl.make(env_id)
+    policy = make_policy(env.observation_space, env.action_space, (8,))
+    env.close()
+    sampler = BatchedSampler(env_id, 2, 3)
+    eps = sampler.collect(policy, named_params(policy), _tasks(2, env_id), seed=0)
+    assert eps.actions.dtype == torch.int64 and eps.rewards.shape[1] == 6
+
+
+# -- inner step ------------------------------------------------------------------------------
+def _episodes(n: int = 3, e: int = 4):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden_sizes=(6,))
+    eps = BatchedSampler(NAV, n, e, env_kwargs={"max_episode_steps": 10}).collect(
+        policy, named_params(policy), _tasks(n), seed=3
+    )
+    return policy, eps
+
+
+def test_adapt_policy_is_one_reinforce_step_per_task() -> None:
+    policy, eps = _episodes()
+    theta = named_params(policy)
+    adv = advantages(eps)
+    adapted = adapt_policy(policy, theta, eps, adv, lr=0.1)
+    data = [per_task(x, 3) for x in (eps.obs, eps.actions, adv, eps.mask)]
+    for i in range(3):
+        p = {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+        loss = reinforce_loss(policy, p, *(d[i] for d in data))
+        grads = torch.autograd.grad(loss, list(p.values()))
+        for (k, v), g in zip(p.items(), grads, strict=True):
+            assert torch.allclose(adapted[k][i], v - 0.1 * g, atol=1e-6), k
+
+
+def test_advantages_are_normalised_per_task() -> None:
+    _, eps = _episodes()
+    adv = per_task(advantages(eps), 3)
+    m = per_task(eps.mask, 3)
+    for i in range(3):
+        a = adv[i][m[i] > 0]
+        assert abs(a.mean().item()) < 1e-5 and abs(a.std(unbiased=False).item() - 1) < 1e-3
+
+
+def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
+    """``J w = w − α H w`` against the Hessian from torch.func.hessian (closed form)."""
+    policy, eps = _episodes(n=2, e=2)
+    theta = named_params(policy)
+    adv = advantages(eps)
+    start = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in theta.items()}
+    step = _InnerStep(policy, start, eps, adv, lr=0.1, keep_graph=True)
+    names = list(theta)
+    shapes = [theta[k].shape for k in names]
+    sizes = [theta[k].numel() for k in names]
+    w = {k: torch.randn(2, *theta[k].shape) for k in names}
+    jw = step.jvp(w)
+    data = [per_task(x, 2) for x in (eps.obs, eps.actions, adv, eps.mask)]
+    for i in range(2):
+
+        def flat_loss(x: torch.Tensor, i: int = i) -> torch.Tensor:
+            parts = [c.view(s) for c, s in zip(x.split(sizes), shapes, strict=True)]
+            p = dict(zip(names, parts, strict=True))
+            return reinforce_loss(policy, p, *(d[i] for d in data))
+
+        x0 = torch.cat([theta[k].detach().flatten() for k in names])
+        h = torch.func.hessian(flat_loss)(x0)
+        wi = torch.cat([w[k][i].flatten() for k in names])
+        expected = wi - 0.1 * h @ wi
+        got = torch.cat([jw[k][i].flatten() for k in names])
+        assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_conjugate_gradient_solves_spd_system() -> None:
+    torch.manual_seed(0)
+    m = torch.randn(6, 6)
+    a = m @ m.T + 0.5 * torch.eye(6)
+    b = {"x": torch.randn(6)}
+    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, iters=20)
+    assert torch.allclose(a @ x["x"], b["x"], atol=1e-4)
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# -- meta-training ---------------------------------------------------------------------------
+def _tiny(**kw) -> MAMLTRPOConfig:
+    base = dict(num_iterations=2, meta_batch_size=4, episodes_per_task=4, hidden_sizes=(8,),
+                horizon=20, tensorboard=False, checkpoint_every=1)  # fmt: skip
+    return MAMLTRPOConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_step_stays_in_the_trust_region(tmp_path: Path, first_order: bool) -> None:
+    cfg = _tiny(first_order=first_order)
+    run = train(cfg, tmp_path / "r")
+    rows = _rows(run.path)
+    assert len(rows) == 2
+    for r in rows:
+        assert float(r["kl"]) <= cfg.max_kl + 1e-6
+        if float(r["step_size"]) > 0:  # accepted: the surrogate went down
+            assert float(r["surrogate_after"]) < float(r["surrogate_before"])
+
+
+def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    cfg = _tiny(num_iterations=4)
+    full = train(cfg, tmp_path / "full")
+    part = train(cfg.replace(num_iterations=2), tmp_path / "part")
+    assert part.path.exists()
+    resumed = train(cfg, tmp_path / "part", resume=True)
+    _, p_full, _ = load_policy(full.path)
+    _, p_res, _ = load_policy(resumed.path)
+    for k in p_full:
+        assert torch.equal(p_full[k], p_res[k]), k
+    rows = _rows(resumed.path)
+    assert [r["iteration"] for r in rows] == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match="inner_lr"):
+        train(cfg.replace(inner_lr=0.5), tmp_path / "part", resume=True)
+
+
+def test_meta_training_learns_to_adapt_on_held_out_tasks(tmp_path: Path) -> None:
+    """A short 2D-navigation run: the meta-learned policy, after one inner step on held-out
+    tasks, must beat the initial policy after one inner step by a wide margin, and the inner
+    step must help. Fails if the inner or the outer update breaks."""
+    cfg = MAMLTRPOConfig.from_preset(
+        "quick", num_iterations=12, tensorboard=False, checkpoint_every=100
+    )
+    torch.manual_seed(cfg.seed)
+    env = metarl.make(NAV)
+    policy = make_policy(env.observation_space, env.action_space, cfg.hidden_sizes)
+    before = evaluate_policy_adaptation(
+        policy, named_params(policy), NAV, inner_step_fn(policy, cfg), agent="init",
+        num_steps=1, seeds=(0,), episodes_per_step=10, max_tasks=20,
+    )  # fmt: skip
+    run = train(cfg, tmp_path / "meta")
+    after, json_path, png_path = evaluate(run.path, num_steps=1, seeds=(0,),
+                                          episodes_per_step=10, max_tasks=20)  # fmt: skip
+    assert json_path.exists() and png_path.exists()
+    b1, a0, a1 = before.mean()[1], after.mean()[0], after.mean()[1]
+    assert a1 > b1 + 30, (b1, a1)
+    assert a1 > a0 + 2, (a0, a1)
+
+
+# -- registry and CLI ------------------------------------------------------------------------
+def test_registry() -> None:
+    assert "maml-trpo" in agent_names()
+    assert get_agent("maml-trpo").CONFIG is MAMLTRPOConfig
+    with pytest.raises(KeyError, match="Did you mean maml-trpo"):
+        get_agent("maml-trp")
+
+
+def test_cli_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(tmp_path / "cli")
+    args = ["train", "--agent", "maml-trpo", "--run-dir", d, "--num-iterations", "1",
+            "--meta-batch-size", "3", "--episodes-per-task", "2", "--hidden-sizes", "8",
+            "--horizon", "10", "--no-tensorboard"]  # fmt: skip
+    assert main(args) == 0
+    assert f"metarl evaluate {d}" in capsys.readouterr().out
+    assert main(["train", "--resume", d, "--num-iterations", "2"]) == 0
+    assert len(_rows(Path(d))) == 2
+    assert main(["evaluate", d, "--steps", "1", "--seeds", "0", "--max-tasks", "2",
+                 "--episodes", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "k=1" in out and "eval_test.json" in out
+    assert (Path(d) / "eval_test.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train"], "--agent"),
+        (["train", "--agent", "mamltrpo"], "Did you mean"),
+        (["train", "--agent", "maml-trpo", "--inner-lr", "-0.1"], "inner_lr"),
+        (["train", "--agent", "maml-trpo", "--meta-batch-size", "0"], "meta_batch_size"),
+        (["train", "--agent", "maml-trpo", "--bogus", "1"], "unrecognized option"),
+        (["train", "--agent", "maml-trpo", "--env-id", "metarl/Nope-v0"], "Nope"),
+        (["evaluate", "/nonexistent/run", "--steps", "1"], "nonexistent"),
+        (["evaluate", "/tmp", "--steps", "-1"], "--steps"),
+    ],
+)
+def test_cli_bad_input_gives_clear_errors(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if argv[0] == "train":
+        argv = [*argv, "--run-dir", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises((ValueError, RuntimeError), match=r"(?i)cuda"):
+        train(_tiny(device="cuda"), tmp_path / "r")
+
+
+def test_per_task_helper_layout() -> None:
+    x = torch.arange(2 * 6).view(2, 6)  # T=2, B=6 = 3 tasks × 2 episodes
+    y = per_task(x, 3)
+    assert y.shape == (3, 2, 2) and torch.equal(y[1], x[:, 2:4])
+    assert np.array_equal(forward(torch.nn.Identity(), {}, x).numpy(), x.numpy())
