@@ -33,7 +33,44 @@ import numpy as np
 
 from metarl.tasks import TaskDistribution, TaskError
 
-__all__ = ["BatchedNoiseStream", "BatchedTaskEnv", "GenericBatchedEnv", "NoiseStream", "row_seeds"]
+__all__ = [
+    "BatchedNoiseStream",
+    "BatchedTaskEnv",
+    "EnvError",
+    "GenericBatchedEnv",
+    "NoiseStream",
+    "row_seeds",
+]
+
+
+class EnvError(RuntimeError):
+    """An env raised inside batched stepping; says which env, step and tasks, and chains the
+    original exception (its traceback is printed with this one).
+
+    Attributes:
+        env_id: the task family.
+        tasks: the tasks of the rows involved (distinct, in row order).
+    """
+
+    def __init__(self, message: str, env_id: str, tasks: list[Any]) -> None:
+        super().__init__(message)
+        self.env_id = env_id
+        self.tasks = tasks
+
+
+#: Errors that are the caller's (bad actions, a bad task) keep their type — a note adds the
+#: env and tasks; anything else an env raises becomes an :class:`EnvError` chained to it.
+_PASS_THROUGH = (EnvError, TaskError, ValueError, TypeError)
+
+
+def _note(e: BaseException, context: EnvError) -> None:
+    if not isinstance(e, EnvError) and hasattr(e, "add_note"):  # Python >= 3.11
+        e.add_note(str(context).replace("the env's own traceback is chained to this error", ""))
+
+
+def _tasks_text(tasks: Sequence[Any]) -> str:
+    distinct = list(dict.fromkeys(tasks))
+    return ", ".join(repr(t) for t in distinct[:3]) + (" ..." if len(distinct) > 3 else "")
 
 
 def row_seeds(seeds: int | Sequence[int] | None, num_envs: int) -> list[int | None]:
@@ -58,6 +95,8 @@ class BatchedTaskEnv(abc.ABC):
     """
 
     num_envs: int
+    #: The family's id (set by ``metarl.make_batched``), for error messages.
+    env_id: str = ""
     single_observation_space: gym.Space[Any]
     single_action_space: gym.Space[Any]
     horizon: int
@@ -105,7 +144,14 @@ class BatchedTaskEnv(abc.ABC):
             if id(task) not in validated:
                 validated[id(task)] = self.task_distribution.validate(task)
         self.tasks = tasks
-        obs = self._reset_rows(tasks, row_seeds(seeds, self.num_envs))
+        per_row = row_seeds(seeds, self.num_envs)
+        try:
+            obs = self._reset_rows(tasks, per_row)
+        except _PASS_THROUGH as e:
+            _note(e, self._error("reset", tasks, e))
+            raise
+        except Exception as e:
+            raise self._error("reset", tasks, e) from e
         self.active[:] = True
         self.t = 0
         self._obs = obs
@@ -133,7 +179,15 @@ class BatchedTaskEnv(abc.ABC):
                 f"got {actions.shape}"
             )
         stepped = self.active.copy()
-        obs, reward, terminated, info = self._step_rows(actions, stepped)
+        try:
+            obs, reward, terminated, info = self._step_rows(actions, stepped)
+        except _PASS_THROUGH as e:
+            rows = [t for t, a in zip(self.tasks, stepped, strict=True) if a]
+            _note(e, self._error(f"step {self.t + 1}", rows, e))
+            raise
+        except Exception as e:
+            rows = [t for t, a in zip(self.tasks, stepped, strict=True) if a]
+            raise self._error(f"step {self.t + 1}", rows, e) from e
         self.t += 1
         reward = np.where(stepped, reward, 0.0).astype(np.float64)
         terminated = terminated & stepped
@@ -143,6 +197,15 @@ class BatchedTaskEnv(abc.ABC):
         self.active &= ~(terminated | truncated)
         info["active"] = stepped
         return obs.copy(), reward, terminated, truncated, info
+
+    def _error(self, what: str, tasks: Sequence[Any], e: BaseException) -> EnvError:
+        name = self.env_id or type(self).__name__
+        return EnvError(
+            f"{name}: {what} raised {type(e).__name__}: {e} (task: {_tasks_text(tasks)}); the "
+            "env's own traceback is chained to this error",
+            name,
+            list(dict.fromkeys(tasks)),
+        )
 
     def close(self) -> None:  # noqa: B027 (an optional hook, not abstract)
         """Release resources (threads, processes, models)."""
@@ -196,7 +259,12 @@ class GenericBatchedEnv(BatchedTaskEnv):
         reward = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
         for i in np.flatnonzero(active):
-            o, r, term, _trunc, _info = self.envs[i].step(actions[i])
+            try:
+                o, r, term, _trunc, _info = self.envs[i].step(actions[i])
+            except _PASS_THROUGH:
+                raise
+            except Exception as e:  # name the row's own task, not the whole batch's
+                raise self._error(f"step {self.t + 1} of row {i}", [self.tasks[i]], e) from e
             obs[i] = o
             reward[i] = r
             terminated[i] = term

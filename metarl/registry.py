@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,21 +130,31 @@ def make_batched(
 
     Args:
         backend: ``"auto"`` (the fastest registered one), ``"generic"`` (a loop over single
-            envs; any family) or a family-specific name (``metarl envs`` lists them).
+            envs; any family), ``"subprocess"`` (rows in worker processes with a timeout on
+            every answer: an env that crashes or hangs becomes an error, see
+            :mod:`metarl.workers`; takes ``num_workers``, ``timeout`` and ``worker_backend``)
+            or a family-specific name (``metarl envs`` lists them).
         kwargs: passed to the env, as to ``gymnasium.make``; ``max_episode_steps`` sets the
             horizon.
     """
     fam = family(env_id)
+    if backend == "subprocess":
+        return _subprocess_batched(env_id, num_envs, **kwargs)
     if backend == "auto":
         backend = next(iter(fam.batched), "generic")
+    env: BatchedTaskEnv
     if backend == "generic":
         horizon = kwargs.get("max_episode_steps")
-        return GenericBatchedEnv(lambda: gym.make(env_id, **kwargs), num_envs, horizon)
-    if backend not in fam.batched:
+        env = GenericBatchedEnv(lambda: gym.make(env_id, **kwargs), num_envs, horizon)
+    elif backend not in fam.batched:
         raise ValueError(
-            f"{env_id} has no batched backend {backend!r}; available: {', '.join(fam.backends)}"
+            f"{env_id} has no batched backend {backend!r}; available: "
+            f"{', '.join(fam.backends)}, subprocess"
         )
-    return fam.batched[backend](num_envs, **kwargs)
+    else:
+        env = fam.batched[backend](num_envs, **kwargs)
+    env.env_id = env_id
+    return env
 
 
 def make_torch_batched(
@@ -162,3 +173,38 @@ def make_torch_batched(
             "Use metarl.make_batched for the others."
         )
     return fam.torch(num_envs, device=device, **kwargs)
+
+
+def _subprocess_batched(
+    env_id: str,
+    num_envs: int,
+    *,
+    num_workers: int = 2,
+    timeout: float = 60.0,
+    worker_backend: str = "auto",
+    **kwargs: Any,
+) -> BatchedTaskEnv:
+    from metarl.workers import SubprocessBatchedEnv
+
+    if worker_backend == "subprocess":
+        raise ValueError("worker_backend must be an in-process backend, not 'subprocess'")
+    probe = make(env_id, **kwargs)
+    try:
+        horizon = kwargs.get("max_episode_steps") or (probe.spec and probe.spec.max_episode_steps)
+        if not horizon:
+            raise ValueError(f"{env_id} has no max_episode_steps; pass max_episode_steps=")
+        return SubprocessBatchedEnv(
+            env_id,
+            num_envs,
+            functools.partial(_rows, env_id, worker_backend, kwargs),
+            probe,
+            int(horizon),
+            num_workers=num_workers,
+            timeout=timeout,
+        )
+    finally:
+        probe.close()
+
+
+def _rows(env_id: str, backend: str, kwargs: dict[str, Any], n: int) -> BatchedTaskEnv:
+    return make_batched(env_id, n, backend=backend, **kwargs)

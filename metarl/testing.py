@@ -17,21 +17,101 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import pickle
 import random
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from metarl import runs
+from metarl.envs.navigation import GoalTask, Navigation2D
 
 __all__ = [
+    "FAULTS",
+    "FAULTY_ID",
+    "FaultyNavigation2D",
     "MarkerPayload",
     "bit_flips",
+    "faulty_task",
     "malicious_checkpoints",
+    "register_faulty_family",
     "truncations",
 ]
+
+#: The id :func:`register_faulty_family` registers (not registered on ``import metarl``).
+FAULTY_ID = "metarl-test/FaultyNavigation2D-v0"
+#: What :class:`FaultyNavigation2D` can do wrong.
+FAULTS = ("none", "raise", "exit", "kill", "hang", "nan_obs", "inf_reward", "raise_on_reset")
+
+
+class FaultyNavigation2D(Navigation2D):
+    """2D navigation that misbehaves at step ``at_step`` of tasks whose goal's x exceeds
+    ``min_goal_x`` — so a failure belongs to particular tasks, as real ones do.
+
+    Args:
+        fault: one of :data:`FAULTS`: raise an exception, ``os._exit(3)``, SIGKILL its own
+            process, sleep forever, return a NaN observation or an infinite reward, or raise
+            in ``reset``. ``exit``/``kill``/``hang`` are meant for worker processes (the
+            subprocess backend): in-process they end or block the caller.
+        at_step: the (1-based) step of the episode at which it happens.
+        min_goal_x: only tasks with ``goal[0] > min_goal_x`` misbehave.
+    """
+
+    def __init__(self, fault: str = "none", at_step: int = 3, min_goal_x: float = -1.0) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
+        super().__init__()
+        self.fault, self.at_step, self.min_goal_x = fault, at_step, min_goal_x
+        self._steps = 0
+
+    def _faulty(self) -> bool:
+        return self._task is not None and self._task.goal[0] > self.min_goal_x
+
+    def _reset_episode(self) -> tuple[np.ndarray, dict[str, Any]]:
+        self._steps = 0
+        if self.fault == "raise_on_reset" and self._faulty():
+            raise RuntimeError(f"simulated reset failure of {self.task}")
+        return super()._reset_episode()
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, term, trunc, info = super().step(action)
+        self._steps += 1
+        if self._steps != self.at_step or not self._faulty():
+            return obs, reward, term, trunc, info
+        if self.fault == "raise":
+            raise RuntimeError(f"simulated simulator failure at step {self._steps}")
+        if self.fault == "exit":
+            os._exit(3)
+        if self.fault == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.fault == "hang":
+            while True:
+                time.sleep(3600)
+        if self.fault == "nan_obs":
+            obs = np.full_like(obs, np.nan)
+        if self.fault == "inf_reward":
+            reward = float("inf")
+        return obs, reward, term, trunc, info
+
+
+def register_faulty_family() -> str:
+    """Register :data:`FAULTY_ID` (generic batched backend only) and return it; idempotent.
+    Pass ``fault=``, ``at_step=``, ``min_goal_x=`` to ``make``/``make_batched``."""
+    from metarl.registry import _FAMILIES, register_family
+
+    if FAULTY_ID not in _FAMILIES:
+        register_family(FAULTY_ID, FaultyNavigation2D, max_episode_steps=20)
+    return FAULTY_ID
+
+
+def faulty_task(x: float) -> GoalTask:
+    """A task of the faulty family with goal ``(x, 0)``."""
+    return GoalTask((float(x), 0.0))
 
 
 class MarkerPayload:

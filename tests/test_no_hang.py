@@ -1,0 +1,164 @@
+"""Issue #7, guarantee 3: no hang, ever. An env that raises, dies (os._exit, SIGKILL) or never
+returns surfaces in bounded time as an error naming the env, the task and the original
+traceback; worker processes are reaped; no orphans remain when the trainer itself is killed.
+
+Bounded time is enforced by pytest-timeout (a hang fails the test), not by timing asserts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import metarl
+from metarl.batched import EnvError
+from metarl.testing import faulty_task, register_faulty_family
+from metarl.workers import EnvWorkerError, SubprocessBatchedEnv
+
+FAULTY = register_faulty_family()
+#: Two tasks behave, two misbehave (goal x > 0.2): the error must name a misbehaving one.
+TASKS = [faulty_task(x) for x in (-0.4, -0.2, 0.1, 0.3)]
+BAD_TASK = "GoalTask(goal=(0.3, 0.0))"
+#: Faults tried in worker processes (benchmarks/reliability.md counts them).
+WORKER_FAULTS = ("raise", "raise_on_reset", "exit", "kill", "hang")
+IN_PROCESS_FAULTS = ("raise", "raise_on_reset")
+
+
+def _drive(batch: metarl.BatchedTaskEnv) -> None:
+    batch.reset(TASKS, seeds=0)
+    while batch.active.any():
+        batch.step(np.zeros((len(TASKS), 2), dtype=np.float32))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", WORKER_FAULTS)
+def test_a_faulty_env_in_a_worker_becomes_an_error_and_every_worker_is_reaped(
+    fault: str,
+) -> None:
+    batch = metarl.make_batched(
+        FAULTY, 4, backend="subprocess", num_workers=2, timeout=2.0, fault=fault, min_goal_x=0.2
+    )
+    assert isinstance(batch, SubprocessBatchedEnv)
+    pids = [p.pid for p in batch.processes]
+    with pytest.raises(EnvWorkerError) as info:
+        _drive(batch)
+    err = info.value
+    text = str(err)
+    assert FAULTY in text and err.env_id == FAULTY
+    assert BAD_TASK in text and any(repr(t) == BAD_TASK for t in err.tasks)
+    assert ("reset" if fault == "raise_on_reset" else "step 3") in text
+    expected = {
+        "raise": "simulated simulator failure at step 3",
+        "raise_on_reset": "simulated reset failure",
+        "exit": "exited with code 3",
+        "kill": "killed by signal SIGKILL",
+        "hang": "did not answer within 2 s",
+    }[fault]
+    assert expected in text
+    if fault.startswith("raise"):  # the original traceback, down to the env's line
+        assert err.worker_traceback is not None
+        assert "testing.py" in err.worker_traceback and "Traceback" in text
+    assert not any(p.is_alive() for p in batch.processes)
+    assert not set(pids) & {p.pid for p in mp.active_children()}
+    with pytest.raises(RuntimeError, match="closed"):  # a dead batch says so, never hangs
+        batch.reset(TASKS, seeds=0)
+    batch.close()
+
+
+@pytest.mark.parametrize("fault", IN_PROCESS_FAULTS)
+def test_an_env_that_raises_in_process_names_the_env_task_and_cause(fault: str) -> None:
+    batch = metarl.make_batched(FAULTY, 4, backend="generic", fault=fault, min_goal_x=0.2)
+    with pytest.raises(EnvError) as info:
+        _drive(batch)
+    text = str(info.value)
+    assert FAULTY in text and BAD_TASK in text
+    if fault == "raise":
+        assert "step 3 of row 3" in text and info.value.tasks == [TASKS[3]]
+    assert isinstance(info.value.__cause__, RuntimeError)  # the original, with its traceback
+    assert "simulated" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize("env_id", ["metarl/Navigation2D-v0", "metarl/BernoulliBandit-K5-v0",
+                                    "metarl/TabularMDP-S10A5-v0"])  # fmt: skip
+def test_the_subprocess_backend_gives_the_in_process_results_row_for_row(env_id: str) -> None:
+    n = 6
+    tasks = list(metarl.task_distribution(env_id).split("train")[:3]) * 2
+    local = metarl.make_batched(env_id, n)
+    remote = metarl.make_batched(env_id, n, backend="subprocess", num_workers=3, timeout=30.0)
+    try:
+        a, _ = local.reset(tasks, seeds=5)
+        b, _ = remote.reset(tasks, seeds=5)
+        np.testing.assert_array_equal(a, b)
+        space = local.single_action_space
+        space.seed(0)
+        while local.active.any():
+            actions = np.stack([space.sample() for _ in range(n)])
+            ra = local.step(actions)
+            rb = remote.step(actions)
+            for x, y in zip(ra[:4], rb[:4], strict=True):
+                np.testing.assert_array_equal(x, y)
+        assert not remote.active.any()
+    finally:
+        remote.close()
+    assert not any(p.is_alive() for p in remote.processes)
+
+
+def test_bad_worker_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="num_workers must be an integer >= 1"):
+        metarl.make_batched("metarl/Navigation2D-v0", 2, backend="subprocess", num_workers=0)
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        metarl.make_batched("metarl/Navigation2D-v0", 2, backend="subprocess", timeout=0)
+    with pytest.raises(ValueError, match="available: numpy, generic, subprocess"):
+        metarl.make_batched("metarl/Navigation2D-v0", 2, backend="nope")
+
+
+_ORPHAN_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, numpy as np, metarl
+    from metarl.testing import faulty_task, register_faulty_family
+    eid = register_faulty_family()
+    batch = metarl.make_batched(eid, 4, backend="subprocess", num_workers=2, timeout=600,
+                                fault="hang", min_goal_x=0.2)
+    print(" ".join(str(p.pid) for p in batch.processes), flush=True)
+    batch.reset([faulty_task(x) for x in (-0.4, -0.2, 0.1, 0.3)], seeds=0)
+    while True:  # step 3 hangs in one worker; the parent waits (up to 600 s) until killed
+        batch.step(np.zeros((4, 2), dtype=np.float32))
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead; it only waits for its (new) parent to reap it.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_the_trainer_leaves_no_orphan_workers(tmp_path: Path) -> None:
+    script = tmp_path / "trainer.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    time.sleep(1.0)  # let the hang begin
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "worker processes outlived their parent"
