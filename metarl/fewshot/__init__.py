@@ -4,10 +4,12 @@ Data (:mod:`~metarl.fewshot.data`): sinusoid regression tasks, Omniglot with the
 1200/423 split, any ``class/image`` folder, seeded N-way K-shot episodes. Backbones
 (:mod:`~metarl.fewshot.models`). One file per learner: :mod:`~metarl.fewshot.maml` (MAML,
 first-order MAML), :mod:`~metarl.fewshot.metasgd`, :mod:`~metarl.fewshot.reptile`,
-:mod:`~metarl.fewshot.protonet`. Evaluation over held-out episodes with a 95% CI
-(:mod:`~metarl.fewshot.evaluate`).
+:mod:`~metarl.fewshot.protonet`, :mod:`~metarl.fewshot.matching`,
+:mod:`~metarl.fewshot.mann`, :mod:`~metarl.fewshot.baseline` (pretrain + fine-tune).
+Evaluation over held-out episodes with a 95% CI (:mod:`~metarl.fewshot.evaluate`).
 """
 
+from metarl.fewshot.baseline import PretrainFinetune
 from metarl.fewshot.data import (
     EpisodeBatch,
     EpisodeSampler,
@@ -20,6 +22,8 @@ from metarl.fewshot.data import (
 from metarl.fewshot.evaluate import evaluate
 from metarl.fewshot.learner import Learner
 from metarl.fewshot.maml import MAML
+from metarl.fewshot.mann import MANN
+from metarl.fewshot.matching import MatchingNet
 from metarl.fewshot.metasgd import MetaSGD
 from metarl.fewshot.models import MLP, BatchStatNorm2d, Conv4
 from metarl.fewshot.protonet import ProtoNet
@@ -27,6 +31,7 @@ from metarl.fewshot.reptile import Reptile
 
 __all__ = [
     "MAML",
+    "MANN",
     "MLP",
     "BatchStatNorm2d",
     "Conv4",
@@ -34,7 +39,9 @@ __all__ = [
     "EpisodeSampler",
     "ImageClasses",
     "Learner",
+    "MatchingNet",
     "MetaSGD",
+    "PretrainFinetune",
     "ProtoNet",
     "Reptile",
     "SinusoidTasks",
