@@ -222,6 +222,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fewshot_parser(sub: argparse.ArgumentParser) -> None:
+    from metarl.fewshot.cli import add_fewshot_arguments
+
+    add_fewshot_arguments(sub)
+
+
+def _fewshot(args: argparse.Namespace) -> int:
+    from metarl.fewshot.cli import run_fewshot
+
+    return run_fewshot(args)
+
+
 #: name -> (help, add_arguments, run)
 COMMANDS: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -238,6 +250,12 @@ COMMANDS: dict[
         "held-out evaluation of a run: return after 0..K adaptation steps, JSON and PNG",
         _evaluate_parser,
         _evaluate,
+    ),
+    "fewshot": (
+        "supervised few-shot learning: train, evaluate, presets (MAML, Meta-SGD, Reptile, "
+        "ProtoNets, Matching Networks, MANN, a transfer baseline)",
+        _fewshot_parser,
+        _fewshot,
     ),
 }
 

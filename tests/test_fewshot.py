@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -404,3 +405,52 @@ def test_maml_beats_pretrained_baseline_on_sinusoid() -> None:
     ours = evaluate(maml, tasks, 200, 100, seed=1)["mean"]
     pretrained = evaluate(base, tasks, 200, 100, seed=1)["mean"]
     assert ours < 0.7 * pretrained, (ours, pretrained)
+
+
+# ---------------------------------------------------------------------------- runs and CLI
+
+
+def test_train_resume_is_exact(tmp_path: Path) -> None:
+    from metarl.fewshot.train import FewShotConfig, load_run, train
+
+    cfg = FewShotConfig.from_preset(
+        "maml-sinusoid", num_iterations=6, checkpoint_every=3, log_every=1, tensorboard=False
+    )
+    cfg = cfg.replace(device="cpu")
+    straight = train(cfg, tmp_path / "a", num_eval_episodes=20)
+    train(cfg.replace(num_iterations=3), tmp_path / "b", num_eval_episodes=5)
+    resumed = train(cfg, tmp_path / "b", resume=True, num_eval_episodes=20)
+    assert straight["per_episode"] == resumed["per_episode"]
+    _, a = load_run(tmp_path / "a", "cpu")
+    _, b = load_run(tmp_path / "b", "cpu")
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+def test_cli_fewshot_train_evaluate_and_bad_input(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from metarl.cli import main
+
+    run = tmp_path / "run"
+    common = ["--num-iterations", "2", "--device", "cpu", "--no-tensorboard"]
+    args = ["fewshot", "train", "--preset", "maml-sinusoid", "--run-dir", str(run), *common]
+    assert main([*args, "--num-eval-episodes", "10"]) == 0
+    assert "MSE" in capsys.readouterr().out
+    assert main(["fewshot", "evaluate", str(run), "--num-episodes", "10", "--device", "cpu"]) == 0
+    assert json.loads((run / "eval.json").read_text())["num_episodes"] == 10
+    # bad input: one clear line each, exit code 2
+    missing = ["fewshot", "train", "--learner", "protonet", "--data-path", str(tmp_path / "no")]
+    assert main([*missing, "--run-dir", str(tmp_path / "r2"), *common]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    sin_proto = ["fewshot", "train", "--dataset", "sinusoid", "--learner", "protonet"]
+    assert main([*sin_proto, "--run-dir", str(tmp_path / "r3"), *common]) == 2
+    assert "is a classifier" in capsys.readouterr().err
+
+
+@needs_omniglot
+def test_cli_fewshot_omniglot_too_many_ways(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from metarl.cli import main
+
+    args = ["fewshot", "train", "--learner", "protonet", "--num-ways", "5000", "--device", "cpu"]
+    args += ["--data-path", str(OMNIGLOT), "--run-dir", str(tmp_path / "r"), "--no-tensorboard"]
+    assert main(args) == 2
+    assert "5000-way episodes need at least 5000 classes" in capsys.readouterr().err
