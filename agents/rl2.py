@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.evaluation import AdaptationCurve
+from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.runs import load_checkpoint_file, save_checkpoint_file
 from metarl.torch_batched import resolve_device
 
@@ -218,6 +219,9 @@ class _Env:
             obs, reward, term, trunc, info = self.torch_env.step(actions)
             return obs, reward.float(), term | trunc, info["active"]
         obs, reward, term, trunc, info = self.numpy_env.step(actions.cpu().numpy())
+        # Checked here, before the policy sees them (a NaN input fails deep inside torch).
+        check_finite("observations or rewards", obs, reward,
+                     hint=f"the env {self.numpy_env.env_id} returned them")  # fmt: skip
         dev = self.device
         return (
             torch.as_tensor(obs, device=dev),
@@ -454,6 +458,9 @@ class RL2:
                 loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
                 self.optimizer.zero_grad()
                 loss.backward()
+                check_finite("PPO loss", loss, hint="lower --lr or check the env's rewards")
+                check_finite("gradients", [p.grad for p in self.policy.parameters()
+                                           if p.grad is not None])  # fmt: skip
                 nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 stats["policy_loss"].append(policy_loss.item())
@@ -474,6 +481,9 @@ class RL2:
             self.policy, self.env, tasks, cfg.episodes_per_trial, seed, self.generator
         )
         sample_time = time.perf_counter() - start
+        # inputs hold (observation, previous action, previous reward, done) of every step.
+        check_finite("observations or rewards", trials.inputs, trials.rewards,
+                     hint=f"the env {cfg.env_id} returned them")  # fmt: skip
         stats = self._ppo_update(trials)
         steps = int(trials.mask.sum())
         self.env_steps += steps
@@ -505,7 +515,12 @@ class RL2:
         if checkpoint is not None and Path(checkpoint).exists():
             self.load(checkpoint)
         while self.iteration < total:
-            stats = self.train_iteration()
+            try:
+                stats = self.train_iteration()
+            except NonFiniteError as e:  # stop before anything is saved; name the iteration
+                where = str(checkpoint) if checkpoint is not None else ""
+                raise NonFiniteError(at_iteration(e, self.iteration, where), e.quantity,
+                                     self.iteration) from e  # fmt: skip
             if log is not None:
                 log(stats)
             if checkpoint is not None and self.iteration % checkpoint_every == 0:

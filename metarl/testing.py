@@ -60,20 +60,35 @@ class FaultyNavigation2D(Navigation2D):
             subprocess backend): in-process they end or block the caller.
         at_step: the (1-based) step of the episode at which it happens.
         min_goal_x: only tasks with ``goal[0] > min_goal_x`` misbehave.
+        from_episode: only from this (1-based) episode of this env instance on — a run
+            that goes well for a while, then fails.
     """
 
-    def __init__(self, fault: str = "none", at_step: int = 3, min_goal_x: float = -1.0) -> None:
+    def __init__(
+        self,
+        fault: str = "none",
+        at_step: int = 3,
+        min_goal_x: float = -1.0,
+        from_episode: int = 1,
+    ) -> None:
         if fault not in FAULTS:
             raise ValueError(f"fault must be one of {', '.join(FAULTS)}, got {fault!r}")
         super().__init__()
         self.fault, self.at_step, self.min_goal_x = fault, at_step, min_goal_x
+        self.from_episode = from_episode
         self._steps = 0
+        self._episodes = 0
 
     def _faulty(self) -> bool:
-        return self._task is not None and self._task.goal[0] > self.min_goal_x
+        return (
+            self._task is not None
+            and self._task.goal[0] > self.min_goal_x
+            and self._episodes >= self.from_episode
+        )
 
     def _reset_episode(self) -> tuple[np.ndarray, dict[str, Any]]:
         self._steps = 0
+        self._episodes += 1
         if self.fault == "raise_on_reset" and self._faulty():
             raise RuntimeError(f"simulated reset failure of {self.task}")
         return super()._reset_episode()
@@ -99,14 +114,26 @@ class FaultyNavigation2D(Navigation2D):
         return obs, reward, term, trunc, info
 
 
-def register_faulty_family() -> str:
-    """Register :data:`FAULTY_ID` (generic batched backend only) and return it; idempotent.
-    Pass ``fault=``, ``at_step=``, ``min_goal_x=`` to ``make``/``make_batched``."""
+def register_faulty_family(fault: str | None = None, **kwargs: Any) -> str:
+    """Register the faulty family (generic batched backend only) and return its id;
+    idempotent.
+
+    With no arguments: :data:`FAULTY_ID`, to which ``make``/``make_batched`` pass
+    ``fault=``, ``at_step=``, ``min_goal_x=``, ``from_episode=``. With them: an id of its own
+    with those settings fixed (for agents that build their envs from an id alone).
+    """
     from metarl.registry import _FAMILIES, register_family
 
-    if FAULTY_ID not in _FAMILIES:
-        register_family(FAULTY_ID, FaultyNavigation2D, max_episode_steps=20)
-    return FAULTY_ID
+    env_id = FAULTY_ID
+    if fault is not None:
+        settings = {"fault": fault, **kwargs}
+        tag = "-".join(f"{v}" for v in settings.values()).replace(".", "p")
+        env_id = f"metarl-test/FaultyNavigation2D-{tag}-v0"
+        if env_id not in _FAMILIES:
+            register_family(env_id, FaultyNavigation2D, max_episode_steps=20, kwargs=settings)
+    elif env_id not in _FAMILIES:
+        register_family(env_id, FaultyNavigation2D, max_episode_steps=20)
+    return env_id
 
 
 def faulty_task(x: float) -> GoalTask:

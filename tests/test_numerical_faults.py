@@ -1,0 +1,86 @@
+"""Issue #7, guarantee 4: a NaN/inf in observations, rewards, losses, gradients or the update
+stops the run with an error naming the iteration and the quantity, and the last good
+checkpoint is never overwritten."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metarl.agents import rl2
+from metarl.numerics import NonFiniteError, at_iteration, check_finite
+from metarl.runs import load_checkpoint_file
+from metarl.testing import register_faulty_family
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_check_finite_counts_and_names_the_quantity() -> None:
+    check_finite("x", torch.ones(3), np.zeros(2), 1.0, [torch.ones(1)], {"a": 2})
+    check_finite("ints", torch.arange(3), np.arange(2))  # integers cannot be NaN
+    with pytest.raises(NonFiniteError, match=r"non-finite rewards \(2 of 5 values") as info:
+        check_finite("rewards", torch.tensor([1.0, float("nan"), float("inf")]), np.zeros(2))
+    assert info.value.quantity == "rewards" and info.value.iteration is None
+    with pytest.raises(NonFiniteError, match=r"gradient of w.*lower the step"):
+        check_finite("gradient of w", {"w": [np.array([np.inf])]}, hint="lower the step")
+    assert at_iteration(info.value, 4, "ckpt.pt").startswith("iteration 4: non-finite rewards")
+
+
+@pytest.mark.parametrize("fault", ["inf_reward", "nan_obs"])
+def test_rl2_stops_on_a_bad_env_value_and_keeps_the_last_good_checkpoint(
+    fault: str, tmp_path: Path
+) -> None:
+    # The env behaves for two episodes per row, then returns inf/NaN at step 2 of the third:
+    # iterations 0 and 1 finish and are checkpointed, iteration 2 must stop the run.
+    env_id = register_faulty_family(fault, at_step=2, from_episode=3)
+    cfg = rl2.RL2Config(env_id=env_id, max_episode_steps=5, num_trials=4, hidden_size=8,
+                        num_minibatches=2, num_iterations=5)  # fmt: skip
+    path = tmp_path / "rl2.pt"
+    agent = rl2.RL2(cfg)
+    saved: list[bytes] = []
+    save = agent.save
+
+    def save_and_remember(p: Path) -> Path:
+        out = save(p)
+        saved.append(Path(p).read_bytes())
+        return out
+
+    agent.save = save_and_remember  # type: ignore[method-assign]
+    with pytest.raises(NonFiniteError, match=r"iteration 2: non-finite observations or rewards"):
+        agent.train(checkpoint=path, checkpoint_every=1)
+    assert len(saved) == 2 and path.read_bytes() == saved[-1]  # iteration 2's, untouched
+    assert rl2.RL2.from_checkpoint(path).iteration == 2
+    for p in rl2.RL2.from_checkpoint(path).policy.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_rl2_stops_on_a_non_finite_loss(tmp_path: Path) -> None:
+    cfg = rl2.RL2Config(
+        env_id="metarl/BernoulliBandit-K5-v0",
+        max_episode_steps=5,
+        num_trials=4,
+        hidden_size=8,
+        num_minibatches=2,
+        num_iterations=3,
+    )
+    agent = rl2.RL2(cfg)
+    path = tmp_path / "c.pt"
+
+    def diverge(_: dict) -> None:
+        # After iteration 0: an entropy bonus of inf makes the next loss inf, a stand-in for
+        # a diverged loss.
+        agent.config.ent_coef = float("inf")
+
+    with pytest.raises(NonFiniteError, match=r"iteration 1: non-finite PPO loss"):
+        agent.train(checkpoint=path, checkpoint_every=1, log=diverge)
+    assert load_checkpoint_file(path, agent="rl2")["iteration"] == 1  # iteration 0's, kept
