@@ -46,6 +46,7 @@ from torch.func import vmap
 from metarl.config import RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
 from metarl.functional import Params, forward, load_params
+from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.policies import Policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
 from metarl.registry import family_ids, make, task_distribution
@@ -92,7 +93,19 @@ class MAMLTRPOConfig(RunConfig):
     init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
     horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     backend: str = option(
-        "auto", "batched env backend: auto (torch on-device if any), torch, numpy, generic"
+        "auto",
+        "batched env backend: auto (torch on-device if any), torch, numpy, generic, or "
+        "subprocess (envs in worker processes with a timeout: a crash or hang becomes an error)",
+    )
+    num_workers: int = option(
+        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
+    )
+    worker_timeout: float = option(
+        60.0,
+        "seconds a worker may take to answer a reset or step with --backend subprocess",
+        low=0.0,
+        low_open=True,
+        may_change_on_resume=True,
     )
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -337,15 +350,15 @@ def meta_step(
         return _axpy(cfg.cg_damping, v, hv)
 
     grad = back_to_theta(dict(zip(names, g_out, strict=True)), steps)
-    if not all(torch.isfinite(g).all() for g in grad.values()) or not torch.isfinite(surrogate):
-        raise FloatingPointError(
-            "non-finite MAML-TRPO loss or gradient; the last checkpoint is kept. Lower "
-            "--inner-lr or --max-kl, or check the env's rewards"
-        )
+    hint = "lower --inner-lr or --max-kl, or check the env's rewards"
+    check_finite("MAML-TRPO surrogate loss", surrogate, hint=hint)
+    check_finite("meta-gradient", grad, hint=hint)
     direction = conjugate_gradient(kl_hvp, grad, cfg.cg_iters)
     shs = 0.5 * _dot(direction, kl_hvp(direction))
     lagrange = torch.sqrt(shs.clamp_min(1e-20) / cfg.max_kl)
     full_step = {k: v / lagrange for k, v in direction.items()}
+    check_finite("TRPO step (conjugate-gradient direction)", full_step,
+                 hint="raise --cg-damping or lower --max-kl")  # fmt: skip
     old_loss = surrogate.item()
 
     # Backtracking line search: re-adapt from the candidate θ and check the surrogate and KL.
@@ -397,6 +410,8 @@ def _build(cfg: MAMLTRPOConfig, device: torch.device) -> tuple[Policy, BatchedSa
         backend=cfg.backend,
         device=device,
         env_kwargs=cfg.env_kwargs(),
+        num_workers=cfg.num_workers,
+        worker_timeout=cfg.worker_timeout,
     )
     policy = make_policy(
         sampler.observation_space,
@@ -457,7 +472,12 @@ def train(
             replace = len(train_tasks) < cfg.meta_batch_size
             idx = task_rng.choice(len(train_tasks), cfg.meta_batch_size, replace=replace)
             seed = int(task_rng.integers(2**31 - 2000))
-            stats = meta_step(policy, sampler, [train_tasks[i] for i in idx], seed, cfg)
+            try:
+                stats = meta_step(policy, sampler, [train_tasks[i] for i in idx], seed, cfg)
+                check_finite("parameters after the TRPO step", _state(policy))
+            except NonFiniteError as e:  # stop before logging or checkpointing this iteration
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
             run.log(it, stats)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(

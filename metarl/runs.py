@@ -271,7 +271,15 @@ class Run:
                 "settings (omit these options) or start a new run directory"
             )
         if not (path / CHECKPOINT_FILE).exists():
-            raise FileNotFoundError(f"{path} has no checkpoint yet; nothing to resume")
+            raise FileNotFoundError(
+                f"{path} has no checkpoint yet (the run stopped before its first one); start "
+                "it again with --overwrite"
+            )
+        # A save interrupted by a crash leaves its temporary file behind; the checkpoint
+        # itself is the previous one, intact. Clear the debris.
+        for tmp in path.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         return cls(path, record["agent"], config)
 
     @staticmethod

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from metarl.functional import forward
+from metarl.numerics import NonFiniteError
 from metarl.policies import Policy
 from metarl.registry import family, make, make_batched, make_torch_batched
 from metarl.torch_batched import resolve_device
@@ -90,7 +91,10 @@ class BatchedSampler:
         env_id: a registered task family.
         num_tasks, episodes_per_task: the meta-batch shape; ``B`` is their product.
         backend: ``"auto"`` (torch on-device if the family has it, else its fastest NumPy
-            backend), ``"torch"``, or a NumPy backend name (``"numpy"``, ``"generic"``...).
+            backend), ``"torch"``, a NumPy backend name (``"numpy"``, ``"generic"``...), or
+            ``"subprocess"``: the rows in ``num_workers`` worker processes, each answer
+            awaited at most ``worker_timeout`` seconds, so an env that crashes or hangs
+            becomes an error naming it and its tasks (:mod:`metarl.workers`).
         device: where the policy runs and the episodes live (``"auto"``, ``"cpu"``, ``"cuda"``).
         env_kwargs: passed to the env (``max_episode_steps`` sets the horizon).
     """
@@ -104,6 +108,8 @@ class BatchedSampler:
         backend: str = "auto",
         device: str | torch.device = "cpu",
         env_kwargs: Mapping[str, Any] | None = None,
+        num_workers: int = 2,
+        worker_timeout: float = 60.0,
     ) -> None:
         if num_tasks < 1 or episodes_per_task < 1:
             raise ValueError(
@@ -127,6 +133,9 @@ class BatchedSampler:
         self.env: Any
         if self.on_device:
             self.env = make_torch_batched(env_id, self.num_envs, device=str(self.device), **kwargs)
+        elif backend == "subprocess":
+            self.env = make_batched(env_id, self.num_envs, backend=backend, **kwargs,
+                                    num_workers=num_workers, timeout=worker_timeout)  # fmt: skip
         else:
             self.env = make_batched(env_id, self.num_envs, backend=backend, **kwargs)
         self.horizon = int(self.env.horizon)
@@ -222,8 +231,39 @@ class BatchedSampler:
             if not bool(self.env.active.any()):
                 break
         assert act_buf is not None
+        self._check_finite(obs_buf[:steps], act_buf[:steps], rew_buf[:steps], rows)
         return Episodes(
             obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps], self.num_tasks
+        )
+
+    def _check_finite(self, obs: Tensor, actions: Tensor, rewards: Tensor, rows: list[Any]) -> None:
+        """Stop on NaN/inf, blaming what came first (one device sync per rollout): an
+        observation (the env's), an action (the policy's parameters), or a reward (the env's).
+        At one step the observation precedes the action, which precedes the reward."""
+        first: list[tuple[int, int, str, Tensor]] = []
+        for order, (quantity, x) in enumerate(
+            (("observations", obs), ("actions", actions), ("rewards", rewards))
+        ):
+            if not x.is_floating_point():
+                continue
+            bad = ~torch.isfinite(x.reshape(x.shape[0], x.shape[1], -1)).all(-1)  # (T, B)
+            if bool(bad.any()):
+                first.append((int(bad.any(1).nonzero()[0, 0]), order, quantity, bad))
+        if not first:
+            return
+        t, _, quantity, bad = min(first, key=lambda f: (f[0], f[1]))
+        b = int(bad[t].nonzero()[0, 0])
+        tasks = list(dict.fromkeys(rows[int(i)] for i in bad.any(0).nonzero()[:, 0]))
+        shown = ", ".join(map(repr, tasks[:3])) + (" ..." if len(tasks) > 3 else "")
+        cause = (
+            "the policy's parameters or inputs hold NaN/inf (a diverged update?)"
+            if quantity == "actions"
+            else "the env produced them — check its dynamics for these tasks"
+        )
+        raise NonFiniteError(
+            f"non-finite {quantity} from {self.env_id} (first at step {t} of row {b}; tasks: "
+            f"{shown}); {cause}",
+            quantity,
         )
 
     def close(self) -> None:

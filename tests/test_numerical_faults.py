@@ -84,3 +84,72 @@ def test_rl2_stops_on_a_non_finite_loss(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"iteration 1: non-finite PPO loss"):
         agent.train(checkpoint=path, checkpoint_every=1, log=diverge)
     assert load_checkpoint_file(path, agent="rl2")["iteration"] == 1  # iteration 0's, kept
+
+
+# -- MAML-TRPO ---------------------------------------------------------------------------------
+def _maml_config(env_id: str = "metarl/Navigation2D-v0", **changes: object) -> object:
+    from metarl.agents import maml_trpo
+
+    settings: dict[str, object] = {"env_id": env_id, "num_iterations": 6, "meta_batch_size": 2,
+                                   "episodes_per_task": 2, "hidden_sizes": (8,), "horizon": 10,
+                                   "checkpoint_every": 1, "tensorboard": False}  # fmt: skip
+    return maml_trpo.MAMLTRPOConfig(**{**settings, **changes})
+
+
+@pytest.mark.parametrize(("fault", "quantity"), [("nan_obs", "observations"),
+                                                 ("inf_reward", "rewards")])  # fmt: skip
+def test_maml_stops_on_a_bad_env_value_naming_iteration_env_and_task(
+    fault: str, quantity: str, tmp_path: Path
+) -> None:
+    from metarl.agents import maml_trpo
+
+    # Each iteration runs two episodes per row (inner + validation): episodes 1-4 behave, so
+    # iterations 0 and 1 finish and are checkpointed; the 5th episode (iteration 2) fails,
+    # only for tasks whose goal has x > 0.
+    env_id = register_faulty_family(fault, at_step=2, from_episode=5, min_goal_x=0.0)
+    with pytest.raises(NonFiniteError) as info:
+        maml_trpo.train(_maml_config(env_id), tmp_path / "run")
+    text = str(info.value)
+    assert text.startswith(f"iteration 2: non-finite {quantity} from {env_id}")
+    assert "GoalTask(goal=(" in text and "checkpoint.pt) is kept" in text
+    assert info.value.iteration == 2 and info.value.quantity == quantity
+    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="maml-trpo")
+    assert payload["iteration"] == 2
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # the failed iteration logged nothing
+
+
+@pytest.mark.parametrize(
+    ("target", "quantity"),
+    [
+        ("valid_advantages", "MAML-TRPO surrogate loss"),
+        ("conjugate_gradient", "TRPO step"),
+        ("inner_advantages", "actions"),  # NaN adapted parameters: blamed on the policy
+    ],
+)
+def test_maml_stops_on_a_non_finite_loss_or_step(
+    target: str, quantity: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metarl.agents import maml_trpo
+
+    maml_trpo.train(_maml_config(num_iterations=2), tmp_path / "run")
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    name = "advantages" if target.endswith("advantages") else target
+    original = getattr(maml_trpo, name)
+    calls = [0]
+
+    def poisoned(*args: object, **kwargs: object) -> object:
+        out = original(*args, **kwargs)
+        calls[0] += 1  # advantages: odd calls are the inner step's, even the validation's
+        if (target == "valid_advantages" and calls[0] % 2) or (
+            target == "inner_advantages" and not calls[0] % 2
+        ):
+            return out
+        if isinstance(out, dict):
+            return {k: v * float("nan") for k, v in out.items()}
+        return out * float("nan")
+
+    monkeypatch.setattr(maml_trpo, name, poisoned)
+    with pytest.raises(NonFiniteError, match=rf"iteration 2: non-finite {quantity}"):
+        maml_trpo.train(_maml_config(num_iterations=4), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
