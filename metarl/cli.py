@@ -286,8 +286,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from metarl.numerics import NonFiniteError
+    from metarl.runs import CheckpointError
+    from metarl.workers import EnvWorkerError
+
     try:
         return int(args.run(args))
+    except (CheckpointError, NonFiniteError, EnvWorkerError) as e:
+        # A run that had to stop: the message says why, where, and what was kept.
+        print(f"metarl {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
         # Bad input: one clear line, no traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

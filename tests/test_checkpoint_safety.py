@@ -94,6 +94,36 @@ def _rl2_load(path: Path) -> rl2.RL2:
     return agent
 
 
+def _fewshot_config() -> Any:
+    from metarl.fewshot.train import FewShotConfig
+
+    return FewShotConfig.from_preset(
+        "maml-sinusoid",
+        num_iterations=1,
+        meta_batch_size=2,
+        checkpoint_every=1,
+        tensorboard=False,
+        device="cpu",
+    )
+
+
+def _fewshot_good(d: Path) -> Path:
+    from metarl.fewshot.train import train
+
+    train(_fewshot_config(), d / "fewshot-good", num_eval_episodes=2)
+    return d / "fewshot-good" / "checkpoint.pt"
+
+
+def _fewshot_load(path: Path) -> Any:
+    from metarl.fewshot.train import load_run
+
+    d = path.parent / f"fewshot-for-{path.stem}"
+    if not d.exists():
+        Run.create(d, "fewshot", _fewshot_config())
+    shutil.copyfile(path, d / "checkpoint.pt")
+    return load_run(d, device="cpu")[1]
+
+
 LOADERS = {
     "runs.load_checkpoint_file": Loader(
         "toy", BANDIT, _run_good, lambda p: load_checkpoint_file(p), lambda x: x["state"]
@@ -102,6 +132,9 @@ LOADERS = {
         "toy", RunConfig().env_id, _run_good, _run_load, lambda x: x["state"]["params"]
     ),
     "RL2.load": Loader("rl2", BANDIT, _rl2_good, _rl2_load, lambda a: dict(a.policy.state_dict())),
+    "fewshot.load_run": Loader(
+        "fewshot", "sinusoid", _fewshot_good, _fewshot_load, lambda m: dict(m.state_dict())
+    ),
     "RL2.from_checkpoint": Loader(
         "rl2",
         BANDIT,
@@ -201,6 +234,8 @@ def test_a_checkpoint_of_another_agent_is_refused(name: str, tmp_path: Path) -> 
     loader = LOADERS[name]
     other = "rl2" if loader.agent != "rl2" else "toy"
     foreign = LOADERS["RL2.load" if other == "rl2" else "Run.load_checkpoint"].good(tmp_path)
+    if name == "fewshot.load_run":  # a file named like the run's own, but of RL²
+        foreign = shutil.copyfile(foreign, tmp_path / "checkpoint-of-rl2.pt")
     if name == "runs.load_checkpoint_file":  # the bare reader checks when asked to
         with pytest.raises(RunMismatchError, match=f"agent '{other}', not 'toy'"):
             load_checkpoint_file(foreign, agent="toy")

@@ -153,3 +153,19 @@ def test_maml_stops_on_a_non_finite_loss_or_step(
     with pytest.raises(NonFiniteError, match=rf"iteration 2: non-finite {quantity}"):
         maml_trpo.train(_maml_config(num_iterations=4), tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+# -- few-shot ----------------------------------------------------------------------------------
+def test_fewshot_stops_on_a_diverged_loss_and_keeps_a_finite_checkpoint(tmp_path: Path) -> None:
+    from metarl.fewshot.train import FewShotConfig, train
+
+    # An absurd outer step (1e30): the first update is finite but huge, the next loss is not.
+    cfg = FewShotConfig.from_preset("maml-sinusoid", num_iterations=5, meta_batch_size=2,
+                                    checkpoint_every=1, tensorboard=False, device="cpu",
+                                    meta_lr=1e30)  # fmt: skip
+    with pytest.raises(NonFiniteError, match=r"^iteration 1: non-finite loss") as info:
+        train(cfg, tmp_path / "run", num_eval_episodes=2)
+    assert info.value.iteration == 1
+    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="fewshot")
+    assert payload["iteration"] == 1
+    check_finite("checkpoint", payload["state"])

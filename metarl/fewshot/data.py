@@ -284,11 +284,18 @@ def _pil() -> Any:
 def _decode(data: bytes | Path, size: tuple[int, int] | None, channels: int) -> np.ndarray:
     """One image file → ``(C, H, W)`` uint8, resized with Lanczos (as Finn et al.'s code)."""
     image_mod = _pil()
-    with image_mod.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), resample=image_mod.Resampling.LANCZOS)
-        arr = np.asarray(im, dtype=np.uint8)
+    try:
+        with image_mod.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), resample=image_mod.Resampling.LANCZOS)
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for damaged files
+        where = str(data) if isinstance(data, Path) else "a file inside the dataset's zip"
+        raise ValueError(
+            f"{where} is not a readable image ({type(e).__name__}: {e}); every file under "
+            "<root>/<class>/ must be an image — remove or replace it"
+        ) from e
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

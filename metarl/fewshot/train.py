@@ -48,6 +48,7 @@ from metarl.fewshot.metasgd import MetaSGD
 from metarl.fewshot.models import MLP, Conv4
 from metarl.fewshot.protonet import ProtoNet
 from metarl.fewshot.reptile import Reptile
+from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.runs import Run, progress, resolve_device
 from metarl.seeding import seed_everything
 
@@ -331,13 +332,14 @@ def train(
     Returns the evaluation result (also written to ``<run_dir>/eval.json``).
     """
     device = resolve_device(cfg.device)
-    run = Run.resume(run_dir, AGENT, cfg) if resume else Run.create(run_dir, AGENT, cfg)
     rng = seed_everything(cfg.seed)
+    # The data first: a bad dataset path must not leave a run directory behind.
     train_data = None if cfg.dataset == "sinusoid" else load_split(cfg, "train")
     sampler = make_sampler(cfg, "train", train_data)
     shape = None if train_data is None else train_data.image_shape
     ntrain = 0 if train_data is None else train_data.num_classes
     learner = build_learner(cfg, shape, ntrain).to(device)
+    run = Run.resume(run_dir, AGENT, cfg) if resume else Run.create(run_dir, AGENT, cfg)
     start = 0
     if resume:
         ckpt = run.load_checkpoint(generators={"episodes": rng})
@@ -350,11 +352,20 @@ def train(
             range(start, cfg.num_iterations), cfg.num_iterations, learner.name, start
         ):
             metrics = learner.meta_train_step(sampler.sample(cfg.meta_batch_size, rng).to(device))
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise FloatingPointError(
-                    f"iteration {it}: non-finite metrics {metrics}; lower the learning rates "
-                    f"(the last good checkpoint is kept in {run.path})"
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise NonFiniteError(
+                    f"iteration {it}: non-finite {', '.join(bad)} ({metrics}); lower the "
+                    f"learning rates (the last good checkpoint is kept in {run.path})",
+                    bad[0],
+                    it,
                 )
+            try:
+                check_finite("parameters after the update", learner.state_dict(),
+                             hint="lower --meta-lr or --inner-lr")  # fmt: skip
+            except NonFiniteError as e:
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
             done = it + 1
             if done % cfg.log_every == 0 or done == cfg.num_iterations:
                 run.log(it, {**metrics, "wall_clock_s": time.perf_counter() - started})
