@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metarl.config import RunConfig, option
+from metarl.config import ConfigError, RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
 from metarl.functional import Params, forward, load_params
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
@@ -51,7 +51,7 @@ from metarl.policies import Policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
 from metarl.registry import family_ids, make, task_distribution
 from metarl.runs import Run, load_checkpoint_file, progress, resolve_device
-from metarl.sampler import BatchedSampler, Episodes, per_task
+from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task
 from metarl.seeding import seed_everything
 
 __all__ = ["AGENT", "CONFIG", "MAMLTRPOConfig", "evaluate", "load_policy", "meta_step", "train"]
@@ -107,6 +107,20 @@ class MAMLTRPOConfig(RunConfig):
         low_open=True,
         may_change_on_resume=True,
     )
+    sampler: str = option(
+        "auto",
+        "who steps the envs: auto (--backend), native (the family's host backend: "
+        "mujoco.rollout or NumPy), torch (on-device envs), ray (Ray actors stepping the "
+        "native backend); all give the same episodes for the same seed",
+        choices=SAMPLERS,
+        may_change_on_resume=True,
+    )
+    ray_workers: int = option(2, "Ray actors for --sampler ray", low=1, may_change_on_resume=True)
+    ray_address: str = option(
+        "",
+        "Ray cluster for --sampler ray ('auto' or host:port); empty: a local Ray instance",
+        may_change_on_resume=True,
+    )
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # Finn et al. 2017, Sec. 5.3 / App. A.2.
@@ -148,6 +162,14 @@ class MAMLTRPOConfig(RunConfig):
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"max_episode_steps": self.horizon} if self.horizon else {}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sampler != "auto" and self.backend != "auto":
+            raise ConfigError(
+                f"--sampler {self.sampler} chooses the env backend itself; leave --backend at "
+                "auto, or use --sampler auto with --backend"
+            )
 
 
 CONFIG = MAMLTRPOConfig
@@ -403,15 +425,18 @@ def meta_step(
 
 # -- training, checkpoints, evaluation -----------------------------------------------------
 def _build(cfg: MAMLTRPOConfig, device: torch.device) -> tuple[Policy, BatchedSampler]:
-    sampler = BatchedSampler(
+    sampler = make_sampler(
         cfg.env_id,
         cfg.meta_batch_size,
         cfg.episodes_per_task,
+        sampler=cfg.sampler,
         backend=cfg.backend,
         device=device,
         env_kwargs=cfg.env_kwargs(),
         num_workers=cfg.num_workers,
         worker_timeout=cfg.worker_timeout,
+        ray_workers=cfg.ray_workers,
+        ray_address=cfg.ray_address,
     )
     policy = make_policy(
         sampler.observation_space,

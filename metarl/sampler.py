@@ -40,7 +40,7 @@ from metarl.policies import Policy
 from metarl.registry import family, make, make_batched, make_torch_batched
 from metarl.torch_batched import resolve_device
 
-__all__ = ["BatchedSampler", "Episodes", "per_task"]
+__all__ = ["SAMPLERS", "BatchedSampler", "Episodes", "make_sampler", "per_task"]
 
 
 class Episodes(NamedTuple):
@@ -179,7 +179,7 @@ class BatchedSampler:
             deterministic: act with the policy's mode (no exploration noise).
         """
         rows = self._rows(tasks)
-        n, e = self.num_tasks, self.episodes_per_task
+        n = self.num_tasks
         if seed is not None:
             self.generator.manual_seed(int(seed))
         if self.on_device:
@@ -192,11 +192,6 @@ class BatchedSampler:
             bad = [k for k, v in params.items() if v.shape[0] != n]
             if bad:
                 raise ValueError(f"per-task parameters need a leading dimension {n}: {bad}")
-
-            def dist_fn(p: dict[str, Tensor], o: Tensor) -> tuple[Tensor, ...]:
-                return tuple(forward(policy, p, o))
-
-            batched = vmap(dist_fn)
         t_max = self.horizon
         obs_buf = torch.zeros((t_max, *obs.shape), dtype=obs.dtype, device=self.device)
         act_buf: Tensor | None = None
@@ -204,12 +199,8 @@ class BatchedSampler:
         mask_buf = torch.zeros_like(rew_buf)
         steps = 0
         for t in range(t_max):
-            if per_task_params:
-                dist = batched(params, obs.view(n, e, *obs.shape[1:]))
-                dist = tuple(d.reshape(self.num_envs, *d.shape[2:]) for d in dist)
-            else:
-                dist = tuple(forward(policy, params, obs))
-            action = policy.mode(dist) if deterministic else policy.sample(dist, self.generator)
+            dist = self._policy_dist(policy, params, obs, per_task_params)
+            action = self._act(policy, dist, deterministic)
             if act_buf is None:
                 act_buf = torch.zeros(
                     (t_max, *action.shape), dtype=action.dtype, device=self.device
@@ -266,6 +257,92 @@ class BatchedSampler:
             quantity,
         )
 
+    # Two steps of collect, separate so that a sampler over a shard of a meta-batch
+    # (metarl.ray_sampler.ShardSampler) can compute them at the whole batch's width.
+    def _policy_dist(
+        self, policy: Policy, params: Mapping[str, Tensor], obs: Tensor, per_task_params: bool
+    ) -> tuple[Tensor, ...]:
+        """The action distribution of every row, ``(B, ...)`` tensors; with per-task
+        parameters (leading dimension ``N``) each task's rows use their own, via ``vmap``."""
+        if not per_task_params:
+            return tuple(forward(policy, params, obs))
+        n = next(iter(params.values())).shape[0]
+
+        def dist_fn(p: dict[str, Tensor], o: Tensor) -> tuple[Tensor, ...]:
+            return tuple(forward(policy, p, o))
+
+        dist = vmap(dist_fn)(dict(params), obs.view(n, obs.shape[0] // n, *obs.shape[1:]))
+        return tuple(d.reshape(obs.shape[0], *d.shape[2:]) for d in dist)
+
+    def _act(self, policy: Policy, dist: tuple[Tensor, ...], deterministic: bool) -> Tensor:
+        """Actions of every row: the mode, or a draw from :attr:`generator`."""
+        return policy.mode(dist) if deterministic else policy.sample(dist, self.generator)
+
     def close(self) -> None:
         if hasattr(self.env, "close"):
             self.env.close()
+
+
+SAMPLERS = ("auto", "native", "torch", "ray")
+
+
+def make_sampler(
+    env_id: str,
+    num_tasks: int,
+    episodes_per_task: int,
+    *,
+    sampler: str = "auto",
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+    env_kwargs: Mapping[str, Any] | None = None,
+    num_workers: int = 2,
+    worker_timeout: float = 60.0,
+    ray_workers: int = 2,
+    ray_address: str | None = None,
+) -> Any:
+    """The sampler ``--sampler`` names; all give the same episodes for the same seeds.
+
+    * ``"auto"``: :class:`BatchedSampler` with ``backend`` (its default: on-device torch
+      envs when the family has them, else the fastest NumPy backend);
+    * ``"native"``: :class:`BatchedSampler` on the family's fastest host backend (native
+      ``mujoco.rollout`` for the MuJoCo families, vectorised NumPy for the fast ones);
+    * ``"torch"``: :class:`BatchedSampler` on the on-device torch envs (``device``);
+    * ``"ray"``: :class:`metarl.ray_sampler.RaySampler`, the tasks spread over
+      ``ray_workers`` Ray actors stepping the native backend (a local Ray instance, or the
+      cluster at ``ray_address``); the episodes come back to ``device``.
+
+    ``num_workers`` and ``worker_timeout`` are for ``backend="subprocess"``.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}; got {sampler!r}")
+    if sampler != "auto" and backend != "auto":
+        raise ValueError(
+            f"--sampler {sampler} chooses the backend itself; leave --backend at auto "
+            "(or use --sampler auto with --backend)"
+        )
+    if sampler == "ray":
+        from metarl.ray_sampler import RaySampler
+
+        return RaySampler(
+            env_id,
+            num_tasks,
+            episodes_per_task,
+            num_workers=ray_workers,
+            device=device,
+            env_kwargs=env_kwargs,
+            address=ray_address or None,
+        )
+    if sampler == "native":
+        backend = next(iter(family(env_id).batched), "generic")
+    elif sampler == "torch":
+        backend = "torch"
+    return BatchedSampler(
+        env_id,
+        num_tasks,
+        episodes_per_task,
+        backend=backend,
+        device=device,
+        env_kwargs=env_kwargs,
+        num_workers=num_workers,
+        worker_timeout=worker_timeout,
+    )
