@@ -437,6 +437,11 @@ def test_cli_fewshot_train_evaluate_and_bad_input(tmp_path: Path, capsys) -> Non
     assert "MSE" in capsys.readouterr().out
     assert main(["fewshot", "evaluate", str(run), "--num-episodes", "10", "--device", "cpu"]) == 0
     assert json.loads((run / "eval.json").read_text())["num_episodes"] == 10
+    # --resume continues the saved config (no --preset needed) with more iterations
+    more = ["--num-iterations", "4", "--num-eval-episodes", "5"]
+    assert main(["fewshot", "train", "--resume", "--run-dir", str(run), *more]) == 0
+    assert json.loads((run / "eval.json").read_text())["iterations"] == 4
+    capsys.readouterr()
     # bad input: one clear line each, exit code 2
     missing = ["fewshot", "train", "--learner", "protonet", "--data-path", str(tmp_path / "no")]
     assert main([*missing, "--run-dir", str(tmp_path / "r2"), *common]) == 2
@@ -454,3 +459,44 @@ def test_cli_fewshot_omniglot_too_many_ways(tmp_path: Path, capsys) -> None:  # 
     args += ["--data-path", str(OMNIGLOT), "--run-dir", str(tmp_path / "r"), "--no-tensorboard"]
     assert main(args) == 2
     assert "5000-way episodes need at least 5000 classes" in capsys.readouterr().err
+
+
+def _tiny_image_folder(root: Path) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in range(4):
+            d = root / split / f"{split}-class{c}"
+            d.mkdir(parents=True)
+            for i in range(4):
+                arr = rng.integers(0, 256, (20, 20), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize(
+    "learner", ["maml", "fomaml", "metasgd", "reptile", "protonet", "matching", "mann", "baseline"]
+)
+def test_every_learner_trains_and_evaluates_from_the_cli(
+    learner: str,
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    from metarl.cli import main
+    from metarl.fewshot.train import LEARNERS
+
+    assert learner in LEARNERS
+    root = _tiny_image_folder(tmp_path / "data")
+    run = tmp_path / "run"
+    args = ["fewshot", "train", "--learner", learner, "--dataset", "folder"]
+    args += ["--data-path", str(root), "--image-size", "16", "--num-ways", "3"]
+    args += ["--num-query", "1", "--eval-query", "2", "--meta-batch-size", "2"]
+    args += ["--num-iterations", "2", "--num-eval-steps", "2", "--inner-batch-size", "3"]
+    args += ["--device", "cpu", "--no-tensorboard", "--run-dir", str(run)]
+    assert main([*args, "--num-eval-episodes", "4"]) == 0, capsys.readouterr().err
+    assert "accuracy over 4 held-out 3-way 1-shot episodes" in capsys.readouterr().out
+    assert main(["fewshot", "evaluate", str(run), "--num-episodes", "3", "--device", "cpu"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["num_episodes"] == 3 and result["iterations"] == 2
+    assert 0.0 <= result["mean"] <= 1.0

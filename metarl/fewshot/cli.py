@@ -56,11 +56,23 @@ def run_fewshot(args: argparse.Namespace) -> int:
     if cmd == "train":
         if args.num_eval_episodes < 1:
             raise ValueError(f"--num-eval-episodes must be >= 1, got {args.num_eval_episodes}")
-        cfg = from_args(FewShotConfig, args)
         run_dir = args.run_dir
-        if run_dir is None:
-            if args.resume:
+        if args.resume:
+            if run_dir is None:
                 raise ValueError("--resume needs --run-dir: the run to continue")
+            # The saved config, under what this command line gives explicitly (only the
+            # settings that may change on resume, e.g. --num-iterations, can differ).
+            from metarl.runs import Run
+
+            base = dict(Run.read_record(run_dir)["config"])
+            if getattr(args, "preset", None):
+                base.update(FewShotConfig.presets[args.preset])
+            names = {f for f in FewShotConfig.__dataclass_fields__}
+            explicit = {k: v for k, v in vars(args).items() if k in names}
+            cfg = FewShotConfig.from_dict({**base, **explicit})
+        else:
+            cfg = from_args(FewShotConfig, args)
+        if run_dir is None:
             run_dir = Path("runs") / f"fewshot-{cfg.learner}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"run directory: {run_dir}")
         result = train(cfg, run_dir, resume=args.resume, num_eval_episodes=args.num_eval_episodes)
