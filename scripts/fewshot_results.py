@@ -2,7 +2,7 @@
 
     python scripts/fewshot_results.py run maml-5w1s      # one learner (resumes if cut off)
     python scripts/fewshot_results.py run all            # every entry of SCHEDULES in turn
-    python scripts/fewshot_results.py table              # benchmarks/fewshot_results.md
+    python scripts/fewshot_results.py table              # benchmarks/fewshot_results.md + README
 
 Each ``run`` meta-trains one learner through :func:`metarl.fewshot.train.train` (the same code as
 ``metarl fewshot train``) with its paper preset and a SHORTENED number of meta-iterations, in
@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks" / "fewshot"
 TABLE = ROOT / "benchmarks" / "fewshot_results.md"
 RUNS = ROOT / "runs" / "fewshot-results"
+README_START, README_END = "<!-- fewshot-results -->", "<!-- /fewshot-results -->"
 
 #: name -> (preset, overrides of the shortened CPU schedule). Everything not overridden is the
 #: paper's setting (see FewShotConfig.presets).
@@ -161,11 +162,15 @@ def _setting(r: dict[str, Any]) -> str:
 
 
 def _hours(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def write_table() -> str:
-    results = [json.loads(p.read_text()) for p in sorted(OUT_DIR.glob("*.json"))]
+    order = {name: i for i, name in enumerate(SCHEDULES)}
+    paths = sorted(OUT_DIR.glob("*.json"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+    results = [json.loads(p.read_text()) for p in paths]
     if not results:
         raise SystemExit(f"no results in {OUT_DIR}; run `python {__file__} run all` first")
     lines = [
@@ -229,7 +234,7 @@ def write_table() -> str:
                 r.get("mse_by_steps", {}).items(), key=lambda x: int(x[0])
             ):
                 lines.append(
-                    f"| {NAMES[learner]} | {steps} | **{mean:.3f} ± {ci:.3f}** | "
+                    f"| {NAMES[learner]} | {steps} | {mean:.3f} ± {ci:.3f} | "
                     f"{r['iterations']} ({full}) | {_hours(r['train_wall_clock_s'])} |"
                 )
     machine = results[-1]
@@ -241,6 +246,19 @@ def write_table() -> str:
     ]
     text = "\n".join(lines)
     TABLE.write_text(text)
+    # The README shows the same tables between its markers.
+    readme = ROOT / "README.md"
+    body = readme.read_text()
+    if README_START in body and README_END in body:
+        head, rest = body.split(README_START, 1)
+        tables = text.split("\n## ", 1)[1]  # from the first table's heading on
+        block = "\n".join(
+            ("#### " + line[3:]) if line.startswith("## ") else line
+            for line in ("## " + tables).strip().splitlines()
+        )
+        readme.write_text(
+            f"{head}{README_START}\n{block}\n{README_END}{rest.split(README_END, 1)[1]}"
+        )
     return text
 
 
