@@ -34,6 +34,10 @@ _AGENTS: dict[str, tuple[str, str]] = {
         "metarl.agents.maml_trpo",
         "MAML with a TRPO outer step (Finn et al. 2017); second- or first-order",
     ),
+    "reptile-rl": (
+        "metarl.agents.reptile_rl",
+        "Reptile (Nichol et al. 2018) with policy-gradient inner steps",
+    ),
 }
 
 
