@@ -470,6 +470,14 @@ class RaySampler:
                 self._replace_dead(k, seed, err)
                 pending[k] = submit(k)
             except ray.exceptions.RayTaskError as err:
+                cause = getattr(err, "cause", None)
+                if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+                    # What the in-process sampler would raise (a TaskError for a bad task, a
+                    # NonFiniteError...), with the worker named: the caller handles it alike.
+                    where = f"(in Ray sampler worker {k}, tasks {self.shards[k]})"
+                    first = f"{cause.args[0]} {where}" if cause.args else where
+                    cause.args = (first, *cause.args[1:])
+                    raise cause from err
                 raise SamplerWorkerError(
                     f"Ray sampler worker {k} (tasks {self.shards[k]}) failed: {err}"
                 ) from err
