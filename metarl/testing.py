@@ -216,3 +216,100 @@ def bit_flips(data: bytes, count: int, seed: int = 0) -> list[tuple[int, bytes]]
         b[pos] ^= 1 << rng.randrange(8)
         out.append((pos, bytes(b)))
     return out
+
+
+# -- soak ------------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux: /proc/self/statm; else the peak)."""
+    statm = Path("/proc/self/statm")
+    if statm.exists():
+        return int(statm.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import resource  # pragma: no cover - not Linux
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # pragma: no cover
+
+
+def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
+    """Train ``agent`` (``maml-trpo``, ``rl2`` or ``fewshot``) for ``iterations`` small
+    iterations with logging and checkpoints on, recording after every iteration the RSS (MB)
+    and the iteration's wall-clock time (s): ``{"rss_mb": [...], "iter_s": [...]}``."""
+    rss: list[float] = []
+    stamps: list[float] = [time.perf_counter()]
+
+    def record() -> None:
+        rss.append(rss_bytes() / 2**20)
+        stamps.append(time.perf_counter())
+
+    if agent == "maml-trpo":
+        from metarl.agents import maml_trpo
+
+        cfg = maml_trpo.MAMLTRPOConfig(
+            num_iterations=iterations, meta_batch_size=4, episodes_per_task=4,
+            hidden_sizes=(16, 16), horizon=20, checkpoint_every=10, tensorboard=False,
+        )  # fmt: skip
+        inner = maml_trpo.meta_step
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            out = inner(*args, **kwargs)
+            record()
+            return out
+
+        maml_trpo.meta_step = step
+        try:
+            maml_trpo.train(cfg, run_dir)
+        finally:
+            maml_trpo.meta_step = inner
+    elif agent == "rl2":
+        from metarl.agents import rl2
+
+        rl2_cfg = rl2.RL2Config(env_id="metarl/BernoulliBandit-K5-v0", max_episode_steps=10,
+                                num_trials=16, hidden_size=16, num_minibatches=2,
+                                update_epochs=1, num_iterations=iterations)  # fmt: skip
+        rl2.RL2(rl2_cfg).train(checkpoint=run_dir / "rl2.pt", checkpoint_every=10,
+                               log=lambda _: record())  # fmt: skip
+    elif agent == "fewshot":
+        from metarl.fewshot import train as fewshot_train
+
+        fs_cfg = fewshot_train.FewShotConfig.from_preset(
+            "maml-sinusoid", num_iterations=iterations, meta_batch_size=4, checkpoint_every=10,
+            log_every=1, tensorboard=False, device="cpu",
+        )  # fmt: skip
+        build = fewshot_train.build_learner
+
+        def build_learner(*args: Any, **kwargs: Any) -> Any:
+            learner = build(*args, **kwargs)
+            step = learner.meta_train_step
+
+            def meta_train_step(*a: Any, **k: Any) -> Any:
+                out = step(*a, **k)
+                record()
+                return out
+
+            learner.meta_train_step = meta_train_step  # type: ignore[method-assign]
+            return learner
+
+        fewshot_train.build_learner = build_learner
+        try:
+            fewshot_train.train(fs_cfg, run_dir, num_eval_episodes=2)
+        finally:
+            fewshot_train.build_learner = build
+    else:
+        raise ValueError(f"soak knows maml-trpo, rl2 and fewshot, not {agent!r}")
+    return {"rss_mb": rss, "iter_s": list(np.diff(stamps[: len(rss) + 1]))}
+
+
+# -- tally -----------------------------------------------------------------------------------
+#: When set, :func:`tally` appends one JSON line per call to this file (scripts/
+#: reliability_report.py sets it to count what the reliability tests tried).
+TALLY_ENV = "METARL_RELIABILITY_TALLY"
+
+
+def tally(what: str, n: int = 1, **data: Any) -> None:
+    """Record that a reliability test tried ``n`` cases of ``what`` (no-op unless
+    :data:`TALLY_ENV` is set)."""
+    path = os.environ.get(TALLY_ENV)
+    if path:
+        import json
+
+        with open(path, "a") as f:
+            f.write(json.dumps({"what": what, "n": n, **data}) + "\n")

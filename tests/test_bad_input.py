@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from metarl.cli import main
+from metarl.testing import tally
 
 MAML = ["train", "--agent", "maml-trpo", "--num-iterations", "1"]
 
@@ -56,6 +57,7 @@ def test_bad_command_lines_get_one_clear_line(
     assert "Traceback" not in err
     assert re.search(message, err), err
     assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+    tally("bad command line refused")
 
 
 def test_a_corrupted_image_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,7 +32,7 @@ from metarl.runs import (
     load_checkpoint_file,
     save_checkpoint_file,
 )
-from metarl.testing import bit_flips, malicious_checkpoints, truncations
+from metarl.testing import bit_flips, malicious_checkpoints, tally, truncations
 
 BANDIT = "metarl/BernoulliBandit-K5-v0"
 #: How many damaged copies each loader meets (benchmarks/reliability.md reports the totals).
@@ -169,6 +169,7 @@ def test_malicious_pickles_are_refused_and_nothing_runs(name: str, tmp_path: Pat
         assert path.stem in str(info.value), kind
         assert "weights_only` set to `False" not in str(info.value)  # no advice to disarm
         assert not marker.exists(), f"{kind}: loading ran code"
+        tally("malicious checkpoint refused", loader=name, kind=kind)
 
 
 def test_the_crafted_files_do_run_code_when_loaded_unsafely(tmp_path: Path) -> None:
@@ -192,6 +193,7 @@ def test_truncated_and_empty_files_give_a_clear_error(name: str, tmp_path: Path)
         path.write_bytes(cut)
         with pytest.raises(CheckpointError, match=r"empty|truncated or corrupted|corrupted"):
             loader.load(path)
+        tally("truncated checkpoint refused", loader=name)
 
 
 @pytest.mark.parametrize("name", list(LOADERS))
@@ -209,7 +211,9 @@ def test_bit_flips_are_refused_or_harmless(name: str, tmp_path: Path) -> None:
             got = _flatten(loader.state_of(loader.load(path)))
         except (CheckpointError, RunMismatchError):
             refused += 1
+            tally("bit-flipped checkpoint refused", loader=name)
             continue
+        tally("bit-flipped checkpoint loaded identical", loader=name)
         assert got.keys() == reference.keys(), f"flip at byte {pos}"
         for k in reference:
             assert torch.equal(got[k], reference[k]), f"flip at byte {pos} changed {k}"

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from metarl.runs import load_checkpoint_file
+from metarl.testing import tally
 
 #: A tiny 2D-navigation run: one checkpoint per iteration, so every kill has one to lose.
 ITERATIONS = 8
@@ -82,6 +83,7 @@ def _assert_same(run_dir: Path, reference: tuple[dict, list]) -> None:
         assert torch.equal(params[k], ref_params[k]), f"{k} differs from the uninterrupted run"
     assert rows == ref_rows  # no iteration lost or logged twice
     assert not list(run_dir.glob(".*.tmp"))
+    tally("killed run resumed bit-exact", agent="maml-trpo")
 
 
 def _rows(run_dir: Path) -> int:
@@ -115,6 +117,7 @@ def _resume_until_done(run_dir: Path, kills: list[tuple[int, float]]) -> int:
         args = _cmd("--resume", str(run_dir)) if started else [*fresh, "--overwrite"]
         code = _kill_after(args, run_dir, rows, delay)
         hit += code == -signal.SIGKILL
+        tally("random SIGKILL", hit=code == -signal.SIGKILL)
         if (run_dir / "checkpoint.pt").exists():  # loadable after every kill
             load_checkpoint_file(run_dir / "checkpoint.pt", agent="maml-trpo")
     started = (run_dir / "checkpoint.pt").exists()
@@ -131,6 +134,7 @@ def test_killed_inside_a_checkpoint_write_then_resumed_is_bit_exact(
     # The 3rd save dies halfway: checkpoint.pt must still be the 2nd one, whole.
     died = _run(_cmd(*TRAIN_ARGS, "--run-dir", str(run_dir)), **{_HOOK: "3"})
     assert died.returncode == -signal.SIGKILL, died.stderr
+    tally("SIGKILL inside a checkpoint write", agent="maml-trpo")
     assert list(run_dir.glob(".checkpoint.pt.*.tmp")), "the write was not interrupted"
     assert load_checkpoint_file(run_dir / "checkpoint.pt")["iteration"] == 2
     done = _run(_cmd("--resume", str(run_dir)))
@@ -167,6 +171,7 @@ def test_killed_inside_any_checkpoint_write_then_resumed_is_bit_exact(
     run_dir = tmp_path / "run"
     died = _run(_cmd(*TRAIN_ARGS, "--run-dir", str(run_dir)), **{_HOOK: str(write)})
     assert died.returncode == -signal.SIGKILL
+    tally("SIGKILL inside a checkpoint write", agent="maml-trpo")
     if write == 1:  # no checkpoint yet: resume says so, a fresh start works
         again = _run(_cmd("--resume", str(run_dir)))
         assert again.returncode != 0 and "no checkpoint yet" in again.stderr
@@ -198,6 +203,7 @@ def test_rl2_killed_inside_a_checkpoint_write_then_resumed_is_bit_exact(tmp_path
     assert _run([sys.executable, str(script), str(ref)]).returncode == 0
     died = _run([sys.executable, str(script), str(run)], **{_HOOK: "4"})
     assert died.returncode == -signal.SIGKILL
+    tally("SIGKILL inside a checkpoint write", agent="rl2")
     assert load_checkpoint_file(run, agent="rl2")["iteration"] == 3
     done = _run([sys.executable, str(script), str(run)])  # resumes from the checkpoint
     assert done.returncode == 0, done.stderr
@@ -205,3 +211,4 @@ def test_rl2_killed_inside_a_checkpoint_write_then_resumed_is_bit_exact(tmp_path
     assert a["iteration"] == b["iteration"] == 6
     for k in a["policy"]:
         assert torch.equal(a["policy"][k], b["policy"][k]), k
+    tally("killed run resumed bit-exact", agent="rl2")

@@ -21,7 +21,7 @@ import pytest
 
 import metarl
 from metarl.batched import EnvError
-from metarl.testing import faulty_task, register_faulty_family
+from metarl.testing import faulty_task, register_faulty_family, tally
 from metarl.workers import EnvWorkerError, SubprocessBatchedEnv
 
 FAULTY = register_faulty_family()
@@ -72,6 +72,7 @@ def test_a_faulty_env_in_a_worker_becomes_an_error_and_every_worker_is_reaped(
     with pytest.raises(RuntimeError, match="closed"):  # a dead batch says so, never hangs
         batch.reset(TASKS, seeds=0)
     batch.close()
+    tally("faulty env in a worker surfaced, workers reaped", fault=fault)
 
 
 @pytest.mark.parametrize("fault", IN_PROCESS_FAULTS)
@@ -85,6 +86,7 @@ def test_an_env_that_raises_in_process_names_the_env_task_and_cause(fault: str) 
         assert "step 3 of row 3" in text and info.value.tasks == [TASKS[3]]
     assert isinstance(info.value.__cause__, RuntimeError)  # the original, with its traceback
     assert "simulated" in str(info.value.__cause__)
+    tally("faulty env in process surfaced", fault=fault)
 
 
 @pytest.mark.parametrize("env_id", ["metarl/Navigation2D-v0", "metarl/BernoulliBandit-K5-v0",
@@ -162,3 +164,4 @@ def test_killing_the_trainer_leaves_no_orphan_workers(tmp_path: Path) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "worker processes outlived their parent"
+    tally("trainer SIGKILLed, no orphan workers", workers=len(pids))

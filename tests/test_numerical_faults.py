@@ -14,7 +14,7 @@ import torch
 from metarl.agents import rl2
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.runs import load_checkpoint_file
-from metarl.testing import register_faulty_family
+from metarl.testing import register_faulty_family, tally
 
 
 @pytest.fixture(autouse=True)
@@ -60,6 +60,7 @@ def test_rl2_stops_on_a_bad_env_value_and_keeps_the_last_good_checkpoint(
         agent.train(checkpoint=path, checkpoint_every=1)
     assert len(saved) == 2 and path.read_bytes() == saved[-1]  # iteration 2's, untouched
     assert rl2.RL2.from_checkpoint(path).iteration == 2
+    tally("numerical fault stopped the run, checkpoint kept", agent="rl2", fault=fault)
     for p in rl2.RL2.from_checkpoint(path).policy.parameters():
         assert torch.isfinite(p).all()
 
@@ -84,6 +85,7 @@ def test_rl2_stops_on_a_non_finite_loss(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError, match=r"iteration 1: non-finite PPO loss"):
         agent.train(checkpoint=path, checkpoint_every=1, log=diverge)
     assert load_checkpoint_file(path, agent="rl2")["iteration"] == 1  # iteration 0's, kept
+    tally("numerical fault stopped the run, checkpoint kept", agent="rl2", fault="loss")
 
 
 # -- MAML-TRPO ---------------------------------------------------------------------------------
@@ -117,6 +119,7 @@ def test_maml_stops_on_a_bad_env_value_naming_iteration_env_and_task(
     assert payload["iteration"] == 2
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 2  # the failed iteration logged nothing
+    tally("numerical fault stopped the run, checkpoint kept", agent="maml-trpo", fault=fault)
 
 
 @pytest.mark.parametrize(
@@ -153,6 +156,7 @@ def test_maml_stops_on_a_non_finite_loss_or_step(
     with pytest.raises(NonFiniteError, match=rf"iteration 2: non-finite {quantity}"):
         maml_trpo.train(_maml_config(num_iterations=4), tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    tally("numerical fault stopped the run, checkpoint kept", agent="maml-trpo", fault=target)
 
 
 # -- few-shot ----------------------------------------------------------------------------------
@@ -169,3 +173,4 @@ def test_fewshot_stops_on_a_diverged_loss_and_keeps_a_finite_checkpoint(tmp_path
     payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="fewshot")
     assert payload["iteration"] == 1
     check_finite("checkpoint", payload["state"])
+    tally("numerical fault stopped the run, checkpoint kept", agent="fewshot", fault="loss")

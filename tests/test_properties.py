@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 import metarl
 from metarl.config import Config, ConfigError, RunConfig, _flag, _unwrap_optional
 from metarl.tasks import TaskError
+from metarl.testing import tally
 
 ENV_IDS = metarl.family_ids()
 #: Examples per family and per config class (benchmarks/reliability.md counts them).
@@ -103,6 +104,7 @@ def test_every_sampled_task_gives_a_working_env(env_id: str, seed: int) -> None:
     task = dist.sample(np.random.default_rng(seed))
     assert dist.validate(task) is task
     _check_works(env_id, task)
+    tally("valid task gave a working env", env_id=env_id)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -125,8 +127,10 @@ def test_a_mutated_task_is_refused_with_a_task_error_or_works(env_id: str, data:
             env.unwrapped.set_task(task)
         with pytest.raises(TaskError):
             batch.reset([base, task], seeds=0)
+        tally("mutated task refused with TaskError", env_id=env_id)
         return
     _check_works(env_id, task)
+    tally("mutated task accepted and working", env_id=env_id)
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -156,6 +160,7 @@ def test_unknown_env_ids_get_a_key_error_listing_the_registered_ones(env_id: str
     assert "metarl/Navigation2D-v0" in str(info.value)
     with pytest.raises(KeyError, match="no task family registered"):
         metarl.make_batched(env_id, num_envs=2)
+    tally("unknown env id refused")
 
 
 # -- configs -----------------------------------------------------------------------------------
@@ -243,8 +248,10 @@ def test_a_config_field_is_accepted_within_its_bounds_or_refused_by_name(
         cfg = cls(**{f.name: value})
     except ConfigError as e:
         assert _flag(f.name) in str(e) or f.name in str(e), str(e)
+        tally("generated config value refused", cls=cls.__qualname__)
         return
     _holds(cls, f, getattr(cfg, f.name))
+    tally("generated config value accepted within bounds", cls=cls.__qualname__)
     assert cls.from_dict(cfg.to_dict()) == cfg
 
 
@@ -266,7 +273,9 @@ def test_rl2_config_field_is_accepted_or_refused_by_name(data: Any) -> None:
         cfg = rl2.RL2Config(**{**small, name: value}).validate()
     except (ValueError, KeyError) as e:
         assert name in str(e) or (name == "env_id" and "no task family" in str(e)), str(e)
+        tally("generated config value refused", cls="RL2Config")
         return
+    tally("generated config value accepted within bounds", cls="RL2Config")
     got = getattr(cfg, name)
     if name in ("lr", "clip_coef", "max_grad_norm"):
         assert got > 0 and math.isfinite(got)
