@@ -105,6 +105,9 @@ class RL2Config:
     """``cpu``, ``cuda`` or ``auto``."""
     backend: str = "auto"
     """``auto`` (torch env when the family has one), ``torch`` or ``numpy``."""
+    init_from: str | None = None
+    """A checkpoint whose policy weights start this run (a curriculum: n=100 bandits from
+    the n=10 run, say); the network's sizes must match."""
 
     def validate(self) -> RL2Config:
         """Raise ValueError naming the setting for any value of the wrong type or range."""
@@ -143,7 +146,23 @@ class RL2Config:
         if self.backend not in ("auto", "torch", "numpy"):
             raise ValueError(f"backend must be auto, torch or numpy, got {self.backend!r}")
         metarl.family(self.env_id)  # a clear error for an unknown id
+        if self.init_from is not None:
+            if not isinstance(self.init_from, str | Path):
+                raise ValueError(f"init_from must be a checkpoint path, got {self.init_from!r}")
+            _checkpoint_in(self.init_from)
         return self
+
+
+def _checkpoint_in(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names: the file itself or a run directory's."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise ValueError(
+            f"init_from: no checkpoint at {path}; give an RL² checkpoint file or run directory"
+        )
+    return path
 
 
 def _bandit(k: int, n: int, iterations: int, **kwargs: Any) -> RL2Config:
@@ -166,8 +185,8 @@ _LONG: dict[str, Any] = {"update_epochs": 2, "num_minibatches": 2}
 PRESETS: dict[str, RL2Config] = {
     "bandit-k5-n10": _bandit(5, 10, 300),
     "bandit-k10-n10": _bandit(10, 10, 300),
-    "bandit-k5-n100": _bandit(5, 100, 400, **_LONG),
-    "bandit-k10-n100": _bandit(10, 100, 500, **_LONG),
+    "bandit-k5-n100": _bandit(5, 100, 300, **_LONG),
+    "bandit-k10-n100": _bandit(10, 100, 400, **_LONG),
     "mdp-n10": RL2Config(
         env_id="metarl/TabularMDP-S10A5-v0", episodes_per_trial=10, num_iterations=500, **_LONG
     ),
@@ -175,7 +194,7 @@ PRESETS: dict[str, RL2Config] = {
         env_id="metarl/TabularMDP-S10A5-v0",
         episodes_per_trial=25,
         num_trials=128,
-        num_iterations=300,
+        num_iterations=200,
         **_LONG,
     ),
 }
@@ -415,18 +434,44 @@ class RL2:
         self.policy = RL2Policy(
             self.env.observation_space, self.env.action_space, config.hidden_size
         ).to(self.device)
+        if config.init_from is not None:
+            self._init_policy(config.init_from)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
         self.rng = np.random.default_rng([config.seed, 0x412])
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.iteration = 0
         self.env_steps = 0
         self.history: list[dict[str, float]] = []
+        self.value_scale = 1.0
+
+    def _init_policy(self, path: str) -> None:
+        state = load_checkpoint_file(_checkpoint_in(path), agent=AGENT, map_location=self.device)
+        if "policy" not in state and "state" in state:  # a run directory's checkpoint
+            state = state["state"]
+        try:
+            self.policy.load_state_dict(state["policy"])
+        except RuntimeError as e:
+            raise ValueError(
+                f"init_from {path}: its policy does not fit this config (another env's spaces "
+                f"or hidden_size?): {e}"
+            ) from e
 
     # -- training ------------------------------------------------------------------------
     def _ppo_update(self, trials: Trials) -> dict[str, float]:
         cfg = self.config
-        adv = trial_gae(trials.rewards, trials.values, trials.mask, cfg.gamma, cfg.gae_lambda)
-        returns = adv + trials.values
+        # The value head predicts returns in units of ``value_scale``, a running estimate of
+        # the returns' spread: trial returns reach hundreds, which a raw head learns slowly
+        # and whose loss would swamp the policy's gradient under the norm clipping.
+        values = trials.values * self.value_scale
+        adv = trial_gae(trials.rewards, values, trials.mask, cfg.gamma, cfg.gae_lambda)
+        returns = adv + values
+        live = trials.mask > 0
+        spread = float(returns[live].std()) if int(live.sum()) > 1 else 1.0
+        if self.iteration == 0:
+            self.value_scale = max(spread, 1e-3)
+        else:
+            self.value_scale = max(0.95 * self.value_scale + 0.05 * spread, 1e-3)
+        targets = returns / self.value_scale
         batch = trials.rewards.shape[1]
         h0 = torch.zeros(batch, self.policy.hidden_size, device=self.device)
         stats: dict[str, list[float]] = {
@@ -453,7 +498,7 @@ class RL2:
                     ratio * mb_adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * mb_adv
                 )
                 policy_loss = -(surrogate * m).sum() / n
-                value_loss = 0.5 * (((values - returns[:, mb]) ** 2) * m).sum() / n
+                value_loss = 0.5 * (((values - targets[:, mb]) ** 2) * m).sum() / n
                 entropy = (dist.entropy() * m).sum() / n
                 loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy
                 self.optimizer.zero_grad()
@@ -588,6 +633,7 @@ class RL2:
             "iteration": self.iteration,
             "env_steps": self.env_steps,
             "history": self.history,
+            "value_scale": self.value_scale,
             "rng": self.rng.bit_generator.state,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -619,6 +665,7 @@ class RL2:
         self.iteration = int(state["iteration"])
         self.env_steps = int(state["env_steps"])
         self.history = list(state["history"])
+        self.value_scale = float(state["value_scale"])
         self.rng.bit_generator.state = state["rng"]
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

@@ -63,6 +63,9 @@ PAPER: dict[str, dict[str, float]] = {
     },
 }  # fmt: skip
 SETTINGS = list(PAPER)
+# Long trials start from the short-trial run of the same family (a curriculum; see README).
+CURRICULUM = {"bandit-k5-n100": "bandit-k5-n10", "bandit-k10-n100": "bandit-k10-n10",
+              "mdp-n25": "mdp-n10"}  # fmt: skip
 
 
 def _mean_ci(values: np.ndarray) -> dict[str, float]:
@@ -102,6 +105,9 @@ def run_rl2(setting: str, args: argparse.Namespace) -> dict[str, Any]:
     cfg = rl2.PRESETS[setting]
     if args.iterations is not None:
         cfg = dataclasses.replace(cfg, num_iterations=args.iterations)
+    base = Path(args.runs_dir) / f"{CURRICULUM.get(setting, '')}.pt"
+    if setting in CURRICULUM and base.exists() and not args.no_curriculum:
+        cfg = dataclasses.replace(cfg, init_from=str(base))
     agent = rl2.RL2(cfg)
     ckpt = Path(args.runs_dir) / f"{setting}.pt"
     start = time.perf_counter()
@@ -183,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-runs", type=int, default=20, help="trials per held-out task")
     parser.add_argument("--tune-tasks", type=int, default=200, help="training tasks for tuning")
     parser.add_argument("--skip-rl2", action="store_true")
+    parser.add_argument(
+        "--no-curriculum",
+        action="store_true",
+        help=f"train every setting from scratch ({CURRICULUM})",
+    )
     parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args(argv)
     settings = SETTINGS if args.settings == ["all"] else args.settings

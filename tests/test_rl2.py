@@ -100,6 +100,20 @@ def test_training_resumes_exactly_from_a_checkpoint(tmp_path):
     assert c.iteration == 3 and c.config.hidden_size == 16
 
 
+def test_init_from_starts_with_a_saved_policy_and_refuses_a_misfit(tmp_path):
+    ckpt = tmp_path / "short.pt"
+    a = _agent(num_iterations=1)
+    a.train(checkpoint=ckpt)
+    b = _agent(episodes_per_trial=5, init_from=str(ckpt))  # longer trials, same network
+    for name, value in a.policy.state_dict().items():
+        torch.testing.assert_close(b.policy.state_dict()[name], value, msg=name)
+    assert b.iteration == 0
+    with pytest.raises(ValueError, match="does not fit"):
+        _agent(hidden_size=8, init_from=str(ckpt))
+    with pytest.raises(ValueError, match="init_from: no checkpoint"):
+        _agent(init_from=str(tmp_path / "missing.pt"))
+
+
 def test_bad_config_is_refused_clearly():
     with pytest.raises(ValueError, match="multiple of num_minibatches"):
         rl2.RL2Config(num_trials=10, num_minibatches=4).validate()
