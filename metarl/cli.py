@@ -130,7 +130,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.help:
         _train_help(cfg_parser)
         return 0
-    opts, unknown = cfg_parser.parse_known_args(args.extra)
+    # `--env` is the short form the docs use for `--env-id`.
+    extra = ["--env-id" if a == "--env" else a for a in args.extra]
+    extra = [f"--env-id={a[6:]}" if a.startswith("--env=") else a for a in extra]
+    opts, unknown = cfg_parser.parse_known_args(extra)
     if unknown:
         raise ValueError(
             f"unrecognized option(s) for {agent}: {' '.join(unknown)} "

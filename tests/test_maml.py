@@ -310,7 +310,8 @@ def test_cli_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (["train", "--agent", "maml-trpo", "--inner-lr", "-0.1"], "inner_lr"),
         (["train", "--agent", "maml-trpo", "--meta-batch-size", "0"], "meta_batch_size"),
         (["train", "--agent", "maml-trpo", "--bogus", "1"], "unrecognized option"),
-        (["train", "--agent", "maml-trpo", "--env-id", "metarl/Nope-v0"], "Nope"),
+        (["train", "--agent", "maml-trpo", "--env", "metarl/Nope-v0"], "Nope"),
+        (["train", "--agent", "maml-trpo", "--env=CartPole-v1"], "no task family"),
         (["evaluate", "/nonexistent/run", "--steps", "1"], "nonexistent"),
         (["evaluate", "/tmp", "--steps", "-1"], "--steps"),
     ],
@@ -323,6 +324,24 @@ def test_cli_bad_input_gives_clear_errors(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_nan_loss_is_a_clear_error_and_keeps_the_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "r"
+    train(_tiny(num_iterations=1), d)
+    good = (d / "checkpoint.pt").read_bytes()
+    collect = BatchedSampler.collect
+
+    def poisoned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        eps = collect(self, *args, **kwargs)
+        return eps._replace(rewards=eps.rewards * float("nan"))
+
+    monkeypatch.setattr(BatchedSampler, "collect", poisoned)
+    assert main(["train", "--resume", str(d), "--num-iterations", "3"]) == 1
+    assert "non-finite" in capsys.readouterr().err
+    assert (d / "checkpoint.pt").read_bytes() == good
 
 
 def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
