@@ -38,6 +38,18 @@ _AGENTS: dict[str, tuple[str, str]] = {
         "metarl.agents.reptile_rl",
         "Reptile (Nichol et al. 2018) with policy-gradient inner steps",
     ),
+    "pretrained": (
+        "metarl.agents.pretrained",
+        "baseline: PPO (SB3) on all training tasks, fine-tuned with MAML's inner step",
+    ),
+    "random-init": (
+        "metarl.agents.random_init",
+        "baseline: MAML's inner step from a randomly initialised policy",
+    ),
+    "oracle": (
+        "metarl.agents.oracle",
+        "baseline: PPO (SB3) with the task parameters in the observation; no adaptation",
+    ),
 }
 
 

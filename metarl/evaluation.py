@@ -220,6 +220,7 @@ def evaluate_policy_adaptation(
     backend: str = "auto",
     env_kwargs: Mapping[str, Any] | None = None,
     max_tasks: int | None = None,
+    per_task_params: bool = False,
 ) -> AdaptationCurve:
     """The held-out protocol of Finn et al. 2017 for gradient-based meta-RL.
 
@@ -233,6 +234,9 @@ def evaluate_policy_adaptation(
         episodes_per_step: default 40 for 2D navigation, 20 otherwise (the paper's).
         seeds: evaluation seeds (action and env noise); the CI is over (seed, task) pairs.
         max_tasks: evaluate only the first tasks of the split (quick checks).
+        per_task_params: ``params`` hold one set per evaluated task (the split's tasks in
+            order, after ``max_tasks``) on a leading dimension, e.g. a task-conditioned
+            policy's (the oracle baseline's).
     """
 
     from metarl.registry import task_distribution
@@ -247,6 +251,13 @@ def evaluate_policy_adaptation(
     tasks = list(task_distribution(env_id, **dict(env_kwargs or {})).split(split))  # type: ignore[arg-type]
     if max_tasks is not None:
         tasks = tasks[:max_tasks]
+    if per_task_params:
+        sizes = {int(v.shape[0]) if v.dim() else -1 for v in params.values()}
+        if sizes != {len(tasks)}:
+            raise ValueError(
+                f"per_task_params: every parameter needs a leading dimension of {len(tasks)} "
+                f"(one per {split} task evaluated), got {sorted(sizes)}"
+            )
     if episodes_per_step is None:
         episodes_per_step = 40 if "Navigation2D" in env_id else 20
     sampler = BatchedSampler(
@@ -264,7 +275,7 @@ def evaluate_policy_adaptation(
     theta = {k: v.detach().to(sampler.device) for k, v in params.items()}
     for s, seed in enumerate(seeds):
         current: Mapping[str, torch.Tensor] = theta
-        per_task = False
+        per_task = per_task_params
         start = time.perf_counter()
         for k in range(num_steps + 1):
             eps = sampler.collect(

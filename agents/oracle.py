@@ -1,0 +1,167 @@
+"""Oracle: a policy that is told the task, the upper reference of Finn et al. 2017 (Fig. 4-5).
+
+The policy's input is ``[observation, task parameters]`` (the task's fields scaled to
+``[-1, 1]``, :func:`~metarl.agents.sb3_baselines.task_features`; on 2D navigation, the goal).
+It is trained with Stable-Baselines3 PPO on the *training* tasks only (a training task drawn
+every episode) and evaluated on the held-out tasks, where knowing the task replaces any
+adaptation: the curve is the return at 0 steps, repeated at every k — a flat line, marked as
+such in the JSON (``meta["adaptation"]``, ``meta["flat"]``), with no adaptation env steps.
+
+The evaluation is MAML's protocol (:func:`metarl.evaluation.evaluate_policy_adaptation`, same
+tasks, seeds and episodes) on the family's own observations: the task-conditioned first layer
+``W [s; z] + b`` equals, for task ``i``, the plain policy with bias ``b + W_z z_i``
+(:func:`~metarl.agents.sb3_baselines.oracle_task_params`), one params set per task.
+
+Example:
+    >>> from metarl.agents.oracle import OracleConfig, evaluate, train
+    >>> cfg = OracleConfig.from_preset("quick")
+    >>> run = train(cfg, "/tmp/oracle-doctest", overwrite=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metarl.agents.sb3_baselines import (
+    MultiTaskEnv,
+    PPOBaselineConfig,
+    oracle_task_params,
+    save_curve,
+    task_features,
+    train_ppo,
+)
+from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation
+from metarl.functional import Params, load_params
+from metarl.policies import Policy, make_policy
+from metarl.registry import make, task_distribution
+from metarl.runs import Run, load_checkpoint_file, resolve_device
+from metarl.sampler import Episodes
+
+__all__ = ["AGENT", "CONFIG", "OracleConfig", "evaluate", "load_policy", "train"]
+
+AGENT = "oracle"
+
+
+@dataclass
+class OracleConfig(PPOBaselineConfig):
+    """PPO on the training tasks with the task parameters in the observation."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 200},
+        "halfcheetah-vel": {
+            "env_id": "metarl/HalfCheetahVel-v0",
+            "horizon": 200,
+            "num_iterations": 500,
+            "n_steps": 200,
+        },
+        # Well under a minute on one shared CPU thread (the benchmark runs it for several seeds).
+        "quick": {
+            "env_id": "metarl/Navigation2D-v0",
+            "num_iterations": 12,
+            "hidden_sizes": (64, 64),
+            "nonlinearity": "tanh",
+            "n_envs": 8,
+            "n_steps": 200,
+            "batch_size": 100,
+            "n_epochs": 5,
+            "learning_rate": 1e-3,
+            "checkpoint_every": 4,
+        },
+    }
+
+
+CONFIG = OracleConfig
+
+
+def train(
+    cfg: OracleConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Run:
+    """Train the task-conditioned policy with PPO on the training tasks (see
+    :func:`metarl.agents.sb3_baselines.train_ppo`)."""
+    return train_ppo(cfg, run_dir, AGENT, with_task=True, resume=resume, overwrite=overwrite,
+                     log=log)  # fmt: skip
+
+
+def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, OracleConfig]:
+    """The oracle's policy over ``[observation, task features]``, its params and config."""
+    record = Run.read_record(run_dir)
+    if record["agent"] != AGENT:
+        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
+    cfg = OracleConfig.from_dict(record["config"])
+    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt", agent=AGENT)
+    dev = resolve_device(device)
+    env = MultiTaskEnv(cfg.env_id, with_task=True, **cfg.env_kwargs())
+    policy = make_policy(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+    ).to(dev)
+    env.close()
+    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
+    load_params(policy, params)
+    return policy, params, cfg
+
+
+def _no_adaptation(params: Mapping[str, Tensor], eps: Episodes, lr: float, per: bool) -> Params:
+    raise AssertionError("the oracle is evaluated at 0 steps only")  # pragma: no cover
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_steps: int = 3,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes_per_step: int | None = None,
+    device: str = "cpu",
+    max_tasks: int | None = None,
+) -> tuple[AdaptationCurve, Path, Path]:
+    """The oracle's return on each task of ``split`` (MAML's protocol at 0 steps), repeated
+    for k = 1..K (a flat line: it does not adapt); writes ``eval_<split>.json``/``.png``."""
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    _, params, cfg = load_policy(run_dir, device)
+    dist = task_distribution(cfg.env_id, **cfg.env_kwargs())
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    tasks = list(dist.split(split))[:max_tasks]  # type: ignore[arg-type]
+    env = make(cfg.env_id, **cfg.env_kwargs())
+    plain = make_policy(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+    ).to(resolve_device(device))
+    env.close()
+    features = torch.as_tensor(np.stack([task_features(dist, t) for t in tasks]))
+    per_task = oracle_task_params(params, plain, features)
+    at0 = evaluate_policy_adaptation(
+        plain, per_task, cfg.env_id, _no_adaptation, agent=AGENT, split=split, num_steps=0,
+        lrs=(cfg.inner_lr,), episodes_per_step=episodes_per_step, seeds=seeds, device=device,
+        env_kwargs=cfg.env_kwargs(), max_tasks=max_tasks, per_task_params=True,
+    )  # fmt: skip
+    curve = AdaptationCurve(
+        agent=AGENT,
+        env_id=cfg.env_id,
+        unit=at0.unit,
+        returns=np.repeat(at0.returns, num_steps + 1, axis=2),
+        env_steps=[0] * (num_steps + 1),
+        wall_clock_s=[at0.wall_clock_s[0]] * (num_steps + 1),
+        split=split,
+        meta={
+            **at0.meta,
+            "config": cfg.to_dict(),
+            "run_dir": str(run_dir),
+            "adaptation": "none: the oracle is given the task parameters; the return after "
+            "k > 0 steps repeats the 0-step return (a flat line), no env steps spent adapting",
+            "flat": True,
+        },
+    )
+    return save_curve(curve, AGENT, cfg, run_dir, split)

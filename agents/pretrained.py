@@ -1,0 +1,128 @@
+"""Pretrained + fine-tune: the "pretrained" baseline of Finn et al. 2017 (Sec. 5.2-5.3).
+
+One policy is trained on all the *training* tasks at once — Stable-Baselines3 PPO on a
+:class:`~metarl.agents.sb3_baselines.MultiTaskEnv` that draws a training task every episode,
+never a held-out one — with an actor of the architecture MAML uses. At evaluation its weights
+become our policy's params and are fine-tuned on each held-out task with MAML's inner step
+(vanilla policy gradient with the linear baseline, the same rates and episodes as MAML's
+evaluation) for 0..K steps (:func:`metarl.evaluation.evaluate_policy_adaptation`).
+
+The multi-task policy cannot tell the tasks apart, so at 0 steps it plays the best response
+to the whole distribution (on 2D navigation: stay near the centre of the goal square); what it
+gains from a few steps is what a meta-learned initialisation is compared against.
+
+Example:
+    >>> from metarl.agents.pretrained import PretrainedConfig, evaluate, train
+    >>> cfg = PretrainedConfig.from_preset("quick", seed=1)
+    >>> run = train(cfg, "/tmp/pretrained-doctest", overwrite=True)  # doctest: +SKIP
+    >>> curve, json_path, png_path = evaluate(run.path, num_steps=3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from metarl.agents.sb3_baselines import (
+    PPOBaselineConfig,
+    evaluate_finetuning,
+    train_ppo,
+)
+from metarl.evaluation import AdaptationCurve
+from metarl.functional import Params, load_params
+from metarl.policies import Policy, make_policy
+from metarl.registry import make
+from metarl.runs import Run, load_checkpoint_file, resolve_device
+
+__all__ = ["AGENT", "CONFIG", "PretrainedConfig", "evaluate", "load_policy", "train"]
+
+AGENT = "pretrained"
+
+
+@dataclass
+class PretrainedConfig(PPOBaselineConfig):
+    """Multi-task PPO on the training tasks, then MAML's inner step on each held-out task."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # The policy of Finn et al. 2017 (100-100 ReLU), 400k env steps.
+        "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 200},
+        "halfcheetah-vel": {
+            "env_id": "metarl/HalfCheetahVel-v0",
+            "horizon": 200,
+            "num_iterations": 500,
+            "n_steps": 200,
+        },
+        # Well under a minute on one shared CPU thread (the benchmark runs it for several seeds).
+        "quick": {
+            "env_id": "metarl/Navigation2D-v0",
+            "num_iterations": 12,
+            "hidden_sizes": (64, 64),
+            "nonlinearity": "tanh",
+            "n_envs": 8,
+            "n_steps": 200,
+            "batch_size": 100,
+            "n_epochs": 5,
+            "learning_rate": 1e-3,
+            "checkpoint_every": 4,
+        },
+    }
+
+
+CONFIG = PretrainedConfig
+
+
+def train(
+    cfg: PretrainedConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Run:
+    """Train the multi-task policy with PPO on the training tasks (see
+    :func:`metarl.agents.sb3_baselines.train_ppo`)."""
+    return train_ppo(cfg, run_dir, AGENT, with_task=False, resume=resume, overwrite=overwrite,
+                     log=log)  # fmt: skip
+
+
+def load_policy(
+    run_dir: str | Path, device: str = "cpu"
+) -> tuple[Policy, Params, PretrainedConfig]:
+    """The pretrained policy of a run (its last checkpoint) and the run's config."""
+    record = Run.read_record(run_dir)
+    if record["agent"] != AGENT:
+        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
+    cfg = PretrainedConfig.from_dict(record["config"])
+    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt", agent=AGENT)
+    dev = resolve_device(device)
+    env = make(cfg.env_id, **cfg.env_kwargs())
+    policy = make_policy(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+    ).to(dev)
+    env.close()
+    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
+    load_params(policy, params)
+    return policy, params, cfg
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_steps: int = 3,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes_per_step: int | None = None,
+    device: str = "cpu",
+    max_tasks: int | None = None,
+) -> tuple[AdaptationCurve, Path, Path]:
+    """Fine-tune the pretrained policy on each task of ``split`` for 0..K steps (MAML's
+    protocol); writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
+    policy, params, cfg = load_policy(run_dir, device)
+    note = ("fine-tuning of a policy pretrained with PPO on the training tasks: MAML's inner "
+            "step (VPG + linear baseline), rates inner_lr then inner_lr/2")  # fmt: skip
+    return evaluate_finetuning(
+        AGENT, policy, params, cfg, run_dir, split=split, num_steps=num_steps, seeds=seeds,
+        episodes_per_step=episodes_per_step, device=device, max_tasks=max_tasks, note=note,
+    )  # fmt: skip

@@ -1,0 +1,557 @@
+"""What the three baselines of Finn et al. 2017 share: a task family as one SB3 env, PPO runs
+through :mod:`metarl.runs`, SB3 policies as our params dicts, and the fine-tuning evaluation.
+
+Finn, Abbeel, Levine 2017 ("Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks", Sec. 5.2-5.3, Fig. 4-5) compare MAML with
+
+* **pretrained** (:mod:`metarl.agents.pretrained`) — one policy trained on all training
+  tasks at once, then fine-tuned on each held-out task with the same inner step;
+* **random-init** (:mod:`metarl.agents.random_init`) — the inner step from a randomly
+  initialised policy;
+* **oracle** (:mod:`metarl.agents.oracle`) — a policy that receives the task parameters as
+  input.
+
+Here the two trained ones are Stable-Baselines3 PPO (Schulman et al. 2017, "Proximal Policy
+Optimization Algorithms") on a :class:`MultiTaskEnv`: every episode a task drawn from the
+family's **training split only**, so no held-out task is ever seen before evaluation. The
+SB3 policy's actor is an MLP of exactly our :func:`metarl.policies.make_policy` architecture
+(hidden widths, ReLU or tanh, a state-independent log-std), so its weights *are* a params
+dict of our policy (:func:`sb3_policy_params`, the same action distribution bit for bit) and
+the evaluation is MAML's protocol, :func:`metarl.evaluation.evaluate_policy_adaptation`:
+return on the held-out tasks after 0..K inner steps of vanilla policy gradient with the
+per-task linear baseline (Finn et al. 2017, Sec. 3.2; rates 0.1 then 0.05, 40 episodes per
+step on 2D navigation).
+
+One training iteration is one PPO update: ``n_envs × n_steps`` env steps, then ``n_epochs``
+passes of minibatch updates. Every iteration starts from freshly reset envs whose seeds are a
+function of (seed, iteration); an episode still running at the end of an iteration is cut
+there (truncated, its value bootstrapped, as any SB3 time limit). That is what makes a run
+resumable exactly from plain-data checkpoints (policy, Adam state, step counter and the RNG
+states; no SB3 zip, no pickle): a resumed run on the CPU equals an uninterrupted one.
+
+Stable-Baselines3 is imported inside the functions that use it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor
+
+from metarl.config import ConfigError, RunConfig, option
+from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
+from metarl.functional import Params, named_params
+from metarl.numerics import NonFiniteError, at_iteration, check_finite
+from metarl.policies import Policy, make_policy
+from metarl.policy_gradient import adapt_policy, advantages
+from metarl.registry import family_ids, make, task_distribution
+from metarl.runs import Run, resolve_device
+from metarl.sampler import Episodes
+from metarl.seeding import seed_everything
+from metarl.tasks import BoxTaskDistribution, TaskDistribution, TaskError, task_to_dict
+
+__all__ = [
+    "FineTuneConfig",
+    "MultiTaskEnv",
+    "PPOBaselineConfig",
+    "evaluate_finetuning",
+    "finetune_step_fn",
+    "make_model",
+    "oracle_task_params",
+    "save_curve",
+    "sb3_policy_kwargs",
+    "sb3_policy_params",
+    "task_features",
+    "train_ppo",
+]
+
+
+# -- the task parameters as an observation (the oracle's input) ----------------------------
+def task_features(dist: TaskDistribution[Any], task: Any) -> np.ndarray:
+    """The task's parameters as a flat float32 vector, fields in declaration order.
+
+    For a :class:`~metarl.tasks.BoxTaskDistribution` every value is scaled to ``[-1, 1]``
+    from its interval (log-scaled fields in log space), so PPO sees inputs of unit range;
+    other distributions give their numbers as they are.
+
+    Raises:
+        TaskError: a field is not a number or a sequence of numbers.
+    """
+    values = task_to_dict(dist.validate(task))
+    out: list[float] = []
+    for name, value in values.items():
+        items = value if isinstance(value, list) else [value]
+        flat = np.asarray(items, dtype=object).reshape(-1)
+        for v in flat:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TaskError(
+                    f"{dist.name}: task field {name!r} holds {v!r}; the oracle needs tasks "
+                    "whose parameters are numbers (or sequences of numbers)"
+                )
+            x = float(v)
+            if isinstance(dist, BoxTaskDistribution):
+                lo, hi = dist.low[name], dist.high[name]
+                if name in dist.log_scale:
+                    x, lo, hi = math.log(x), math.log(lo), math.log(hi)
+                x = 2.0 * (x - lo) / (hi - lo) - 1.0 if hi > lo else 0.0
+            out.append(x)
+    return np.asarray(out, dtype=np.float32)
+
+
+def _encode_obs(space: spaces.Space[Any], obs: Any) -> np.ndarray:
+    if isinstance(space, spaces.Discrete):
+        onehot = np.zeros(int(space.n), dtype=np.float32)
+        onehot[int(obs) - int(space.start)] = 1.0
+        return onehot
+    return np.asarray(obs, dtype=np.float32).reshape(-1)
+
+
+class MultiTaskEnv(gym.Env[Any, Any]):
+    """A task family as one plain Gymnasium env: each episode runs a task drawn uniformly
+    from one split (the training split by default) with the env's seeded generator.
+
+    With ``with_task=True`` (the oracle) the observation is the flat vector
+    ``[observation (one-hot if discrete), task_features(task)]``; otherwise it is the
+    family's own observation, unchanged.
+
+    ``info["task"]`` is the episode's task. ``reset(options={"task": task})`` runs a given
+    task instead (it must belong to the family).
+
+    Args:
+        env_id: a registered task family (``metarl envs``).
+        split: ``"train"`` (default) or ``"test"``.
+        with_task: append the task parameters to the observation.
+        max_episode_steps: the horizon; default: the family's registered one.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's convention)
+
+    def __init__(
+        self,
+        env_id: str,
+        split: str = "train",
+        with_task: bool = False,
+        max_episode_steps: int | None = None,
+        **env_kwargs: Any,
+    ) -> None:
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        kwargs = dict(env_kwargs)
+        if max_episode_steps:
+            kwargs["max_episode_steps"] = max_episode_steps
+        self.env = make(env_id, **kwargs)
+        self.env_id, self.split, self.with_task = env_id, split, with_task
+        self.task_distribution: TaskDistribution[Any] = self.env.unwrapped.task_distribution  # type: ignore[attr-defined]
+        self.tasks = self.task_distribution.split(split)
+        self.action_space = self.env.action_space
+        inner = self.env.observation_space
+        self.inner_observation_space = inner
+        if with_task:
+            z = task_features(self.task_distribution, self.tasks[0])
+            bound = 1.0 if isinstance(self.task_distribution, BoxTaskDistribution) else np.inf
+            if isinstance(inner, spaces.Discrete):
+                lo, hi = np.zeros(int(inner.n)), np.ones(int(inner.n))
+            elif isinstance(inner, spaces.Box):
+                lo, hi = inner.low.reshape(-1), inner.high.reshape(-1)
+            else:
+                raise TypeError(f"{env_id}: the oracle takes Box or Discrete observations")
+            low = np.concatenate([lo, np.full(z.shape, -bound)]).astype(np.float32)
+            high = np.concatenate([hi, np.full(z.shape, bound)]).astype(np.float32)
+            self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        else:
+            self.observation_space = inner
+        self._task: Any = None
+        self._z = np.zeros(0, dtype=np.float32)
+
+    @property
+    def task(self) -> Any:
+        if self._task is None:
+            raise TaskError("MultiTaskEnv has no task yet: call reset() first")
+        return self._task
+
+    def _observe(self, obs: Any) -> Any:
+        if not self.with_task:
+            return obs
+        return np.concatenate([_encode_obs(self.inner_observation_space, obs), self._z])
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        super().reset(seed=seed)
+        task = (options or {}).get("task")
+        if task is None:
+            task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
+        self._task = self.task_distribution.validate(task)
+        if self.with_task:
+            self._z = task_features(self.task_distribution, self._task)
+        obs, info = self.env.reset(seed=int(self.np_random.integers(2**31)), options={"task": task})
+        return self._observe(obs), {**info, "task": task}
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return (
+            self._observe(obs),
+            float(reward),
+            terminated,
+            truncated,
+            {**info, "task": self._task},
+        )
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# -- configs -------------------------------------------------------------------------------
+@dataclass
+class FineTuneConfig(RunConfig):
+    """The policy's architecture and MAML's inner step, shared by every baseline."""
+
+    hidden_sizes: tuple[int, ...] = option(
+        (100, 100), "policy MLP hidden widths (Finn et al. 2017: 100, 100)", low=1
+    )
+    nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
+    init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
+    horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
+    gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
+    inner_lr: float = option(
+        0.1, "fine-tuning step size α at evaluation (MAML's inner rate; halved after the first "
+        "step, as MAML's evaluation)", low=0.0, low_open=True,
+    )  # fmt: skip
+    inner_gae_lambda: float = option(
+        1.0, "GAE λ of the fine-tuning step (1.0: returns − linear baseline, as MAML)",
+        low=0.0, high=1.0,
+    )  # fmt: skip
+
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"max_episode_steps": self.horizon} if self.horizon else {}
+
+
+@dataclass
+class PPOBaselineConfig(FineTuneConfig):
+    """Multi-task PPO (Stable-Baselines3) on the training tasks; SB3's defaults otherwise."""
+
+    num_iterations: int = option(
+        100, "PPO iterations, each n_envs × n_steps env steps then n_epochs of updates", low=1,
+        may_change_on_resume=True,
+    )  # fmt: skip
+    n_envs: int = option(8, "parallel envs (each draws a training task per episode)", low=1)
+    n_steps: int = option(256, "env steps per env and iteration", low=1)
+    batch_size: int = option(64, "PPO minibatch size; must divide n_envs × n_steps", low=1)
+    n_epochs: int = option(10, "passes over each iteration's data", low=1)
+    learning_rate: float = option(3e-4, "Adam step size", low=0.0, low_open=True)
+    gae_lambda: float = option(0.95, "GAE λ of PPO's advantages", low=0.0, high=1.0)
+    clip_range: float = option(0.2, "PPO's clipping ε", low=0.0, low_open=True)
+    ent_coef: float = option(0.0, "entropy bonus coefficient", low=0.0)
+    vf_coef: float = option(0.5, "value-loss coefficient", low=0.0)
+    max_grad_norm: float = option(0.5, "gradient-norm clip", low=0.0, low_open=True)
+    vf_hidden_sizes: tuple[int, ...] = option(
+        (64, 64), "value-function MLP hidden widths (a separate network)", low=1
+    )
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def validate(self) -> None:
+        super().validate()
+        rollout = self.n_envs * self.n_steps
+        if rollout < 2 or rollout % self.batch_size:
+            raise ConfigError(
+                f"{type(self).__name__}: n_envs × n_steps = {rollout} must be at least 2 and a "
+                f"multiple of batch_size {self.batch_size}; change --n-steps or --batch-size"
+            )
+
+
+# -- SB3 policy -> our params ------------------------------------------------------------------
+def sb3_policy_kwargs(cfg: PPOBaselineConfig) -> dict[str, Any]:
+    act = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}[cfg.nonlinearity]
+    return {
+        "net_arch": {"pi": list(cfg.hidden_sizes), "vf": list(cfg.vf_hidden_sizes)},
+        "activation_fn": act,
+        "log_std_init": math.log(cfg.init_std),
+    }
+
+
+def sb3_policy_params(sb3_policy: Any, policy: Policy) -> Params:
+    """The actor of an SB3 ``ActorCriticPolicy`` as a params dict of our ``policy``.
+
+    SB3's actor is ``action_net(policy_net(flatten(obs)))`` — Linear and activation layers,
+    Discrete observations one-hot — with ``log_std`` for Box actions (a diagonal Gaussian)
+    or logits for Discrete ones, exactly the distribution of our
+    :class:`~metarl.policies.GaussianMLPPolicy` / :class:`~metarl.policies.CategoricalMLPPolicy`
+    (ours clamps ``log σ`` below at −6, far below anything PPO reaches). The Linear layers are
+    copied in order; the shapes are checked against ``policy``.
+
+    Raises:
+        TypeError: the SB3 policy is not an MLP of ``policy``'s architecture.
+    """
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+
+    if not isinstance(sb3_policy.pi_features_extractor, FlattenExtractor):
+        raise TypeError(
+            "only SB3 policies with the default FlattenExtractor map onto metarl's MLP policy; "
+            f"got {type(sb3_policy.pi_features_extractor).__name__}"
+        )
+    layers = [m for m in sb3_policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+    layers.append(sb3_policy.action_net)
+    ours = named_params(policy)
+    linear = [k[: -len(".weight")] for k in ours if k.endswith(".weight")]
+    if len(linear) != len(layers):
+        raise TypeError(
+            f"the SB3 actor has {len(layers)} linear layers, the metarl policy {len(linear)}; "
+            "build both with the same hidden_sizes"
+        )
+    out: Params = {}
+    for name, layer in zip(linear, layers, strict=True):
+        out[f"{name}.weight"] = layer.weight.detach().clone()
+        out[f"{name}.bias"] = layer.bias.detach().clone()
+    if "log_std" in ours:
+        out["log_std"] = sb3_policy.log_std.detach().clone()
+    for k, v in ours.items():
+        if k not in out or out[k].shape != v.shape:
+            got = None if k not in out else tuple(out[k].shape)
+            raise TypeError(
+                f"SB3 policy does not match the metarl policy at {k}: expected shape "
+                f"{tuple(v.shape)}, got {got}"
+            )
+    return {k: out[k].to(v.device) for k, v in ours.items()}
+
+
+# -- PPO training through metarl.runs ------------------------------------------------------
+def _iteration_seed(seed: int, iteration: int) -> int:
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] % (2**31 - 4096))
+
+
+def _our_policy(cfg: FineTuneConfig, env: gym.Env[Any, Any]) -> Policy:
+    return make_policy(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+    )
+
+
+def make_model(cfg: PPOBaselineConfig, with_task: bool, device: torch.device | str) -> Any:
+    """SB3 PPO on ``cfg.n_envs`` :class:`MultiTaskEnv` copies (training split), seeded by
+    ``cfg.seed``, with an actor of our policy's architecture."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    def make_env() -> gym.Env[Any, Any]:
+        env = MultiTaskEnv(cfg.env_id, "train", with_task, **cfg.env_kwargs())
+        return Monitor(env, allow_early_resets=True)  # episode returns in info["episode"]
+
+    venv = DummyVecEnv([make_env for _ in range(cfg.n_envs)])
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        learning_rate=cfg.learning_rate,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=cfg.gamma,
+        gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        max_grad_norm=cfg.max_grad_norm,
+        policy_kwargs=sb3_policy_kwargs(cfg),
+        stats_window_size=1_000_000,  # emptied every iteration: all of its episodes
+        seed=cfg.seed,
+        device=device,
+        verbose=0,
+    )
+    return model
+
+
+def train_ppo(
+    cfg: PPOBaselineConfig,
+    run_dir: str | Path,
+    agent: str,
+    *,
+    with_task: bool,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Run:
+    """Train one policy with SB3 PPO on the training tasks (with the task parameters in the
+    observation when ``with_task``); the run directory gets config.json, metrics.csv and
+    checkpoints holding ``params`` (our policy's), the SB3 policy and Adam state."""
+    from stable_baselines3.common.logger import Logger
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = Path(run_dir)
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if cfg.env_id not in family_ids():
+        task_distribution(cfg.env_id)  # raises the registry's clear error
+    seed_everything(cfg.seed)
+
+    model = make_model(cfg, with_task, device)
+    venv = model.get_env()
+    assert isinstance(venv, DummyVecEnv)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # read, then cleared, below
+    policy = _our_policy(cfg, venv.envs[0]).to(device)
+    start = 0
+    if resume:
+        run = Run.resume(run_dir, agent, cfg)
+        ckpt = run.load_checkpoint()  # restores Python's, NumPy's and torch's RNG states
+        model.policy.load_state_dict(ckpt["state"]["sb3_policy"])
+        model.policy.optimizer.load_state_dict(ckpt["state"]["sb3_optimizer"])
+        model.num_timesteps = int(ckpt["state"]["num_timesteps"])
+        start = int(ckpt["iteration"])
+    else:
+        run = Run.create(run_dir, agent, cfg)
+    if log:
+        log(f"{agent} on {cfg.env_id}: PPO iterations {start}..{cfg.num_iterations} of "
+            f"{cfg.n_envs * cfg.n_steps} env steps, run dir {run_dir}")  # fmt: skip
+    try:
+        for it in range(start, cfg.num_iterations):
+            t0 = time.perf_counter()
+            # Fresh envs at every iteration, seeded by (seed, iteration): see the module doc.
+            venv.seed(_iteration_seed(cfg.seed, it))
+            model._last_obs = venv.reset()
+            model._last_episode_starts = np.ones(cfg.n_envs, dtype=bool)
+            if model.ep_info_buffer is not None:
+                model.ep_info_buffer.clear()
+            model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=False, log_interval=None)
+            losses = {k.split("/", 1)[1]: float(v) for k, v in model.logger.name_to_value.items()
+                      if k.startswith("train/")}  # fmt: skip
+            model.logger.dump()  # clears the values (no outputs configured)
+            episodes = [float(e["r"]) for e in (model.ep_info_buffer or [])]
+            params = sb3_policy_params(model.policy, policy)
+            try:
+                check_finite("PPO policy parameters", params,
+                             hint="lower --learning-rate, or check the env's rewards")  # fmt: skip
+            except NonFiniteError as e:
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            total = time.perf_counter() - t0
+            stats = {
+                "train_return": float(np.mean(episodes)) if episodes else math.nan,
+                "episodes": float(len(episodes)),
+                "env_steps": float(model.num_timesteps),
+                "env_steps_per_s": cfg.n_envs * cfg.n_steps / total,
+                "iteration_s": total,
+                "log_std": float(params["log_std"].mean()) if "log_std" in params else 0.0,
+                **{k: v for k, v in losses.items() if k not in ("std", "n_updates")},
+            }
+            run.log(it, stats)
+            if log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
+                log(f"iteration {it}: training-task return {stats['train_return']:.2f}, "
+                    f"{model.num_timesteps} env steps, {total:.2f} s")  # fmt: skip
+            done = it + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
+                state = {
+                    "params": {k: v.detach().cpu() for k, v in params.items()},
+                    "sb3_policy": {k: v.detach().cpu() for k, v in
+                                   model.policy.state_dict().items()},
+                    "sb3_optimizer": model.policy.optimizer.state_dict(),
+                    "num_timesteps": int(model.num_timesteps),
+                }  # fmt: skip
+                run.save_checkpoint(done, state)
+    finally:
+        venv.close()
+        run.close()
+    return run
+
+
+# -- evaluation ---------------------------------------------------------------------------
+def finetune_step_fn(
+    policy: Policy, cfg: FineTuneConfig
+) -> Callable[[Mapping[str, Tensor], Episodes, float, bool], Params]:
+    """MAML's inner step (Finn et al. 2017, Sec. 3.2): vanilla policy gradient with the
+    per-task linear baseline, as the evaluation protocol wants it."""
+
+    def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
+        adv = advantages(eps, cfg.gamma, cfg.inner_gae_lambda)
+        return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
+                            per_task_params=per_task)  # fmt: skip
+
+    return step
+
+
+def evaluate_finetuning(
+    agent: str,
+    policy: Policy,
+    params: Mapping[str, Tensor],
+    cfg: FineTuneConfig,
+    run_dir: str | Path,
+    *,
+    split: str,
+    num_steps: int,
+    seeds: tuple[int, ...],
+    episodes_per_step: int | None,
+    device: str,
+    max_tasks: int | None,
+    note: str,
+) -> tuple[AdaptationCurve, Path, Path]:
+    """MAML's held-out protocol from ``params``: return after 0..K fine-tuning steps (rates
+    ``α`` then ``α/2``, as MAML-TRPO's evaluation); writes ``eval_<split>.json``/``.png``."""
+    curve = evaluate_policy_adaptation(
+        policy,
+        params,
+        cfg.env_id,
+        finetune_step_fn(policy, cfg),
+        agent=agent,
+        split=split,
+        num_steps=num_steps,
+        lrs=(cfg.inner_lr, cfg.inner_lr / 2),
+        episodes_per_step=episodes_per_step,
+        seeds=seeds,
+        device=device,
+        env_kwargs=cfg.env_kwargs(),
+        max_tasks=max_tasks,
+    )
+    curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), "adaptation": note})
+    return save_curve(curve, agent, cfg, run_dir, split)
+
+
+def save_curve(
+    curve: AdaptationCurve, agent: str, cfg: RunConfig, run_dir: str | Path, split: str
+) -> tuple[AdaptationCurve, Path, Path]:
+    json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
+    png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png",
+                           title=f"{agent} on {cfg.env_id} ({split} tasks)")  # fmt: skip
+    return curve, json_path, png_path
+
+
+def oracle_task_params(params: Mapping[str, Tensor], policy: Policy, features: Tensor) -> Params:
+    """The task-conditioned policy ``π(a | [s, z])`` as one params set per task of the plain
+    policy ``π(a | s)``: the first layer ``W [s; z] + b = W_s s + (b + W_z z)``, so task ``i``
+    gets ``W_s`` and the bias ``b + W_z z_i`` (exact; the rest is shared).
+
+    Args:
+        params: the oracle's params (first layer over ``[s, z]``).
+        policy: our policy over the family's own observations (``s`` only).
+        features: ``(N, dim z)`` task features (:func:`task_features`).
+
+    Returns:
+        Params with a leading task dimension ``N``, for ``per_task_params=True``.
+    """
+    ours = named_params(policy)
+    first = next(k for k in ours if k.endswith(".weight"))
+    bias = first[: -len(".weight")] + ".bias"
+    obs_dim = ours[first].shape[1]
+    w = params[first]
+    if w.shape[1] != obs_dim + features.shape[1]:
+        raise ValueError(
+            f"the oracle's first layer takes {w.shape[1]} inputs, the env's observation "
+            f"{obs_dim} and the task features {features.shape[1]}; was the run made on "
+            "another task family?"
+        )
+    n = features.shape[0]
+    features = features.to(w)
+    out = {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
+    out[first] = w[:, :obs_dim].detach().unsqueeze(0).expand(n, -1, -1).clone()
+    out[bias] = (params[bias] + features @ w[:, obs_dim:].T).detach()
+    return out
