@@ -38,6 +38,10 @@ _AGENTS: dict[str, tuple[str, str]] = {
         "metarl.agents.reptile_rl",
         "Reptile (Nichol et al. 2018) with policy-gradient inner steps",
     ),
+    "rl2": (
+        "metarl.agents.rl2",
+        "RL² (Duan et al. 2016): a GRU policy that adapts within a trial of episodes; PPO",
+    ),
     "pretrained": (
         "metarl.agents.pretrained",
         "baseline: PPO (SB3) on all training tasks, fine-tuned with MAML's inner step",

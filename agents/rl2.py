@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -53,18 +54,24 @@ import torch
 from torch import Tensor, nn
 
 import metarl
-from metarl.evaluation import AdaptationCurve
+from metarl.config import ConfigError, RunConfig, _check_device, option
+from metarl.evaluation import AdaptationCurve, plot_curves
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
-from metarl.runs import load_checkpoint_file, save_checkpoint_file
+from metarl.runs import Run, load_checkpoint_file, progress, save_checkpoint_file
 from metarl.torch_batched import resolve_device
 
 __all__ = [
+    "AGENT",
+    "CONFIG",
     "PRESETS",
     "RL2",
     "RL2Config",
     "RL2Policy",
     "Trials",
     "collect_trials",
+    "evaluate",
+    "load_agent",
+    "train",
     "trial_gae",
 ]
 
@@ -72,83 +79,75 @@ __all__ = [
 AGENT = "rl2"
 
 
+class _UnknownFamily(ConfigError, KeyError):
+    """An unknown ``env_id``: a :class:`ConfigError` that is also the registry's KeyError."""
+
+
 @dataclass
-class RL2Config:
-    """Settings of an RL² run; :data:`PRESETS` holds the paper's settings."""
+class RL2Config(RunConfig):
+    """Settings of an RL² run; :attr:`presets` holds the paper's settings and ``quick``."""
 
-    env_id: str = "metarl/BernoulliBandit-K5-v0"
-    """Task family (``metarl envs`` lists them)."""
-    episodes_per_trial: int = 1
-    """``n``: episodes per trial on one task (for bandits: 1 episode of ``n`` pulls)."""
-    max_episode_steps: int | None = None
-    """Steps per episode; None: the family's registered horizon."""
-    num_trials: int = 256
-    """Trials (tasks) per PPO iteration, stepped together."""
-    num_iterations: int = 500
-    """PPO iterations."""
-    hidden_size: int = 128
-    """GRU hidden units."""
-    lr: float = 1e-3
-    gamma: float = 0.99
-    """Discount over the whole trial."""
-    gae_lambda: float = 0.3
-    clip_coef: float = 0.2
-    """PPO's clipping ε."""
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    """Minibatches of whole trials per epoch."""
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    seed: int = 0
-    device: str = "cpu"
-    """``cpu``, ``cuda`` or ``auto``."""
-    backend: str = "auto"
-    """``auto`` (torch env when the family has one), ``torch`` or ``numpy``."""
-    init_from: str | None = None
-    """A checkpoint whose policy weights start this run (a curriculum: n=100 bandits from
-    the n=10 run, say); the network's sizes must match."""
+    env_id: str = option(
+        "metarl/BernoulliBandit-K5-v0",
+        "the task family to meta-train on (`metarl envs` lists them)",
+        aliases=("--env",),
+    )
+    device: str = option(
+        "cpu",
+        "where the learner and (for families with one) the torch envs run: auto, cpu, cuda, cuda:N",
+        check=_check_device,
+        may_change_on_resume=True,
+    )
+    num_iterations: int = option(500, "PPO iterations", low=1, may_change_on_resume=True)
+    episodes_per_trial: int = option(
+        1, "n: episodes per trial on one task (for bandits: 1 episode of n pulls)", low=1
+    )
+    max_episode_steps: int | None = option(
+        None, "steps per episode; None: the family's registered horizon", low=1
+    )
+    num_trials: int = option(256, "trials (tasks) per PPO iteration, stepped together", low=1)
+    hidden_size: int = option(128, "GRU hidden units", low=1)
+    lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
+    gamma: float = option(0.99, "discount over the whole trial", low=0.0, high=1.0, low_open=True)
+    gae_lambda: float = option(0.3, "GAE lambda over the whole trial", low=0.0, high=1.0)
+    clip_coef: float = option(0.2, "PPO's clipping epsilon", low=0.0, low_open=True)
+    update_epochs: int = option(4, "PPO epochs over each batch of trials", low=1)
+    num_minibatches: int = option(4, "minibatches of whole trials per epoch", low=1)
+    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
+    vf_coef: float = option(0.5, "value loss coefficient", low=0.0)
+    max_grad_norm: float = option(0.5, "gradient norm clipping", low=0.0, low_open=True)
+    backend: str = option(
+        "auto",
+        "batched env: auto (torch env when the family has one), torch or numpy",
+        choices=("auto", "torch", "numpy"),
+    )
+    init_from: str | None = option(
+        None,
+        "a checkpoint (file or run directory) whose policy weights start this run (a "
+        "curriculum: n=100 bandits from the n=10 run); the network's sizes must match",
+    )
 
-    def validate(self) -> RL2Config:
-        """Raise ValueError naming the setting for any value of the wrong type or range."""
-        for name in ("episodes_per_trial", "num_trials", "num_iterations", "hidden_size",
-                     "update_epochs", "num_minibatches", "max_episode_steps", "seed"):  # fmt: skip
-            value = getattr(self, name)
-            if value is None and name == "max_episode_steps":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            if value < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'seed' else 1}, got {value}")
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # filled below
+
+    def validate(self) -> RL2Config:  # type: ignore[override]
+        """Raise :class:`ConfigError` (a ValueError) naming the setting for any value of the
+        wrong type or range; returns the config."""
+        super().validate()
         for name in ("lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef",
                      "max_grad_norm"):  # fmt: skip
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        for name in ("lr", "clip_coef", "max_grad_norm"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not isinstance(self.env_id, str):
-            raise ValueError(f"env_id must be a string, got {self.env_id!r}")
-        if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
-        ):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.num_trials % self.num_minibatches:
-            raise ValueError(
+            raise ConfigError(
                 f"num_trials ({self.num_trials}) must be a multiple of num_minibatches "
                 f"({self.num_minibatches})"
             )
-        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ValueError("gamma must be in (0, 1] and gae_lambda in [0, 1]")
-        if self.backend not in ("auto", "torch", "numpy"):
-            raise ValueError(f"backend must be auto, torch or numpy, got {self.backend!r}")
-        metarl.family(self.env_id)  # a clear error for an unknown id
+        try:
+            metarl.family(self.env_id)
+        except KeyError as e:
+            msg = e.args[0] if e.args else str(e)
+            raise _UnknownFamily(f"RL2Config.env_id (--env-id): {msg}") from None
         if self.init_from is not None:
-            if not isinstance(self.init_from, str | Path):
-                raise ValueError(f"init_from must be a checkpoint path, got {self.init_from!r}")
             _checkpoint_in(self.init_from)
         return self
 
@@ -159,45 +158,75 @@ def _checkpoint_in(path: str | Path) -> Path:
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.is_file():
-        raise ValueError(
+        raise ConfigError(
             f"init_from: no checkpoint at {path}; give an RL² checkpoint file or run directory"
         )
     return path
 
 
-def _bandit(k: int, n: int, iterations: int, **kwargs: Any) -> RL2Config:
-    return RL2Config(
-        env_id=f"metarl/BernoulliBandit-K{k}-v0",
-        episodes_per_trial=1,
-        max_episode_steps=n,
-        num_iterations=iterations,
+def _bandit(k: int, n: int, iterations: int, **kwargs: Any) -> dict[str, Any]:
+    return {
+        "env_id": f"metarl/BernoulliBandit-K{k}-v0",
+        "episodes_per_trial": 1,
+        "max_episode_steps": n,
+        "num_iterations": iterations,
         **kwargs,
-    )
+    }
 
 
 # Long trials: fewer passes over each batch (the GRU's backward pass dominates on a CPU).
 _LONG: dict[str, Any] = {"update_epochs": 2, "num_minibatches": 2}
 
+# 2D navigation (Finn et al. 2017's family): a trial of 4 episodes of 100 steps on one goal,
+# so the curve has episodes 1..4 beside MAML's 0..3 gradient steps. Continuous actions.
+_NAV2D: dict[str, Any] = {
+    "env_id": "metarl/Navigation2D-v0",
+    "episodes_per_trial": 4,
+    "num_trials": 64,
+    "hidden_size": 64,
+    "lr": 3e-3,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.0,
+    **_LONG,
+}
 
 #: The paper's settings (Duan et al. 2016, Sec. 4.1–4.2): bandits with k arms and n pulls,
-#: random MDPs with n episodes of 10 steps. Iteration counts fit a CPU budget of minutes per
-#: setting (the paper trained far longer); raise ``num_iterations`` for better agents.
-PRESETS: dict[str, RL2Config] = {
+#: random MDPs with n episodes of 10 steps; 2D navigation (``nav2d``, and ``quick``: about a
+#: minute on a CPU). Iteration counts fit a CPU budget of minutes per setting (the paper
+#: trained far longer); raise ``num_iterations`` for better agents.
+RL2Config.presets = {
     "bandit-k5-n10": _bandit(5, 10, 300),
     "bandit-k10-n10": _bandit(10, 10, 300),
     "bandit-k5-n100": _bandit(5, 100, 300, **_LONG),
     "bandit-k10-n100": _bandit(10, 100, 400, **_LONG),
-    "mdp-n10": RL2Config(
-        env_id="metarl/TabularMDP-S10A5-v0", episodes_per_trial=10, num_iterations=500, **_LONG
-    ),
-    "mdp-n25": RL2Config(
-        env_id="metarl/TabularMDP-S10A5-v0",
-        episodes_per_trial=25,
-        num_trials=128,
-        num_iterations=200,
+    "mdp-n10": {
+        "env_id": "metarl/TabularMDP-S10A5-v0",
+        "episodes_per_trial": 10,
+        "num_iterations": 500,
         **_LONG,
-    ),
+    },
+    "mdp-n25": {
+        "env_id": "metarl/TabularMDP-S10A5-v0",
+        "episodes_per_trial": 25,
+        "num_trials": 128,
+        "num_iterations": 200,
+        **_LONG,
+    },
+    "nav2d": {**_NAV2D, "num_iterations": 500, "checkpoint_every": 25},
+    "quick": {
+        **_NAV2D,
+        "num_iterations": 30,
+        "num_trials": 32,
+        "hidden_size": 32,
+        "checkpoint_every": 10,
+    },
 }
+
+#: The presets as configs (``PRESETS["bandit-k5-n10"]``), for Python use.
+PRESETS: dict[str, RL2Config] = {name: RL2Config.from_preset(name) for name in RL2Config.presets}
+
+#: The agent registry's config class (``metarl train --agent rl2``).
+CONFIG = RL2Config
 
 
 # -- the environment edge: everything past here is tensors on the device -------------------
@@ -533,10 +562,13 @@ class RL2:
         steps = int(trials.mask.sum())
         self.env_steps += steps
         self.iteration += 1
+        episode_means = trials.episode_returns.mean(1)
         stats.update(
             iteration=self.iteration,
             env_steps=self.env_steps,
             trial_return=float(trials.episode_returns.sum(0).mean()),
+            first_episode_return=float(episode_means[0]),
+            last_episode_return=float(episode_means[-1]),
             sample_s=sample_time,
             total_s=time.perf_counter() - start,
             steps=steps,
@@ -582,8 +614,11 @@ class RL2:
         trials_per_task: int = 10,
         seed: int = 1,
         split: str = "test",
+        episodes_per_trial: int | None = None,
     ) -> AdaptationCurve:
         """Returns of episodes 1..n of trials on held-out tasks (default: the test split).
+
+        ``episodes_per_trial`` (default: the config's ``n``) sets the trials' length.
 
         Returns:
             An :class:`AdaptationCurve` with ``returns`` ``(trials_per_task, num_tasks, n)``:
@@ -600,9 +635,11 @@ class RL2:
         )  # fmt: skip
         gen = torch.Generator(device=self.device).manual_seed(seed)
         start = time.perf_counter()
-        trials = collect_trials(self.policy, env, rows, self.config.episodes_per_trial, seed, gen)
+        n = self.config.episodes_per_trial if episodes_per_trial is None else episodes_per_trial
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"episodes_per_trial must be an integer >= 1, got {n!r}")
+        trials = collect_trials(self.policy, env, rows, n, seed, gen)
         elapsed = time.perf_counter() - start
-        n = self.config.episodes_per_trial
         returns = trials.episode_returns.T.reshape(trials_per_task, len(tasks), n)
         steps_per_episode = int(trials.mask.sum()) / max(len(rows) * n, 1)
         return AdaptationCurve(
@@ -652,7 +689,9 @@ class RL2:
         state = load_checkpoint_file(
             path, agent=AGENT, task_family=self.config.env_id, map_location=self.device
         )
-        saved = {k: v for k, v in state["config"].items() if k not in ("num_iterations", "device")}
+        free = {f.name for f in dataclasses.fields(self.config)
+                if f.metadata.get("may_change_on_resume")}  # fmt: skip
+        saved = {k: v for k, v in state["config"].items() if k not in free}
         mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k in saved}
         if saved != mine:
             diff = sorted(k for k in saved if saved[k] != mine[k])
@@ -677,3 +716,193 @@ class RL2:
         agent = cls(config)
         agent.load(path)
         return agent
+
+
+# -- the agent registry's interface: run directories (metarl train / evaluate / benchmark) --
+def _run_state(agent: RL2) -> dict[str, Any]:
+    return {
+        "policy": agent.policy.state_dict(),
+        "optimizer": agent.optimizer.state_dict(),
+        "env_steps": agent.env_steps,
+        "value_scale": agent.value_scale,
+    }
+
+
+def _generators(agent: RL2) -> dict[str, np.random.Generator | torch.Generator]:
+    return {"tasks": agent.rng, "torch": agent.generator}
+
+
+def train(
+    cfg: RL2Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Run:
+    """Meta-train RL² in a run directory: config.json, metrics.csv (one row per PPO
+    iteration: trial return, returns of the trial's first and last episodes, losses, env
+    steps, seconds) and checkpoint.pt through :class:`metarl.runs.Run`'s safe envelope.
+
+    Args:
+        resume: continue ``run_dir`` from its last checkpoint (exactly, on the CPU).
+        overwrite: delete ``run_dir`` first if it exists.
+        log: where one-line progress messages go (e.g. ``print``); None: silent.
+    """
+    cfg.validate()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = Path(run_dir)
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if resume:
+        run = Run.resume(run_dir, AGENT, cfg)
+        # Weights come from the run's own checkpoint, not from init_from (which may be gone).
+        agent = RL2(cfg.replace(init_from=None))
+        ckpt = run.load_checkpoint(_generators(agent))
+        state = ckpt["state"]
+        agent.policy.load_state_dict(state["policy"])
+        agent.optimizer.load_state_dict(state["optimizer"])
+        agent.env_steps = int(state["env_steps"])
+        agent.value_scale = float(state["value_scale"])
+        agent.iteration = int(ckpt["iteration"])
+    else:
+        agent = RL2(cfg)
+        run = Run.create(run_dir, AGENT, cfg)
+    start = agent.iteration
+    if log:
+        log(f"{AGENT} on {cfg.env_id}: iterations {start}..{cfg.num_iterations}, "
+            f"{cfg.episodes_per_trial} episode(s) per trial, run dir {run_dir}")  # fmt: skip
+    bar = progress(range(start, cfg.num_iterations), total=cfg.num_iterations, initial=start,
+                   desc=AGENT)  # fmt: skip
+    try:
+        for it in bar:
+            try:
+                stats = agent.train_iteration()
+            except NonFiniteError as e:  # stop before logging or checkpointing this iteration
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            total_s = stats["total_s"]
+            run.log(
+                it,
+                {
+                    "trial_return": stats["trial_return"],
+                    "first_episode_return": stats["first_episode_return"],
+                    "last_episode_return": stats["last_episode_return"],
+                    "policy_loss": stats["policy_loss"],
+                    "value_loss": stats["value_loss"],
+                    "entropy": stats["entropy"],
+                    "clip_frac": stats["clip_frac"],
+                    "env_steps": stats["steps"],
+                    "env_steps_total": stats["env_steps"],
+                    "env_steps_per_s": stats["steps"] / max(total_s, 1e-9),
+                    "sample_s": stats["sample_s"],
+                    "update_s": total_s - stats["sample_s"],
+                    "iteration_s": total_s,
+                },
+            )
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(first=f"{stats['first_episode_return']:.1f}",
+                                last=f"{stats['last_episode_return']:.1f}")  # fmt: skip
+            elif log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
+                log(
+                    f"iteration {it}: trial return {stats['trial_return']:.2f} (episode 1: "
+                    f"{stats['first_episode_return']:.2f}, episode {cfg.episodes_per_trial}: "
+                    f"{stats['last_episode_return']:.2f})"
+                )
+            done = it + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
+                run.save_checkpoint(done, _run_state(agent), generators=_generators(agent))
+    finally:
+        run.close()
+    return run
+
+
+def load_agent(run_dir: str | Path, device: str = "cpu") -> RL2:
+    """The RL² agent of a run directory (its last checkpoint), ready to :meth:`RL2.evaluate`."""
+    record = Run.read_record(run_dir)
+    if record["agent"] != AGENT:
+        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
+    cfg = RL2Config.from_dict({**record["config"], "device": device, "init_from": None})
+    payload = load_checkpoint_file(
+        Path(run_dir) / "checkpoint.pt", agent=AGENT, task_family=cfg.env_id,
+        map_location=resolve_device(device),
+    )  # fmt: skip
+    agent = RL2(cfg)
+    state = payload["state"]
+    agent.policy.load_state_dict(state["policy"])
+    agent.env_steps = int(state["env_steps"])
+    agent.value_scale = float(state["value_scale"])
+    agent.iteration = int(payload["iteration"])
+    return agent
+
+
+def evaluate(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    num_steps: int | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes_per_step: int | None = None,
+    device: str = "cpu",
+    max_tasks: int | None = None,
+) -> tuple[AdaptationCurve, Path, Path]:
+    """Held-out evaluation of a run: the return of episode 1, 2, ..., n of trials on the
+    tasks of ``split``, the memory starting from zero at each trial (the unit is the
+    *episode*: point ``k`` is after ``k`` episodes of adaptation).
+
+    Args:
+        num_steps: ``n - 1``; None: the trial length the run was trained with (a longer one
+            asks the policy to keep adapting past what it was trained on).
+        seeds: one batch of trials per seed; the CI is over (seed, task) pairs as for the
+            gradient-based agents.
+        episodes_per_step: trials per task and seed whose returns are averaged (default 40
+            for 2D navigation, 20 otherwise, as the gradient agents' episodes per step).
+        max_tasks: only the first tasks of the split.
+
+    ``env_steps[k]`` counts the steps one trial per task spends to reach episode ``k + 1``,
+    summed over the tasks (the other trials only estimate the mean), and ``wall_clock_s[k]``
+    the seconds of the first seed's batch, spread evenly over its episodes.
+    Writes ``eval_<split>.json`` and ``eval_<split>.png`` in the run directory.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if not seeds:
+        raise ValueError("give at least one evaluation seed")
+    agent = load_agent(run_dir, device)
+    cfg = agent.config
+    n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
+    trials = episodes_per_step or (40 if "Navigation2D" in cfg.env_id else 20)
+    tasks = list(agent.dist.split("test" if split == "test" else "train"))[:max_tasks]
+    per_seed = [
+        agent.evaluate(
+            tasks, trials_per_task=trials, seed=int(s), split=split, episodes_per_trial=n
+        )
+        for s in seeds
+    ]
+    first = per_seed[0]
+    curve = AdaptationCurve(
+        agent=AGENT,
+        env_id=cfg.env_id,
+        unit="episodes",
+        returns=np.stack([c.returns.mean(0) for c in per_seed]),
+        env_steps=[steps * len(tasks) for steps in first.env_steps],
+        wall_clock_s=list(first.wall_clock_s),
+        split=split,
+        meta={
+            "config": cfg.to_dict(),
+            "run_dir": str(run_dir),
+            "iterations": agent.iteration,
+            "meta_train_env_steps": agent.env_steps,
+            "trials_per_task": trials,
+            "episodes_per_trial": n,
+            "trained_episodes_per_trial": cfg.episodes_per_trial,
+            "seeds": list(map(int, seeds)),
+        },
+    )
+    json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
+    png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png",
+                           title=f"{AGENT} on {cfg.env_id} ({split} tasks)")  # fmt: skip
+    return curve, json_path, png_path

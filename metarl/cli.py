@@ -181,7 +181,13 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--tasks", default="test", choices=["test", "train"], help="which split (default: test)"
     )
-    sub.add_argument("--steps", type=int, default=3, help="adaptation steps K (default: 3)")
+    sub.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="adaptation units K: gradient steps (default 3), or for RL² episodes after the "
+        "first (default: the trained trial length minus one)",
+    )
     sub.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (default: 0 1 2)"
     )
@@ -199,16 +205,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from metarl.agents import get_agent
     from metarl.runs import Run
 
-    if args.steps < 0:
+    if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     if args.episodes is not None and args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     record = Run.read_record(args.run_dir)
     module = get_agent(record["agent"])
+    steps = {} if args.steps is None else {"num_steps": args.steps}
     curve, json_path, png_path = module.evaluate(
         args.run_dir,
         split=args.tasks,
-        num_steps=args.steps,
+        **steps,
         seeds=tuple(args.seeds),
         episodes_per_step=args.episodes,
         device=args.device,
@@ -220,8 +227,113 @@ def _evaluate(args: argparse.Namespace) -> int:
     for k in range(len(mean)):
         print(f"  k={k}: {mean[k]:9.3f} ± {half[k]:.3f}")
     gain, gain_half = curve.improvement(1) if curve.num_units else (0.0, 0.0)
-    print(f"  gain after 1 step: {gain:.3f} ± {gain_half:.3f}")
+    print(f"  gain after 1 unit ({curve.unit}): {gain:.3f} ± {gain_half:.3f}")
     print(f"results: {json_path}\nplot:    {png_path}")
+    return 0
+
+
+def _benchmark_parser(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--agents", nargs="+", required=True, help="agents to compare "
+                     "(`metarl train --help` lists them)")  # fmt: skip
+    sub.add_argument("--envs", "--env", nargs="+", required=True, dest="envs",
+                     help="task families (`metarl envs` lists them)")  # fmt: skip
+    sub.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                     help="one meta-training run per seed (default: 0 1 2)")  # fmt: skip
+    sub.add_argument(
+        "--preset",
+        nargs="+",
+        default=["quick"],
+        metavar="[AGENT=]NAME",
+        help="the preset of every agent (NAME), or of one (AGENT=NAME; AGENT=none: its "
+        "defaults); the family of --envs replaces the preset's (default: quick)",
+    )
+    sub.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="AGENT.OPTION=VALUE",
+        help="an agent's option over its preset, e.g. rl2.num_iterations=100 or "
+        "maml-trpo.hidden_sizes=[32,32] (VALUE read as JSON, else as a string)",
+    )
+    sub.add_argument("--runs-dir", default="runs/bench",
+                     help="where runs go and are reused from (default: runs/bench)")  # fmt: skip
+    sub.add_argument(
+        "--out",
+        default="benchmarks/report",
+        help="directory of report.md, report.json, report.png (default: benchmarks/report)",
+    )
+    sub.add_argument("--steps", type=int, default=3,
+                     help="adaptation units K after the first point: gradient steps, or for "
+                          "RL² episodes (trials of K+1 episodes) (default: 3)")  # fmt: skip
+    sub.add_argument("--eval-seeds", type=int, nargs="+", default=[0],
+                     help="evaluation seeds of every run (default: 0)")  # fmt: skip
+    sub.add_argument("--episodes", type=int, default=None,
+                     help="episodes (RL²: trials) per step and task (default: 40 for 2D "
+                          "navigation, 20 otherwise)")  # fmt: skip
+    sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks")
+    sub.add_argument("--tasks", default="test", choices=["test", "train"],
+                     help="which split to evaluate on (default: test)")  # fmt: skip
+    sub.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    sub.add_argument("--num-threads", type=int, default=1,
+                     help="torch CPU threads (default: 1; 0: torch's default)")  # fmt: skip
+    sub.add_argument("--retrain", action="store_true",
+                     help="train every run again, even a finished one")  # fmt: skip
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from metarl.benchmark import BenchmarkError, format_command, run_benchmark
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if args.episodes is not None and args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    default: str | None = None
+    per_agent: dict[str, str | None] = {}
+    for item in args.preset:
+        name = item.split("=", 1)[-1]
+        value = None if name.lower() == "none" else name
+        if "=" in item:
+            per_agent[item.split("=", 1)[0]] = value
+        else:
+            default = value
+    preset: Any = {a: per_agent.get(a, default) for a in args.agents} if per_agent else default
+    unknown = sorted(set(per_agent) - set(args.agents))
+    if unknown:
+        raise BenchmarkError(f"--preset names agent(s) not in --agents: {', '.join(unknown)}")
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.set:
+        key, eq, raw = item.partition("=")
+        agent, dot, option = key.partition(".")
+        if not (eq and dot and agent and option):
+            raise BenchmarkError(f"--set takes AGENT.OPTION=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides.setdefault(agent, {})[option.replace("-", "_")] = value
+    report = run_benchmark(
+        args.agents,
+        args.envs,
+        args.seeds,
+        preset=preset,
+        overrides=overrides,
+        runs_dir=args.runs_dir,
+        out=args.out,
+        num_steps=args.steps,
+        eval_seeds=args.eval_seeds,
+        episodes_per_step=args.episodes,
+        max_tasks=args.max_tasks,
+        split=args.tasks,
+        device=args.device,
+        retrain=args.retrain,
+        log=lambda m: print(m, flush=True),
+        command=format_command(sys.argv[2:] if args.argv is None else args.argv),
+    )
+    print(report.markdown(plot_name=None))
     return 0
 
 
@@ -253,6 +365,12 @@ COMMANDS: dict[
         "held-out evaluation of a run: return after 0..K adaptation steps, JSON and PNG",
         _evaluate_parser,
         _evaluate,
+    ),
+    "benchmark": (
+        "adaptation-speed report: several agents on one or more task families, trained (or "
+        "reused) per seed and evaluated on the held-out tasks; Markdown, JSON, PNG",
+        _benchmark_parser,
+        _benchmark,
     ),
     "fewshot": (
         "supervised few-shot learning: train, evaluate, presets (MAML, Meta-SGD, Reptile, "
@@ -286,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    args.argv = None if argv is None else list(argv)[1:]
     if args.command is None:
         parser.print_help()
         return 2

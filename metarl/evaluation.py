@@ -183,11 +183,14 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
     for c in curves:
         x = np.arange(c.num_units + 1)
         mean, half = c.mean(), np.nan_to_num(c.ci95())
-        ax.plot(x, mean, marker="o", label=c.agent)
+        ax.plot(x, mean, marker="o" if c.num_units <= 20 else None, label=c.agent)
         ax.fill_between(x, mean - half, mean + half, alpha=0.2)
     if curves:
         ax.set_xlabel(f"adaptation {curves[0].unit}")
-        ax.set_xticks(np.arange(max(c.num_units for c in curves) + 1))
+        # Integer ticks, at most about ten of them (a curve of 100 episodes stays legible).
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     ax.set_ylabel("return on held-out tasks")
     ax.set_title(title or (curves[0].env_id if curves else ""))
     ax.legend()

@@ -166,3 +166,73 @@ def test_rl2_approaches_gittins_on_short_bandits():
     agent = rl2.RL2(dataclasses.replace(rl2.PRESETS["bandit-k5-n10"], num_iterations=200))
     agent.train()
     assert agent.evaluate(trials_per_task=10).mean()[0] > 6.3
+
+
+def _tiny_run_config(**changes) -> rl2.RL2Config:
+    tiny = {"num_iterations": 3, "num_trials": 4, "hidden_size": 8, "max_episode_steps": 5,
+            "episodes_per_trial": 2, "checkpoint_every": 1, "tensorboard": False}  # fmt: skip
+    return rl2.CONFIG.from_preset("quick", **{**tiny, **changes})
+
+
+def _params(run_dir) -> dict[str, torch.Tensor]:
+    return rl2.load_agent(run_dir).policy.state_dict()
+
+
+def test_registry_run_directory_resumes_exactly_and_evaluates_held_out(tmp_path):
+    from metarl.agents import get_agent
+    from metarl.runs import Run, load_checkpoint_file
+
+    assert get_agent("rl2") is rl2 and rl2.CONFIG.presets["quick"]["env_id"].endswith(
+        "Navigation2D-v0"
+    )
+    whole = rl2.train(_tiny_run_config(), tmp_path / "whole")
+    part = rl2.train(_tiny_run_config(num_iterations=2), tmp_path / "part")
+    rl2.train(_tiny_run_config(), part.path, resume=True)
+    for name, value in _params(whole.path).items():
+        torch.testing.assert_close(_params(part.path)[name], value, msg=name)
+    assert Run.read_record(whole.path)["agent"] == Run.read_record(part.path)["agent"] == "rl2"
+    ma, mb = whole.metrics(), Run(part.path, "rl2", _tiny_run_config()).metrics()
+    assert [r["iteration"] for r in mb] == ["0", "1", "2"]
+    assert [r["trial_return"] for r in ma] == [r["trial_return"] for r in mb]
+    assert [r["env_steps"] for r in mb] == ["40", "40", "40"]  # 4 trials × 2 episodes × 5
+    # The checkpoint is the safe envelope of metarl.runs, written for this agent and family.
+    payload = load_checkpoint_file(whole.path / "checkpoint.pt", agent="rl2",
+                                   task_family="metarl/Navigation2D-v0")  # fmt: skip
+    assert payload["iteration"] == 3
+    # init_from takes a run directory too.
+    b = rl2.RL2(_tiny_run_config(init_from=str(whole.path)))
+    torch.testing.assert_close(b.policy.state_dict()["pi.weight"], _params(whole.path)["pi.weight"])
+
+    curve, json_path, png_path = rl2.evaluate(
+        whole.path, num_steps=2, seeds=(0, 1), episodes_per_step=3, max_tasks=4
+    )
+    assert curve.unit == "episodes" and curve.returns.shape == (2, 4, 3)
+    assert curve.env_steps == [0, 4 * 5, 4 * 10]  # one trial of 5-step episodes per task
+    assert curve.meta["episodes_per_trial"] == 3 and curve.meta["trained_episodes_per_trial"] == 2
+    assert json_path.exists() and png_path.exists()
+    # The trained trial length by default; the split's tasks only.
+    assert rl2.evaluate(whole.path, seeds=(0,), episodes_per_step=1, max_tasks=2)[0].num_units == 1
+    with pytest.raises(ValueError, match="split must be"):
+        rl2.evaluate(whole.path, split="val")
+    with pytest.raises(ValueError, match="is a rl2 run, not"):
+        from metarl.agents import reptile_rl
+
+        reptile_rl.load_policy(whole.path)
+    with pytest.raises(FileExistsError, match="--resume"):
+        rl2.train(_tiny_run_config(), whole.path)
+
+
+def test_cli_trains_and_evaluates_rl2(tmp_path, capsys):
+    from metarl.cli import main
+
+    run_dir = tmp_path / "r"
+    assert main(["train", "--agent", "rl2", "--preset", "quick", "--num-iterations", "1",
+                 "--num-trials", "4", "--hidden-size", "8", "--max-episode-steps", "5",
+                 "--no-tensorboard", "--run-dir", str(run_dir)]) == 0  # fmt: skip
+    assert main(["evaluate", str(run_dir), "--seeds", "0", "--episodes", "2",
+                 "--max-tasks", "2"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "after k episodes" in out and "k=3:" in out and "k=4:" not in out
+    assert main(["train", "--agent", "rl2", "--num-trials", "10", "--num-minibatches", "4",
+                 "--run-dir", str(tmp_path / "bad")]) == 2  # fmt: skip
+    assert "multiple of num_minibatches" in capsys.readouterr().err

@@ -1,0 +1,578 @@
+"""``metarl benchmark``: adaptation speed of several agents on one protocol.
+
+For every agent × task family, :func:`run_benchmark` meta-trains one run per seed (or reuses
+the finished runs it finds, and resumes unfinished ones), evaluates each on the held-out
+split with the agent's own ``evaluate`` (:mod:`metarl.evaluation`'s protocol: the return after
+``0..K`` adaptation units — inner gradient steps for MAML-TRPO and Reptile-RL, episodes of a
+trial for RL²), and writes an adaptation-speed report:
+
+* ``report.md`` — per family, one row per agent: return after each unit (mean ± 95% CI over
+  (seed, task) pairs), success rate where the family defines one, env steps and wall-clock
+  spent adapting, and the meta-training cost read from each run's ``metrics.csv``;
+* ``report.json`` — the same numbers and every curve's raw returns;
+* ``report.png`` — the adaptation curves, one panel per family.
+
+Runs live in ``RUNS_DIR/AGENT/FAMILY-seedN``; a run whose checkpoint has reached the asked
+number of iterations is reused as is, one that stopped earlier is resumed, and one made with
+other settings is refused (``retrain=True`` starts it again).
+
+Example:
+    >>> from metarl.benchmark import run_benchmark
+    >>> report = run_benchmark(["maml-trpo", "rl2"], ["metarl/Navigation2D-v0"],
+    ...                        seeds=[0, 1, 2], preset="quick", runs_dir="runs/bench",
+    ...                        out="benchmarks/report_nav2d")  # doctest: +SKIP
+    >>> print(report.markdown())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metarl.evaluation import AdaptationCurve
+
+__all__ = ["BenchmarkEntry", "BenchmarkError", "BenchmarkReport", "run_benchmark"]
+
+#: What an adaptation unit is, per curve unit, for the report's text.
+_UNIT_TEXT = {
+    "gradient steps": "inner policy-gradient steps, each on a fresh batch of episodes per task",
+    "episodes": "episodes of one trial, the memory kept across them",
+}
+
+
+class BenchmarkError(ValueError):
+    """Bad benchmark input (unknown agent or family, an agent that cannot run a family, a
+    run directory made with other settings); the message says what to do."""
+
+
+@dataclass
+class BenchmarkEntry:
+    """One agent on one family: its runs (one per seed) and their pooled adaptation curve.
+
+    Attributes:
+        curve: every run's evaluation stacked along the seed axis, so the mean and CI are
+            over (run seed × evaluation seed, task) pairs.
+        runs: per run: ``seed``, ``run_dir``, ``reused`` (``"finished"``, ``"resumed"`` or
+            ``"trained"``), and its meta-training cost from metrics.csv (``iterations``,
+            ``env_steps``, ``wall_clock_s``; None where the run does not log it).
+    """
+
+    agent: str
+    env_id: str
+    preset: str | None
+    curve: AdaptationCurve
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def meta_train(self) -> dict[str, Any]:
+        """Mean meta-training cost over the runs (None where a run does not log it)."""
+        out: dict[str, Any] = {}
+        for key in ("iterations", "env_steps", "wall_clock_s"):
+            values = [r[key] for r in self.runs]
+            out[key] = None if any(v is None for v in values) else float(np.mean(values))
+        return out
+
+    def adapt_env_steps_per_task(self) -> list[float]:
+        """Env steps one task spends to reach unit 0..K (the curve's counts over its tasks)."""
+        tasks = self.curve.returns.shape[1]
+        return [s / tasks for s in self.curve.env_steps]
+
+    def summary(self) -> dict[str, Any]:
+        c = self.curve
+        out: dict[str, Any] = {
+            "agent": self.agent,
+            "env_id": self.env_id,
+            "preset": self.preset,
+            "unit": c.unit,
+            "num_units": c.num_units,
+            "num_samples": int(c.returns.shape[0] * c.returns.shape[1]),
+            "num_tasks": int(c.returns.shape[1]),
+            "seeds": [r["seed"] for r in self.runs],
+            "mean": c.mean().tolist(),
+            "ci95": [None if math.isnan(h) else h for h in c.ci95().tolist()],
+            "success_rate": c.summary().get("success_rate"),
+            "adapt_env_steps_per_task": self.adapt_env_steps_per_task(),
+            "adapt_wall_clock_s": list(c.wall_clock_s),
+            "meta_train": self.meta_train(),
+            "runs": self.runs,
+        }
+        return out
+
+
+@dataclass
+class BenchmarkReport:
+    """The entries of a benchmark and how they were made; :meth:`write` saves the report."""
+
+    entries: list[BenchmarkEntry]
+    settings: dict[str, Any]
+
+    def families(self) -> list[str]:
+        return list(dict.fromkeys(e.env_id for e in self.entries))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "entries": [{**e.summary(), "curve": e.curve.to_json()} for e in self.entries],
+        }
+
+    def markdown(self, plot_name: str | None = "report.png") -> str:
+        s = self.settings
+        lines = ["# Adaptation-speed report", ""]
+        lines.append(
+            f"Held-out split `{s['split']}`; for every agent and family, one meta-training run "
+            f"per seed ({', '.join(map(str, s['seeds']))}), each evaluated with evaluation "
+            f"seed(s) {', '.join(map(str, s['eval_seeds']))}. Return after k adaptation units: "
+            "mean ± 95% CI (Student's t) over (run seed × evaluation seed, task) pairs."
+        )
+        lines.append("")
+        units = sorted({e.curve.unit for e in self.entries})
+        for u in units:
+            lines.append(f"- unit **{u}**: {_UNIT_TEXT.get(u, u)}.")
+        lines += [
+            "- *adapt steps/task*: env steps one task spends to reach the last unit shown; "
+            "*adapt s*: wall-clock of that adaptation for all tasks of the split at once "
+            "(one evaluation seed).",
+            "- *meta-train*: mean over the runs of the env steps and wall-clock of meta-"
+            "training, summed from each run's `metrics.csv`.",
+            "",
+            f"Command: `{s['command']}`",
+            "",
+            f"Machine: {s['machine']}",
+            "",
+        ]
+        for env_id in self.families():
+            entries = [e for e in self.entries if e.env_id == env_id]
+            k_max = max(e.curve.num_units for e in entries)
+            has_success = any(e.curve.success is not None for e in entries)
+            lines.append(f"## {env_id}")
+            lines.append("")
+            head = ["agent", "preset", "unit"] + [f"k={k}" for k in range(k_max + 1)]
+            if has_success:
+                head.append("success (last k)")
+            head += ["adapt steps/task", "adapt s", "meta-train steps", "meta-train s"]
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |")
+            for e in entries:
+                mean, half = e.curve.mean(), e.curve.ci95()
+                cells = [e.agent, e.preset or "—", e.curve.unit]
+                for k in range(k_max + 1):
+                    cells.append(_pm(mean[k], half[k]) if k < len(mean) else "—")
+                if has_success:
+                    rate = e.curve.summary().get("success_rate")
+                    cells.append(f"{rate[-1]:.2f}" if rate else "—")
+                steps = e.adapt_env_steps_per_task()
+                cells.append(f"{steps[-1]:,.0f}" if steps else "—")
+                wall = e.curve.wall_clock_s
+                cells.append(f"{wall[-1]:.2f}" if wall else "—")
+                mt = e.meta_train()
+                cells.append("—" if mt["env_steps"] is None else f"{mt['env_steps']:,.0f}")
+                cells.append("—" if mt["wall_clock_s"] is None else f"{mt['wall_clock_s']:.0f}")
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        if plot_name:
+            lines += [f"![adaptation curves]({plot_name})", ""]
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """Adaptation curves, one panel per family (mean ± 95% CI)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        families = self.families()
+        fig, axes = plt.subplots(
+            1, len(families), figsize=(5.2 * len(families), 3.8), squeeze=False
+        )
+        for ax, env_id in zip(axes[0], families, strict=True):
+            for e in self.entries:
+                if e.env_id != env_id:
+                    continue
+                c = e.curve
+                x = np.arange(c.num_units + 1)
+                mean, half = c.mean(), np.nan_to_num(c.ci95())
+                ax.plot(x, mean, marker="o" if c.num_units <= 20 else None,
+                        label=f"{e.agent} ({c.unit})")  # fmt: skip
+                ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
+            ax.set_xlabel("adaptation units (gradient steps or episodes)")
+            ax.set_ylabel(f"return on {self.settings['split']} tasks")
+            ax.set_title(env_id)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+    def write(self, out: str | Path) -> dict[str, Path]:
+        """Write ``report.md``, ``report.json`` and ``report.png`` under ``out``."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        png = self.plot(out / "report.png")
+        md = out / "report.md"
+        md.write_text(self.markdown(png.name))
+        js = out / "report.json"
+        js.write_text(json.dumps(self.to_json(), indent=2))
+        return {"markdown": md, "json": js, "png": png}
+
+
+def _pm(mean: float, half: float) -> str:
+    if math.isnan(half):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {half:.2f}"
+
+
+# -- runs -------------------------------------------------------------------------------------
+def _run_dir(runs_dir: Path, agent: str, env_id: str, seed: int) -> Path:
+    return runs_dir / agent / f"{env_id.split('/')[-1]}-seed{seed}"
+
+
+def _checkpoint_iteration(run_dir: Path) -> int | None:
+    """Iterations done according to the run's checkpoint (None: no readable checkpoint)."""
+    from metarl.runs import CheckpointError, load_checkpoint_file
+
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return None
+    try:
+        payload = load_checkpoint_file(path)
+    except (CheckpointError, ValueError):
+        return None
+    it = payload.get("iteration") if isinstance(payload, dict) else None
+    return int(it) if isinstance(it, int) else None
+
+
+def _meta_train_cost(run_dir: Path) -> dict[str, Any]:
+    """Iterations, env steps and seconds of meta-training, summed over metrics.csv rows."""
+    file = run_dir / "metrics.csv"
+    rows: list[dict[str, str]] = []
+    if file.exists():
+        with file.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+
+    def total(column: str) -> float | None:
+        if not rows or column not in rows[0]:
+            return None
+        values = [float(r[column]) for r in rows if r.get(column) not in (None, "")]
+        return float(sum(values)) if values else None
+
+    return {
+        "iterations": len(rows),
+        "env_steps": total("env_steps"),
+        "wall_clock_s": total("iteration_s"),
+    }
+
+
+def _space_reason(env_id: str) -> str | None:
+    """Why the registry's policies (MLP, GRU) cannot act in ``env_id``, or None."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        spaces = (("observations", env.observation_space), ("actions", env.action_space))
+    finally:
+        env.close()
+    for what, space in spaces:
+        if not isinstance(space, gym.spaces.Box | gym.spaces.Discrete):
+            return (
+                f"its {what} are {type(space).__name__}, and the agents' policies take Box or "
+                f"Discrete {what} (flatten them with a Gymnasium wrapper in the family)"
+            )
+    return None
+
+
+def _check_support(module: Any, agent: str, env_id: str) -> None:
+    """Refuse a family the agent cannot run, saying which and why: the spaces every policy
+    needs, then the agent's own ``supports(env_id) -> reason or None`` if it has one."""
+    reason = _space_reason(env_id)
+    check = getattr(module, "supports", None)
+    if reason is None and check is not None:
+        reason = check(env_id)
+    if reason:
+        raise BenchmarkError(f"agent {agent!r} cannot run {env_id}: {reason}")
+
+
+def _build_config(
+    module: Any, agent: str, preset: str | None, env_id: str, seed: int,
+    overrides: Mapping[str, Any], device: str,
+) -> Any:  # fmt: skip
+    from metarl.config import ConfigError
+
+    cls = module.CONFIG
+    if preset is not None and preset not in cls.presets:
+        have = ", ".join(sorted(cls.presets)) or "none"
+        raise BenchmarkError(
+            f"agent {agent!r} has no preset {preset!r} (its presets: {have}); give it one with "
+            f"--preset {agent}=NAME"
+        )
+    try:
+        return cls.from_preset(preset, **{"env_id": env_id, "seed": seed, "device": device,
+                                          **overrides})  # fmt: skip
+    except (ConfigError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise BenchmarkError(f"agent {agent!r} cannot run {env_id}: {msg}") from e
+
+
+def _train_or_reuse(
+    module: Any, agent: str, cfg: Any, run_dir: Path, retrain: bool,
+    log: Callable[[str], None] | None,
+) -> str:  # fmt: skip
+    """Make sure ``run_dir`` holds a finished run of ``cfg``; returns how."""
+    from metarl.runs import Run
+
+    if retrain or not (run_dir / "config.json").exists():
+        module.train(cfg, run_dir, overwrite=True, log=log)
+        return "trained"
+    record = Run.read_record(run_dir)
+    if record["agent"] != agent:
+        raise BenchmarkError(
+            f"{run_dir} holds a {record['agent']} run, not {agent}; use another --runs-dir "
+            "or --retrain"
+        )
+    saved = type(cfg).from_dict(record["config"])
+    diff = saved.differences(cfg)
+    if diff:
+        lines = "; ".join(f"{k}: run has {a!r}, asked for {b!r}" for k, (a, b) in diff.items())
+        raise BenchmarkError(
+            f"{run_dir} was made with other settings ({lines}); use another --runs-dir, the "
+            "run's settings, or --retrain to train it again"
+        )
+    done = _checkpoint_iteration(run_dir)
+    if done is None:
+        module.train(cfg, run_dir, overwrite=True, log=log)
+        return "trained"
+    if done >= cfg.num_iterations:
+        if log:
+            log(f"reusing finished run {run_dir} ({done} iterations)")
+        return "finished"
+    if log:
+        log(f"resuming {run_dir} at iteration {done} of {cfg.num_iterations}")
+    module.train(cfg, run_dir, resume=True, log=log)
+    return "resumed"
+
+
+def _evaluate_cached(module: Any, run_dir: Path, settings: dict[str, Any]) -> AdaptationCurve:
+    """The run's evaluation with ``settings``, reused when nothing changed since."""
+    ckpt = run_dir / "checkpoint.pt"
+    stat = ckpt.stat() if ckpt.exists() else None
+    key = {**settings, "checkpoint": None if stat is None else [stat.st_size, stat.st_mtime_ns]}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = run_dir / "benchmark_eval.json"
+    if cache.exists():
+        try:
+            data = json.loads(cache.read_text())
+            if data.get("key") == digest:
+                return _curve_from_json(data["curve"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            pass  # a damaged cache is recomputed
+    curve, _, _ = module.evaluate(run_dir, **settings)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": digest, "curve": curve.to_json()}))
+    os.replace(tmp, cache)
+    return curve
+
+
+def _curve_from_json(data: Mapping[str, Any]) -> AdaptationCurve:
+    fields = {k: v for k, v in data.items() if k != "summary"}
+    return AdaptationCurve(**fields)
+
+
+def _pool(curves: list[AdaptationCurve], agent: str, env_id: str) -> AdaptationCurve:
+    """One curve from every seed's run: returns stacked along the seed axis."""
+    units = {c.unit for c in curves}
+    lengths = {c.returns.shape[1:] for c in curves}
+    if len(units) != 1 or len(lengths) != 1:
+        raise BenchmarkError(
+            f"{agent} on {env_id}: the runs' evaluations differ (units {sorted(units)}, shapes "
+            f"{sorted(lengths)}); evaluate them with the same settings"
+        )
+    success = None
+    if all(c.success is not None for c in curves):
+        success = np.concatenate([np.asarray(c.success) for c in curves])
+    n = len(curves)
+    steps = [c.env_steps for c in curves]
+    return AdaptationCurve(
+        agent=agent,
+        env_id=env_id,
+        unit=curves[0].unit,
+        returns=np.concatenate([c.returns for c in curves]),
+        success=success,
+        env_steps=[round(float(np.mean(v))) for v in zip(*steps, strict=True)],
+        wall_clock_s=[sum(v) / n for v in zip(*(c.wall_clock_s for c in curves), strict=True)],
+        split=curves[0].split,
+        meta={"runs": [c.meta.get("run_dir") for c in curves]},
+    )
+
+
+def _machine() -> str:
+    import torch
+
+    try:
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        load = "unknown"
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), load average at the end {load}"
+    )
+
+
+def run_benchmark(
+    agents: Sequence[str],
+    envs: Sequence[str],
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    preset: str | Mapping[str, str | None] | None = "quick",
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    runs_dir: str | Path = "runs/bench",
+    out: str | Path | None = None,
+    num_steps: int = 3,
+    eval_seeds: Sequence[int] = (0,),
+    episodes_per_step: int | None = None,
+    max_tasks: int | None = None,
+    split: str = "test",
+    device: str = "cpu",
+    retrain: bool = False,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> BenchmarkReport:
+    """Train (or reuse) and evaluate ``agents`` × ``envs`` × ``seeds``; write the report.
+
+    Args:
+        agents: registered agent names (``metarl train --help`` lists them).
+        envs: task family ids (``metarl envs``).
+        seeds: one meta-training run per seed.
+        preset: the preset every agent uses, or ``{agent: preset}`` (an agent missing from
+            the mapping, or mapped to None, uses its config's defaults). The preset's
+            ``env_id`` is replaced by each family of ``envs``.
+        overrides: ``{agent: {field: value}}`` on top of the preset (e.g. iterations).
+        runs_dir: where the runs go (``RUNS_DIR/AGENT/FAMILY-seedN``) and are looked for.
+        out: where ``report.md``, ``report.json`` and ``report.png`` go (None: not written).
+        num_steps: ``K``, adaptation units evaluated after the first point (gradient steps,
+            or for RL² episodes after the first: trials of ``K + 1`` episodes).
+        eval_seeds, episodes_per_step, max_tasks, split, device: passed to each agent's
+            ``evaluate``.
+        retrain: train every run again even when a finished one exists.
+        log: one-line progress messages (e.g. ``print``).
+    """
+    from metarl.agents import agent_names, get_agent
+    from metarl.registry import family_ids
+
+    agents, envs, seeds = list(agents), list(envs), [int(s) for s in seeds]
+    if not agents or not envs or not seeds:
+        raise BenchmarkError("give at least one agent, one task family and one seed")
+    for name, values in (("agent", agents), ("family", envs), ("seed", seeds)):
+        if len(set(values)) != len(values):
+            raise BenchmarkError(f"a {name} is given twice: {values}")
+    known_agents, known_envs = agent_names(), family_ids()
+    for a in agents:
+        if a not in known_agents:
+            raise BenchmarkError(f"unknown agent {a!r}; agents: {', '.join(known_agents)}")
+    for env_id in envs:
+        if env_id not in known_envs:
+            raise BenchmarkError(
+                f"unknown task family {env_id!r}; `metarl envs` lists them: {', '.join(known_envs)}"
+            )
+    if any(s < 0 for s in seeds):
+        raise BenchmarkError(f"seeds must be >= 0, got {seeds}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise BenchmarkError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    if not eval_seeds:
+        raise BenchmarkError("give at least one evaluation seed")
+    if split not in ("train", "test"):
+        raise BenchmarkError(f"split must be 'test' or 'train', got {split!r}")
+    presets: dict[str, str | None]
+    if isinstance(preset, Mapping):
+        extra = sorted(set(preset) - set(agents))
+        if extra:
+            raise BenchmarkError(f"a preset is given for agent(s) not benchmarked: {extra}")
+        presets = {a: preset.get(a) for a in agents}
+    else:
+        presets = dict.fromkeys(agents, preset)
+    overrides = dict(overrides or {})
+    extra = sorted(set(overrides) - set(agents))
+    if extra:
+        raise BenchmarkError(f"overrides are given for agent(s) not benchmarked: {extra}")
+    runs_dir = Path(runs_dir)
+    modules = {a: get_agent(a) for a in agents}
+
+    # Every (agent, family) is checked before anything trains: bad input fails in a second.
+    configs: dict[tuple[str, str, int], Any] = {}
+    for a in agents:
+        for env_id in envs:
+            _check_support(modules[a], a, env_id)
+            for s in seeds:
+                configs[a, env_id, s] = _build_config(
+                    modules[a], a, presets[a], env_id, s, overrides.get(a, {}), device
+                )
+
+    eval_settings: dict[str, Any] = {
+        "split": split,
+        "num_steps": num_steps,
+        "seeds": tuple(int(s) for s in eval_seeds),
+        "episodes_per_step": episodes_per_step,
+        "device": device,
+        "max_tasks": max_tasks,
+    }
+    entries = []
+    for env_id in envs:
+        for a in agents:
+            curves, runs = [], []
+            for s in seeds:
+                run_dir = _run_dir(runs_dir, a, env_id, s)
+                if log:
+                    log(f"== {a} on {env_id}, seed {s}: {run_dir}")
+                how = _train_or_reuse(modules[a], a, configs[a, env_id, s], run_dir, retrain, log)
+                t0 = time.perf_counter()
+                curves.append(_evaluate_cached(modules[a], run_dir, eval_settings))
+                if log:
+                    m = curves[-1].mean()
+                    log(f"   evaluated in {time.perf_counter() - t0:.1f} s: return after 0..K "
+                        f"{curves[-1].unit}: {', '.join(f'{v:.2f}' for v in m)}")  # fmt: skip
+                runs.append({"seed": s, "run_dir": str(run_dir), "reused": how,
+                             **_meta_train_cost(run_dir)})  # fmt: skip
+            entries.append(BenchmarkEntry(a, env_id, presets[a], _pool(curves, a, env_id), runs))
+    settings = {
+        "agents": agents,
+        "envs": envs,
+        "seeds": seeds,
+        "presets": presets,
+        "overrides": {a: dict(v) for a, v in overrides.items()},
+        "runs_dir": str(runs_dir),
+        "num_steps": num_steps,
+        "eval_seeds": list(eval_settings["seeds"]),
+        "episodes_per_step": episodes_per_step,
+        "max_tasks": max_tasks,
+        "split": split,
+        "device": device,
+        "command": command or "metarl.benchmark.run_benchmark(...) from Python",
+        "machine": _machine(),
+        "python": sys.version.split()[0],
+    }
+    report = BenchmarkReport(entries, settings)
+    if out is not None:
+        paths = report.write(out)
+        if log:
+            log(f"report: {paths['markdown']}, {paths['json']}, {paths['png']}")
+    return report
+
+
+def format_command(argv: Sequence[str]) -> str:
+    """``metarl benchmark ...`` as typed, for the report."""
+    return "metarl benchmark " + " ".join(shlex.quote(a) for a in argv)

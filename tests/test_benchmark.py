@@ -1,0 +1,167 @@
+"""metarl benchmark: the report from real tiny runs, reuse and resume of runs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from metarl.benchmark import BenchmarkError, run_benchmark
+from metarl.cli import main
+
+NAV = "metarl/Navigation2D-v0"
+AGENTS = ["maml-trpo", "reptile-rl", "rl2"]
+# Real training, cut to seconds: 2 iterations of tiny batches on 10-step episodes.
+TINY = {
+    "maml-trpo": {"num_iterations": 2, "meta_batch_size": 2, "episodes_per_task": 2,
+                  "hidden_sizes": [8], "horizon": 10, "tensorboard": False},
+    "reptile-rl": {"num_iterations": 2, "meta_batch_size": 2, "episodes_per_task": 2,
+                   "num_adapt_steps": 2, "hidden_sizes": [8], "horizon": 10,
+                   "tensorboard": False},
+    "rl2": {"num_iterations": 2, "num_trials": 4, "hidden_size": 8, "max_episode_steps": 10,
+            "tensorboard": False},
+}  # fmt: skip
+EVAL = {"num_steps": 2, "eval_seeds": [0], "episodes_per_step": 2, "max_tasks": 3}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bench(tmp_path: Path, agents=AGENTS, overrides=TINY, **kwargs):
+    return run_benchmark(
+        agents, [NAV], [0, 1], preset="quick",
+        overrides={a: overrides[a] for a in agents}, runs_dir=tmp_path / "runs",
+        out=tmp_path / "report", **{**EVAL, **kwargs},
+    )  # fmt: skip
+
+
+def _metrics_sum(run_dir: str, column: str) -> float:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return sum(float(r[column]) for r in csv.DictReader(f))
+
+
+def test_report_from_tiny_real_runs_then_reuse_and_resume(tmp_path):
+    report = _bench(tmp_path)
+    out = tmp_path / "report"
+    data = json.loads((out / "report.json").read_text())
+    assert [e["agent"] for e in data["entries"]] == AGENTS
+    for e in data["entries"]:
+        assert e["env_id"] == NAV and e["num_units"] == 2
+        assert e["unit"] == ("episodes" if e["agent"] == "rl2" else "gradient steps")
+        assert len(e["mean"]) == len(e["ci95"]) == 3
+        assert e["num_samples"] == 2 * 3  # 2 run seeds × 1 eval seed × 3 tasks
+        assert np.isfinite(e["mean"]).all() and all(h > 0 for h in e["ci95"])
+        steps = e["adapt_env_steps_per_task"]
+        assert steps[0] == 0 and steps[1] > 0 and steps[2] > steps[1]
+        # The curve pools both seeds' runs: its mean is that of the runs' returns.
+        runs = e["runs"]
+        assert [r["seed"] for r in runs] == [0, 1] and {r["reused"] for r in runs} == {"trained"}
+        assert all(r["iterations"] == 2 for r in runs)
+        # Meta-training cost is what the runs' metrics.csv say.
+        cost = np.mean([_metrics_sum(r["run_dir"], "env_steps") for r in runs])
+        assert e["meta_train"]["env_steps"] == pytest.approx(cost) and cost > 0
+        assert e["meta_train"]["wall_clock_s"] > 0
+        returns = np.asarray(e["curve"]["returns"])
+        assert returns.shape == (2, 3, 3)
+        np.testing.assert_allclose(returns.reshape(-1, 3).mean(0), e["mean"])
+    # RL² spends one episode (10 steps) per unit and task; the gradient agents a batch of
+    # episodes (2 × 10 steps) per step.
+    rl2 = data["entries"][2]
+    assert rl2["adapt_env_steps_per_task"] == [0, 10, 20]
+    assert data["entries"][0]["adapt_env_steps_per_task"] == [0, 20, 40]
+
+    md = (out / "report.md").read_text()
+    assert f"## {NAV}" in md and "![adaptation curves](report.png)" in md
+    header = next(line for line in md.splitlines() if line.startswith("| agent"))
+    assert header.split(" | ")[3:6] == ["k=0", "k=1", "k=2"]
+    for a in AGENTS:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {a} |"))
+        assert f"{rl2['mean'][0]:.2f}" in row if a == "rl2" else "±" in row
+    assert (out / "report.png").stat().st_size > 5000
+    assert report.families() == [NAV]
+
+    # Again: finished runs are reused as they are (checkpoints untouched), same numbers.
+    ckpts = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("checkpoint.pt")}
+    again = _bench(tmp_path)
+    assert all(r["reused"] == "finished" for e in again.entries for r in e.runs)
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
+    for a, b in zip(report.entries, again.entries, strict=True):
+        np.testing.assert_array_equal(a.curve.returns, b.curve.returns)
+
+    # More iterations: the runs resume from their checkpoints, not from scratch.
+    longer = {**TINY, "rl2": {**TINY["rl2"], "num_iterations": 3}}
+    resumed = _bench(tmp_path, agents=["rl2"], overrides=longer)
+    assert [r["reused"] for r in resumed.entries[0].runs] == ["resumed", "resumed"]
+    assert [r["iterations"] for r in resumed.entries[0].runs] == [3, 3]
+
+    # Other settings in the same runs directory: refused, saying how to go on.
+    other = {**TINY, "rl2": {**TINY["rl2"], "num_iterations": 3, "hidden_size": 16}}
+    with pytest.raises(BenchmarkError, match=r"other settings.*hidden_size.*--retrain"):
+        _bench(tmp_path, agents=["rl2"], overrides=other)
+    retrained = _bench(tmp_path, agents=["rl2"], overrides=other, retrain=True)
+    assert [r["reused"] for r in retrained.entries[0].runs] == ["trained", "trained"]
+
+
+class _DictObsNav(gym.Wrapper):
+    def __init__(self) -> None:
+        super().__init__(gym.make(NAV))
+        self.observation_space = gym.spaces.Dict({"pos": self.env.observation_space})
+
+
+def test_bad_input_is_refused_before_anything_trains(tmp_path):
+    from metarl.registry import _FAMILIES, register_family
+
+    def bench(agents=("rl2",), envs=(NAV,), **kw):
+        return run_benchmark(list(agents), list(envs), [0], runs_dir=tmp_path / "runs", **kw)
+
+    with pytest.raises(BenchmarkError, match=r"unknown agent 'maml'.*maml-trpo"):
+        bench(agents=["maml"])
+    with pytest.raises(BenchmarkError, match=r"unknown task family.*metarl envs"):
+        bench(envs=["metarl/Nope-v0"])
+    with pytest.raises(BenchmarkError, match="given twice"):
+        bench(agents=["rl2", "rl2"])
+    with pytest.raises(BenchmarkError, match=r"'rl2' has no preset 'paper'.*--preset rl2=NAME"):
+        bench(preset="paper")
+    with pytest.raises(BenchmarkError, match=r"'rl2' cannot run.*hidden_size"):
+        bench(overrides={"rl2": {"hidden_size": 0}})
+    with pytest.raises(BenchmarkError, match="not benchmarked"):
+        bench(overrides={"maml-trpo": {}})
+    env_id = "metarl-test/DictObsNav-v0"
+    register_family(env_id, _DictObsNav, max_episode_steps=10)
+    try:
+        with pytest.raises(BenchmarkError, match="'rl2' cannot run metarl-test/DictObsNav-v0: "
+                           "its observations are Dict"):  # fmt: skip
+            bench(envs=[NAV, env_id])
+    finally:
+        _FAMILIES.pop(env_id)
+        gym.registry.pop(env_id)
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_cli_benchmark_writes_the_report_and_explains_bad_input(tmp_path, capsys):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    argv = ["benchmark", "--agents", "rl2", "--envs", NAV, "--seeds", "0", "--preset",
+            "rl2=quick", "--set", "rl2.num_iterations=1", "rl2.num_trials=4",
+            "rl2.hidden_size=8", "rl2.max_episode_steps=5", "rl2.tensorboard=false",
+            "--runs-dir", str(runs), "--out", str(out), "--steps", "1", "--episodes", "2",
+            "--max-tasks", "2"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| rl2 | quick | episodes |" in printed
+    data = json.loads((out / "report.json").read_text())
+    assert data["settings"]["command"].startswith("metarl benchmark --agents rl2")
+    assert data["entries"][0]["num_units"] == 1
+    assert main(["benchmark", "--agents", "nope", "--envs", NAV]) == 2
+    assert "unknown agent 'nope'" in capsys.readouterr().err
+    assert main(["benchmark", "--agents", "rl2", "--envs", NAV, "--set", "rl2num=1"]) == 2
+    assert "AGENT.OPTION=VALUE" in capsys.readouterr().err
