@@ -440,6 +440,7 @@ def train_ppo(
                 "train_return": float(np.mean(episodes)) if episodes else math.nan,
                 "episodes": float(len(episodes)),
                 "env_steps": float(model.num_timesteps),
+                "env_steps_total": float(model.num_timesteps),  # what metarl benchmark reads
                 "env_steps_per_s": cfg.n_envs * cfg.n_steps / total,
                 "iteration_s": total,
                 "log_std": float(params["log_std"].mean()) if "log_std" in params else 0.0,

@@ -259,7 +259,8 @@ def _checkpoint_iteration(run_dir: Path) -> int | None:
 
 
 def _meta_train_cost(run_dir: Path) -> dict[str, Any]:
-    """Iterations, env steps and seconds of meta-training, summed over metrics.csv rows."""
+    """Iterations, env steps and seconds of meta-training from metrics.csv (None: the run
+    does not log it, e.g. random-init, which does not train)."""
     file = run_dir / "metrics.csv"
     rows: list[dict[str, str]] = []
     if file.exists():
@@ -272,11 +273,14 @@ def _meta_train_cost(run_dir: Path) -> dict[str, Any]:
         values = [float(r[column]) for r in rows if r.get(column) not in (None, "")]
         return float(sum(values)) if values else None
 
-    return {
-        "iterations": len(rows),
-        "env_steps": total("env_steps"),
-        "wall_clock_s": total("iteration_s"),
-    }
+    # ``env_steps_total`` (cumulative, where an agent logs it) wins over summing the
+    # per-iteration ``env_steps``.
+    cumulative = [r.get("env_steps_total") for r in rows]
+    if rows and all(v not in (None, "") for v in cumulative):
+        env_steps: float | None = float(cumulative[-1])  # type: ignore[arg-type]
+    else:
+        env_steps = total("env_steps")
+    return {"iterations": len(rows), "env_steps": env_steps, "wall_clock_s": total("iteration_s")}
 
 
 def _space_reason(env_id: str) -> str | None:

@@ -150,17 +150,20 @@ def test_bad_input_is_refused_before_anything_trains(tmp_path):
 
 def test_cli_benchmark_writes_the_report_and_explains_bad_input(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    argv = ["benchmark", "--agents", "rl2", "--envs", NAV, "--seeds", "0", "--preset",
-            "rl2=quick", "--set", "rl2.num_iterations=1", "rl2.num_trials=4",
+    argv = ["benchmark", "--agents", "rl2", "--envs", NAV, "--seeds", "0", "--preset", "quick",
+            "random-init=quick", "--set", "rl2.num_iterations=1", "rl2.num_trials=4",
             "rl2.hidden_size=8", "rl2.max_episode_steps=5", "rl2.tensorboard=false",
             "--runs-dir", str(runs), "--out", str(out), "--steps", "1", "--episodes", "2",
             "--max-tasks", "2"]  # fmt: skip
+    argv[2:3] = ["rl2", "random-init"]  # the untrained baseline, from the registry too
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| rl2 | quick | episodes |" in printed
+    assert "| random-init | quick | gradient steps |" in printed
     data = json.loads((out / "report.json").read_text())
-    assert data["settings"]["command"].startswith("metarl benchmark --agents rl2")
-    assert data["entries"][0]["num_units"] == 1
+    assert data["settings"]["command"].startswith("metarl benchmark --agents rl2 random-init")
+    assert [e["num_units"] for e in data["entries"]] == [1, 1]
+    assert data["entries"][1]["meta_train"]["env_steps"] is None  # random-init does not train
     assert main(["benchmark", "--agents", "nope", "--envs", NAV]) == 2
     assert "unknown agent 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "--agents", "rl2", "--envs", NAV, "--set", "rl2num=1"]) == 2
