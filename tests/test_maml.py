@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -349,6 +350,43 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
         pytest.skip("a GPU is present")
     with pytest.raises((ValueError, RuntimeError), match=r"(?i)cuda"):
         train(_tiny(device="cuda"), tmp_path / "r")
+
+
+def test_cli_cuda_without_gpu_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    d = tmp_path / "r"
+    argv = ["train", "--agent", "maml-trpo", "--device", "cuda", "--run-dir", str(d),
+            "--num-iterations", "1", "--no-tensorboard"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--device cpu" in err and "Traceback" not in err
+    assert not d.exists()
+
+
+def test_cli_resume_from_another_agent_or_config_keeps_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "r"
+    train(_tiny(num_iterations=1), d)
+    files = {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
+    refused = [
+        (["--inner-lr", "0.5"], r"another configuration \(inner_lr: run has 0.1, asked for 0.5\)"),
+        (["--env", "metarl/HalfCheetahVel-v0"], "another configuration \\(env_id"),
+        (["--agent", "reptile-rl"], "made by agent 'maml-trpo', not 'reptile-rl'"),
+        (["--first-order"], "first_order"),
+    ]
+    for extra, message in refused:
+        assert main(["train", "--resume", str(d), "--num-iterations", "2", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert re.search(message, err), err
+        assert "Traceback" not in err
+        # the refused resume touched nothing: same checkpoint, config and metrics
+        assert {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} == files
+    assert main(["train", "--resume", str(d), "--num-iterations", "2"]) == 0
+    assert len(_rows(d)) == 2
 
 
 def test_per_task_helper_layout() -> None:
