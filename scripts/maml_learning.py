@@ -164,13 +164,29 @@ def random_init_curve(
     )
 
 
-def plot(curves: list[AdaptationCurve], path: Path, title: str, note: str) -> None:
+def plot(curves: list[AdaptationCurve], run_dir: Path, path: Path, title: str, note: str) -> None:
+    """Left: the held-out adaptation curves; right: the meta-training returns per iteration
+    (training tasks, before and after the inner step, 10-iteration moving mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, (ax, tx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    with (run_dir / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    it = np.array([int(r["iteration"]) for r in rows])
+    for key, label in (("pre_adapt_return", "before the inner step"),
+                       ("post_adapt_return", "after one inner step")):  # fmt: skip
+        y = np.array([float(r[key]) for r in rows])
+        w = min(10, len(y))
+        smooth = np.convolve(y, np.ones(w) / w, mode="valid")
+        tx.plot(it[w - 1 :], smooth, label=label)
+    tx.set_xlabel("meta-iteration")
+    tx.set_ylabel("mean episode return (training tasks)")
+    tx.set_title("meta-training (10-iteration moving mean)", fontsize=9)
+    tx.legend(fontsize=8)
+    tx.grid(alpha=0.3)
     for c in curves:
         x = np.arange(c.num_units + 1)
         mean, half = c.mean(), np.nan_to_num(c.ci95())
@@ -238,7 +254,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     title = f"{cfg.env_id}, held-out tasks ({len(seeds)} seeds × {maml.returns.shape[1]} tasks)"
     note = (f"{result['training']['iterations']} meta-iterations; 2 shared CPUs; mean ± 95% CI "
             "over (seed, task)")  # fmt: skip
-    plot(curves, OUT / f"{args.name}.png", title, note)
+    plot(curves, run, OUT / f"{args.name}.png", title, note)
     print(f"wrote {OUT / (args.name + '.json')} and .png")
 
 
