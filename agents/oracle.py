@@ -135,6 +135,8 @@ def evaluate(
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     tasks = list(dist.split(split))[:max_tasks]  # type: ignore[arg-type]
+    if not tasks:
+        raise ValueError(f"no tasks to evaluate: max_tasks must be >= 1, got {max_tasks}")
     env = make(cfg.env_id, **cfg.env_kwargs())
     plain = make_policy(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std

@@ -49,6 +49,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from metarl.config import ConfigError, RunConfig, option
+from metarl.env import resolve_task_options
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
 from metarl.functional import Params, named_params
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
@@ -188,7 +189,7 @@ class MultiTaskEnv(gym.Env[Any, Any]):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
-        task = (options or {}).get("task")
+        task = resolve_task_options(options)
         if task is None:
             task = self.tasks[int(self.np_random.integers(len(self.tasks)))]
         self._task = self.task_distribution.validate(task)
@@ -245,7 +246,10 @@ class PPOBaselineConfig(FineTuneConfig):
         may_change_on_resume=True,
     )  # fmt: skip
     n_envs: int = option(8, "parallel envs (each draws a training task per episode)", low=1)
-    n_steps: int = option(256, "env steps per env and iteration", low=1)
+    n_steps: int = option(
+        256, "env steps per env and iteration; at least the horizon, else no episode ends "
+        "inside an iteration (the envs are reset at every one) and train_return is NaN", low=1,
+    )  # fmt: skip
     batch_size: int = option(64, "PPO minibatch size; must divide n_envs × n_steps", low=1)
     n_epochs: int = option(10, "passes over each iteration's data", low=1)
     learning_rate: float = option(3e-4, "Adam step size", low=0.0, low_open=True)

@@ -182,6 +182,12 @@ def test_task_features_scale_to_unit_range_and_the_oracle_sees_the_goal() -> Non
     np.testing.assert_allclose(obs[2:], np.asarray(info["task"].goal) * 2, rtol=1e-6)
     obs, *_ = env.step(np.zeros(2, np.float32))
     np.testing.assert_allclose(obs[2:], np.asarray(info["task"].goal) * 2, rtol=1e-6)
+    test_task = dist.split("test")[0]
+    obs, info = env.reset(options={"task": test_task})  # a given task is run, and shown
+    assert info["task"] == test_task
+    np.testing.assert_allclose(obs[2:], np.asarray(test_task.goal) * 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="unknown reset option"):
+        env.reset(options={"goal": (0.1, 0.1)})
 
 
 @pytest.mark.parametrize("with_task", [False, True])
@@ -240,6 +246,8 @@ def test_training_changes_the_policy_and_logs_ppo(tmp_path: Path) -> None:
     initial = sb3_policy_params(model.policy, policy)
     for name, value in params.items():  # PPO moved every parameter
         assert not torch.allclose(value, initial[name], rtol=0, atol=1e-6), name
+    with pytest.raises(ValueError, match="no tasks"):
+        oracle.evaluate(run.path, max_tasks=0)
 
 
 def test_registry_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
