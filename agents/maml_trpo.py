@@ -534,7 +534,9 @@ def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Param
     if record["agent"] != AGENT:
         raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
     cfg = MAMLTRPOConfig.from_dict(record["config"])
-    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt")
+    payload = load_checkpoint_file(
+        Path(run_dir) / "checkpoint.pt", agent=AGENT, task_family=cfg.env_id
+    )
     dev = resolve_device(device)
     env = make(cfg.env_id, **cfg.env_kwargs())
     policy = make_policy(

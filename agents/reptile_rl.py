@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.config import ConfigError, RunConfig, option
+from metarl.config import RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
 from metarl.functional import Params, load_params, reptile_update
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
@@ -91,7 +91,19 @@ class ReptileRLConfig(RunConfig):
     init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
     horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     backend: str = option(
-        "auto", "batched env backend: auto (torch on-device if any), torch, numpy, generic"
+        "auto",
+        "batched env backend: auto (torch on-device if any), torch, numpy, generic, or "
+        "subprocess (envs in worker processes with a timeout: a crash or hang becomes an error)",
+    )
+    num_workers: int = option(
+        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
+    )
+    worker_timeout: float = option(
+        60.0,
+        "seconds a worker may take to answer a reset or step with --backend subprocess",
+        low=0.0,
+        low_open=True,
+        may_change_on_resume=True,
     )
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
@@ -115,11 +127,6 @@ class ReptileRLConfig(RunConfig):
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"max_episode_steps": self.horizon} if self.horizon else {}
-
-    def validate(self) -> None:
-        super().validate()
-        if self.backend == "subprocess":
-            raise ConfigError("reptile-rl does not run --backend subprocess; use auto or numpy")
 
 
 CONFIG = ReptileRLConfig
@@ -215,6 +222,8 @@ def _build(cfg: ReptileRLConfig, device: torch.device) -> tuple[Policy, BatchedS
         backend=cfg.backend,
         device=device,
         env_kwargs=cfg.env_kwargs(),
+        num_workers=cfg.num_workers,
+        worker_timeout=cfg.worker_timeout,
     )
     policy = make_policy(
         sampler.observation_space,
@@ -304,7 +313,9 @@ def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Param
     if record["agent"] != AGENT:
         raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
     cfg = ReptileRLConfig.from_dict(record["config"])
-    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt")
+    payload = load_checkpoint_file(
+        Path(run_dir) / "checkpoint.pt", agent=AGENT, task_family=cfg.env_id
+    )
     dev = resolve_device(device)
     env = make(cfg.env_id, **cfg.env_kwargs())
     policy = make_policy(

@@ -127,6 +127,8 @@ def _coerce(cls_name: str, name: str, tp: Any, value: Any) -> Any:
             raise ConfigError(f"{where} must be a number, got {value!r}")
         if value != value:  # NaN passes no bound check and poisons every update
             raise ConfigError(f"{where} must be a number, got NaN")
+        if value in (float("inf"), float("-inf")):  # a rate or a bound of inf diverges at once
+            raise ConfigError(f"{where} must be a finite number, got {value}")
         return float(value)
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):

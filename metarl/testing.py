@@ -230,9 +230,10 @@ def rss_bytes() -> int:
 
 
 def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
-    """Train ``agent`` (``maml-trpo``, ``rl2`` or ``fewshot``) for ``iterations`` small
-    iterations with logging and checkpoints on, recording after every iteration the RSS (MB)
-    and the iteration's wall-clock time (s): ``{"rss_mb": [...], "iter_s": [...]}``."""
+    """Train ``agent`` (``maml-trpo``, ``reptile-rl``, ``rl2`` or ``fewshot``) for
+    ``iterations`` small iterations with logging and checkpoints on, recording after every
+    iteration the RSS (MB) and the iteration's wall-clock time (s):
+    ``{"rss_mb": [...], "iter_s": [...]}``."""
     rss: list[float] = []
     stamps: list[float] = [time.perf_counter()]
 
@@ -240,25 +241,26 @@ def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
         rss.append(rss_bytes() / 2**20)
         stamps.append(time.perf_counter())
 
-    if agent == "maml-trpo":
-        from metarl.agents import maml_trpo
+    if agent in ("maml-trpo", "reptile-rl"):
+        from metarl.agents import get_agent
 
-        cfg = maml_trpo.MAMLTRPOConfig(
+        module = get_agent(agent)
+        cfg = module.CONFIG(
             num_iterations=iterations, meta_batch_size=4, episodes_per_task=4,
             hidden_sizes=(16, 16), horizon=20, checkpoint_every=10, tensorboard=False,
         )  # fmt: skip
-        inner = maml_trpo.meta_step
+        inner = module.meta_step
 
         def step(*args: Any, **kwargs: Any) -> Any:
             out = inner(*args, **kwargs)
             record()
             return out
 
-        maml_trpo.meta_step = step
+        module.meta_step = step
         try:
-            maml_trpo.train(cfg, run_dir)
+            module.train(cfg, run_dir)
         finally:
-            maml_trpo.meta_step = inner
+            module.meta_step = inner
     elif agent == "rl2":
         from metarl.agents import rl2
 
@@ -294,7 +296,7 @@ def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
         finally:
             fewshot_train.build_learner = build
     else:
-        raise ValueError(f"soak knows maml-trpo, rl2 and fewshot, not {agent!r}")
+        raise ValueError(f"soak knows maml-trpo, reptile-rl, rl2 and fewshot, not {agent!r}")
     return {"rss_mb": rss, "iter_s": list(np.diff(stamps[: len(rss) + 1]))}
 
 

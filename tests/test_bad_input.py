@@ -13,6 +13,7 @@ from metarl.cli import main
 from metarl.testing import tally
 
 MAML = ["train", "--agent", "maml-trpo", "--num-iterations", "1"]
+REPTILE = ["train", "--agent", "reptile-rl", "--num-iterations", "1"]
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,18 @@ MAML = ["train", "--agent", "maml-trpo", "--num-iterations", "1"]
         ([*MAML, "--device", "tpu"], "must be auto, cpu, cuda"),
         ([*MAML, "--backend", "subprocess", "--worker-timeout", "0"], "must be > 0.0"),
         ([*MAML, "--no-such-option", "3"], "unrecognized option"),
+        ([*REPTILE, "--env", "metarl/Nope-v0"], "no task family registered as 'metarl/Nope-v0'"),
+        (
+            [*REPTILE, "--outer-step-size", "1.5"],
+            r"outer_step_size \(--outer-step-size\) must be <= 1",
+        ),
+        (
+            [*REPTILE, "--num-adapt-steps", "0"],
+            r"num_adapt_steps \(--num-adapt-steps\) must be >= 1",
+        ),
+        ([*REPTILE, "--inner-lr", "inf"], r"inner_lr \(--inner-lr\) must be a finite number"),
+        ([*REPTILE, "--backend", "subprocess", "--num-workers", "0"], "must be >= 1"),
+        ([*REPTILE, "--max-kl", "0.1"], "unrecognized option"),
         (["evaluate", "/no/such/run"], "not a run directory"),
         (["check-env", "metarl/Nope-v0"], "Nope"),
         (["fewshot", "train", "--learner", "maml", "--meta-lr", "-1"], "must be > 0.0"),

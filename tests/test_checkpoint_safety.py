@@ -1,5 +1,6 @@
 """Issue #7, guarantee 2: checkpoints cannot run code, and damaged or foreign ones are refused
-with a clear error — for every checkpoint loader on main (the run directory's, RL²'s).
+with a clear error — for every checkpoint loader on main (the run directory's, RL²'s, few-shot's,
+and ``load_policy`` of MAML-TRPO and Reptile-RL, what ``metarl evaluate`` reads).
 
 Each loader meets: crafted malicious pickles whose loading would create a marker file (the
 marker must never appear), truncated copies, bit-flipped copies (each must be refused or load
@@ -124,6 +125,49 @@ def _fewshot_load(path: Path) -> Any:
     return load_run(d, device="cpu")[1]
 
 
+NAV = "metarl/Navigation2D-v0"
+_GOOD_RUNS: dict[str, bytes] = {}
+
+
+def _rl_config(agent: str) -> Any:
+    from metarl.agents import get_agent
+
+    return get_agent(agent).CONFIG(env_id=NAV, num_iterations=1, meta_batch_size=2,
+                                   episodes_per_task=2, hidden_sizes=(4,), horizon=5,
+                                   tensorboard=False)  # fmt: skip
+
+
+def _agent_good(agent: str) -> Callable[[Path], Path]:
+    """A genuine checkpoint of a one-iteration run of ``agent`` (trained once per session)."""
+
+    def good(d: Path) -> Path:
+        from metarl.agents import get_agent
+
+        if agent not in _GOOD_RUNS:
+            run = get_agent(agent).train(_rl_config(agent), d / f"{agent}-good")
+            _GOOD_RUNS[agent] = run.checkpoint_path.read_bytes()
+        path = d / f"{agent}-good.pt"
+        path.write_bytes(_GOOD_RUNS[agent])
+        return path
+
+    return good
+
+
+def _agent_load(agent: str) -> Callable[[Path], Any]:
+    """``load_policy`` (what ``metarl evaluate`` uses) of a run whose checkpoint is ``path``."""
+
+    def load(path: Path) -> Any:
+        from metarl.agents import get_agent
+
+        d = path.parent / f"{agent}-run-for-{path.stem}"
+        if not d.exists():
+            Run.create(d, agent, _rl_config(agent))
+        shutil.copyfile(path, d / "checkpoint.pt")
+        return get_agent(agent).load_policy(d)[1]
+
+    return load
+
+
 LOADERS = {
     "runs.load_checkpoint_file": Loader(
         "toy", BANDIT, _run_good, lambda p: load_checkpoint_file(p), lambda x: x["state"]
@@ -142,6 +186,10 @@ LOADERS = {
         lambda p: rl2.RL2.from_checkpoint(p),
         lambda a: dict(a.policy.state_dict()),
     ),
+    **{
+        f"{agent}.load_policy": Loader(agent, NAV, _agent_good(agent), _agent_load(agent), dict)
+        for agent in ("maml-trpo", "reptile-rl")
+    },
 }
 
 

@@ -21,6 +21,7 @@ import pytest
 
 import metarl
 from metarl.batched import EnvError
+from metarl.runs import load_checkpoint_file
 from metarl.testing import faulty_task, register_faulty_family, tally
 from metarl.workers import EnvWorkerError, SubprocessBatchedEnv
 
@@ -165,3 +166,50 @@ def test_killing_the_trainer_leaves_no_orphan_workers(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "worker processes outlived their parent"
     tally("trainer SIGKILLed, no orphan workers", workers=len(pids))
+
+
+def _live_children() -> set[int]:
+    """Processes (not zombies) whose parent is this one."""
+    me, out = os.getpid(), set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().split(")")[-1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("agent", ["maml-trpo", "reptile-rl"])
+@pytest.mark.parametrize("fault", ["hang", "kill"])
+def test_a_training_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoint(
+    agent: str, fault: str, tmp_path: Path
+) -> None:
+    """End to end: ``train(..., backend="subprocess")`` on an env that hangs or dies in its
+    third iteration stops with an EnvWorkerError, leaves no worker behind and keeps the
+    checkpoint of iteration 2."""
+    from metarl.agents import get_agent
+
+    module = get_agent(agent)
+    # Two episodes per row per iteration (MAML: inner + validation; Reptile: k = 2): the
+    # 5th episode of a row is in iteration 2.
+    env_id = register_faulty_family(fault, at_step=2, from_episode=5, min_goal_x=0.0)
+    extra = {"num_adapt_steps": 2} if agent == "reptile-rl" else {}
+    cfg = module.CONFIG(
+        env_id=env_id, num_iterations=6, meta_batch_size=2, episodes_per_task=2,
+        hidden_sizes=(8,), horizon=10, checkpoint_every=1, tensorboard=False,
+        backend="subprocess", num_workers=2, worker_timeout=2.0, **extra,
+    )  # fmt: skip
+    before = _live_children()
+    with pytest.raises(EnvWorkerError) as info:
+        module.train(cfg, tmp_path / "run")
+    text = str(info.value)
+    assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
+    assert ("did not answer within 2 s" if fault == "hang" else "killed by signal SIGKILL") in text
+    assert not _live_children() - before, "a worker outlived the failed run"
+    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent=agent)
+    assert payload["iteration"] == 2
+    tally("faulty env in a worker surfaced, workers reaped", agent=agent, fault=fault)

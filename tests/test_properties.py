@@ -221,7 +221,7 @@ def _holds(cls: type[Config], f: dataclasses.Field[Any], value: Any) -> None:
         if base in (int, float, str, bool):
             assert isinstance(v, base) and not (base is int and isinstance(v, bool)), (f.name, v)
         if base is float:
-            assert not math.isnan(v), f.name
+            assert math.isfinite(v), f.name
         if meta.get("low") is not None:
             assert v > meta["low"] if meta.get("low_open") else v >= meta["low"], (f.name, v)
         if meta.get("high") is not None:

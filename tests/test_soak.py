@@ -15,7 +15,7 @@ import torch
 from metarl.testing import soak, tally
 
 #: Iterations per agent (a few thousand is what a leak of a graph per iteration shows in).
-SOAK_ITERATIONS = {"maml-trpo": 600, "rl2": 1500, "fewshot": 3000}
+SOAK_ITERATIONS = {"maml-trpo": 600, "reptile-rl": 600, "rl2": 1500, "fewshot": 3000}
 #: Allowed RSS growth from after warm-up to the end, and per-iteration slow-down (medians).
 MAX_GROWTH_MB = 20.0
 MAX_SLOWDOWN = 2.5

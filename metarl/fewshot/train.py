@@ -354,9 +354,14 @@ def train(
             metrics = learner.meta_train_step(sampler.sample(cfg.meta_batch_size, rng).to(device))
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:
+                kept = (
+                    f" (the last good checkpoint is kept in {run.path})"
+                    if run.checkpoint_path.exists()
+                    else ""
+                )
                 raise NonFiniteError(
                     f"iteration {it}: non-finite {', '.join(bad)} ({metrics}); lower the "
-                    f"learning rates (the last good checkpoint is kept in {run.path})",
+                    f"learning rates or check the data{kept}",
                     bad[0],
                     it,
                 )
