@@ -256,11 +256,11 @@ def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
             record()
             return out
 
-        module.meta_step = step
+        setattr(module, "meta_step", step)  # noqa: B010  (a module from the registry)
         try:
             module.train(cfg, run_dir)
         finally:
-            module.meta_step = inner
+            setattr(module, "meta_step", inner)  # noqa: B010
     elif agent == "rl2":
         from metarl.agents import rl2
 
