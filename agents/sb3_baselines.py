@@ -443,7 +443,7 @@ def train_ppo(
             stats = {
                 "train_return": float(np.mean(episodes)) if episodes else math.nan,
                 "episodes": float(len(episodes)),
-                "env_steps": float(model.num_timesteps),
+                "env_steps": float(cfg.n_envs * cfg.n_steps),  # this iteration's, as MAML's
                 "env_steps_total": float(model.num_timesteps),  # what metarl benchmark reads
                 "env_steps_per_s": cfg.n_envs * cfg.n_steps / total,
                 "iteration_s": total,

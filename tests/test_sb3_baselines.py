@@ -153,24 +153,30 @@ def test_sb3_mapping_refuses_another_architecture() -> None:
 
 
 # -- the oracle ------------------------------------------------------------------------------
-def test_oracle_per_task_params_equal_the_task_conditioned_policy() -> None:
-    """π(a | [s, z_i]) with the oracle's params == π(a | s) with task i's params."""
-    env = MultiTaskEnv(NAV, with_task=True)
-    assert env.observation_space.shape == (4,)
+@pytest.mark.parametrize("env_id", [NAV, "metarl/TabularMDP-S10A5-v0"])
+def test_oracle_per_task_params_equal_the_task_conditioned_policy(env_id: str) -> None:
+    """π(a | [s, z_i]) with the oracle's params == π(a | s) with task i's params (Box
+    observations; Discrete ones, one-hot on the oracle's side, an index on the plain one)."""
+    env = MultiTaskEnv(env_id, with_task=True)
     aug = make_policy(env.observation_space, env.action_space, (16, 16), "tanh")
     _perturb(aug)
-    plain = make_policy(env.inner_observation_space, env.action_space, (16, 16), "tanh")
-    dist = metarl.task_distribution(NAV)
+    inner = env.inner_observation_space
+    plain = make_policy(inner, env.action_space, (16, 16), "tanh")
+    dist = metarl.task_distribution(env_id)
     tasks = dist.split("test")[:5]
     z = torch.as_tensor(np.stack([task_features(dist, t) for t in tasks]))
     per = oracle_task_params(named_params(aug), plain, z)
-    obs = torch.randn(5, 7, 2)
+    gen = torch.Generator().manual_seed(0)
     for i in range(5):
-        x = torch.cat([obs[i], z[i].expand(7, -1)], -1)
-        want = forward(aug, named_params(aug), x)
-        got = forward(plain, {k: v[i] for k, v in per.items()}, obs[i])
+        if isinstance(inner, gym.spaces.Discrete):
+            obs = torch.randint(int(inner.n), (7,), generator=gen)
+            flat = torch.nn.functional.one_hot(obs, int(inner.n)).float()
+        else:
+            obs = flat = torch.randn(7, 2, generator=gen)
+        want = forward(aug, named_params(aug), torch.cat([flat, z[i].expand(7, -1)], -1))
+        got = forward(plain, {k: v[i] for k, v in per.items()}, obs)
         for a, b in zip(want, got, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_task_features_scale_to_unit_range_and_the_oracle_sees_the_goal() -> None:
@@ -237,7 +243,8 @@ def test_training_changes_the_policy_and_logs_ppo(tmp_path: Path) -> None:
     assert [int(r["iteration"]) for r in rows] == [0, 1]
     for key in ("train_return", "approx_kl", "value_loss", "clip_fraction", "env_steps"):
         assert key in rows[0]
-    assert float(rows[1]["env_steps"]) == 2 * 2 * 50
+    assert float(rows[1]["env_steps"]) == 2 * 50
+    assert float(rows[1]["env_steps_total"]) == 2 * 2 * 50
     params = load_checkpoint_file(run.checkpoint_path)["state"]["params"]
     assert params["mean.0.weight"].shape == (8, 4)  # [position, goal] inputs
     model = make_model(cfg, with_task=True, device="cpu")  # the same seed: the initial policy
