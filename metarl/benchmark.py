@@ -140,6 +140,11 @@ class BenchmarkReport:
         units = sorted({e.curve.unit for e in self.entries})
         for u in units:
             lines.append(f"- unit **{u}**: {_UNIT_TEXT.get(u, u)}.")
+        if any(e.curve.meta.get("flat") for e in self.entries):
+            lines.append(
+                "- **none (flat)**: the agent does not adapt (the oracle is given the task); "
+                "its 0-unit return is repeated."
+            )
         lines += [
             "- *adapt steps/task*: env steps one task spends to reach the last unit shown; "
             "*adapt s*: wall-clock of that adaptation for all tasks of the split at once "
@@ -147,6 +152,7 @@ class BenchmarkReport:
             "- *meta-train*: mean over the runs of the env steps and wall-clock of meta-"
             "training, summed from each run's `metrics.csv`.",
             "",
+            *([f"**Note:** {s['note']}", ""] if s.get("note") else []),
             f"Command: `{s['command']}`",
             "",
             f"Machine: {s['machine']}",
@@ -166,7 +172,7 @@ class BenchmarkReport:
             lines.append("| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |")
             for e in entries:
                 mean, half = e.curve.mean(), e.curve.ci95()
-                cells = [e.agent, e.preset or "—", e.curve.unit]
+                cells = [e.agent, e.preset or "—", _unit_cell(e.curve)]
                 for k in range(k_max + 1):
                     cells.append(_pm(mean[k], half[k]) if k < len(mean) else "—")
                 if has_success:
@@ -204,8 +210,10 @@ class BenchmarkReport:
                 c = e.curve
                 x = np.arange(c.num_units + 1)
                 mean, half = c.mean(), np.nan_to_num(c.ci95())
+                flat = bool(c.meta.get("flat"))
                 ax.plot(x, mean, marker="o" if c.num_units <= 20 else None,
-                        label=f"{e.agent} ({c.unit})")  # fmt: skip
+                        linestyle="--" if flat else "-",
+                        label=f"{e.agent} ({'no adaptation' if flat else c.unit})")  # fmt: skip
                 ax.fill_between(x, mean - half, mean + half, alpha=0.2)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
             ax.set_xlabel("adaptation units (gradient steps or episodes)")
@@ -213,7 +221,15 @@ class BenchmarkReport:
             ax.set_title(env_id)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.tight_layout()
+        note = self.settings.get("note")
+        if note:
+            import textwrap
+
+            wrapped = "\n".join(textwrap.wrap(str(note), width=int(95 * len(families))))
+            fig.text(0.01, 0.01, wrapped, fontsize=7, va="bottom", ha="left", color="0.3")
+            fig.tight_layout(rect=(0, 0.04 + 0.03 * wrapped.count("\n"), 1, 1))
+        else:
+            fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
@@ -230,6 +246,10 @@ class BenchmarkReport:
         js = out / "report.json"
         js.write_text(json.dumps(self.to_json(), indent=2))
         return {"markdown": md, "json": js, "png": png}
+
+
+def _unit_cell(curve: AdaptationCurve) -> str:
+    return "none (flat)" if curve.meta.get("flat") else curve.unit
 
 
 def _pm(mean: float, half: float) -> str:
@@ -420,7 +440,11 @@ def _pool(curves: list[AdaptationCurve], agent: str, env_id: str) -> AdaptationC
         env_steps=[round(float(np.mean(v))) for v in zip(*steps, strict=True)],
         wall_clock_s=[sum(v) / n for v in zip(*(c.wall_clock_s for c in curves), strict=True)],
         split=curves[0].split,
-        meta={"runs": [c.meta.get("run_dir") for c in curves]},
+        meta={
+            "runs": [c.meta.get("run_dir") for c in curves],
+            # An agent that does not adapt (the oracle) marks its curve flat.
+            "flat": all(bool(c.meta.get("flat")) for c in curves),
+        },
     )
 
 
@@ -455,6 +479,7 @@ def run_benchmark(
     retrain: bool = False,
     log: Callable[[str], None] | None = None,
     command: str | None = None,
+    note: str | None = None,
 ) -> BenchmarkReport:
     """Train (or reuse) and evaluate ``agents`` × ``envs`` × ``seeds``; write the report.
 
@@ -474,6 +499,8 @@ def run_benchmark(
             ``evaluate``.
         retrain: train every run again even when a finished one exists.
         log: one-line progress messages (e.g. ``print``).
+        command: how the report was made, written into it (the CLI passes its command line).
+        note: a sentence for the report and the plot (schedules, a shared machine...).
     """
     from metarl.agents import agent_names, get_agent
     from metarl.registry import family_ids
@@ -566,6 +593,7 @@ def run_benchmark(
         "split": split,
         "device": device,
         "command": command or "metarl.benchmark.run_benchmark(...) from Python",
+        "note": note,
         "machine": _machine(),
         "python": sys.version.split()[0],
     }

@@ -276,6 +276,9 @@ def _benchmark_parser(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
     sub.add_argument("--num-threads", type=int, default=1,
                      help="torch CPU threads (default: 1; 0: torch's default)")  # fmt: skip
+    sub.add_argument("--note", default=None,
+                     help="a sentence written into the report and its plot (schedules, a "
+                          "shared machine...)")  # fmt: skip
     sub.add_argument("--retrain", action="store_true",
                      help="train every run again, even a finished one")  # fmt: skip
 
@@ -332,6 +335,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         retrain=args.retrain,
         log=lambda m: print(m, flush=True),
         command=format_command(sys.argv[2:] if args.argv is None else args.argv),
+        note=args.note,
     )
     print(report.markdown(plot_name=None))
     return 0
