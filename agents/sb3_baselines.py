@@ -173,6 +173,7 @@ class MultiTaskEnv(gym.Env[Any, Any]):
             self.observation_space = inner
         self._task: Any = None
         self._z = np.zeros(0, dtype=np.float32)
+        self._steps = 0
 
     @property
     def task(self) -> Any:
@@ -196,17 +197,22 @@ class MultiTaskEnv(gym.Env[Any, Any]):
         if self.with_task:
             self._z = task_features(self.task_distribution, self._task)
         obs, info = self.env.reset(seed=int(self.np_random.integers(2**31)), options={"task": task})
+        self._steps = 0
         return self._observe(obs), {**info, "task": task}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        return (
-            self._observe(obs),
-            float(reward),
-            terminated,
-            truncated,
-            {**info, "task": self._task},
-        )
+        self._steps += 1
+        bad_obs = not np.isfinite(np.asarray(obs, dtype=np.float64)).all()
+        if bad_obs or not math.isfinite(float(reward)):
+            quantity = "observations" if bad_obs else "rewards"
+            raise NonFiniteError(
+                f"non-finite {quantity} from {self.env_id} at step {self._steps} of task "
+                f"{self._task!r}; check the env with `metarl check-env {self.env_id}`",
+                quantity,
+            )
+        info = {**info, "task": self._task}
+        return self._observe(obs), float(reward), terminated, truncated, info
 
     def close(self) -> None:
         self.env.close()
@@ -427,18 +433,19 @@ def train_ppo(
             model._last_episode_starts = np.ones(cfg.n_envs, dtype=bool)
             if model.ep_info_buffer is not None:
                 model.ep_info_buffer.clear()
-            model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=False, log_interval=None)
-            losses = {k.split("/", 1)[1]: float(v) for k, v in model.logger.name_to_value.items()
-                      if k.startswith("train/")}  # fmt: skip
-            model.logger.dump()  # clears the values (no outputs configured)
-            episodes = [float(e["r"]) for e in (model.ep_info_buffer or [])]
-            params = sb3_policy_params(model.policy, policy)
-            try:
+            try:  # an env's NaN/inf (MultiTaskEnv.step) or the update's stops the run here
+                model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=False,
+                            log_interval=None)  # fmt: skip
+                params = sb3_policy_params(model.policy, policy)
                 check_finite("PPO policy parameters", params,
                              hint="lower --learning-rate, or check the env's rewards")  # fmt: skip
             except NonFiniteError as e:
                 kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
                 raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            losses = {k.split("/", 1)[1]: float(v) for k, v in model.logger.name_to_value.items()
+                      if k.startswith("train/")}  # fmt: skip
+            model.logger.dump()  # clears the values (no outputs configured)
+            episodes = [float(e["r"]) for e in (model.ep_info_buffer or [])]
             total = time.perf_counter() - t0
             stats = {
                 "train_return": float(np.mean(episodes)) if episodes else math.nan,

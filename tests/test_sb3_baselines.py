@@ -29,9 +29,11 @@ from metarl.cli import main
 from metarl.config import ConfigError
 from metarl.evaluation import evaluate_policy_adaptation
 from metarl.functional import forward, named_params
+from metarl.numerics import NonFiniteError
 from metarl.policies import make_policy
 from metarl.runs import load_checkpoint_file
 from metarl.tasks import FiniteTaskDistribution, TaskDistribution, TaskError
+from metarl.testing import register_faulty_family
 
 NAV = "metarl/Navigation2D-v0"
 #: A few seconds of PPO: 2 iterations of 2 envs × 50 steps, one epoch, a small network.
@@ -304,6 +306,27 @@ def test_random_init_is_the_seeded_initial_policy(tmp_path: Path) -> None:
 
 def load_policy_params(run_dir: Path) -> dict[str, torch.Tensor]:
     return dict(load_checkpoint_file(run_dir / "checkpoint.pt")["state"]["params"])
+
+
+@pytest.mark.parametrize(("fault", "quantity"), [("nan_obs", "observations"),
+                                                 ("inf_reward", "rewards")])  # fmt: skip
+def test_a_bad_env_value_stops_the_run_naming_iteration_env_and_task(
+    fault: str, quantity: str, tmp_path: Path
+) -> None:
+    """Each env's episodes are 20 steps, each iteration 50 steps per env from a reset:
+    episodes 1-3 of an env are iteration 0, 4-6 iteration 1, so the fault from episode 7 on
+    hits iteration 2, after two checkpointed iterations."""
+    env_id = register_faulty_family(fault, at_step=2, from_episode=7)
+    cfg = pretrained.PretrainedConfig(**{**TINY, "env_id": env_id, "num_iterations": 4,
+                                         "checkpoint_every": 1})  # fmt: skip
+    with pytest.raises(NonFiniteError) as info:
+        pretrained.train(cfg, tmp_path / "run")
+    text = str(info.value)
+    assert text.startswith(f"iteration 2: non-finite {quantity} from {env_id} at step 2")
+    assert "GoalTask(goal=(" in text and "checkpoint.pt) is kept" in text
+    assert info.value.iteration == 2 and info.value.quantity == quantity
+    assert load_checkpoint_file(tmp_path / "run" / "checkpoint.pt")["iteration"] == 2
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 2
 
 
 def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
