@@ -168,6 +168,21 @@ def test_lake_runs() -> None:
     assert sorted(runs[0].query_y[0].tolist()) == list(range(20))
 
 
+@needs_omniglot
+def test_omniglot_lake_protocol_halves(tmp_path: Path) -> None:
+    """Lake et al.'s protocol: train on images_background, test on images_evaluation (the
+    half the 20 one-shot runs come from); the few-shot split pools both halves."""
+    bg = omniglot(OMNIGLOT, "background", max_characters=2, cache_dir=tmp_path)
+    ev = omniglot(OMNIGLOT, "evaluation", max_characters=2, cache_dir=tmp_path)
+    assert all(n.startswith("images_background/") for n in bg.names)
+    assert all(n.startswith("images_evaluation/") for n in ev.names)
+    from metarl.config import ConfigError
+    from metarl.fewshot.train import FewShotConfig
+
+    with pytest.raises(ConfigError, match="omniglot_split"):
+        FewShotConfig(omniglot_split="lakes")
+
+
 # ---------------------------------------------------------------------------- models and maths
 
 
@@ -461,12 +476,106 @@ def test_cli_fewshot_omniglot_too_many_ways(tmp_path: Path, capsys) -> None:  # 
     assert "5000-way episodes need at least 5000 classes" in capsys.readouterr().err
 
 
-def _tiny_image_folder(root: Path) -> Path:
+def test_cli_fewshot_bad_data_paths_and_layouts(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """The issue's bad-input list from the command line: one line each, exit code 2, and no
+    run directory left behind."""
+    from metarl.cli import main
+
+    common = ["fewshot", "train", "--learner", "protonet", "--device", "cpu", "--no-tensorboard"]
+    run = tmp_path / "run"
+    # an Omniglot path that does not exist
+    assert main([*common, "--data-path", str(tmp_path / "nowhere"), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "images_background/" in err and len(err.splitlines()) == 1
+    # an Omniglot folder in the wrong layout (a flat folder of PNGs)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.png").write_bytes(b"")
+    assert main([*common, "--data-path", str(flat), "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "images_background/<alphabet>/<character>/*.png" in err and "zip" in err
+    # an image folder without train/ and test/
+    folder = ["--dataset", "folder", "--data-path", str(flat), "--run-dir", str(run)]
+    assert main([*common, *folder]) == 2
+    assert "<root>/train/<class>/<image>" in capsys.readouterr().err
+    # Lake et al.'s protocol with only one half of the release
+    half = tmp_path / "half"
+    (half / "images_evaluation" / "A" / "character01").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(half / "images_evaluation" / "A" / "character01" / "1.png")
+    lake = ["--omniglot-split", "lake", "--data-path", str(half), "--run-dir", str(run)]
+    assert main([*common, *lake]) == 2
+    assert "no images_background/ characters" in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_cli_fewshot_more_shots_than_images(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from metarl.cli import main
+
+    root = _tiny_image_folder(tmp_path / "data")  # 4 images per class
+    run = tmp_path / "run"
+    args = ["fewshot", "train", "--learner", "protonet", "--dataset", "folder", "--data-path"]
+    args += [str(root), "--num-ways", "3", "--num-shots", "3", "--num-query", "2"]
+    args += ["--device", "cpu", "--no-tensorboard", "--run-dir", str(run)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "3-shot episodes with 2 queries need 5 images per class" in err
+    assert "the smallest class has 4; lower num_shots or num_query" in err
+    assert not run.exists()
+    # N above the number of classes of an image folder
+    args[args.index("--num-ways") + 1] = "5"
+    args[args.index("--num-shots") + 1] = "1"
+    assert main(args) == 2
+    assert "5-way episodes need at least 5 classes, but the dataset has 4" in (
+        capsys.readouterr().err
+    )
+
+
+@needs_omniglot
+def test_cli_fewshot_omniglot_more_shots_than_drawings(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from metarl.cli import main
+
+    args = ["fewshot", "train", "--learner", "protonet", "--num-shots", "20", "--device", "cpu"]
+    args += ["--data-path", str(OMNIGLOT), "--run-dir", str(tmp_path / "r"), "--no-tensorboard"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "20-shot episodes with 15 queries need 35 images per class" in err
+    assert "the smallest class has 20" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_fewshot_evaluate_at_another_way(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A prototype learner is tested at another N (Snell et al.: 5- and 20-way from one
+    model); a learner with an N-way output layer refuses, saying why."""
+    from metarl.cli import main
+
+    root = _tiny_image_folder(tmp_path / "data", num_classes=5)
+    for learner in ("protonet", "maml"):
+        run = tmp_path / learner
+        args = ["fewshot", "train", "--learner", learner, "--dataset", "folder"]
+        args += ["--data-path", str(root), "--image-size", "16", "--num-ways", "3"]
+        args += ["--num-query", "1", "--eval-query", "2", "--meta-batch-size", "2"]
+        args += ["--num-iterations", "1", "--device", "cpu", "--no-tensorboard"]
+        assert main([*args, "--run-dir", str(run), "--num-eval-episodes", "2"]) == 0
+    capsys.readouterr()
+    ev = ["fewshot", "evaluate", "--num-episodes", "3", "--device", "cpu", "--num-ways", "5"]
+    assert main([*ev, str(tmp_path / "protonet"), "--eval-query", "1"]) == 0
+    assert "3 held-out 5-way 1-shot episodes" in capsys.readouterr().out
+    result = json.loads((tmp_path / "protonet" / "eval.json").read_text())
+    assert result["num_ways"] == 5 and result["num_query"] == 1
+    assert main([*ev, str(tmp_path / "maml")]) == 2
+    assert "a maml run has a 3-way output layer; it evaluates only 3-way episodes" in (
+        capsys.readouterr().err
+    )
+
+
+def _tiny_image_folder(root: Path, num_classes: int = 4) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
-        for c in range(4):
+        for c in range(num_classes):
             d = root / split / f"{split}-class{c}"
             d.mkdir(parents=True)
             for i in range(4):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from metarl.config import add_arguments, from_args
@@ -40,6 +41,12 @@ def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--lake-runs", action="store_true", help="also Lake et al.'s 20 one-shot runs")
     ev.add_argument("--out", type=Path, help="JSON file (default <run_dir>/eval.json)")
+    ev.add_argument(
+        "--num-ways",
+        type=int,
+        help="N of the test episodes (default the run's; another N for protonet and matching)",
+    )
+    ev.add_argument("--eval-query", type=int, help="queries per class (default the run's)")
     subs.add_parser("presets", help="list the presets with their settings")
 
 
@@ -87,10 +94,14 @@ def run_fewshot(args: argparse.Namespace) -> int:
             device=args.device,
             lake_runs=args.lake_runs,
             out=args.out,
+            num_ways=args.num_ways,
+            eval_query=args.eval_query,
         )
         print(summary_line(result))
         if "lake_one_shot_runs" in result:
             lake = result["lake_one_shot_runs"]
             print(f"Lake et al.'s 20 runs: {100 * lake['mean']:.2f} ± {100 * lake['ci95']:.2f}%")
+            if "warning" in lake:
+                print(f"warning: {lake['warning']}", file=sys.stderr)
         return 0
     raise ValueError("say what to do: metarl fewshot train|evaluate|presets (see --help)")

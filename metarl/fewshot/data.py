@@ -15,6 +15,13 @@ sorted, shuffled by a generator seeded with the SHA-256 digest of
 ``"omniglot-vinyals-split/v1"``; the first 1200 are the training characters. It is the same on
 every machine and never reshuffled per run (``OMNIGLOT_SPLIT_VERSION`` names it).
 
+Lake et al.'s 20 one-shot runs (``all_runs.zip``) are drawings of ``images_evaluation``
+characters, and that 1200-character split pools both halves: with split ``v1`` 141 of the
+runs' 200 characters, with the very drawings of the runs, are among its training characters
+(found by matching the runs' pixels against the release). A clean score on the runs therefore
+needs Lake et al.'s own protocol: train on ``images_background`` only (``split="background"``;
+``--omniglot-split lake`` on the command line).
+
 Example:
     >>> import numpy as np
     >>> tasks = SinusoidTasks(num_shots=10)
@@ -396,8 +403,11 @@ def omniglot(
     Args:
         root: the folder with ``images_background`` and ``images_evaluation`` (folders or
             ``.zip`` files) in the original layout. Never downloads.
-        split: ``"train"`` (1200 characters) or ``"test"`` (423); ``"all"`` keeps all 1623
-            characters unsplit.
+        split: ``"train"`` (1200 characters) or ``"test"`` (423) of the few-shot papers'
+            split; ``"background"`` (964) or ``"evaluation"`` (659), the release's halves
+            (Lake et al.'s one-shot protocol: train on the background, test on the
+            evaluation half, from which the 20 one-shot runs are drawn); ``"all"`` keeps all
+            1623 characters unsplit.
         image_size: side of the square images (28 in the standard protocol).
         rotations: quarter turns that make new classes; ``(0,)`` for none.
         max_characters: keep only the first characters of the split (quick tests).
@@ -405,7 +415,18 @@ def omniglot(
             (default :func:`default_cache_dir`); ``False``-y path ``""`` disables it.
     """
     source = _OmniglotSource(root)
-    keys = sorted(source.characters) if split == "all" else omniglot_split(source.characters, split)
+    if split == "all":
+        keys = sorted(source.characters)
+    elif split in ("background", "evaluation"):
+        keys = sorted(k for k in source.characters if k.startswith(f"images_{split}/"))
+        if not keys:
+            raise FileNotFoundError(
+                f"no images_{split}/ characters under {str(source.root)!r}; Lake et al.'s "
+                f"protocol needs images_{split}/<alphabet>/<character>/*.png (or "
+                f"images_{split}.zip)"
+            )
+    else:
+        keys = omniglot_split(source.characters, split)
     if max_characters is not None:
         keys = keys[:max_characters]
     cache = None

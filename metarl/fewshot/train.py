@@ -57,6 +57,13 @@ __all__ = ["LEARNERS", "FewShotConfig", "build_learner", "evaluate_run", "train"
 LEARNERS = ("maml", "fomaml", "metasgd", "reptile", "protonet", "matching", "mann", "baseline")
 AGENT = "fewshot"
 EVAL_FILE = "eval.json"
+#: Lake et al.'s runs are drawings of images_evaluation characters, most of which the
+#: 1200-character split trains on (see metarl.fewshot.data).
+LAKE_SPLIT_WARNING = (
+    "trained on the 1200-character split, which holds 141 of the runs' 200 characters (and "
+    "their very drawings): not comparable to Lake et al.; train with --omniglot-split lake "
+    "(images_background only) for a clean score"
+)
 #: Evaluation episodes come from a generator seeded apart from training's.
 EVAL_SEED_OFFSET = 10_000
 
@@ -81,6 +88,13 @@ class FewShotConfig(Config):
         "../shared/data/omniglot",
         "Omniglot's folder (images_background/, images_evaluation/ or their zips), or the "
         "image folder's root for --dataset folder (its train/ and test/ sub-folders if present)",
+    )
+    omniglot_split: str = option(
+        "vinyals",
+        "Omniglot's characters: vinyals (1200 train / 423 test pooled from both halves, the "
+        "few-shot papers') or lake (train on images_background's 964, test on "
+        "images_evaluation's 659: Lake et al.'s protocol, needed for a clean --lake-runs score)",
+        choices=("vinyals", "lake"),
     )
     num_ways: int = option(5, "N of the N-way test episodes", low=2)
     num_shots: int = option(1, "K: support examples per class (sinusoid: points per task)", low=1)
@@ -235,6 +249,8 @@ class FewShotConfig(Config):
 def load_split(cfg: FewShotConfig, split: str) -> ImageClasses:
     """The image classes of ``split`` ("train"/"test") for an image data set."""
     if cfg.dataset == "omniglot":
+        if cfg.omniglot_split == "lake":
+            split = {"train": "background", "test": "evaluation"}[split]
         return omniglot(cfg.data_path, split, image_size=cfg.image_size)
     root = Path(cfg.data_path).expanduser()
     sub = root / split
@@ -406,14 +422,27 @@ def evaluate_run(
     device: str = "auto",
     lake_runs: bool = False,
     out: str | Path | None = None,
+    num_ways: int | None = None,
+    eval_query: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run's learner on ``num_episodes`` held-out episodes; write JSON.
 
     With ``lake_runs`` also on Lake et al.'s 20 one-shot runs (``all_runs.zip`` in the
-    Omniglot folder; a 20-way 1-shot learner).
+    Omniglot folder; a 20-way 1-shot learner). ``num_ways`` / ``eval_query`` change the test
+    episodes (another N only for the learners without an N-way output layer: protonet,
+    matching; Snell et al. test their 1-shot model 5-way and 20-way).
     """
     if learner is None or cfg is None:
         cfg, learner = load_run(run_dir, device)
+    if num_ways is not None and num_ways != cfg.num_ways:
+        if cfg.learner not in ("protonet", "matching"):
+            raise ValueError(
+                f"a {cfg.learner} run has a {cfg.num_ways}-way output layer; it evaluates only "
+                f"{cfg.num_ways}-way episodes (another N works for protonet and matching)"
+            )
+        cfg = cfg.replace(num_ways=num_ways)
+    if eval_query is not None:
+        cfg = cfg.replace(eval_query=eval_query)
     dev = next(learner.parameters()).device
     sampler = make_sampler(cfg, "test")
     result: dict[str, Any] = {
@@ -432,6 +461,8 @@ def evaluate_run(
         runs = lake_one_shot_runs(cfg.data_path, cfg.image_size)
         lake = evaluate_episodes(learner, runs, dev)
         result["lake_one_shot_runs"] = {k: v for k, v in lake.items() if k != "per_episode"}
+        if cfg.omniglot_split != "lake":
+            result["lake_one_shot_runs"]["warning"] = LAKE_SPLIT_WARNING
     run_metrics = Path(run_dir) / "metrics.csv"
     if run_metrics.exists():
         rows = Run(Path(run_dir), AGENT, cfg.replace(tensorboard=False)).metrics()
