@@ -374,10 +374,18 @@ def write_table() -> str:
                     f"{r['iterations']} ({full}) | {_hours(r['train_wall_clock_s'])} |"
                 )
     machine = results[-1]
+    loads = [x for r in results if "loadavg" in r for x in (r["loadavg"]["start"][0],
+             r["loadavg"]["end"][0])]  # fmt: skip
+    load = (
+        f"; 1-minute load average {min(loads):.0f}–{max(loads):.0f} on its 2 cores during the "
+        "runs that recorded it"
+        if loads
+        else ""
+    )
     lines += [
         "",
         f"Machine: {machine['machine']}, torch {machine['torch']}, {machine['threads']} "
-        "thread(s), CPU shared with other jobs (wall-clocks are indicative only).",
+        f"thread(s), CPU shared with other jobs{load} (wall-clocks are indicative only).",
         "",
     ]
     text = "\n".join(lines)
