@@ -56,33 +56,33 @@ README_START, README_END = "<!-- fewshot-results -->", "<!-- /fewshot-results --
 SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
     "maml-sinusoid": ("maml-sinusoid", {"num_iterations": 20_000}),
     "baseline-sinusoid": ("baseline-sinusoid", {"num_iterations": 20_000}),
-    "maml-5w1s": ("maml-omniglot-5w1s", {"num_iterations": 400, "eval_query": 5}),
-    "fomaml-5w1s": ("fomaml-omniglot-5w1s", {"num_iterations": 300, "eval_query": 5}),
-    "metasgd-5w1s": ("metasgd-omniglot-5w1s", {"num_iterations": 300, "eval_query": 5}),
+    "maml-5w1s": ("maml-omniglot-5w1s", {"num_iterations": 150, "eval_query": 5}),
+    "fomaml-5w1s": ("fomaml-omniglot-5w1s", {"num_iterations": 100, "eval_query": 5}),
+    "metasgd-5w1s": ("metasgd-omniglot-5w1s", {"num_iterations": 100, "eval_query": 5}),
     # Nichol et al. adapt for 50 steps at test time; 10 here (the evaluation of 600 episodes
     # with 50 steps would take longer than the training).
     "reptile-5w1s": (
         "reptile-omniglot-5w1s",
-        {"num_iterations": 300, "eval_query": 5, "num_eval_steps": 10},
+        {"num_iterations": 100, "eval_query": 5, "num_eval_steps": 10},
     ),
     "protonet-5w1s": ("protonet-omniglot-5w1s", {"num_iterations": 200}),
     # 32 episodes of 30 images per update cost ~7 s on one CPU thread: 8 per update here.
     "matching-5w1s": (
         "matching-omniglot-5w1s",
-        {"num_iterations": 150, "meta_batch_size": 8, "eval_query": 5},
+        {"num_iterations": 100, "meta_batch_size": 8, "eval_query": 5},
     ),
     "mann-5w1s": ("mann-omniglot-5w1s", {"num_iterations": 1500, "eval_query": 5}),
     "baseline-5w1s": ("baseline-omniglot-5w1s", {"num_iterations": 300, "eval_query": 5}),
-    "maml-5w5s": ("maml-omniglot-5w5s", {"num_iterations": 80, "eval_query": 5}),
-    "protonet-5w5s": ("protonet-omniglot-5w5s", {"num_iterations": 80, "eval_query": 5}),
-    "maml-20w1s": ("maml-omniglot-20w1s", {"num_iterations": 50, "eval_query": 5}),
+    "maml-5w5s": ("maml-omniglot-5w5s", {"num_iterations": 30, "eval_query": 5}),
+    "protonet-5w5s": ("protonet-omniglot-5w5s", {"num_iterations": 30, "eval_query": 5}),
+    "maml-20w1s": ("maml-omniglot-20w1s", {"num_iterations": 20, "eval_query": 5}),
     # Snell et al. train one model per shot count and test it 5-way and 20-way: the 20-way
     # row is protonet-5w1s's model (60-way 1-shot training) on 20-way test episodes.
     "protonet-20w1s": ("protonet-omniglot-20w1s", {"num_iterations": 200, "eval_query": 5}),
     # Lake et al.'s 20 one-shot runs need a learner that never saw images_evaluation.
     "protonet-lake": (
         "protonet-omniglot-20w1s",
-        {"num_iterations": 150, "eval_query": 5, "omniglot_split": "lake"},
+        {"num_iterations": 100, "eval_query": 5, "omniglot_split": "lake"},
     ),
 }
 

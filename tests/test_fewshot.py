@@ -442,6 +442,25 @@ def test_train_resume_is_exact(tmp_path: Path) -> None:
         assert torch.equal(p, q), n
 
 
+def test_resumed_wall_clock_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resumed run's wall_clock_s goes on from the last logged row, not from zero (the
+    results table reports it as the training time)."""
+    import itertools
+
+    import metarl.fewshot.train as ft
+    from metarl.runs import Run
+
+    ticks = itertools.count(0.0, 100.0)  # a clock that moves 100 s per reading
+    monkeypatch.setattr(ft.time, "perf_counter", lambda: next(ticks))
+    cfg = ft.FewShotConfig.from_preset(
+        "maml-sinusoid", num_iterations=4, checkpoint_every=2, log_every=1, tensorboard=False
+    ).replace(device="cpu")
+    ft.train(cfg.replace(num_iterations=2), tmp_path / "r", num_eval_episodes=2)
+    ft.train(cfg, tmp_path / "r", resume=True, num_eval_episodes=2)
+    wall = [float(r["wall_clock_s"]) for r in Run(tmp_path / "r", "fewshot", cfg).metrics()]
+    assert len(wall) == 4 and wall == sorted(wall) and wall[2] > wall[1] > 0
+
+
 def test_cli_fewshot_train_evaluate_and_bad_input(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     from metarl.cli import main
 

@@ -362,7 +362,10 @@ def train(
         learner.load_train_state(ckpt["state"])
         start = int(ckpt["iteration"])
     learner.train()
-    started = time.perf_counter()
+    # A resumed run's wall-clock continues from its last logged row (the metrics after the
+    # checkpoint were dropped with the iterations they logged).
+    rows = run.metrics() if resume else []
+    started = time.perf_counter() - (float(rows[-1].get("wall_clock_s") or 0.0) if rows else 0.0)
     try:
         for it in progress(
             range(start, cfg.num_iterations), cfg.num_iterations, learner.name, start
