@@ -58,7 +58,7 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
     "maml-sinusoid": ("maml-sinusoid", {"num_iterations": 20_000}),
     "baseline-sinusoid": ("baseline-sinusoid", {"num_iterations": 20_000}),
     "maml-5w1s": ("maml-omniglot-5w1s", {"num_iterations": 150, "eval_query": 5}),
-    "fomaml-5w1s": ("fomaml-omniglot-5w1s", {"num_iterations": 50, "eval_query": 5}),
+    "fomaml-5w1s": ("fomaml-omniglot-5w1s", {"num_iterations": 150, "eval_query": 5}),
     "metasgd-5w1s": ("metasgd-omniglot-5w1s", {"num_iterations": 50, "eval_query": 5}),
     # Nichol et al. adapt for 50 steps at test time; 10 here (the evaluation of 600 episodes
     # with 50 steps would take longer than the training).
