@@ -15,8 +15,10 @@ name                      arm chosen at each pull
                           (:func:`gittins_index_table`)
 ``thompson``              largest draw from each arm's posterior (Thompson 1933)
 ``optimistic_thompson``   largest ``max(draw, posterior mean)`` (May et al. 2012)
-``ucb1``                  every arm once, then the largest ``mean + c·sqrt(2 ln t / n_i)``
-                          (Auer, Cesa-Bianchi, Fischer 2002; ``c = 1`` is UCB1)
+``ucb1``                  the largest ``mean + c·sqrt(2 ln t / n_i)`` (Auer, Cesa-Bianchi,
+                          Fischer 2002; ``c = 1`` is UCB1) with the statistics started at one
+                          success and one failure, as in the RL² paper (``prior=False``:
+                          every arm once first, as Auer et al.)
 ``epsilon_greedy``        with probability ε uniformly at random, else the largest posterior mean
 ``greedy``                the largest posterior mean (ε = 0)
 ========================  ======================================================================
@@ -164,10 +166,21 @@ class OptimisticThompson(BanditBaseline):
         return _argmax_random_ties(np.maximum(draws, _posterior_mean(successes, failures)), rng)
 
 
-def ucb1_index(successes: np.ndarray, failures: np.ndarray, t: int, c: float = 1.0) -> np.ndarray:
-    """UCB1's index ``x̄_i + c·sqrt(2 ln t / n_i)`` (Auer et al. 2002, Fig. 1); +inf for arms
-    never pulled."""
+def ucb1_index(
+    successes: np.ndarray, failures: np.ndarray, t: int, c: float = 1.0, prior: bool = False
+) -> np.ndarray:
+    """UCB1's index ``x̄_i + c·sqrt(2 ln t / n_i)`` (Auer et al. 2002, Fig. 1).
+
+    ``t`` is the number of pulls so far. Without ``prior``, arms never pulled get +inf (each
+    arm is pulled once first) and ``t`` is used as is; with ``prior``, as in the RL² paper's
+    UCB1 (Duan et al. 2016, Sec. 4.1: the statistics start at one success and one failure, a
+    ``Beta(1, 1)`` prior), ``x̄_i = (1 + s_i) / (2 + n_i)``, ``n_i`` counts the two prior
+    pulls and ``t`` counts the current pull (``ln(t + 1)``), so no arm must be tried first.
+    """
     n = successes + failures
+    if prior:
+        t_now = t + 1
+        return (1.0 + successes) / (2.0 + n) + c * np.sqrt(2.0 * math.log(t_now) / (2.0 + n))
     with np.errstate(divide="ignore", invalid="ignore"):
         index = successes / n + c * np.sqrt(2.0 * math.log(max(t, 1)) / n)
     return np.where(n > 0, index, np.inf)
@@ -175,18 +188,25 @@ def ucb1_index(successes: np.ndarray, failures: np.ndarray, t: int, c: float = 1
 
 @dataclass
 class UCB1(BanditBaseline):
-    """UCB1 (Auer et al. 2002) with an exploration scale ``c`` (1 in the paper)."""
+    """UCB1 (Auer et al. 2002) with an exploration scale ``c`` (tuned in the RL² paper).
+
+    ``prior=True`` (default) is the RL² paper's variant, statistics started at one success
+    and one failure; ``prior=False`` is Auer et al.'s, every arm pulled once first — with
+    ``n`` pulls of ``k`` arms and ``n`` close to ``k`` that is nearly a random policy (the
+    ``n = 10, k = 10`` bandits: all ten pulls go to trying each arm).
+    """
 
     c: float = 1.0
+    prior: bool = True
     name = "ucb1"
 
     def select(
         self, successes: np.ndarray, failures: np.ndarray, t: int, rng: np.random.Generator
     ) -> np.ndarray:
-        return _argmax_random_ties(ucb1_index(successes, failures, t, self.c), rng)
+        return _argmax_random_ties(ucb1_index(successes, failures, t, self.c, self.prior), rng)
 
     def hyperparameters(self) -> dict[str, float]:
-        return {"c": self.c}
+        return {"c": self.c, "prior": float(self.prior)}
 
 
 @lru_cache(maxsize=16)

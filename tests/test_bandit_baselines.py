@@ -47,7 +47,25 @@ def test_ucb1_index_formula():
     assert index[0, 1] == pytest.approx(0.25 + bonus)
     assert index[0, 2] == np.inf  # never pulled: pulled first
     rng = np.random.default_rng(0)
-    assert bb.UCB1().select(s, f, 8, rng)[0] == 2
+    assert bb.UCB1(prior=False).select(s, f, 8, rng)[0] == 2
+
+
+def test_ucb1_with_the_papers_beta_prior():
+    s = np.array([[3.0, 0.0]])
+    f = np.array([[1.0, 0.0]])
+    # Duan et al. 2016: statistics start at one success and one failure; t counts this pull.
+    index = bb.ucb1_index(s, f, t=4, c=0.5, prior=True)
+    assert index[0, 0] == pytest.approx(4 / 6 + 0.5 * math.sqrt(2 * math.log(5) / 6))
+    assert index[0, 1] == pytest.approx(0.5 + 0.5 * math.sqrt(2 * math.log(5) / 2))
+    # With 10 pulls of 10 arms, Auer et al.'s UCB1 spends every pull trying each arm once
+    # (a random policy); the prior lets it exploit after a success.
+    env = "metarl/BernoulliBandit-K10-v0"
+    tasks = metarl.task_distribution(env).split("train")[:40]
+    classic = bb.evaluate(bb.UCB1(0.1, prior=False), env, tasks, num_pulls=10, num_runs=10)
+    paper = bb.evaluate(bb.UCB1(0.1, prior=True), env, tasks, num_pulls=10, num_runs=10)
+    rand = bb.evaluate(bb.RandomArm(), env, tasks, num_pulls=10, num_runs=10)
+    assert abs(classic.mean() - rand.mean()) < 0.3
+    assert paper.mean() > rand.mean() + 1.0
 
 
 def test_greedy_and_optimistic_thompson_choices():
