@@ -2,10 +2,10 @@
 
 For each task family — Bernoulli bandits (k = 5, n = 100 pulls: the ``bandit-k5-n100``
 preset), random tabular MDPs (n = 10 episodes of 10 steps: ``mdp-n10``) and 2D navigation
-(2 episodes of 100 steps per trial, continuous actions) — and for each env backend RL²
-supports (``torch``: the family's on-device batched env, no host round trip; ``numpy``: the
-vectorised NumPy env with one transfer per step), this builds the agent of ``agents/rl2.py``
-and times, over ``--iterations`` iterations after one warm-up:
+(``nav2d``: 4 episodes of 100 steps per trial, continuous actions) — and for each env
+backend RL² supports (``torch``: the family's on-device batched env, no host round trip;
+``numpy``: the vectorised NumPy env with one transfer per step), this builds the agent of
+``agents/rl2.py`` and times, over ``--iterations`` iterations after one warm-up:
 
 * **collection** — :func:`metarl.agents.rl2.collect_trials` (the GRU stepped once per env
   step for all trials, the env stepped with it);
@@ -43,13 +43,7 @@ OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 FAMILIES: dict[str, rl2.RL2Config] = {
     "bandit k=5, n=100": rl2.PRESETS["bandit-k5-n100"],
     "MDP n=10": rl2.PRESETS["mdp-n10"],
-    "2D navigation, 2 episodes": rl2.RL2Config(
-        env_id="metarl/Navigation2D-v0",
-        episodes_per_trial=2,
-        num_trials=64,
-        update_epochs=2,
-        num_minibatches=2,
-    ),
+    "2D navigation, 4 episodes": rl2.PRESETS["nav2d"],
 }
 
 
@@ -104,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="trials per iteration for every family "
-        "(default: each family's, 256/256/64); small values for a smoke test",
+        "(default: each preset's, 256/256/64); small values for a smoke test",
     )
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.threads < 1:

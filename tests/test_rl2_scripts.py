@@ -52,7 +52,7 @@ def test_paper_tables_script_writes_paired_results(tmp_path, capsys):
     for argv, message in (
         (["--set", "lr"], "KEY=VALUE"),
         (["--set", "lr=fast"], "could not convert"),
-        (["--set", "lr=-1"], "lr must be"),
+        (["--set", "lr=-1"], "must be > 0"),
         (["--baselines", "oracle"], "unknown baselines"),
         (["--settings", "bandit-k7"], "unknown settings"),
     ):
