@@ -58,6 +58,7 @@ from metarl.config import ConfigError, RunConfig, _check_device, option
 from metarl.evaluation import AdaptationCurve, plot_curves
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.runs import Run, load_checkpoint_file, progress, save_checkpoint_file
+from metarl.seeding import seed_everything
 from metarl.torch_batched import resolve_device
 
 __all__ = [
@@ -755,6 +756,9 @@ def train(
     run_dir = Path(run_dir)
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
+    # Python's and NumPy's global generators too (RL² draws from its own), so that the RNG
+    # states a checkpoint saves are a function of the seed: a resumed run equals a fresh one.
+    seed_everything(cfg.seed)
     if resume:
         run = Run.resume(run_dir, AGENT, cfg)
         # Weights come from the run's own checkpoint, not from init_from (which may be gone).

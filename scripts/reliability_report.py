@@ -9,7 +9,7 @@ them with the tally on, checks that every test passed, and writes
 * ``benchmarks/reliability.json`` — the same as data.
 
 Usage:
-    python scripts/reliability_report.py            # about 5 minutes on 2 CPU cores
+    python scripts/reliability_report.py  # about 15 CPU-minutes on 2 cores (longer when shared)
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         + counts["faulty env in process surfaced"]
         + counts["trainer SIGKILLed, no orphan workers"],
         "numerical_faults": counts["numerical fault stopped the run, checkpoint kept"],
+        "numerical_fault_agents": sorted(
+            {
+                r.get("agent", "")
+                for r in records
+                if r["what"] == "numerical fault stopped the run, checkpoint kept"
+            }
+        ),
         "generated_inputs": sum(
             v
             for k, v in counts.items()
@@ -137,12 +144,14 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
         "change nothing (loaded the identical values); none loaded different values |",
         f"| 3. no hang | {summary['faulty_envs']} faulty-env cases: raise in step or reset, "
         "`os._exit`, SIGKILL, never return (in worker processes); raise in-process; the "
-        "trainer itself SIGKILLed | each surfaced as an error naming the env, the task and the "
+        "trainer itself SIGKILLed; MAML-TRPO and Reptile-RL training runs on envs that hang "
+        "or die | each surfaced as an error naming the env, the task and the "
         "original traceback (or exit code / signal) within the timeout; all workers reaped, "
         "no orphans |",
         f"| 4. numerical faults | {summary['numerical_faults']} injected NaN/inf (observations, "
-        "rewards, losses, gradients, TRPO step, diverged learning rate) in MAML-TRPO, RL², "
-        "few-shot | each stopped the run with an error naming the iteration and the quantity; "
+        "rewards, losses, gradients, TRPO step, inner and outer steps, NaN data, diverged "
+        f"learning rate) in {', '.join(summary['numerical_fault_agents'])} "
+        "| each stopped the run with an error naming the iteration and the quantity; "
         "the last good checkpoint kept byte for byte |",
         f"| 5. bad input | {summary['generated_inputs']} Hypothesis-generated task parameters, "
         f"config values and env ids; {summary['bad_command_lines']} bad command lines | "
@@ -166,16 +175,33 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
             f"{r['rss_early_mb']:.1f} | {r['rss_end_mb']:.1f} | {r['rss_max_mb']:.1f} | "
             f"{r['iter_s_early']:.4f} | {r['iter_s_end']:.4f} |"
         )
+    lines += [
+        "",
+        f"Machine load when the report started and ended (`/proc/loadavg`): "
+        f"{summary.get('load_start', '?')} / {summary.get('load_end', '?')} — the 2 cores were "
+        "shared with other engineers' training runs, so the wall-clock figures (seconds "
+        "per iteration, the run's duration) are inflated by that load; the memory figures "
+        "are not.",
+    ]
     lines += ["", "## Every tallied case", "", "| case | count |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in c.items()]
     (out / "reliability.md").write_text("\n".join(lines) + "\n")
 
 
+def _load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tally, junit = Path(d) / "tally.jsonl", Path(d) / "junit.xml"
+        load_start = _load()
         code, seconds = run_tests(tally, junit)
         summary = summarise(read_tally(tally))
+        summary.update(load_start=load_start, load_end=_load())
         counts = junit_counts(junit)
     write(summary, counts, seconds)
     print((ROOT / "benchmarks" / "reliability.md").read_text())

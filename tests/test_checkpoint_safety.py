@@ -1,6 +1,7 @@
 """Issue #7, guarantee 2: checkpoints cannot run code, and damaged or foreign ones are refused
 with a clear error — for every checkpoint loader on main (the run directory's, RL²'s, few-shot's,
-and ``load_policy`` of MAML-TRPO and Reptile-RL, what ``metarl evaluate`` reads).
+``load_policy`` of MAML-TRPO, Reptile-RL and the baselines and RL²'s ``load_agent``, what
+``metarl evaluate`` reads).
 
 Each loader meets: crafted malicious pickles whose loading would create a marker file (the
 marker must never appear), truncated copies, bit-flipped copies (each must be refused or load
@@ -132,9 +133,19 @@ _GOOD_RUNS: dict[str, bytes] = {}
 def _rl_config(agent: str) -> Any:
     from metarl.agents import get_agent
 
-    return get_agent(agent).CONFIG(env_id=NAV, num_iterations=1, meta_batch_size=2,
-                                   episodes_per_task=2, hidden_sizes=(4,), horizon=5,
-                                   tensorboard=False)  # fmt: skip
+    cls = get_agent(agent).CONFIG
+    if agent in ("pretrained", "oracle"):
+        return cls.from_preset(
+            "quick", num_iterations=1, n_envs=2, n_steps=10, batch_size=10, n_epochs=1,
+            hidden_sizes=(4,), horizon=5, tensorboard=False,
+        )  # fmt: skip
+    if agent == "random-init":
+        return cls(env_id=NAV, hidden_sizes=(4,), horizon=5, tensorboard=False)
+    if agent == "rl2":
+        return cls(env_id=BANDIT, max_episode_steps=5, num_trials=4, hidden_size=8,
+                   num_minibatches=2, num_iterations=1, tensorboard=False)  # fmt: skip
+    return cls(env_id=NAV, num_iterations=1, meta_batch_size=2, episodes_per_task=2,
+               hidden_sizes=(4,), horizon=5, tensorboard=False)  # fmt: skip
 
 
 def _agent_good(agent: str) -> Callable[[Path], Path]:
@@ -163,6 +174,8 @@ def _agent_load(agent: str) -> Callable[[Path], Any]:
         if not d.exists():
             Run.create(d, agent, _rl_config(agent))
         shutil.copyfile(path, d / "checkpoint.pt")
+        if agent == "rl2":
+            return dict(get_agent(agent).load_agent(d).policy.state_dict())
         return get_agent(agent).load_policy(d)[1]
 
     return load
@@ -188,8 +201,9 @@ LOADERS = {
     ),
     **{
         f"{agent}.load_policy": Loader(agent, NAV, _agent_good(agent), _agent_load(agent), dict)
-        for agent in ("maml-trpo", "reptile-rl")
+        for agent in ("maml-trpo", "reptile-rl", "pretrained", "oracle", "random-init")
     },
+    "rl2.load_agent": Loader("rl2", BANDIT, _agent_good("rl2"), _agent_load("rl2"), dict),
 }
 
 

@@ -199,6 +199,33 @@ def test_reptile_stops_on_a_non_finite_inner_or_outer_step(
     tally("numerical fault stopped the run, checkpoint kept", agent="reptile-rl", fault=target)
 
 
+@pytest.mark.parametrize("agent", ["pretrained", "oracle"])
+@pytest.mark.parametrize(("fault", "quantity"), [("nan_obs", "observations"),
+                                                 ("inf_reward", "rewards")])  # fmt: skip
+def test_sb3_baseline_stops_on_a_bad_env_value_naming_iteration_env_and_task(
+    agent: str, fault: str, quantity: str, tmp_path: Path
+) -> None:
+    from metarl.agents import get_agent
+
+    # Two episodes per env and PPO iteration (20 steps, horizon 10): episode 3 is iteration 1.
+    env_id = register_faulty_family(fault, at_step=2, from_episode=3, min_goal_x=0.0)
+    module = get_agent(agent)
+    cfg = module.CONFIG.from_preset(
+        "quick", env_id=env_id, num_iterations=4, n_envs=2, n_steps=20, batch_size=20,
+        n_epochs=1, hidden_sizes=(8,), horizon=10, checkpoint_every=1, tensorboard=False,
+    )  # fmt: skip
+    with pytest.raises(NonFiniteError) as info:
+        module.train(cfg, tmp_path / "run")
+    text = str(info.value)
+    assert text.startswith(f"iteration 1: non-finite {quantity}") and env_id in text
+    assert "GoalTask(goal=(" in text and "step 2" in text
+    assert "checkpoint.pt) is kept" in text and info.value.iteration == 1
+    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent=agent)
+    assert payload["iteration"] == 1
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 1 + 1
+    tally("numerical fault stopped the run, checkpoint kept", agent=agent, fault=fault)
+
+
 # -- few-shot ----------------------------------------------------------------------------------
 def test_fewshot_stops_on_a_diverged_loss_and_keeps_a_finite_checkpoint(tmp_path: Path) -> None:
     from metarl.fewshot.train import FewShotConfig, train
