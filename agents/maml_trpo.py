@@ -63,7 +63,12 @@ AGENT = "maml-trpo"
 class MAMLTRPOConfig(RunConfig):
     """MAML-TRPO settings; defaults are the 2D-navigation setting of Finn et al. 2017."""
 
-    meta_batch_size: int = option(20, "tasks per meta-iteration", low=1)
+    meta_batch_size: int = option(
+        20,
+        "tasks per meta-iteration (drawn with replacement when the family has fewer training "
+        "tasks, as Finn et al. 2017 do for the two directions of HalfCheetahDir/AntDir)",
+        low=1,
+    )
     episodes_per_task: int = option(
         20, "episodes per task for each inner step and for validation (fast batch)", low=1
     )
@@ -475,11 +480,6 @@ def train(
     task_rng = np.random.default_rng(cfg.seed)
     policy, sampler = _build(cfg, device)
     train_tasks = list(sampler.task_distribution.split("train"))
-    if cfg.meta_batch_size > len(train_tasks):
-        raise ValueError(
-            f"meta_batch_size {cfg.meta_batch_size} exceeds the {len(train_tasks)} training "
-            f"tasks of {cfg.env_id}"
-        )
     start = 0
     if resume:
         run = Run.resume(run_dir, AGENT, cfg)

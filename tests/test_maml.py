@@ -389,6 +389,14 @@ def test_cli_resume_from_another_agent_or_config_keeps_the_run(
     assert len(_rows(d)) == 2
 
 
+def test_meta_batch_beyond_a_two_task_family_draws_with_replacement(tmp_path: Path) -> None:
+    # HalfCheetahDir has two training tasks; the paper's meta-batch is 40 (Finn et al. 2017).
+    cfg = _tiny(env_id="metarl/HalfCheetahDir-v0", num_iterations=1, meta_batch_size=5,
+                episodes_per_task=1, horizon=5)  # fmt: skip
+    run = train(cfg, tmp_path / "dir")
+    assert len(_rows(run.path)) == 1
+
+
 def test_per_task_helper_layout() -> None:
     x = torch.arange(2 * 6).view(2, 6)  # T=2, B=6 = 3 tasks × 2 episodes
     y = per_task(x, 3)
