@@ -321,7 +321,7 @@ def section(data: dict[str, Any]) -> list[str]:
         f"CG on {cfg['cg_subsample']:.0%} of the episodes, {cfg['hidden_sizes']} "
         f"{cfg['nonlinearity']} policy, seed {cfg['seed']}; "
         f"{tr['wall_clock_s'] / 60:.1f} min wall-clock (median {tr['median_iteration_s']:.2f} "
-        f"s/iteration, {tr['env_steps'] / 1e6:.1f} M env steps), 1 torch thread, niced.",
+        f"s/iteration, {tr['env_steps'] / 1e6:.1f} M env steps), 1 torch thread.",
         f"Training-batch returns, mean of the first → last 10 iterations: before adaptation "
         f"{tr['first10_pre_adapt_return']:.2f} → {tr['last10_pre_adapt_return']:.2f}, after "
         f"{tr['first10_post_adapt_return']:.2f} → {tr['last10_post_adapt_return']:.2f}.",
