@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -258,6 +259,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {OUT / (args.name + '.json')} and .png")
 
 
+def _short_command(cmd: str) -> str:
+    """The eval command with its --note paragraph and --commands list elided (shown above)."""
+    cmd = re.sub(r"--note '.*?' (?=--commands|--threads|$)", "--note '<the paragraph above>' ",
+                 cmd, flags=re.S)  # fmt: skip
+    return re.sub(r"--commands .*$", "--commands <the command lines above>", cmd, flags=re.S)
+
+
 def _fmt(m: float, h: float) -> str:
     return f"{m:.2f} ± {h:.2f}"
 
@@ -341,7 +349,7 @@ def section(data: dict[str, Any]) -> list[str]:
         "",
         "```bash",
         *data.get("commands", []),
-        data["command"],
+        _short_command(data["command"]),
         "```",
         "",
     ]
@@ -361,10 +369,43 @@ def cmd_report(args: argparse.Namespace) -> None:
         "",
     ]
     order = {"nav2d": 0, "halfcheetah-vel": 1, "halfcheetah-dir": 2}
-    for f in sorted(files, key=lambda p: (order.get(p.stem, 9), p.stem)):
+    files = sorted(files, key=lambda p: (order.get(p.stem, 9), p.stem))
+    for f in files:
         lines += section(json.loads(f.read_text()))
     REPORT.write_text("\n".join(lines))
     print(f"wrote {REPORT}")
+    readme_table(files)
+
+
+def readme_table(files: list[Path]) -> None:
+    """The compact table between the README's ``maml-results`` markers."""
+    rows = [
+        "| family (schedule) | agent | 0 steps | 1 step | 3 steps |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for f in files:
+        data = json.loads(f.read_text())
+        cfg, tr = data["config"], data["training"]
+        sched = (f"{tr['iterations']} it., {cfg['meta_batch_size']}×{cfg['episodes_per_task']}"
+                 f" ep., {tr['wall_clock_s'] / 60:.0f} min")  # fmt: skip
+        for name, c in data["curves"].items():
+            curve = AdaptationCurve(**{x: v for x, v in c.items() if x != "summary"})
+            m, h = curve.mean(), curve.ci95()
+            cells = " | ".join(_fmt(m[i], h[i]) if i < len(m) else "" for i in (0, 1, 3))
+            rows.append(f"| {data['env_id'].split('/')[-1]} ({sched}) | {name} | {cells} |")
+        ref = PUBLISHED.get(data["env_id"])
+        if ref:
+            rows.append(f"| {data['env_id'].split('/')[-1]} | published MAML ({ref['source']}) "
+                        f"| | {ref['value']} | |")  # fmt: skip
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- maml-results -->", "<!-- /maml-results -->"
+    if start not in text or end not in text:
+        raise SystemExit("README.md has no maml-results markers")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(head + start + "\n" + "\n".join(rows) + "\n" + end + tail)
+    print("updated README.md's results table")
 
 
 def main() -> None:
