@@ -99,8 +99,9 @@ class MAMLTRPOConfig(RunConfig):
     horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     backend: str = option(
         "auto",
-        "batched env backend: auto (torch on-device if any), torch, numpy, generic, or "
-        "subprocess (envs in worker processes with a timeout: a crash or hang becomes an error)",
+        "batched env backend: auto (torch on-device if any), torch, numpy, generic, mjx "
+        "(MuJoCo families on MJX/JAX, extra 'mjx'), or subprocess (envs in worker processes "
+        "with a timeout: a crash or hang becomes an error)",
     )
     num_workers: int = option(
         2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
@@ -116,7 +117,8 @@ class MAMLTRPOConfig(RunConfig):
         "auto",
         "who steps the envs: auto (--backend), native (the family's host backend: "
         "mujoco.rollout or NumPy), torch (on-device envs), ray (Ray actors stepping the "
-        "native backend); all give the same episodes for the same seed",
+        "native backend), mjx (MuJoCo families on MJX on JAX's device, extra 'mjx'); all but "
+        "mjx give the same episodes for the same seed (mjx: close, another physics engine)",
         choices=SAMPLERS,
         may_change_on_resume=True,
     )

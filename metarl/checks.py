@@ -98,7 +98,9 @@ def _env_fn(target: Any) -> tuple[EnvFn | None, TaskDistribution[Any] | None, di
 
         backends: dict[str, Any] = {}
         if target in registry.family_ids():
-            backends = dict(registry.family(target).batched)
+            fam = registry.family(target)
+            # Approximate backends (another physics engine) cannot equal the single env.
+            backends = {k: v for k, v in fam.batched.items() if k in fam.exact_backends}
         return (lambda: gym.make(target)), None, backends
     if isinstance(target, gym.Env):
         raise TypeError(

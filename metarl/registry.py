@@ -49,17 +49,25 @@ class TaskFamily:
             :class:`~metarl.torch_batched.TorchBatchedTaskEnv` that lives on a torch
             device, or None.
         paper: where the family comes from.
+        approximate: the names among ``batched`` whose rows equal the single env only within
+            a stated tolerance, not to the bit (another physics engine: ``"mjx"``).
     """
 
     env_id: str
     batched: dict[str, Callable[..., BatchedTaskEnv]] = field(default_factory=dict)
     torch: Callable[..., TorchBatchedTaskEnv] | None = None
     paper: str = ""
+    approximate: frozenset[str] = frozenset()
 
     @property
     def backends(self) -> list[str]:
         """Names of the NumPy-API batched backends (``make_batched(backend=...)``)."""
         return [*self.batched, "generic"]
+
+    @property
+    def exact_backends(self) -> list[str]:
+        """The backends whose rows equal the single env to the bit (same task, seed, actions)."""
+        return [b for b in self.backends if b not in self.approximate]
 
 
 _FAMILIES: dict[str, TaskFamily] = {}
@@ -74,10 +82,13 @@ def register_family(
     batched: dict[str, Callable[..., BatchedTaskEnv]] | None = None,
     torch: Callable[..., TorchBatchedTaskEnv] | None = None,
     paper: str = "",
+    approximate: tuple[str, ...] = (),
 ) -> TaskFamily:
     """Register a task family under ``env_id`` with Gymnasium and with metarl.
 
     The time limit lives in the registration (``max_episode_steps``), not the env.
+    ``approximate`` names the ``batched`` backends that equal the single env only within a
+    tolerance (they are left out of the bit-exact checks).
     """
     gym.register(
         id=env_id,
@@ -85,7 +96,13 @@ def register_family(
         max_episode_steps=max_episode_steps,
         kwargs=kwargs or {},
     )
-    fam = TaskFamily(env_id=env_id, batched=dict(batched or {}), torch=torch, paper=paper)
+    fam = TaskFamily(
+        env_id=env_id,
+        batched=dict(batched or {}),
+        torch=torch,
+        paper=paper,
+        approximate=frozenset(approximate),
+    )
     _FAMILIES[env_id] = fam
     return fam
 

@@ -91,7 +91,10 @@ class BatchedSampler:
         env_id: a registered task family.
         num_tasks, episodes_per_task: the meta-batch shape; ``B`` is their product.
         backend: ``"auto"`` (torch on-device if the family has it, else its fastest NumPy
-            backend), ``"torch"``, a NumPy backend name (``"numpy"``, ``"generic"``...), or
+            backend), ``"torch"``, ``"mjx"`` (the MuJoCo families on MJX on JAX's device,
+            handed to torch through DLPack; optional extra ``mjx``, see
+            :mod:`metarl.envs.mujoco.mjx_batched`), a NumPy backend name (``"numpy"``,
+            ``"generic"``...), or
             ``"subprocess"``: the rows in ``num_workers`` worker processes, each answer
             awaited at most ``worker_timeout`` seconds, so an env that crashes or hangs
             becomes an error naming it and its tasks (:mod:`metarl.workers`).
@@ -129,9 +132,15 @@ class BatchedSampler:
         probe.close()
         if backend == "torch" and fam.torch is None:
             raise ValueError(f"{env_id} has no torch backend; use backend='auto' or 'numpy'")
-        self.on_device = backend == "torch" or (backend == "auto" and fam.torch is not None)
+        self.on_device = backend in ("torch", "mjx") or (
+            backend == "auto" and fam.torch is not None
+        )
         self.env: Any
-        if self.on_device:
+        if backend == "mjx":
+            from metarl.envs.mujoco.mjx_batched import make_mjx_torch_batched
+
+            self.env = make_mjx_torch_batched(env_id, self.num_envs, device=self.device, **kwargs)
+        elif self.on_device:
             self.env = make_torch_batched(env_id, self.num_envs, device=str(self.device), **kwargs)
         elif backend == "subprocess":
             self.env = make_batched(env_id, self.num_envs, backend=backend, **kwargs,
@@ -283,7 +292,7 @@ class BatchedSampler:
             self.env.close()
 
 
-SAMPLERS = ("auto", "native", "torch", "ray")
+SAMPLERS = ("auto", "native", "torch", "ray", "mjx")
 
 
 def make_sampler(
@@ -300,7 +309,8 @@ def make_sampler(
     ray_workers: int = 2,
     ray_address: str | None = None,
 ) -> Any:
-    """The sampler ``--sampler`` names; all give the same episodes for the same seeds.
+    """The sampler ``--sampler`` names; all but ``mjx`` give the same episodes for the same
+    seeds (``mjx`` is another physics engine: close to the others, not equal).
 
     * ``"auto"``: :class:`BatchedSampler` with ``backend`` (its default: on-device torch
       envs when the family has them, else the fastest NumPy backend);
@@ -309,7 +319,10 @@ def make_sampler(
     * ``"torch"``: :class:`BatchedSampler` on the on-device torch envs (``device``);
     * ``"ray"``: :class:`metarl.ray_sampler.RaySampler`, the tasks spread over
       ``ray_workers`` Ray actors stepping the native backend (a local Ray instance, or the
-      cluster at ``ray_address``); the episodes come back to ``device``.
+      cluster at ``ray_address``); the episodes come back to ``device``;
+    * ``"mjx"``: :class:`BatchedSampler` on the MuJoCo families' MJX backend, physics and
+      rewards on JAX's device (the GPU with ``device="cuda"``), handed to torch by DLPack
+      (optional extra ``mjx``).
 
     ``num_workers`` and ``worker_timeout`` are for ``backend="subprocess"``.
     """
@@ -334,8 +347,8 @@ def make_sampler(
         )
     if sampler == "native":
         backend = next(iter(family(env_id).batched), "generic")
-    elif sampler == "torch":
-        backend = "torch"
+    elif sampler in ("torch", "mjx"):
+        backend = sampler
     return BatchedSampler(
         env_id,
         num_tasks,

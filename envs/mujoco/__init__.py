@@ -36,11 +36,19 @@ def _batched(name: str, num_envs: int, **kwargs: Any) -> BatchedTaskEnv:
     return MujocoBatchedEnv(name, num_envs, **kwargs)
 
 
+def _mjx_batched(name: str, num_envs: int, **kwargs: Any) -> BatchedTaskEnv:
+    # Imported here: JAX is an optional extra; without it this raises what to install.
+    from metarl.envs.mujoco.mjx_batched import MjxBatchedEnv
+
+    return MjxBatchedEnv(name, num_envs, **kwargs)
+
+
 for _name, _paper in FAMILIES.items():
     register_family(
         f"metarl/{_name}-v0",
         f"metarl.envs.mujoco.locomotion:{_name}",
         max_episode_steps=HORIZON,
-        batched={"mujoco": partial(_batched, _name)},
+        batched={"mujoco": partial(_batched, _name), "mjx": partial(_mjx_batched, _name)},
         paper=_paper,
+        approximate=("mjx",),
     )

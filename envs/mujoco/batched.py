@@ -31,7 +31,7 @@ from mujoco import rollout as mj_rollout
 from metarl.batched import BatchedTaskEnv
 from metarl.envs.mujoco import HORIZON, locomotion
 
-__all__ = ["MujocoBatchedEnv", "default_threads"]
+__all__ = ["MujocoBatchedEnv", "default_threads", "family_class"]
 
 _FULLPHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 _CTRL = mujoco.mjtState.mjSTATE_CTRL.value
@@ -43,6 +43,19 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def family_class(family: str | type[locomotion.LocomotionEnv]) -> type[locomotion.LocomotionEnv]:
+    """The family's class from its name (or the class itself); a clear error otherwise."""
+    env_cls = getattr(locomotion, family, None) if isinstance(family, str) else family
+    if not (isinstance(env_cls, type) and issubclass(env_cls, locomotion.LocomotionEnv)):
+        from metarl.envs.mujoco import FAMILIES
+
+        raise TypeError(
+            f"{family!r} is not a MuJoCo task family of metarl.envs.mujoco; "
+            f"pass one of {', '.join(FAMILIES)}, or a LocomotionEnv subclass"
+        )
+    return env_cls
 
 
 class MujocoBatchedEnv(BatchedTaskEnv):
@@ -66,14 +79,7 @@ class MujocoBatchedEnv(BatchedTaskEnv):
         nthread: int | None = None,
         xml_file: str | None = None,
     ) -> None:
-        env_cls = getattr(locomotion, family, None) if isinstance(family, str) else family
-        if not (isinstance(env_cls, type) and issubclass(env_cls, locomotion.LocomotionEnv)):
-            from metarl.envs.mujoco import FAMILIES
-
-            raise TypeError(
-                f"{family!r} is not a MuJoCo task family of metarl.envs.mujoco; "
-                f"pass one of {', '.join(FAMILIES)}, or a LocomotionEnv subclass"
-            )
+        env_cls = family_class(family)
         super().__init__(num_envs, HORIZON if max_episode_steps is None else max_episode_steps)
         self.env_cls = env_cls
         self.template = env_cls(xml_file=xml_file)  # the model, its initial state, its task space

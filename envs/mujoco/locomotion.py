@@ -87,24 +87,27 @@ NUM_TRAIN, NUM_TEST = 1000, 40
 
 
 # -- robots --------------------------------------------------------------------------------
-def _always_healthy(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
-    return np.ones(len(qpos), dtype=bool)
+# The functions shared by the single env and the batched backends take the array namespace
+# ``xp``: NumPy (the single env, the native backend) or ``jax.numpy`` (the MJX backend, on
+# the device), so that every backend computes observations and rewards with the same code.
+def _always_healthy(qpos: np.ndarray, qvel: np.ndarray, xp: Any = np) -> np.ndarray:
+    return xp.ones(qpos.shape[0], dtype=bool)
 
 
-def _ant_healthy(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+def _ant_healthy(qpos: np.ndarray, qvel: np.ndarray, xp: Any = np) -> np.ndarray:
     # Gymnasium Ant-v5: finite state and torso height in [0.2, 1.0].
-    finite = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
+    finite = xp.isfinite(qpos).all(axis=1) & xp.isfinite(qvel).all(axis=1)
     return finite & (qpos[:, 2] >= 0.2) & (qpos[:, 2] <= 1.0)
 
 
-def _hopper_healthy(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+def _hopper_healthy(qpos: np.ndarray, qvel: np.ndarray, xp: Any = np) -> np.ndarray:
     # Gymnasium Hopper-v5: state[2:] in (-100, 100), height > 0.7, |angle| < 0.2.
-    state = np.concatenate([qpos[:, 2:], qvel], axis=1)
+    state = xp.concatenate([qpos[:, 2:], qvel], axis=1)
     ok = ((state > -100.0) & (state < 100.0)).all(axis=1)
     return ok & (qpos[:, 1] > 0.7) & (qpos[:, 2] > -0.2) & (qpos[:, 2] < 0.2)
 
 
-def _walker_healthy(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+def _walker_healthy(qpos: np.ndarray, qvel: np.ndarray, xp: Any = np) -> np.ndarray:
     # Gymnasium Walker2d-v5: height in (0.8, 2.0), angle in (-1, 1).
     z, angle = qpos[:, 1], qpos[:, 2]
     return (z > 0.8) & (z < 2.0) & (angle > -1.0) & (angle < 1.0)
@@ -121,7 +124,7 @@ class Robot:
         qvel_clip: observed velocities are clipped to ``±qvel_clip`` (Hopper, Walker2d).
         reset_noise: scale of the initial-state noise.
         normal_qvel_noise: initial ``qvel`` noise is ``reset_noise·N(0, 1)`` (else uniform).
-        healthy: ``(qpos (B, nq), qvel (B, nv)) -> (B,)``; unhealthy ends the episode.
+        healthy: ``(qpos (B, nq), qvel (B, nv), xp) -> (B,)``; unhealthy ends the episode.
     """
 
     name: str
@@ -131,7 +134,7 @@ class Robot:
     qvel_clip: float | None
     reset_noise: float
     normal_qvel_noise: bool
-    healthy: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    healthy: Callable[..., np.ndarray]
     terminates: bool
 
 
@@ -158,11 +161,13 @@ def reset_state(
     return qpos, qvel
 
 
-def observe(qpos: np.ndarray, qvel: np.ndarray, skip: int, qvel_clip: float | None) -> np.ndarray:
+def observe(
+    qpos: np.ndarray, qvel: np.ndarray, skip: int, qvel_clip: float | None, xp: Any = np
+) -> np.ndarray:
     """Observations ``(B, obs_dim)`` from ``qpos (B, nq)`` and ``qvel (B, nv)``."""
     if qvel_clip is not None:
-        qvel = np.clip(qvel, -qvel_clip, qvel_clip)
-    return np.concatenate([qpos[:, skip:], qvel], axis=1)
+        qvel = xp.clip(qvel, -qvel_clip, qvel_clip)
+    return xp.concatenate([qpos[:, skip:], qvel], axis=1)
 
 
 def resolve_model_path(xml_file: str) -> str:
@@ -373,12 +378,13 @@ class LocomotionEnv(TaskEnv[np.ndarray, np.ndarray, Any], MujocoEnv):
     @classmethod
     def reward_terms(
         cls, params: np.ndarray, pos_before: np.ndarray, pos_after: np.ndarray,
-        action: np.ndarray, healthy: np.ndarray, dt: float,
+        action: np.ndarray, healthy: np.ndarray, dt: float, xp: Any = np,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         """Reward terms ``(B,)`` each, and their sum under ``"reward"``.
 
         ``pos_*`` are the root's ground positions ``(B, num_root)`` before and after the
-        step, ``action`` is ``(B, nu)``, ``healthy`` ``(B,)`` bool after the step.
+        step, ``action`` is ``(B, nu)``, ``healthy`` ``(B,)`` bool after the step; ``xp`` is
+        the array namespace (NumPy, or ``jax.numpy`` on the MJX backend).
         """
         raise NotImplementedError
 
@@ -441,8 +447,8 @@ class LocomotionEnv(TaskEnv[np.ndarray, np.ndarray, Any], MujocoEnv):
         return self._obs(), float(terms["reward"][0]), terminated, False, info
 
 
-def _ctrl_cost(action: np.ndarray, weight: float) -> np.ndarray:
-    return -weight * np.square(action).sum(axis=1)
+def _ctrl_cost(action: np.ndarray, weight: float, xp: Any = np) -> np.ndarray:
+    return -weight * xp.square(action).sum(axis=1)
 
 
 # -- goal families ---------------------------------------------------------------------------
@@ -465,13 +471,13 @@ class HalfCheetahVel(LocomotionEnv):
     @classmethod
     def reward_terms(
         cls, params: np.ndarray, pos_before: np.ndarray, pos_after: np.ndarray,
-        action: np.ndarray, healthy: np.ndarray, dt: float,
+        action: np.ndarray, healthy: np.ndarray, dt: float, xp: Any = np,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         v = (pos_after[:, 0] - pos_before[:, 0]) / dt
-        terms = {"reward_velocity": -np.abs(v - params[:, 0])}
-        terms["reward_ctrl"] = _ctrl_cost(action, cls.ctrl_weight)
+        terms = {"reward_velocity": -xp.abs(v - params[:, 0])}
+        terms["reward_ctrl"] = _ctrl_cost(action, cls.ctrl_weight, xp)
         if cls.survive:
-            terms["reward_survive"] = np.full(len(v), cls.survive)
+            terms["reward_survive"] = xp.full(v.shape[0], cls.survive)
         terms["reward"] = sum(terms.values())
         return terms
 
@@ -495,13 +501,13 @@ class HalfCheetahDir(LocomotionEnv):
     @classmethod
     def reward_terms(
         cls, params: np.ndarray, pos_before: np.ndarray, pos_after: np.ndarray,
-        action: np.ndarray, healthy: np.ndarray, dt: float,
+        action: np.ndarray, healthy: np.ndarray, dt: float, xp: Any = np,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         v = (pos_after[:, 0] - pos_before[:, 0]) / dt
         terms = {"reward_forward": params[:, 0] * v}
-        terms["reward_ctrl"] = _ctrl_cost(action, cls.ctrl_weight)
+        terms["reward_ctrl"] = _ctrl_cost(action, cls.ctrl_weight, xp)
         if cls.survive:
-            terms["reward_survive"] = np.full(len(v), cls.survive)
+            terms["reward_survive"] = xp.full(v.shape[0], cls.survive)
         terms["reward"] = sum(terms.values())
         return terms
 
@@ -558,12 +564,12 @@ class AntDir2D(LocomotionEnv):
     @classmethod
     def reward_terms(
         cls, params: np.ndarray, pos_before: np.ndarray, pos_after: np.ndarray,
-        action: np.ndarray, healthy: np.ndarray, dt: float,
+        action: np.ndarray, healthy: np.ndarray, dt: float, xp: Any = np,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         v = (pos_after - pos_before) / dt
         terms = {"reward_forward": (params * v).sum(axis=1)}
-        terms["reward_ctrl"] = _ctrl_cost(action, 0.5)
-        terms["reward_survive"] = np.ones(len(v))
+        terms["reward_ctrl"] = _ctrl_cost(action, 0.5, xp)
+        terms["reward_survive"] = xp.ones(v.shape[0])
         terms["reward"] = sum(terms.values())
         return terms
 
@@ -597,10 +603,10 @@ class AntGoal(LocomotionEnv):
     @classmethod
     def reward_terms(
         cls, params: np.ndarray, pos_before: np.ndarray, pos_after: np.ndarray,
-        action: np.ndarray, healthy: np.ndarray, dt: float,
+        action: np.ndarray, healthy: np.ndarray, dt: float, xp: Any = np,
     ) -> dict[str, np.ndarray]:  # fmt: skip
-        terms = {"reward_goal": -np.abs(pos_after - params).sum(axis=1)}
-        terms["reward_ctrl"] = _ctrl_cost(action, 0.1)
+        terms = {"reward_goal": -xp.abs(pos_after - params).sum(axis=1)}
+        terms["reward_ctrl"] = _ctrl_cost(action, 0.1, xp)
         terms["reward"] = terms["reward_goal"] + terms["reward_ctrl"]
         return terms
 
@@ -643,10 +649,10 @@ class RandParamsEnv(LocomotionEnv):
     @classmethod
     def reward_terms(
         cls, params: np.ndarray, pos_before: np.ndarray, pos_after: np.ndarray,
-        action: np.ndarray, healthy: np.ndarray, dt: float,
+        action: np.ndarray, healthy: np.ndarray, dt: float, xp: Any = np,
     ) -> dict[str, np.ndarray]:  # fmt: skip
         terms = {"reward_forward": (pos_after[:, 0] - pos_before[:, 0]) / dt}
-        terms["reward_ctrl"] = _ctrl_cost(action, cls.ctrl_weight)
+        terms["reward_ctrl"] = _ctrl_cost(action, cls.ctrl_weight, xp)
         if cls.healthy_reward:  # Gymnasium v5: only while healthy
             terms["reward_survive"] = cls.healthy_reward * healthy
         terms["reward"] = sum(terms.values())
