@@ -119,8 +119,20 @@ class RL2Config(RunConfig):
     max_grad_norm: float = option(0.5, "gradient norm clipping", low=0.0, low_open=True)
     backend: str = option(
         "auto",
-        "batched env: auto (torch env when the family has one), torch or numpy",
-        choices=("auto", "torch", "numpy"),
+        "batched env: auto (torch env when the family has one), torch, numpy, or subprocess "
+        "(envs in worker processes with a timeout: an env that crashes or hangs becomes an "
+        "error naming the env, task and step)",
+        choices=("auto", "torch", "numpy", "subprocess"),
+    )
+    num_workers: int = option(
+        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
+    )
+    worker_timeout: float = option(
+        60.0,
+        "seconds a worker may take to answer a reset or step with --backend subprocess",
+        low=0.0,
+        low_open=True,
+        may_change_on_resume=True,
     )
     init_from: str | None = option(
         None,
@@ -236,7 +248,14 @@ class _Env:
     one, else the NumPy backend with one transfer per step)."""
 
     def __init__(
-        self, env_id: str, num_envs: int, horizon: int | None, device: torch.device, backend: str
+        self,
+        env_id: str,
+        num_envs: int,
+        horizon: int | None,
+        device: torch.device,
+        backend: str,
+        num_workers: int = 2,
+        worker_timeout: float = 60.0,
     ) -> None:
         kwargs: dict[str, Any] = {} if horizon is None else {"max_episode_steps": horizon}
         fam = metarl.family(env_id)
@@ -254,8 +273,18 @@ class _Env:
             self.horizon = int(self.torch_env.horizon)
         else:
             self.torch_env = None
-            self.numpy_env = metarl.make_batched(env_id, num_envs, **kwargs)
+            if backend == "subprocess":  # rows in worker processes (metarl.workers): no hang
+                kwargs.update(num_workers=num_workers, timeout=worker_timeout)
+            else:
+                backend = "auto"
+            self.numpy_env = metarl.make_batched(env_id, num_envs, backend=backend, **kwargs)
             self.horizon = int(self.numpy_env.horizon)
+
+    def close(self) -> None:
+        """Release the envs (worker processes with the subprocess backend)."""
+        for env in (self.torch_env, self.numpy_env):
+            if env is not None and hasattr(env, "close"):
+                env.close()
 
     def reset(self, tasks: Sequence[Any], seed: int | None) -> Tensor:
         if self.torch_env is not None:
@@ -459,8 +488,9 @@ class RL2:
         self.dist = metarl.task_distribution(config.env_id)
         self.train_tasks = self.dist.split("train")
         self.env = _Env(
-            config.env_id, config.num_trials, config.max_episode_steps, self.device, config.backend
-        )
+            config.env_id, config.num_trials, config.max_episode_steps, self.device,
+            config.backend, config.num_workers, config.worker_timeout,
+        )  # fmt: skip
         self.policy = RL2Policy(
             self.env.observation_space, self.env.action_space, config.hidden_size
         ).to(self.device)
@@ -630,16 +660,19 @@ class RL2:
             tasks = self.dist.split("test" if split == "test" else "train")
         tasks = list(tasks)[:num_tasks]
         rows = [t for _ in range(trials_per_task) for t in tasks]
-        env = _Env(
-            self.config.env_id, len(rows), self.config.max_episode_steps, self.device,
-            self.config.backend,
-        )  # fmt: skip
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        start = time.perf_counter()
         n = self.config.episodes_per_trial if episodes_per_trial is None else episodes_per_trial
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"episodes_per_trial must be an integer >= 1, got {n!r}")
-        trials = collect_trials(self.policy, env, rows, n, seed, gen)
+        env = _Env(
+            self.config.env_id, len(rows), self.config.max_episode_steps, self.device,
+            self.config.backend, self.config.num_workers, self.config.worker_timeout,
+        )  # fmt: skip
+        start = time.perf_counter()
+        try:
+            trials = collect_trials(self.policy, env, rows, n, seed, gen)
+        finally:
+            env.close()
         elapsed = time.perf_counter() - start
         returns = trials.episode_returns.T.reshape(trials_per_task, len(tasks), n)
         steps_per_episode = int(trials.mask.sum()) / max(len(rows) * n, 1)
@@ -819,6 +852,7 @@ def train(
                 run.save_checkpoint(done, _run_state(agent), generators=_generators(agent))
     finally:
         run.close()
+        agent.env.close()
     return run
 
 

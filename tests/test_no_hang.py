@@ -213,3 +213,33 @@ def test_a_training_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_check
     payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent=agent)
     assert payload["iteration"] == 2
     tally("faulty env in a worker surfaced, workers reaped", agent=agent, fault=fault)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("fault", ["hang", "kill"])
+def test_an_rl2_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoint(
+    fault: str, tmp_path: Path
+) -> None:
+    """RL² with ``backend="subprocess"``: an env that hangs or dies after a few trials stops
+    the run with an EnvWorkerError within the timeout, reaps every worker and keeps the
+    last checkpoint."""
+    from metarl.agents import get_agent
+
+    module = get_agent("rl2")
+    env_id = register_faulty_family(fault, at_step=2, from_episode=5, min_goal_x=0.0)
+    cfg = module.CONFIG.from_preset(
+        "quick", env_id=env_id, num_iterations=6, num_trials=2, hidden_size=8,
+        max_episode_steps=10, episodes_per_trial=2, checkpoint_every=1, tensorboard=False,
+        backend="subprocess", num_workers=2, worker_timeout=2.0,
+    )  # fmt: skip
+    before = _live_children()
+    with pytest.raises(EnvWorkerError) as info:
+        module.train(cfg, tmp_path / "run")
+    text = str(info.value)
+    assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
+    assert ("did not answer within 2 s" if fault == "hang" else "killed by signal SIGKILL") in text
+    assert not _live_children() - before, "a worker outlived the failed run"
+    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="rl2")
+    assert 1 <= payload["iteration"] < 6
+    tally("faulty env in a worker surfaced, workers reaped", agent="rl2", fault=fault)
