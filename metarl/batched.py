@@ -73,8 +73,9 @@ def _tasks_text(tasks: Sequence[Any]) -> str:
     return ", ".join(repr(t) for t in distinct[:3]) + (" ..." if len(distinct) > 3 else "")
 
 
-def row_seeds(seeds: int | Sequence[int] | None, num_envs: int) -> list[int | None]:
-    """Per-row seeds: an int ``s`` gives ``s, s+1, ...``; None leaves rows unseeded."""
+def row_seeds(seeds: int | Sequence[int | None] | None, num_envs: int) -> list[int | None]:
+    """Per-row seeds: an int ``s`` gives ``s, s+1, ...``; None leaves rows unseeded (as does
+    a None entry of a list: the subprocess backend hands each worker its rows' part)."""
     if seeds is None:
         return [None] * num_envs
     if isinstance(seeds, int | np.integer):
@@ -82,7 +83,7 @@ def row_seeds(seeds: int | Sequence[int] | None, num_envs: int) -> list[int | No
     seeds = list(seeds)
     if len(seeds) != num_envs:
         raise ValueError(f"got {len(seeds)} seeds for {num_envs} rows; pass one per row or an int")
-    return [int(s) for s in seeds]
+    return [None if s is None else int(s) for s in seeds]
 
 
 class BatchedTaskEnv(abc.ABC):
