@@ -38,10 +38,10 @@ from metarl.agents.sb3_baselines import (
     train_ppo,
 )
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation
-from metarl.functional import Params, load_params
-from metarl.policies import Policy, make_policy
+from metarl.functional import Params
+from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.registry import make, task_distribution
-from metarl.runs import Run, load_checkpoint_file, resolve_device
+from metarl.runs import Run, resolve_device
 from metarl.sampler import Episodes
 
 __all__ = ["AGENT", "CONFIG", "OracleConfig", "evaluate", "load_policy", "train"]
@@ -94,22 +94,13 @@ def train(
                      log=log)  # fmt: skip
 
 
+def _oracle_env(cfg: OracleConfig) -> MultiTaskEnv:
+    return MultiTaskEnv(cfg.env_id, with_task=True, **cfg.env_kwargs())
+
+
 def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, OracleConfig]:
     """The oracle's policy over ``[observation, task features]``, its params and config."""
-    record = Run.read_record(run_dir)
-    if record["agent"] != AGENT:
-        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
-    cfg = OracleConfig.from_dict(record["config"])
-    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt", agent=AGENT)
-    dev = resolve_device(device)
-    env = MultiTaskEnv(cfg.env_id, with_task=True, **cfg.env_kwargs())
-    policy = make_policy(
-        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
-    ).to(dev)
-    env.close()
-    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
-    load_params(policy, params)
-    return policy, params, cfg
+    return load_run_policy(run_dir, AGENT, OracleConfig, device, spaces_env=_oracle_env)
 
 
 def _no_adaptation(params: Mapping[str, Tensor], eps: Episodes, lr: float, per: bool) -> Params:

@@ -31,10 +31,9 @@ from metarl.agents.sb3_baselines import (
     train_ppo,
 )
 from metarl.evaluation import AdaptationCurve
-from metarl.functional import Params, load_params
-from metarl.policies import Policy, make_policy
-from metarl.registry import make
-from metarl.runs import Run, load_checkpoint_file, resolve_device
+from metarl.functional import Params
+from metarl.policies import Policy, load_run_policy
+from metarl.runs import Run
 
 __all__ = ["AGENT", "CONFIG", "PretrainedConfig", "evaluate", "load_policy", "train"]
 
@@ -91,20 +90,7 @@ def load_policy(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[Policy, Params, PretrainedConfig]:
     """The pretrained policy of a run (its last checkpoint) and the run's config."""
-    record = Run.read_record(run_dir)
-    if record["agent"] != AGENT:
-        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
-    cfg = PretrainedConfig.from_dict(record["config"])
-    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt", agent=AGENT)
-    dev = resolve_device(device)
-    env = make(cfg.env_id, **cfg.env_kwargs())
-    policy = make_policy(
-        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
-    ).to(dev)
-    env.close()
-    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
-    load_params(policy, params)
-    return policy, params, cfg
+    return load_run_policy(run_dir, AGENT, PretrainedConfig, device)
 
 
 def evaluate(

@@ -25,10 +25,10 @@ import torch
 from metarl.agents.sb3_baselines import FineTuneConfig, evaluate_finetuning
 from metarl.config import option
 from metarl.evaluation import AdaptationCurve
-from metarl.functional import Params, load_params, named_params
-from metarl.policies import Policy, make_policy
+from metarl.functional import Params, named_params
+from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.registry import family_ids, make, task_distribution
-from metarl.runs import Run, load_checkpoint_file, resolve_device
+from metarl.runs import Run
 from metarl.seeding import seed_everything
 
 __all__ = ["AGENT", "CONFIG", "RandomInitConfig", "evaluate", "load_policy", "train"]
@@ -111,16 +111,7 @@ def load_policy(
     run_dir: str | Path, device: str = "cpu"
 ) -> tuple[Policy, Params, RandomInitConfig]:
     """The run's initial policy and config."""
-    record = Run.read_record(run_dir)
-    if record["agent"] != AGENT:
-        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
-    cfg = RandomInitConfig.from_dict(record["config"])
-    payload = load_checkpoint_file(Path(run_dir) / "checkpoint.pt", agent=AGENT)
-    dev = resolve_device(device)
-    policy = _policy(cfg, dev)
-    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
-    load_params(policy, params)
-    return policy, params, cfg
+    return load_run_policy(run_dir, AGENT, RandomInitConfig, device)
 
 
 def evaluate(

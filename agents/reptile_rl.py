@@ -44,10 +44,10 @@ from metarl.config import RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
 from metarl.functional import Params, load_params, reptile_update
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
-from metarl.policies import Policy, make_policy
+from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
-from metarl.registry import family_ids, make, task_distribution
-from metarl.runs import Run, load_checkpoint_file, progress, resolve_device
+from metarl.registry import family_ids, task_distribution
+from metarl.runs import Run, progress, resolve_device
 from metarl.sampler import BatchedSampler, Episodes, make_sampler
 from metarl.seeding import seed_everything
 
@@ -309,22 +309,7 @@ def train(
 
 def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, ReptileRLConfig]:
     """The meta-trained policy of a run (its last checkpoint) and the run's config."""
-    record = Run.read_record(run_dir)
-    if record["agent"] != AGENT:
-        raise ValueError(f"{run_dir} is a {record['agent']} run, not {AGENT}")
-    cfg = ReptileRLConfig.from_dict(record["config"])
-    payload = load_checkpoint_file(
-        Path(run_dir) / "checkpoint.pt", agent=AGENT, task_family=cfg.env_id
-    )
-    dev = resolve_device(device)
-    env = make(cfg.env_id, **cfg.env_kwargs())
-    policy = make_policy(
-        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
-    ).to(dev)
-    env.close()
-    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
-    load_params(policy, params)
-    return policy, params, cfg
+    return load_run_policy(run_dir, AGENT, ReptileRLConfig, device)
 
 
 def inner_step_fn(

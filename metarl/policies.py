@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "make_policy"]
+__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "load_run_policy", "make_policy"]
 
 Dist = tuple[Tensor, ...]
 
@@ -217,3 +217,42 @@ def make_policy(
             obs_dim, int(action_space.n), hidden_sizes, nonlinearity, discrete_obs
         )
     raise TypeError(f"policies take Box or Discrete actions, not {type(action_space).__name__}")
+
+
+def load_run_policy(
+    run_dir: Any,
+    agent: str,
+    config_cls: Any,
+    device: str = "cpu",
+    spaces_env: Any = None,
+) -> tuple[Policy, dict[str, Tensor], Any]:
+    """The policy of a run directory written by ``agent`` (its last checkpoint's ``params``
+    through the safe envelope, checked against the agent and task family), its params on
+    ``device`` and the run's config (a ``config_cls``).
+
+    The config must have ``env_id``, ``env_kwargs()``, ``hidden_sizes``, ``nonlinearity`` and
+    ``init_std``. ``spaces_env(cfg)`` gives the env whose spaces the policy maps (default: the
+    family's env).
+    """
+    from pathlib import Path
+
+    from metarl.functional import load_params
+    from metarl.registry import make
+    from metarl.runs import Run, load_checkpoint_file, resolve_device
+
+    record = Run.read_record(run_dir)
+    if record["agent"] != agent:
+        raise ValueError(f"{run_dir} is a {record['agent']} run, not {agent}")
+    cfg = config_cls.from_dict(record["config"])
+    payload = load_checkpoint_file(
+        Path(run_dir) / "checkpoint.pt", agent=agent, task_family=cfg.env_id
+    )
+    dev = resolve_device(device)
+    env = spaces_env(cfg) if spaces_env is not None else make(cfg.env_id, **cfg.env_kwargs())
+    policy = make_policy(
+        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+    ).to(dev)
+    env.close()
+    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
+    load_params(policy, params)
+    return policy, params, cfg
