@@ -30,14 +30,14 @@ import torch
 from torch import Tensor
 
 from metarl.agents.sb3_baselines import (
+    PPO_BASELINE_PRESETS,
     MultiTaskEnv,
     PPOBaselineConfig,
     oracle_task_params,
-    save_curve,
     task_features,
     train_ppo,
 )
-from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation
+from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.registry import make, task_distribution
@@ -53,28 +53,7 @@ AGENT = "oracle"
 class OracleConfig(PPOBaselineConfig):
     """PPO on the training tasks with the task parameters in the observation."""
 
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 200},
-        "halfcheetah-vel": {
-            "env_id": "metarl/HalfCheetahVel-v0",
-            "horizon": 200,
-            "num_iterations": 500,
-            "n_steps": 200,
-        },
-        # Well under a minute on one shared CPU thread (the benchmark runs it for several seeds).
-        "quick": {
-            "env_id": "metarl/Navigation2D-v0",
-            "num_iterations": 12,
-            "hidden_sizes": (64, 64),
-            "nonlinearity": "tanh",
-            "n_envs": 8,
-            "n_steps": 200,
-            "batch_size": 100,
-            "n_epochs": 5,
-            "learning_rate": 1e-3,
-            "checkpoint_every": 4,
-        },
-    }
+    presets: ClassVar[dict[str, dict[str, Any]]] = PPO_BASELINE_PRESETS
 
 
 CONFIG = OracleConfig
@@ -157,4 +136,4 @@ def evaluate(
             "flat": True,
         },
     )
-    return save_curve(curve, AGENT, cfg, run_dir, split)
+    return save_run_curve(curve, run_dir, split)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from metarl.agents.sb3_baselines import (
+    PPO_BASELINE_PRESETS,
     PPOBaselineConfig,
     evaluate_finetuning,
     train_ppo,
@@ -44,29 +45,7 @@ AGENT = "pretrained"
 class PretrainedConfig(PPOBaselineConfig):
     """Multi-task PPO on the training tasks, then MAML's inner step on each held-out task."""
 
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # The policy of Finn et al. 2017 (100-100 ReLU), 400k env steps.
-        "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 200},
-        "halfcheetah-vel": {
-            "env_id": "metarl/HalfCheetahVel-v0",
-            "horizon": 200,
-            "num_iterations": 500,
-            "n_steps": 200,
-        },
-        # Well under a minute on one shared CPU thread (the benchmark runs it for several seeds).
-        "quick": {
-            "env_id": "metarl/Navigation2D-v0",
-            "num_iterations": 12,
-            "hidden_sizes": (64, 64),
-            "nonlinearity": "tanh",
-            "n_envs": 8,
-            "n_steps": 200,
-            "batch_size": 100,
-            "n_epochs": 5,
-            "learning_rate": 1e-3,
-            "checkpoint_every": 4,
-        },
-    }
+    presets: ClassVar[dict[str, dict[str, Any]]] = PPO_BASELINE_PRESETS
 
 
 CONFIG = PretrainedConfig

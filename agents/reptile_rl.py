@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from metarl.config import RunConfig, option
-from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, plot_curves
+from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, load_params, reptile_update
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
@@ -356,7 +356,4 @@ def evaluate(
     )
     curve.meta["config"] = cfg.to_dict()
     curve.meta["run_dir"] = str(run_dir)
-    json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
-    png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png",
-                           title=f"{AGENT} on {cfg.env_id} ({split} tasks)")  # fmt: skip
-    return curve, json_path, png_path
+    return save_run_curve(curve, run_dir, split)

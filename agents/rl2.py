@@ -55,7 +55,7 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.config import ConfigError, RunConfig, _check_device, option
-from metarl.evaluation import AdaptationCurve, plot_curves
+from metarl.evaluation import AdaptationCurve, save_run_curve
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.runs import Run, load_checkpoint_file, progress, save_checkpoint_file
 from metarl.seeding import seed_everything
@@ -940,7 +940,4 @@ def evaluate(
             "seeds": list(map(int, seeds)),
         },
     )
-    json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
-    png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png",
-                           title=f"{AGENT} on {cfg.env_id} ({split} tasks)")  # fmt: skip
-    return curve, json_path, png_path
+    return save_run_curve(curve, run_dir, split)

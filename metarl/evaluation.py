@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     from metarl.policies import Policy
     from metarl.sampler import Episodes
 
-__all__ = ["AdaptationCurve", "evaluate_policy_adaptation", "mean_ci95", "plot_curves"]
+__all__ = [
+    "AdaptationCurve",
+    "evaluate_policy_adaptation",
+    "mean_ci95",
+    "plot_curves",
+    "save_run_curve",
+]
 
 # Two-sided 97.5% quantiles of Student's t for small degrees of freedom; the normal 1.96
 # beyond (the difference is below 1% past 120).
@@ -309,3 +315,14 @@ def evaluate_policy_adaptation(
             "seeds": list(map(int, seeds)),
         },
     )
+
+
+def save_run_curve(
+    curve: AdaptationCurve, run_dir: str | Path, split: str
+) -> tuple[AdaptationCurve, Path, Path]:
+    """Write a run's evaluation as ``eval_<split>.json`` and ``eval_<split>.png`` in its run
+    directory (what ``metarl evaluate RUN_DIR`` leaves for every agent)."""
+    json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
+    title = f"{curve.agent} on {curve.env_id} ({split} tasks)"
+    png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png", title=title)
+    return curve, json_path, png_path
