@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from metarl.batched import EnvError
 from metarl.config import ConfigError, RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, forward, load_params
@@ -505,6 +506,9 @@ def train(
             except NonFiniteError as e:  # stop before logging or checkpointing this iteration
                 kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
                 raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            except EnvError as e:  # an env raised, died or hung: name the iteration too
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise e.at_iteration(it, kept) from e
             run.log(it, stats)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(

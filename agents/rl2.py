@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 import metarl
+from metarl.batched import EnvError
 from metarl.config import ConfigError, RunConfig, _check_device, option
 from metarl.evaluation import AdaptationCurve, save_run_curve
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
@@ -629,6 +630,9 @@ class RL2:
                 where = str(checkpoint) if checkpoint is not None else ""
                 raise NonFiniteError(at_iteration(e, self.iteration, where), e.quantity,
                                      self.iteration) from e  # fmt: skip
+            except EnvError as e:  # an env raised, died or hung: name the iteration too
+                kept = checkpoint is not None and Path(checkpoint).exists()
+                raise e.at_iteration(self.iteration, str(checkpoint) if kept else "") from e
             if log is not None:
                 log(stats)
             if checkpoint is not None and self.iteration % checkpoint_every == 0:
@@ -819,6 +823,9 @@ def train(
             except NonFiniteError as e:  # stop before logging or checkpointing this iteration
                 kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
                 raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            except EnvError as e:  # an env raised, died or hung: name the iteration too
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise e.at_iteration(it, kept) from e
             total_s = stats["total_s"]
             run.log(
                 it,

@@ -50,12 +50,29 @@ class EnvError(RuntimeError):
     Attributes:
         env_id: the task family.
         tasks: the tasks of the rows involved (distinct, in row order).
+        iteration: the training iteration it happened in, once a training loop adds it
+            (:meth:`at_iteration`); None outside training.
     """
+
+    iteration: int | None = None
 
     def __init__(self, message: str, env_id: str, tasks: list[Any]) -> None:
         super().__init__(message)
         self.env_id = env_id
         self.tasks = tasks
+
+    def at_iteration(self, iteration: int, checkpoint: str = "") -> EnvError:
+        """The same error (same type and attributes) with the training iteration in front of
+        its message and where the last checkpoint is kept — a training loop raises it
+        ``from`` this one, as :func:`metarl.numerics.at_iteration` does for NaNs."""
+        from metarl.numerics import at_iteration
+
+        new = type(self).__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        first, nl, rest = str(self).partition("\n")  # a worker's traceback stays last
+        new.args = (at_iteration(RuntimeError(first), iteration, checkpoint) + nl + rest,)
+        new.iteration = iteration
+        return new
 
 
 #: Errors that are the caller's (bad actions, a bad task) keep their type — a note adds the

@@ -83,9 +83,10 @@ def check_finite(quantity: str, *values: Any, hint: str = "") -> None:
         raise NonFiniteError(msg + (f"; {hint}" if hint else ""), quantity)
 
 
-def at_iteration(error: FloatingPointError, iteration: int, checkpoint: str = "") -> str:
+def at_iteration(error: BaseException, iteration: int, checkpoint: str = "") -> str:
     """The message of ``error`` prefixed with the iteration (and where the last good
-    checkpoint is), for re-raising: ``raise NonFiniteError(at_iteration(e, it), ...)``."""
+    checkpoint is), for re-raising: ``raise NonFiniteError(at_iteration(e, it), ...)`` (an
+    env's failure: :meth:`metarl.batched.EnvError.at_iteration`)."""
     msg = f"iteration {iteration}: {error}"
     if checkpoint:
         msg += f"; the last good checkpoint ({checkpoint}) is kept — resume from it"

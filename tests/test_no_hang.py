@@ -181,16 +181,38 @@ def _live_children() -> set[int]:
     return out
 
 
+#: What each fault looks like in the error of a training run (worker timeout 2 s).
+RUN_FAULTS = {
+    "hang": "did not answer within 2 s",
+    "kill": "killed by signal SIGKILL",
+    "raise": "simulated simulator failure at step 2",
+}
+
+
+def _check_named_iteration(err: EnvWorkerError, run_dir: Path, agent: str) -> None:
+    """The error names the iteration it happened in and the checkpoint kept; that checkpoint
+    is the one written after the previous iteration, and no metrics row of the failed
+    iteration was logged (nothing was written for it)."""
+    text = str(err)
+    payload = load_checkpoint_file(run_dir / "checkpoint.pt", agent=agent)
+    assert err.iteration is not None and payload["iteration"] == err.iteration
+    assert text.startswith(f"iteration {err.iteration}: ")
+    assert f"the last good checkpoint ({run_dir / 'checkpoint.pt'}) is kept" in text
+    assert isinstance(err.__cause__, EnvWorkerError)  # the original, chained
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == err.iteration
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("agent", ["maml-trpo", "reptile-rl"])
-@pytest.mark.parametrize("fault", ["hang", "kill"])
+@pytest.mark.parametrize("fault", sorted(RUN_FAULTS))
 def test_a_training_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoint(
     agent: str, fault: str, tmp_path: Path
 ) -> None:
-    """End to end: ``train(..., backend="subprocess")`` on an env that hangs or dies in its
-    third iteration stops with an EnvWorkerError, leaves no worker behind and keeps the
-    checkpoint of iteration 2."""
+    """End to end: ``train(..., backend="subprocess")`` on an env that hangs, dies or raises
+    in its third iteration stops with an EnvWorkerError naming iteration 2, leaves no worker
+    behind and keeps the checkpoint of iteration 2."""
     from metarl.agents import get_agent
 
     module = get_agent(agent)
@@ -208,22 +230,22 @@ def test_a_training_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_check
         module.train(cfg, tmp_path / "run")
     text = str(info.value)
     assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
-    assert ("did not answer within 2 s" if fault == "hang" else "killed by signal SIGKILL") in text
+    assert RUN_FAULTS[fault] in text
     assert not _live_children() - before, "a worker outlived the failed run"
-    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent=agent)
-    assert payload["iteration"] == 2
+    assert info.value.iteration == 2
+    _check_named_iteration(info.value, tmp_path / "run", agent)
     tally("faulty env in a worker surfaced, workers reaped", agent=agent, fault=fault)
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("fault", ["hang", "kill"])
+@pytest.mark.parametrize("fault", sorted(RUN_FAULTS))
 def test_an_rl2_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoint(
     fault: str, tmp_path: Path
 ) -> None:
-    """RL² with ``backend="subprocess"``: an env that hangs or dies after a few trials stops
-    the run with an EnvWorkerError within the timeout, reaps every worker and keeps the
-    last checkpoint."""
+    """RL² with ``backend="subprocess"``: an env that hangs, dies or raises after a few trials
+    stops the run with an EnvWorkerError naming the iteration, within the timeout, reaps
+    every worker and keeps the last checkpoint."""
     from metarl.agents import get_agent
 
     module = get_agent("rl2")
@@ -238,8 +260,8 @@ def test_an_rl2_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoin
         module.train(cfg, tmp_path / "run")
     text = str(info.value)
     assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
-    assert ("did not answer within 2 s" if fault == "hang" else "killed by signal SIGKILL") in text
+    assert RUN_FAULTS[fault] in text
     assert not _live_children() - before, "a worker outlived the failed run"
-    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="rl2")
-    assert 1 <= payload["iteration"] < 6
+    assert info.value.iteration is not None and 1 <= info.value.iteration < 6
+    _check_named_iteration(info.value, tmp_path / "run", "rl2")
     tally("faulty env in a worker surfaced, workers reaped", agent="rl2", fault=fault)
