@@ -70,7 +70,7 @@ class EnvError(RuntimeError):
         new = type(self).__new__(type(self))
         new.__dict__.update(self.__dict__)
         first, nl, rest = str(self).partition("\n")  # a worker's traceback stays last
-        new.args = (at_iteration(RuntimeError(first), iteration, checkpoint) + nl + rest,)
+        new.args = (at_iteration(RuntimeError(first.rstrip(".")), iteration, checkpoint) + nl + rest,)
         new.iteration = iteration
         return new
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -386,6 +387,9 @@ class Run:
         payload = {
             "iteration": int(iteration),
             "agent": self.agent,
+            # What this checkpoint was made under: a config.json edited later is caught on
+            # resume (load_checkpoint), instead of silently continuing under other settings.
+            "config": self.config.to_dict(),
             "state": _plain(dict(state)),
             "rng": capture_rng_state(generators),
         }
@@ -420,10 +424,39 @@ class Run:
             if key not in payload:
                 raise CheckpointError(f"{self.checkpoint_path} has no {key!r}; it is not a run "
                                       "checkpoint")  # fmt: skip
+        self._check_config(payload)
         restore_rng_state(payload["rng"], generators)
         payload["state"] = _unplain(payload["state"])
         self._truncate_metrics(int(payload["iteration"]) - 1)
         return payload
+
+    def _check_config(self, payload: Mapping[str, Any]) -> None:
+        """Refuse to continue under settings other than those the checkpoint was made with
+        (fields marked ``may_change_on_resume`` aside): this session's config comes from
+        config.json, so a difference means config.json was edited after the checkpoint."""
+        made_with = payload.get("config")
+        if not isinstance(made_with, Mapping):
+            return  # written before checkpoints recorded their config
+        now, options = self.config.to_dict(), dataclasses.fields(self.config)
+        changed = {
+            f.name: (made_with[f.name], now.get(f.name))
+            for f in options
+            if not f.metadata.get("may_change_on_resume")
+            and f.name in made_with
+            and made_with[f.name] != now.get(f.name)
+        }
+        if not changed:
+            return
+        lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        free = sorted(f.name for f in options if f.metadata.get("may_change_on_resume"))
+        raise RunMismatchError(
+            f"{self.path}: the configuration differs from the one its checkpoint (iteration "
+            f"{payload.get('iteration')}) was made with ({lines}) — was {CONFIG_FILE} edited "
+            "by hand? A run continues only under its own settings: put these values back in "
+            f"{self.path / CONFIG_FILE} and resume, or start a new run directory with the new "
+            f"settings. Only these may change on resume (as options of `metarl train "
+            f"--resume`): {', '.join(free) or 'none'}"
+        )
 
     def close(self) -> None:
         if self._tb is not None:

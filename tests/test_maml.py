@@ -4,6 +4,7 @@ train/evaluate/resume machinery around them."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -385,6 +386,26 @@ def test_cli_resume_from_another_agent_or_config_keeps_the_run(
         assert "Traceback" not in err
         # the refused resume touched nothing: same checkpoint, config and metrics
         assert {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} == files
+    assert main(["train", "--resume", str(d), "--num-iterations", "2"]) == 0
+    assert len(_rows(d)) == 2
+
+
+def test_cli_resume_of_a_hand_edited_config_json_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d = tmp_path / "r"
+    train(_tiny(num_iterations=1), d)
+    record = json.loads((d / "config.json").read_text())
+    record["config"]["inner_lr"] = 0.5
+    (d / "config.json").write_text(json.dumps(record))
+    files = {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
+    assert main(["train", "--resume", str(d), "--num-iterations", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "inner_lr: checkpoint 0.1, now 0.5" in err and "config.json edited" in err, err
+    assert "Traceback" not in err
+    assert {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()} == files
+    record["config"]["inner_lr"] = 0.1  # put back: resumes
+    (d / "config.json").write_text(json.dumps(record))
     assert main(["train", "--resume", str(d), "--num-iterations", "2"]) == 0
     assert len(_rows(d)) == 2
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -123,6 +124,34 @@ def test_resume_refuses_another_agent_or_config(tmp_path: Path) -> None:
     Run.resume(tmp_path / "r", "toy", Cfg(lr=0.1, num_iterations=999, device="cpu"))
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         Run.resume(tmp_path / "nothing", "toy", Cfg())
+
+
+def test_resume_refuses_a_config_json_edited_after_the_checkpoint(tmp_path: Path) -> None:
+    """config.json is where `metarl train --resume` reads a run's settings from; the checkpoint
+    records the settings it was made under, so an edit (by hand) is caught, not continued."""
+    run = Run.create(tmp_path / "r", "toy", Cfg(lr=0.1, num_iterations=4, tensorboard=False))
+    run.log(0, {"x": 0.0})
+    run.save_checkpoint(1, {"w": torch.ones(1)})
+    before = {f.name: f.read_bytes() for f in run.path.iterdir()}
+    record = Run.read_record(run.path)
+    record["config"]["lr"] = 0.5  # by hand
+    (run.path / "config.json").write_text(json.dumps(record))
+    edited = Cfg.from_dict(Run.read_record(run.path)["config"])  # what the CLI would build
+    resumed = Run.resume(run.path, "toy", edited)  # agrees with config.json
+    with pytest.raises(RunMismatchError) as info:
+        resumed.load_checkpoint()
+    text = str(info.value)
+    assert "lr: checkpoint 0.1, now 0.5" in text and "config.json edited" in text
+    assert "put these values back" in text and "num_iterations" in text  # what may change
+    after = {f.name: f.read_bytes() for f in run.path.iterdir()}
+    assert {k: v for k, v in after.items() if k != "config.json"} == {
+        k: v for k, v in before.items() if k != "config.json"
+    }  # the refused resume touched nothing (metrics not truncated, checkpoint kept)
+    # Fields marked may_change_on_resume may be edited; so may an edit that is put back.
+    record["config"]["lr"], record["config"]["num_iterations"] = 0.1, 9
+    (run.path / "config.json").write_text(json.dumps(record))
+    cfg = Cfg.from_dict(Run.read_record(run.path)["config"])
+    assert Run.resume(run.path, "toy", cfg).load_checkpoint()["iteration"] == 1
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path) -> None:
