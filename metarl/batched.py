@@ -70,7 +70,8 @@ class EnvError(RuntimeError):
         new = type(self).__new__(type(self))
         new.__dict__.update(self.__dict__)
         first, nl, rest = str(self).partition("\n")  # a worker's traceback stays last
-        new.args = (at_iteration(RuntimeError(first.rstrip(".")), iteration, checkpoint) + nl + rest,)
+        head = at_iteration(RuntimeError(first.rstrip(".")), iteration, checkpoint)
+        new.args = (head + nl + rest,)
         new.iteration = iteration
         return new
 
