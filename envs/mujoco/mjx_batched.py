@@ -27,7 +27,9 @@ backend (:func:`metarl.envs.mujoco.locomotion.reset_state`), so the same seeds g
 initial states to the last bit. The physics then differs from the native backend's:
 MJX is another implementation of MuJoCo's pipeline (its own collision routines, a
 fixed-iteration line search in the solver), and runs in float32 unless JAX's
-``jax_enable_x64`` is set. Each env step starts the solver cold (``qacc_warmstart = 0``) as
+``jax_enable_x64`` is set. Plane–capsule contacts get native MuJoCo's tangent frame
+(:func:`native_contact_frames`; MJX's own differs for steep capsules, which rotated the
+friction cone of Ant's feet). Each env step starts the solver cold (``qacc_warmstart = 0``) as
 the native backend does. ``tests/test_mjx_backend.py`` states and checks the agreement with
 the native backend over short horizons; over long ones trajectories of these chaotic systems
 drift apart, as two MuJoCo builds' would.
@@ -48,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -133,6 +136,79 @@ def torch_device_of(jax_dev: Any) -> torch.device:
     raise ValueError(f"no torch device for JAX's {jax_dev.platform} device {jax_dev}")
 
 
+# -- contact frames as native MuJoCo builds them --------------------------------------------
+#
+# A contact's tangent frame orients the pyramidal friction cone (``cone="pyramidal"``, the
+# default, which the MuJoCo families use): its four edges are normal ± μ·tangent₁ and
+# normal ± μ·tangent₂, so two frames rotated about the normal are two different friction
+# models. For a plane–capsule contact native MuJoCo takes tangent₁ along the capsule's axis
+# projected onto the plane, whatever the capsule's tilt (``mjc_PlaneCapsule`` hands the axis
+# to ``mju_makeFrame``, which orthogonalises it against the normal). MJX's ``plane_capsule``
+# does the same only while that projection is at least 0.5 long, i.e. the capsule lies
+# within 60° of the plane; a steeper capsule gets the fixed frame (y, or z) instead. Ant's
+# legs meet the ground steeper than that, so at every foot contact MJX's cone was rotated
+# against native MuJoCo's, the friction forces differed (by tens of N at the first contact,
+# with the same contact point, distance, normal and solver) and the trajectories parted
+# (found by comparing efc_J, efc_aref and efc_force row by row in float64; the history is in
+# README, "MuJoCo on an accelerator"). HalfCheetah's, Hopper's and Walker's capsules move in
+# the x–z plane, where the two frames are the same up to the order and sign of the edges.
+#
+# The fix: MJX's collision step is wrapped, while our programs are traced, so that
+# plane–capsule contacts get native MuJoCo's frame; everything else is MJX's own code.
+_CAPSULE_FRAME_EPS = 1e-6  # below this projected length (axis ⟂ plane) MJX's frame is kept
+
+
+def _native_capsule_frames(m: Any, d: Any) -> Any:
+    """``d`` with the frames of its plane–capsule contacts as native MuJoCo makes them."""
+    import mujoco
+
+    _, jnp, _ = import_mjx()
+    contact = d._impl.contact
+    if contact.frame.shape[0] == 0:
+        return d
+    types = np.asarray(m.geom_type)
+    geom = contact.geom
+    # Which side is the plane: MJX orders a pair by geom type (the plane first), as native does.
+    is_pair = (jnp.asarray(types)[geom[:, 0]] == int(mujoco.mjtGeom.mjGEOM_PLANE)) & (
+        jnp.asarray(types)[geom[:, 1]] == int(mujoco.mjtGeom.mjGEOM_CAPSULE)
+    )
+    normal = contact.frame[:, 0, :]
+    axis = d.geom_xmat[geom[:, 1]][:, :, 2]  # the capsule's axis (its local z) in the world
+    tangent = axis - normal * jnp.sum(normal * axis, axis=-1, keepdims=True)
+    length = jnp.linalg.norm(tangent, axis=-1, keepdims=True)
+    use = is_pair[:, None] & (length > _CAPSULE_FRAME_EPS)
+    tangent = jnp.where(use, tangent / jnp.where(use, length, 1.0), contact.frame[:, 1, :])
+    bitangent = jnp.where(use, jnp.cross(normal, tangent), contact.frame[:, 2, :])
+    frame = jnp.stack([normal, tangent, bitangent], axis=1)
+    return d.tree_replace({"_impl.contact": contact.replace(frame=frame)})
+
+
+@contextlib.contextmanager
+def native_contact_frames() -> Any:
+    """While tracing MJX's step inside this context, plane–capsule contacts get native
+    MuJoCo's tangent frame (see the note above :func:`_native_capsule_frames`).
+
+    MJX's forward pass looks its collision function up on the ``collision_driver`` module at
+    call time, so replacing that attribute for the duration of a trace changes the traced
+    program and nothing else (MJX's own calls outside this context are untouched)."""
+    from mujoco.mjx._src import collision_driver
+
+    original = collision_driver.collision
+
+    def collision(m: Any, d: Any) -> Any:
+        return _native_capsule_frames(m, original(m, d))
+
+    with _PATCH_LOCK:
+        collision_driver.collision = collision
+        try:
+            yield
+        finally:
+            collision_driver.collision = original
+
+
+_PATCH_LOCK = threading.RLock()
+
+
 # -- compiled programs: module-level, so every env of the same robot and batch size shares them
 @functools.cache
 def _programs() -> dict[str, Any]:
@@ -148,7 +224,8 @@ def _programs() -> dict[str, Any]:
             d = d.replace(ctrl=c, qacc_warmstart=jnp.zeros_like(d.qacc_warmstart))
             return jax.lax.fori_loop(0, frame_skip, lambda _, x: mjx.step(m, x), d)
 
-        new = jax.vmap(row)(fields, data, ctrl)
+        with native_contact_frames():  # runs while the program is traced
+            new = jax.vmap(row)(fields, data, ctrl)
 
         def keep(n: Any, o: Any) -> Any:  # finished rows keep their state
             return jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
