@@ -118,6 +118,7 @@ def evaluate(
         plain, per_task, cfg.env_id, _no_adaptation, agent=AGENT, split=split, num_steps=0,
         lrs=(cfg.inner_lr,), episodes_per_step=episodes_per_step, seeds=seeds, device=device,
         env_kwargs=cfg.env_kwargs(), max_tasks=max_tasks, per_task_params=True,
+        backend=cfg.backend, num_workers=cfg.num_workers, worker_timeout=cfg.worker_timeout,
     )  # fmt: skip
     curve = AdaptationCurve(
         agent=AGENT,

@@ -357,6 +357,8 @@ def evaluate(
         backend=cfg.backend,
         env_kwargs=cfg.env_kwargs(),
         max_tasks=max_tasks,
+        num_workers=cfg.num_workers,
+        worker_timeout=cfg.worker_timeout,
     )
     curve.meta["config"] = cfg.to_dict()
     curve.meta["run_dir"] = str(run_dir)

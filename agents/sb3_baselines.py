@@ -48,6 +48,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
+from metarl.batched import EnvError
 from metarl.config import ConfigError, RunConfig, option
 from metarl.env import resolve_task_options
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
@@ -196,13 +197,24 @@ class MultiTaskEnv(gym.Env[Any, Any]):
         self._task = self.task_distribution.validate(task)
         if self.with_task:
             self._z = task_features(self.task_distribution, self._task)
-        obs, info = self.env.reset(seed=int(self.np_random.integers(2**31)), options={"task": task})
+        try:
+            obs, info = self.env.reset(seed=int(self.np_random.integers(2**31)),
+                                       options={"task": task})  # fmt: skip
+        except _CALLERS:
+            raise
+        except Exception as e:
+            raise self._error("reset", e) from e
         self._steps = 0
         return self._observe(obs), {**info, "task": task}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
         self._steps += 1
+        try:
+            obs, reward, terminated, truncated, info = self.env.step(action)
+        except _CALLERS:
+            raise
+        except Exception as e:
+            raise self._error(f"step {self._steps}", e) from e
         bad_obs = not np.isfinite(np.asarray(obs, dtype=np.float64)).all()
         if bad_obs or not math.isfinite(float(reward)):
             quantity = "observations" if bad_obs else "rewards"
@@ -214,8 +226,20 @@ class MultiTaskEnv(gym.Env[Any, Any]):
         info = {**info, "task": self._task}
         return self._observe(obs), float(reward), terminated, truncated, info
 
+    def _error(self, what: str, e: Exception) -> EnvError:
+        return EnvError(
+            f"{self.env_id}: {what} of task {self._task!r} raised {type(e).__name__}: {e}; the "
+            "env's own traceback is chained to this error",
+            self.env_id,
+            [self._task],
+        )
+
     def close(self) -> None:
         self.env.close()
+
+
+#: Errors of the caller (a bad action or task) or already named: not wrapped in an EnvError.
+_CALLERS = (EnvError, NonFiniteError, TaskError, ValueError, TypeError)
 
 
 # -- configs -------------------------------------------------------------------------------
@@ -238,6 +262,25 @@ class FineTuneConfig(RunConfig):
         1.0, "GAE λ of the fine-tuning step (1.0: returns − linear baseline, as MAML)",
         low=0.0, high=1.0,
     )  # fmt: skip
+    backend: str = option(
+        "auto",
+        "who steps the envs of PPO's training and of the fine-tuning evaluation: auto "
+        "(in-process: SB3's DummyVecEnv, the family's fastest batched backend), or subprocess "
+        "(worker processes with a timeout: an env that crashes or hangs becomes an error "
+        "naming the env, its task and the iteration; the same results as auto)",
+        choices=("auto", "subprocess"),
+        may_change_on_resume=True,
+    )
+    num_workers: int = option(
+        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
+    )
+    worker_timeout: float = option(
+        60.0,
+        "seconds a worker may take to answer a reset or step with --backend subprocess",
+        low=0.0,
+        low_open=True,
+        may_change_on_resume=True,
+    )
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"max_episode_steps": self.horizon} if self.horizon else {}
@@ -366,7 +409,8 @@ def _iteration_seed(seed: int, iteration: int) -> int:
     return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0] % (2**31 - 4096))
 
 
-def _our_policy(cfg: FineTuneConfig, env: gym.Env[Any, Any]) -> Policy:
+def _our_policy(cfg: FineTuneConfig, env: Any) -> Policy:
+    """Our policy over ``env``'s spaces (a Gymnasium env or an SB3 VecEnv)."""
     return make_policy(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
     )
@@ -374,16 +418,27 @@ def _our_policy(cfg: FineTuneConfig, env: gym.Env[Any, Any]) -> Policy:
 
 def make_model(cfg: PPOBaselineConfig, with_task: bool, device: torch.device | str) -> Any:
     """SB3 PPO on ``cfg.n_envs`` :class:`MultiTaskEnv` copies (training split), seeded by
-    ``cfg.seed``, with an actor of our policy's architecture."""
+    ``cfg.seed``, with an actor of our policy's architecture. The envs step in-process
+    (SB3's ``DummyVecEnv``) or, with ``backend="subprocess"``, in ``cfg.num_workers`` worker
+    processes with a timeout (:class:`metarl.sb3_vec_env.WorkerVecEnv`; the same results)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+    env_id, env_kwargs = cfg.env_id, cfg.env_kwargs()
 
     def make_env() -> gym.Env[Any, Any]:
-        env = MultiTaskEnv(cfg.env_id, "train", with_task, **cfg.env_kwargs())
+        env = MultiTaskEnv(env_id, "train", with_task, **env_kwargs)
         return Monitor(env, allow_early_resets=True)  # episode returns in info["episode"]
 
-    venv = DummyVecEnv([make_env for _ in range(cfg.n_envs)])
+    venv: VecEnv
+    if cfg.backend == "subprocess":
+        from metarl.sb3_vec_env import WorkerVecEnv
+
+        venv = WorkerVecEnv([make_env] * cfg.n_envs, env_id, num_workers=cfg.num_workers,
+                            timeout=cfg.worker_timeout)  # fmt: skip
+    else:
+        venv = DummyVecEnv([make_env for _ in range(cfg.n_envs)])
     model = PPO(
         "MlpPolicy",
         venv,
@@ -420,7 +475,7 @@ def train_ppo(
     observation when ``with_task``); the run directory gets config.json, metrics.csv and
     checkpoints holding ``params`` (our policy's), the SB3 policy and Adam state."""
     from stable_baselines3.common.logger import Logger
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    from stable_baselines3.common.vec_env import VecEnv
 
     device = resolve_device(cfg.device)
     if cfg.num_threads:
@@ -434,9 +489,9 @@ def train_ppo(
 
     model = make_model(cfg, with_task, device)
     venv = model.get_env()
-    assert isinstance(venv, DummyVecEnv)
+    assert isinstance(venv, VecEnv)
     model.set_logger(Logger(folder=None, output_formats=[]))  # read, then cleared, below
-    policy = _our_policy(cfg, venv.envs[0]).to(device)
+    policy = _our_policy(cfg, venv).to(device)
     start = 0
     if resume:
         run = Run.resume(run_dir, agent, cfg)
@@ -468,6 +523,9 @@ def train_ppo(
             except NonFiniteError as e:
                 kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
                 raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            except EnvError as e:  # an env raised, died or hung (subprocess): name the iteration
+                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+                raise e.at_iteration(it, kept) from e
             losses = {k.split("/", 1)[1]: float(v) for k, v in model.logger.name_to_value.items()
                       if k.startswith("train/")}  # fmt: skip
             model.logger.dump()  # clears the values (no outputs configured)
@@ -547,8 +605,11 @@ def evaluate_finetuning(
         episodes_per_step=episodes_per_step,
         seeds=seeds,
         device=device,
+        backend=cfg.backend,
         env_kwargs=cfg.env_kwargs(),
         max_tasks=max_tasks,
+        num_workers=cfg.num_workers,
+        worker_timeout=cfg.worker_timeout,
     )
     curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), "adaptation": note})
     return save_run_curve(curve, run_dir, split)

@@ -230,6 +230,8 @@ def evaluate_policy_adaptation(
     env_kwargs: Mapping[str, Any] | None = None,
     max_tasks: int | None = None,
     per_task_params: bool = False,
+    num_workers: int = 2,
+    worker_timeout: float = 60.0,
 ) -> AdaptationCurve:
     """The held-out protocol of Finn et al. 2017 for gradient-based meta-RL.
 
@@ -246,6 +248,9 @@ def evaluate_policy_adaptation(
         per_task_params: ``params`` hold one set per evaluated task (the split's tasks in
             order, after ``max_tasks``) on a leading dimension, e.g. a task-conditioned
             policy's (the oracle baseline's).
+        backend, num_workers, worker_timeout: how the envs are stepped
+            (:class:`~metarl.sampler.BatchedSampler`); ``"subprocess"`` bounds a crashing or
+            hanging env by ``worker_timeout`` seconds per step.
     """
 
     from metarl.registry import task_distribution
@@ -276,6 +281,8 @@ def evaluate_policy_adaptation(
         backend=backend,
         device=device,
         env_kwargs=env_kwargs,
+        num_workers=num_workers,
+        worker_timeout=worker_timeout,
     )
     returns = np.zeros((len(seeds), len(tasks), num_steps + 1))
     success: np.ndarray | None = None

@@ -43,16 +43,19 @@ import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from metarl.batched import BatchedTaskEnv, EnvError
 
-__all__ = ["EnvWorkerError", "SubprocessBatchedEnv"]
+__all__ = ["EnvWorkerError", "SubprocessBatchedEnv", "WorkerPool"]
 
-#: How long a worker may take to build its env before the parent gives up.
+#: Default seconds a worker may take to answer one reset or step.
 DEFAULT_TIMEOUT = 60.0
+#: Seconds a worker may take at least to start and build its envs (a MuJoCo model compiles,
+#: a loaded machine forks slowly): the step timeout, if longer.
+START_TIMEOUT = 60.0
 
 
 class EnvWorkerError(EnvError):
@@ -87,23 +90,26 @@ def _worker(conn: Connection, parent_conn: Connection, env_fn: Callable[[], Any]
     env = None
     try:
         env = env_fn()
-        conn.send(("ok", None))
+        conn.send(("ok", getattr(env, "start_info", None)))
+        serve = getattr(env, "serve", None)  # envs other than a BatchedTaskEnv (an SB3 VecEnv)
         while True:
             try:
                 cmd, data = conn.recv()
             except (EOFError, OSError):
                 return  # the parent is gone
             try:
-                if cmd == "reset":
+                if cmd == "close":
+                    conn.send(("ok", None))
+                    return
+                if serve is not None:
+                    conn.send(("ok", serve(cmd, data)))
+                elif cmd == "reset":
                     tasks, seeds = data
                     obs, _ = env.reset(tasks, seeds=seeds)
                     conn.send(("ok", obs))
                 elif cmd == "step":
                     obs, reward, term, trunc, _ = env.step(data)
                     conn.send(("ok", (obs, reward, term, trunc)))
-                elif cmd == "close":
-                    conn.send(("ok", None))
-                    return
                 else:  # pragma: no cover - a bug in the parent
                     raise ValueError(f"unknown command {cmd!r}")
             except EnvError as e:  # names the rows' tasks already
@@ -120,6 +126,159 @@ def _worker(conn: Connection, parent_conn: Connection, env_fn: Callable[[], Any]
         conn.close()
 
 
+class WorkerPool:
+    """Worker processes that each hold one env object and answer commands over a pipe, every
+    answer awaited with a deadline; what :class:`SubprocessBatchedEnv` and
+    :class:`metarl.sb3_vec_env.WorkerVecEnv` are built on.
+
+    Any failure — an exception in the env (its traceback comes back), a dead process, no
+    answer within ``timeout`` seconds — kills and reaps every worker and raises
+    :class:`EnvWorkerError` naming the env, the failing worker's part (``label(i)``), its
+    tasks (``tasks_of(i)``, unless the env's own :class:`EnvError` named them) and what was
+    asked.
+
+    Args:
+        env_id: the env's name in messages.
+        env_fns: one zero-argument, picklable callable per worker, run in the worker; the
+            object it returns answers ``reset``/``step`` as a :class:`BatchedTaskEnv`, or any
+            command through its ``serve(cmd, data)`` method; its ``start_info`` attribute (if
+            any) is the answer to the start.
+        timeout: seconds a worker may take to answer one command (to start: at least
+            :data:`START_TIMEOUT`).
+        label: ``label(i)`` names worker ``i``'s part ("rows 0..3").
+        tasks_of: ``tasks_of(i)`` are worker ``i``'s current tasks.
+        context: multiprocessing start method; default ``fork`` where available.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        env_fns: list[Callable[[], Any]],
+        timeout: float,
+        label: Callable[[int], str],
+        tasks_of: Callable[[int], list[Any]],
+        context: str | None = None,
+    ) -> None:
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.env_id, self.timeout = env_id, float(timeout)
+        self.label, self.tasks_of = label, tasks_of
+        if context is None:
+            context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        ctx: Any = mp.get_context(context)
+        self.conns: list[Connection] = []
+        self.processes: list[Any] = []
+        self.closed = False
+        for i, fn in enumerate(env_fns):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_worker,
+                args=(child, parent, fn),
+                daemon=True,
+                name=f"metarl-env-worker-{env_id}-{i}",
+            )
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.processes.append(proc)
+        self.start_info = self.gather(
+            "start", [True] * len(env_fns), max(self.timeout, START_TIMEOUT)
+        )
+
+    def send(self, i: int, msg: Any) -> None:
+        if self.closed:
+            raise RuntimeError(f"{self.env_id}: the env's workers were closed")
+        try:
+            self.conns[i].send(msg)
+        except (BrokenPipeError, OSError):
+            self.fail(i, msg[0], None, "its process is gone")
+
+    def gather(self, what: str, expect: list[bool], timeout: float | None = None) -> list[Any]:
+        """Each expected worker's answer within ``timeout`` (default: the pool's) seconds, or
+        an EnvWorkerError (all workers killed)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        out: list[Any] = [None] * len(self.conns)
+        for i, conn in enumerate(self.conns):
+            if not expect[i]:
+                continue
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                self.fail(i, what, None, f"did not answer within {timeout:g} s (hung?)")
+            try:
+                status, data = conn.recv()
+            except (EOFError, OSError):
+                self.fail(i, what, None, self._death(i))
+            if status == "error":
+                message, tb, tasks = data
+                message = message.removeprefix(f"{self.env_id}: ").replace(
+                    "the env's own traceback is chained to this error",
+                    "the worker's traceback is below",
+                )
+                self.fail(i, what, tb, f"raised: {message}", tasks)
+            out[i] = data
+        return out
+
+    def _death(self, i: int) -> str:
+        proc = self.processes[i]
+        proc.join(2.0)
+        code = proc.exitcode
+        if code is None:
+            return "closed its pipe"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"died: killed by signal {signal.Signals(-code).name}"
+            return f"died: killed by signal {-code}"
+        return f"died: exited with code {code}"
+
+    def fail(
+        self, i: int, what: str, tb: str | None, why: str, tasks: list[Any] | None = None
+    ) -> NoReturn:
+        if tasks is None:  # the worker's (the failing one is among them)
+            tasks = list(dict.fromkeys(self.tasks_of(i)))
+            shown = ", ".join(repr(t) for t in tasks[:3]) + (" ..." if len(tasks) > 3 else "")
+            why = f"(tasks: {shown or 'none yet'}) {why}"
+        self.closed = True
+        self.kill_all()
+        msg = (
+            f"{self.env_id}: the env worker for {self.label(i)} {why} during {what}; every "
+            "worker was stopped."
+        )
+        if tb:
+            msg += f"\nThe worker's traceback:\n{tb.rstrip()}"
+        else:
+            msg += " A crash (segfault, os._exit, out of memory) or a hang is in the env itself."
+        raise EnvWorkerError(msg, self.env_id, tasks, tb)
+
+    def close(self) -> None:
+        """Stop every worker: a polite ``close``, then SIGKILL for any that lingers."""
+        if self.closed:
+            return
+        self.closed = True
+        for conn in self.conns:
+            with contextlib.suppress(Exception):
+                conn.send(("close", None))
+        deadline = time.monotonic() + 1.0
+        for proc in self.processes:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        for proc in self.processes:
+            if proc.is_alive():
+                with contextlib.suppress(Exception):
+                    proc.kill()
+        for proc in self.processes:
+            with contextlib.suppress(Exception):
+                proc.join(5.0)
+        for conn in self.conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.kill_all()
+
+
 class SubprocessBatchedEnv(BatchedTaskEnv):
     """A batched env whose rows step in worker processes, each answer awaited with a timeout.
 
@@ -131,7 +290,8 @@ class SubprocessBatchedEnv(BatchedTaskEnv):
         probe: a single env of the family (for the spaces, horizon and task distribution).
         horizon: steps per episode.
         num_workers: processes (at most ``B``); rows are split as evenly as possible.
-        timeout: seconds a worker may take to answer one reset or step (and to start).
+        timeout: seconds a worker may take to answer one reset or step (to start: at least
+            :data:`START_TIMEOUT`).
         context: multiprocessing start method; default ``fork`` where available (workers
             then see every family registered in the parent), else ``spawn``.
     """
@@ -161,41 +321,30 @@ class SubprocessBatchedEnv(BatchedTaskEnv):
         num_workers = min(num_workers, self.num_envs)
         bounds = np.linspace(0, self.num_envs, num_workers + 1).round().astype(int)
         self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
-        if context is None:
-            context = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        ctx: Any = mp.get_context(context)
-        self._conns: list[Connection] = []
-        self.processes: list[Any] = []
-        self._closed = False
-        for sl in self._slices:
-            parent, child = ctx.Pipe()
-            n = sl.stop - sl.start
-            proc = ctx.Process(
-                target=_worker,
-                args=(child, parent, _Rows(make_rows, n)),
-                daemon=True,
-                name=f"metarl-env-worker-{env_id}-{sl.start}",
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self.processes.append(proc)
-        self._gather("start", [None] * len(self._slices))
+        self._pool = WorkerPool(
+            env_id,
+            [_Rows(make_rows, sl.stop - sl.start) for sl in self._slices],
+            timeout,
+            label=lambda i: f"rows {self._slices[i].start}..{self._slices[i].stop - 1}",
+            tasks_of=lambda i: list(self.tasks[self._slices[i]]) if self.tasks else [],
+            context=context,
+        )
+        self.processes = self._pool.processes
 
     # -- BatchedTaskEnv ------------------------------------------------------------------------
     def _reset_rows(self, tasks: list[Any], seeds: list[int | None]) -> np.ndarray:
-        for conn, sl in zip(self._conns, self._slices, strict=True):
-            self._send(conn, ("reset", (tasks[sl], seeds[sl])))
-        return np.concatenate(self._gather("reset", [None] * len(self._slices)))
+        for i, sl in enumerate(self._slices):
+            self._pool.send(i, ("reset", (tasks[sl], seeds[sl])))
+        return np.concatenate(self._pool.gather("reset", [True] * len(self._slices)))
 
     def _step_rows(
         self, actions: np.ndarray, active: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         busy = [bool(active[sl].any()) for sl in self._slices]
-        for conn, sl, b in zip(self._conns, self._slices, busy, strict=True):
+        for i, (sl, b) in enumerate(zip(self._slices, busy, strict=True)):
             if b:
-                self._send(conn, ("step", actions[sl]))
-        answers = self._gather(f"step {self.t + 1}", busy)
+                self._pool.send(i, ("step", actions[sl]))
+        answers = self._pool.gather(f"step {self.t + 1}", busy)
         assert self._obs is not None
         obs, reward = self._obs.copy(), np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
@@ -206,97 +355,7 @@ class SubprocessBatchedEnv(BatchedTaskEnv):
 
     def close(self) -> None:
         """Stop every worker: a polite ``close``, then SIGKILL for any that lingers."""
-        if self._closed:
-            return
-        self._closed = True
-        for conn in self._conns:
-            with contextlib.suppress(Exception):
-                conn.send(("close", None))
-        deadline = time.monotonic() + 1.0
-        for proc in self.processes:
-            proc.join(max(0.0, deadline - time.monotonic()))
-        self._kill_all()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._kill_all()
-
-    # -- plumbing ----------------------------------------------------------------------------
-    def _send(self, conn: Connection, msg: Any) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self.env_id}: the batched env's workers were closed")
-        try:
-            conn.send(msg)
-        except (BrokenPipeError, OSError):
-            i = self._conns.index(conn)
-            self._fail(i, msg[0], None, "its process is gone")
-
-    def _gather(self, what: str, expect: list[Any]) -> list[Any]:
-        """Each expected worker's answer, or an EnvWorkerError (all workers killed)."""
-        deadline = time.monotonic() + self.timeout
-        out: list[Any] = [None] * len(self._conns)
-        for i, conn in enumerate(self._conns):
-            if expect[i] is False:
-                continue
-            if not conn.poll(max(0.0, deadline - time.monotonic())):
-                self._fail(i, what, None, f"did not answer within {self.timeout:g} s (hung?)")
-            try:
-                status, data = conn.recv()
-            except (EOFError, OSError):
-                self._fail(i, what, None, self._death(i))
-            if status == "error":
-                message, tb, tasks = data
-                message = message.removeprefix(f"{self.env_id}: ").replace(
-                    "the env's own traceback is chained to this error",
-                    "the worker's traceback is below",
-                )
-                self._fail(i, what, tb, f"raised: {message}", tasks)
-            out[i] = data
-        return out
-
-    def _death(self, i: int) -> str:
-        proc = self.processes[i]
-        proc.join(2.0)
-        code = proc.exitcode
-        if code is None:
-            return "closed its pipe"
-        if code < 0:
-            with contextlib.suppress(ValueError):
-                return f"died: killed by signal {signal.Signals(-code).name}"
-            return f"died: killed by signal {-code}"
-        return f"died: exited with code {code}"
-
-    def _fail(
-        self, i: int, what: str, tb: str | None, why: str, tasks: list[Any] | None = None
-    ) -> None:
-        sl = self._slices[i]
-        if tasks is None:  # the worker's rows (the failing row is among them)
-            tasks = list(dict.fromkeys(self.tasks[sl])) if self.tasks else []
-            shown = ", ".join(repr(t) for t in tasks[:3]) + (" ..." if len(tasks) > 3 else "")
-            why = f"(tasks: {shown or 'none yet'}) {why}"
-        self._closed = True
-        self._kill_all()
-        msg = (
-            f"{self.env_id}: the env worker for rows {sl.start}..{sl.stop - 1} {why} during "
-            f"{what}; every worker was stopped."
-        )
-        if tb:
-            msg += f"\nThe worker's traceback:\n{tb.rstrip()}"
-        else:
-            msg += " A crash (segfault, os._exit, out of memory) or a hang is in the env itself."
-        raise EnvWorkerError(msg, self.env_id, tasks, tb)
-
-    def _kill_all(self) -> None:
-        for proc in self.processes:
-            if proc.is_alive():
-                with contextlib.suppress(Exception):
-                    proc.kill()
-        for proc in self.processes:
-            with contextlib.suppress(Exception):
-                proc.join(5.0)
-        for conn in self._conns:
-            with contextlib.suppress(Exception):
-                conn.close()
+        self._pool.close()
 
 
 class _Rows:

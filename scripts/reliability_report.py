@@ -134,7 +134,9 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
         f"{summary['kills_inside_checkpoint_write']} inside a checkpoint write | every "
         "checkpoint loadable after every kill; "
         + ", ".join(f"{n} {a} runs" for a, n in summary["resumed_bit_exact_by_agent"].items())
-        + " resumed to final parameters (and logged metrics) bit-equal to an uninterrupted run |",
+        + " resumed to final parameters (and logged metrics) bit-equal to an uninterrupted run; "
+        f"{c.get('edited config.json refused on resume', 0)} resumes of a hand-edited "
+        "config.json refused with the changed fields, the run untouched |",
         f"| 2. checkpoints cannot run code | {summary['malicious_loads']} loads of crafted "
         f"malicious pickles (4 kinds × each loader), {summary['corrupt_loads']} loads of "
         "truncated or bit-flipped copies, plus other-agent, other-family and other-format files"
@@ -143,11 +145,13 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
         f"{c.get('bit-flipped checkpoint loaded identical', 0)} flips landed in bytes that "
         "change nothing (loaded the identical values); none loaded different values |",
         f"| 3. no hang | {summary['faulty_envs']} faulty-env cases: raise in step or reset, "
-        "`os._exit`, SIGKILL, never return (in worker processes); raise in-process; the "
-        "trainer itself SIGKILLed; MAML-TRPO and Reptile-RL training runs on envs that hang "
-        "or die | each surfaced as an error naming the env, the task and the "
-        "original traceback (or exit code / signal) within the timeout; all workers reaped, "
-        "no orphans |",
+        "`os._exit`, SIGKILL, never return (in batched-env and SB3 VecEnv worker processes); "
+        "raise in-process; the trainer itself SIGKILLed; training runs of MAML-TRPO, "
+        "Reptile-RL, RL², pretrained and oracle on envs that hang, die or raise; fine-tuning "
+        "evaluations on an env that hangs | each surfaced as an error naming the env, the "
+        "task, the iteration (training runs) and the original traceback (or exit code / "
+        "signal) within the timeout; the last checkpoint kept; all workers reaped, no "
+        "orphans |",
         f"| 4. numerical faults | {summary['numerical_faults']} injected NaN/inf (observations, "
         "rewards, losses, gradients, TRPO step, inner and outer steps, NaN data, diverged "
         f"learning rate) in {', '.join(summary['numerical_fault_agents'])} "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import metarl
 from metarl.batched import EnvError
@@ -139,6 +140,24 @@ _ORPHAN_SCRIPT = textwrap.dedent(
 )
 
 
+_ORPHAN_SCRIPT_SB3 = textwrap.dedent(
+    """
+    import numpy as np
+    from stable_baselines3.common.monitor import Monitor
+    from metarl.agents.sb3_baselines import MultiTaskEnv
+    from metarl.sb3_vec_env import WorkerVecEnv
+    from metarl.testing import register_faulty_family
+    eid = register_faulty_family()
+    make = lambda: Monitor(MultiTaskEnv(eid, fault="hang", min_goal_x=-1.0))
+    venv = WorkerVecEnv([make] * 4, eid, num_workers=2, timeout=600)
+    print(" ".join(str(p.pid) for p in venv.processes), flush=True)
+    venv.reset()
+    while True:  # step 3 hangs; the parent waits (up to 600 s) until killed
+        venv.step(np.zeros((4, 2), dtype=np.float32))
+    """
+)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -151,9 +170,10 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_killing_the_trainer_leaves_no_orphan_workers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["batched", "sb3"])
+def test_killing_the_trainer_leaves_no_orphan_workers(kind: str, tmp_path: Path) -> None:
     script = tmp_path / "trainer.py"
-    script.write_text(_ORPHAN_SCRIPT)
+    script.write_text(_ORPHAN_SCRIPT if kind == "batched" else _ORPHAN_SCRIPT_SB3)
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     pids = [int(p) for p in proc.stdout.readline().split()]
@@ -165,7 +185,7 @@ def test_killing_the_trainer_leaves_no_orphan_workers(tmp_path: Path) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids), "worker processes outlived their parent"
-    tally("trainer SIGKILLed, no orphan workers", workers=len(pids))
+    tally("trainer SIGKILLed, no orphan workers", workers=len(pids), kind=kind)
 
 
 def _live_children() -> set[int]:
@@ -265,3 +285,180 @@ def test_an_rl2_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoin
     assert info.value.iteration is not None and 1 <= info.value.iteration < 6
     _check_named_iteration(info.value, tmp_path / "run", "rl2")
     tally("faulty env in a worker surfaced, workers reaped", agent="rl2", fault=fault)
+
+
+# -- the PPO baselines (Stable-Baselines3) -----------------------------------------------------
+def _sb3_faulty_venv(fault: str, min_goal_x: float = 0.2, timeout: float = 2.0) -> object:
+    from stable_baselines3.common.monitor import Monitor
+
+    from metarl.agents.sb3_baselines import MultiTaskEnv
+    from metarl.sb3_vec_env import WorkerVecEnv
+
+    def make_env() -> Monitor:
+        env = MultiTaskEnv(FAULTY, "train", fault=fault, min_goal_x=min_goal_x)
+        return Monitor(env, allow_early_resets=True)
+
+    return WorkerVecEnv([make_env] * 4, FAULTY, num_workers=2, timeout=timeout)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", WORKER_FAULTS)
+def test_a_faulty_env_in_an_sb3_worker_vec_env_becomes_an_error_and_every_worker_is_reaped(
+    fault: str,
+) -> None:
+    """The SB3 VecEnv of the PPO baselines with ``backend="subprocess"``: an env that raises
+    (in step or reset), exits, is killed or hangs stops stepping with an EnvWorkerError naming
+    the env, the failing env's task (goal x > 0.2: the faulty ones) and the original traceback
+    or exit signal; every worker is reaped."""
+    from metarl.sb3_vec_env import WorkerVecEnv
+
+    venv = _sb3_faulty_venv(fault)
+    assert isinstance(venv, WorkerVecEnv)
+    pids = [p.pid for p in venv.processes]
+    venv.seed(0)
+    with pytest.raises(EnvWorkerError) as info:
+        venv.reset()
+        for _ in range(200):  # 10 episodes of 20 steps per env: faulty tasks come up
+            venv.step(np.zeros((4, 2), dtype=np.float32))
+    err = info.value
+    text = str(err)
+    assert FAULTY in text and err.env_id == FAULTY
+    assert err.tasks and any(t.goal[0] > 0.2 for t in err.tasks), err.tasks
+    assert "GoalTask(goal=(" in text
+    expected = {
+        "raise": "simulated simulator failure at step 3",
+        "raise_on_reset": "simulated reset failure",
+        "exit": "exited with code 3",
+        "kill": "killed by signal SIGKILL",
+        "hang": "did not answer within 2 s",
+    }[fault]
+    assert expected in text
+    if fault.startswith("raise"):  # the env's own traceback, down to its line
+        assert err.worker_traceback is not None and "testing.py" in err.worker_traceback
+        assert len(err.tasks) == 1  # the one env that raised
+    else:
+        assert "vector step" in text or "reset" in text
+    assert not any(p.is_alive() for p in venv.processes)
+    assert not set(pids) & {p.pid for p in mp.active_children()}
+    with pytest.raises(RuntimeError, match="closed"):  # a dead VecEnv says so, never hangs
+        venv.reset()
+    venv.close()
+    tally("faulty env in a worker surfaced, workers reaped", fault=fault, vec_env="sb3")
+
+
+def test_the_subprocess_backend_gives_ppo_the_in_process_results(tmp_path: Path) -> None:
+    """WorkerVecEnv steps exactly as SB3's DummyVecEnv: the same PPO run, bit for bit."""
+    from metarl.agents import get_agent
+
+    module = get_agent("oracle")  # the task in the observation: MultiTaskEnv's whole path
+    params = {}
+    for backend in ("auto", "subprocess"):
+        cfg = module.CONFIG.from_preset(
+            "quick", num_iterations=2, n_envs=3, n_steps=40, batch_size=40, n_epochs=2,
+            horizon=15, tensorboard=False, backend=backend, num_workers=2, worker_timeout=30.0,
+        )  # fmt: skip
+        run = module.train(cfg, tmp_path / backend)
+        params[backend] = load_checkpoint_file(run.checkpoint_path, agent="oracle")["state"]
+        rows = (run.path / "metrics.csv").read_text().splitlines()
+        params[backend]["train_returns"] = [r.split(",")[1] for r in rows[1:]]
+    local, remote = params["auto"], params["subprocess"]
+    assert local["train_returns"] == remote["train_returns"]
+    for k, v in local["params"].items():
+        assert torch.equal(v, remote["params"][k]), k
+    assert local["num_timesteps"] == remote["num_timesteps"] == 2 * 3 * 40
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("agent", ["pretrained", "oracle"])
+@pytest.mark.parametrize("fault", sorted(RUN_FAULTS))
+def test_a_ppo_baseline_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoint(
+    agent: str, fault: str, tmp_path: Path
+) -> None:
+    """``metarl train --agent pretrained|oracle --backend subprocess``: multi-task PPO on an
+    env that hangs, dies or raises after a few episodes stops with an EnvWorkerError naming
+    the env, a faulty task, the iteration and the cause within the timeout, reaps every
+    worker and keeps the checkpoint of the previous iteration."""
+    from metarl.agents import get_agent
+
+    module = get_agent(agent)
+    # Per PPO iteration each env runs 3 episodes (reset, then auto-resets at steps 10 and
+    # 20); from its 5th episode on, a task with goal x > 0 misbehaves at its 2nd step.
+    env_id = register_faulty_family(fault, at_step=2, from_episode=5, min_goal_x=0.0)
+    cfg = module.CONFIG.from_preset(
+        "quick", env_id=env_id, num_iterations=8, n_envs=2, n_steps=20, batch_size=20,
+        n_epochs=1, horizon=10, hidden_sizes=(8,), checkpoint_every=1, tensorboard=False,
+        backend="subprocess", num_workers=2, worker_timeout=2.0,
+    )  # fmt: skip
+    before = _live_children()
+    with pytest.raises(EnvWorkerError) as info:
+        module.train(cfg, tmp_path / "run")
+    err = info.value
+    text = str(err)
+    assert env_id in text and "GoalTask(goal=(" in text and "step" in text
+    assert any(t.goal[0] > 0.0 for t in err.tasks), err.tasks
+    assert RUN_FAULTS[fault] in text
+    assert not _live_children() - before, "a worker outlived the failed run"
+    assert err.iteration is not None and 1 <= err.iteration < 8
+    _check_named_iteration(err, tmp_path / "run", agent)
+    tally("faulty env in a worker surfaced, workers reaped", agent=agent, fault=fault)
+
+
+def test_a_ppo_baseline_env_that_raises_in_process_names_env_task_and_iteration(
+    tmp_path: Path,
+) -> None:
+    """The in-process default (SB3's DummyVecEnv): an env that raises becomes an EnvError
+    naming the env, its task and the iteration, chained to the env's own exception."""
+    from metarl.agents import get_agent
+
+    module = get_agent("pretrained")
+    env_id = register_faulty_family("raise", at_step=2, from_episode=5, min_goal_x=0.0)
+    cfg = module.CONFIG.from_preset(
+        "quick", env_id=env_id, num_iterations=8, n_envs=2, n_steps=20, batch_size=20,
+        n_epochs=1, horizon=10, hidden_sizes=(8,), checkpoint_every=1, tensorboard=False,
+    )  # fmt: skip
+    with pytest.raises(EnvError) as info:
+        module.train(cfg, tmp_path / "run")
+    err = info.value
+    text = str(err)
+    assert env_id in text and "step 2 of task GoalTask(goal=(" in text
+    assert err.iteration is not None and text.startswith(f"iteration {err.iteration}: ")
+    assert len(err.tasks) == 1 and err.tasks[0].goal[0] > 0.0
+    cause = err.__cause__
+    assert isinstance(cause, EnvError) and isinstance(cause.__cause__, RuntimeError)
+    payload = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="pretrained")
+    assert payload["iteration"] == err.iteration
+    tally("faulty env in process surfaced", agent="pretrained", fault="raise")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("agent", ["random-init", "pretrained"])
+def test_fine_tuning_evaluation_on_a_hanging_env_is_bounded(agent: str, tmp_path: Path) -> None:
+    """The baselines' fine-tuning evaluation with ``backend="subprocess"`` steps its envs in
+    workers too: a held-out task whose env hangs becomes an error within the timeout."""
+    from metarl.agents import get_agent
+    from metarl.agents.sb3_baselines import evaluate_finetuning
+    from metarl.policies import load_run_policy
+
+    module = get_agent(agent)
+    env_id = register_faulty_family("hang", at_step=2, from_episode=1, min_goal_x=0.0)
+    run_dir = tmp_path / "run"
+    # The policy is trained (or drawn) on a well-behaved family, then evaluated on the
+    # faulty one: the fine-tuning is what must not hang.
+    base = {"hidden_sizes": (8,), "horizon": 10, "tensorboard": False}
+    if agent == "pretrained":
+        base.update(num_iterations=1, n_envs=2, n_steps=20, batch_size=20, n_epochs=1)
+    module.train(module.CONFIG.from_preset("quick", **base), run_dir)
+    policy, params, cfg = load_run_policy(run_dir, agent, module.CONFIG, "cpu")
+    cfg = cfg.replace(env_id=env_id, backend="subprocess", num_workers=2, worker_timeout=2.0)
+    before = _live_children()
+    with pytest.raises(EnvWorkerError) as info:
+        evaluate_finetuning(
+            agent, policy, params, cfg, run_dir, split="test", num_steps=1, seeds=(0,),
+            episodes_per_step=2, device="cpu", max_tasks=4, note="test",
+        )  # fmt: skip
+    text = str(info.value)
+    assert env_id in text and "did not answer within 2 s" in text and "GoalTask(goal=(" in text
+    assert not _live_children() - before, "a worker outlived the failed evaluation"
+    tally("faulty env in a worker surfaced, workers reaped", agent=agent, fault="hang",
+          phase="fine-tuning")  # fmt: skip

@@ -22,6 +22,7 @@ from metarl.runs import (
     resolve_device,
     restore_rng_state,
 )
+from metarl.testing import tally
 
 
 @dataclass
@@ -152,6 +153,7 @@ def test_resume_refuses_a_config_json_edited_after_the_checkpoint(tmp_path: Path
     (run.path / "config.json").write_text(json.dumps(record))
     cfg = Cfg.from_dict(Run.read_record(run.path)["config"])
     assert Run.resume(run.path, "toy", cfg).load_checkpoint()["iteration"] == 1
+    tally("edited config.json refused on resume", agent="toy")
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path: Path) -> None:
