@@ -29,28 +29,24 @@ Example:
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.batched import EnvError
 from metarl.config import RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, load_params, reptile_update
-from metarl.numerics import NonFiniteError, at_iteration, check_finite
+from metarl.meta_training import meta_train
+from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
-from metarl.registry import family_ids, task_distribution
-from metarl.runs import Run, progress, resolve_device
+from metarl.runs import Run
 from metarl.sampler import BatchedSampler, Episodes, make_sampler
-from metarl.seeding import seed_everything
 
 __all__ = [
     "AGENT",
@@ -236,10 +232,6 @@ def _build(cfg: ReptileRLConfig, device: torch.device) -> tuple[Policy, BatchedS
     return policy, sampler
 
 
-def _state(policy: Policy) -> dict[str, Any]:
-    return {"params": {k: v.detach().cpu().clone() for k, v in policy.named_parameters()}}
-
-
 def train(
     cfg: ReptileRLConfig,
     run_dir: str | Path,
@@ -255,60 +247,13 @@ def train(
         overwrite: delete ``run_dir`` first if it exists.
         log: where one-line progress messages go (e.g. ``print``); None: silent.
     """
-    device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if cfg.env_id not in family_ids():
-        task_distribution(cfg.env_id)  # raises the registry's clear error
-    seed_everything(cfg.seed)
-    task_rng = np.random.default_rng(cfg.seed)
-    policy, sampler = _build(cfg, device)
-    train_tasks = list(sampler.task_distribution.split("train"))
-    start = 0
-    if resume:
-        run = Run.resume(run_dir, AGENT, cfg)
-        ckpt = run.load_checkpoint({"tasks": task_rng})
-        load_params(policy, {k: v.to(device) for k, v in ckpt["state"]["params"].items()})
-        start = int(ckpt["iteration"])
-    else:
-        run = Run.create(run_dir, AGENT, cfg)
-    if log:
-        log(f"{AGENT} on {cfg.env_id}: iterations {start}..{cfg.num_iterations}, run dir {run_dir}")
-    bar = progress(range(start, cfg.num_iterations), total=cfg.num_iterations, initial=start,
-                   desc=AGENT)  # fmt: skip
-    try:
-        for it in bar:
-            replace = len(train_tasks) < cfg.meta_batch_size
-            idx = task_rng.choice(len(train_tasks), cfg.meta_batch_size, replace=replace)
-            seed = int(task_rng.integers(2**31 - 2000))
-            tasks = [train_tasks[i] for i in idx]
-            try:
-                stats = meta_step(policy, sampler, tasks, seed, cfg, outer_step_size(cfg, it))
-            except NonFiniteError as e:  # stop before logging or checkpointing this iteration
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
-            except EnvError as e:  # an env raised, died or hung: name the iteration too
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise e.at_iteration(it, kept) from e
-            run.log(it, stats)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(pre=f"{stats['pre_adapt_return']:.1f}",
-                                post=f"{stats['post_adapt_return']:.1f}")  # fmt: skip
-            elif log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
-                log(
-                    f"iteration {it}: return before adaptation {stats['pre_adapt_return']:.2f}, "
-                    f"after {cfg.num_adapt_steps} steps {stats['post_adapt_return']:.2f}"
-                )
-            done = it + 1
-            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
-                run.save_checkpoint(done, _state(policy), generators={"tasks": task_rng})
-    finally:
-        sampler.close()
-        run.close()
-    return run
+
+    def step(policy: Policy, sampler: BatchedSampler, tasks: list[Any], seed: int, it: int
+             ) -> dict[str, float]:  # fmt: skip
+        return meta_step(policy, sampler, tasks, seed, cfg, outer_step_size(cfg, it))
+
+    return meta_train(cfg, run_dir, AGENT, _build, step, outer_step="Reptile step", resume=resume,
+                      overwrite=overwrite, log=log)  # fmt: skip
 
 
 def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, ReptileRLConfig]:
