@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metarl.config import ConfigError, RunConfig, option
+from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, forward, load_params
 from metarl.meta_training import meta_train
@@ -101,16 +101,8 @@ class MAMLTRPOConfig(RunConfig):
         "(MuJoCo families on MJX/JAX, extra 'mjx'), or subprocess (envs in worker processes "
         "with a timeout: a crash or hang becomes an error)",
     )
-    num_workers: int = option(
-        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
-    )
-    worker_timeout: float = option(
-        60.0,
-        "seconds a worker may take to answer a reset or step with --backend subprocess",
-        low=0.0,
-        low_open=True,
-        may_change_on_resume=True,
-    )
+    num_workers: int = num_workers_option()
+    worker_timeout: float = worker_timeout_option()
     sampler: str = option(
         "auto",
         "who steps the envs: auto (--backend), native (the family's host backend: "

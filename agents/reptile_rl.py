@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from metarl.config import RunConfig, option
+from metarl.config import RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, load_params, reptile_update
 from metarl.meta_training import meta_train
@@ -92,16 +92,8 @@ class ReptileRLConfig(RunConfig):
         "batched env backend: auto (torch on-device if any), torch, numpy, generic, or "
         "subprocess (envs in worker processes with a timeout: a crash or hang becomes an error)",
     )
-    num_workers: int = option(
-        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
-    )
-    worker_timeout: float = option(
-        60.0,
-        "seconds a worker may take to answer a reset or step with --backend subprocess",
-        low=0.0,
-        low_open=True,
-        may_change_on_resume=True,
-    )
+    num_workers: int = num_workers_option()
+    worker_timeout: float = worker_timeout_option()
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 500},

@@ -55,7 +55,14 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.batched import EnvError
-from metarl.config import ConfigError, RunConfig, _check_device, option
+from metarl.config import (
+    ConfigError,
+    RunConfig,
+    _check_device,
+    num_workers_option,
+    option,
+    worker_timeout_option,
+)
 from metarl.evaluation import AdaptationCurve, save_run_curve
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.runs import Run, load_checkpoint_file, progress, save_checkpoint_file
@@ -125,16 +132,8 @@ class RL2Config(RunConfig):
         "error naming the env, task and step)",
         choices=("auto", "torch", "numpy", "subprocess"),
     )
-    num_workers: int = option(
-        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
-    )
-    worker_timeout: float = option(
-        60.0,
-        "seconds a worker may take to answer a reset or step with --backend subprocess",
-        low=0.0,
-        low_open=True,
-        may_change_on_resume=True,
-    )
+    num_workers: int = num_workers_option()
+    worker_timeout: float = worker_timeout_option()
     init_from: str | None = option(
         None,
         "a checkpoint (file or run directory) whose policy weights start this run (a "

@@ -49,7 +49,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from metarl.batched import EnvError
-from metarl.config import ConfigError, RunConfig, option
+from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.env import resolve_task_options
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, named_params
@@ -271,16 +271,8 @@ class FineTuneConfig(RunConfig):
         choices=("auto", "subprocess"),
         may_change_on_resume=True,
     )
-    num_workers: int = option(
-        2, "worker processes with --backend subprocess", low=1, may_change_on_resume=True
-    )
-    worker_timeout: float = option(
-        60.0,
-        "seconds a worker may take to answer a reset or step with --backend subprocess",
-        low=0.0,
-        low_open=True,
-        may_change_on_resume=True,
-    )
+    num_workers: int = num_workers_option()
+    worker_timeout: float = worker_timeout_option()
 
     def env_kwargs(self) -> dict[str, Any]:
         return {"max_episode_steps": self.horizon} if self.horizon else {}

@@ -41,7 +41,9 @@ __all__ = [
     "RunConfig",
     "add_arguments",
     "from_args",
+    "num_workers_option",
     "option",
+    "worker_timeout_option",
 ]
 
 C = TypeVar("C", bound="Config")
@@ -87,6 +89,24 @@ def option(
     if isinstance(default, list | dict | set):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def num_workers_option() -> Any:
+    """The ``num_workers`` field of every agent with ``--backend subprocess``."""
+    return option(2, "worker processes with --backend subprocess", low=1,
+                  may_change_on_resume=True)  # fmt: skip
+
+
+def worker_timeout_option() -> Any:
+    """The ``worker_timeout`` field of every agent with ``--backend subprocess``: how long a
+    worker may take before its env counts as hung (an error, never a wait forever)."""
+    return option(
+        60.0,
+        "seconds a worker may take to answer a reset or step with --backend subprocess",
+        low=0.0,
+        low_open=True,
+        may_change_on_resume=True,
+    )
 
 
 def _flag(name: str) -> str:
