@@ -125,6 +125,7 @@ def evaluate(
         env_id=cfg.env_id,
         unit=at0.unit,
         returns=np.repeat(at0.returns, num_steps + 1, axis=2),
+        success=None if at0.success is None else np.repeat(at0.success, num_steps + 1, axis=2),
         env_steps=[0] * (num_steps + 1),
         wall_clock_s=[at0.wall_clock_s[0]] * (num_steps + 1),
         split=split,

@@ -291,21 +291,24 @@ class _Env:
             return self.torch_env.reset(tasks, seed=seed)[0]
         return torch.as_tensor(self.numpy_env.reset(tasks, seeds=seed)[0], device=self.device)
 
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(obs, reward, done, stepped) after one step."""
+    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """(obs, reward, done, stepped, success) after one step; ``success`` is the env's
+        ``info["is_success"]`` where the family defines it, else None."""
         if self.torch_env is not None:
             obs, reward, term, trunc, info = self.torch_env.step(actions)
-            return obs, reward.float(), term | trunc, info["active"]
+            return obs, reward.float(), term | trunc, info["active"], info.get("is_success")
         obs, reward, term, trunc, info = self.numpy_env.step(actions.cpu().numpy())
         # Checked here, before the policy sees them (a NaN input fails deep inside torch).
         check_finite("observations or rewards", obs, reward,
                      hint=f"the env {self.numpy_env.env_id} returned them")  # fmt: skip
         dev = self.device
+        success = info.get("is_success")
         return (
             torch.as_tensor(obs, device=dev),
             torch.as_tensor(reward, device=dev).float(),
             torch.as_tensor(term | trunc, device=dev),
             torch.as_tensor(info["active"], device=dev),
+            None if success is None else torch.as_tensor(success, device=dev),
         )
 
 
@@ -382,7 +385,9 @@ class Trials(NamedTuple):
 
     ``inputs`` ``(T, B, input_size)``; ``actions`` ``(T, B[, A])``; ``log_probs``,
     ``values``, ``rewards``, ``mask`` ``(T, B)``; ``heads`` ``(T, B, A)`` the policy's
-    logits (means) at collection; ``episode_returns`` ``(n, B)``.
+    logits (means) at collection; ``episode_returns`` ``(n, B)``; ``episode_success``
+    ``(n, B)``, 1 where the env reported ``info["is_success"]`` at some step of the episode,
+    or None when the family defines no success.
     """
 
     inputs: Tensor
@@ -393,6 +398,7 @@ class Trials(NamedTuple):
     mask: Tensor
     heads: Tensor
     episode_returns: Tensor
+    episode_success: Tensor | None = None
 
 
 @torch.no_grad()
@@ -412,11 +418,13 @@ def collect_trials(
     prev_action = torch.zeros(batch, policy.act_size, device=device)
     prev_reward = torch.zeros(batch, device=device)
     done_flag = torch.zeros(batch, device=device)
-    buf: dict[str, list[Tensor]] = {k: [] for k in Trials._fields if k != "episode_returns"}
-    episode_returns = []
+    per_episode = ("episode_returns", "episode_success")
+    buf: dict[str, list[Tensor]] = {k: [] for k in Trials._fields if k not in per_episode}
+    episode_returns, episode_success = [], []
     for episode in range(episodes_per_trial):
         obs = env.reset(tasks, seed=None if seed is None or episode else seed)
         ep_return = torch.zeros(batch, device=device)
+        ep_success: Tensor | None = None
         for _ in range(env.horizon):
             x = policy.inputs(obs, prev_action, prev_reward, done_flag)
             head, value, h_new = policy(x[None], h)
@@ -427,8 +435,11 @@ def collect_trials(
             else:
                 noise = torch.randn(head[0].shape, generator=generator, device=device)
                 action = head[0] + policy.log_std.exp() * noise
-            obs, reward, done, stepped = env.step(action)
+            obs, reward, done, stepped, success = env.step(action)
             m = stepped.float()
+            if success is not None:
+                hit = success.bool() & stepped
+                ep_success = hit if ep_success is None else ep_success | hit
             for key, val in (
                 ("inputs", x),
                 ("actions", action),
@@ -448,8 +459,12 @@ def collect_trials(
             if not bool((stepped & ~done).any()):
                 break
         episode_returns.append(ep_return)
+        if ep_success is not None:
+            episode_success.append(ep_success.float())
     return Trials(
-        **{k: torch.stack(v) for k, v in buf.items()}, episode_returns=torch.stack(episode_returns)
+        **{k: torch.stack(v) for k, v in buf.items()},
+        episode_returns=torch.stack(episode_returns),
+        episode_success=torch.stack(episode_success) if episode_success else None,
     )
 
 
@@ -678,12 +693,17 @@ class RL2:
             env.close()
         elapsed = time.perf_counter() - start
         returns = trials.episode_returns.T.reshape(trials_per_task, len(tasks), n)
+        success: np.ndarray | None = None
+        if trials.episode_success is not None:
+            per_episode = trials.episode_success.T.reshape(trials_per_task, len(tasks), n)
+            success = per_episode.cpu().numpy()
         steps_per_episode = int(trials.mask.sum()) / max(len(rows) * n, 1)
         return AdaptationCurve(
             agent="rl2",
             env_id=self.config.env_id,
             unit="episodes",
             returns=returns.cpu().numpy(),
+            success=success,
             env_steps=[round(steps_per_episode * k) for k in range(n)],
             wall_clock_s=[elapsed * k / n for k in range(n)],
             split=split,
@@ -932,6 +952,9 @@ def evaluate(
         env_id=cfg.env_id,
         unit="episodes",
         returns=np.stack([c.returns.mean(0) for c in per_seed]),
+        success=None
+        if first.success is None
+        else np.stack([np.asarray(c.success).mean(0) for c in per_seed]),
         env_steps=[steps * len(tasks) for steps in first.env_steps],
         wall_clock_s=list(first.wall_clock_s),
         split=split,

@@ -26,6 +26,7 @@ class Navigation2DTorch(TorchBatchedTaskEnv):
 
     obs_shape = (2,)
     action_shape = (2,)
+    success_on_termination = True  # info["is_success"]: the goal reached, as navigation.py
 
     def __init__(
         self,

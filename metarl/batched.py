@@ -277,9 +277,11 @@ class GenericBatchedEnv(BatchedTaskEnv):
         obs = self._obs.copy()
         reward = np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
+        success = np.zeros(self.num_envs, dtype=bool)
+        reported = True  # every stepped row's info holds "is_success"
         for i in np.flatnonzero(active):
             try:
-                o, r, term, _trunc, _info = self.envs[i].step(actions[i])
+                o, r, term, _trunc, row_info = self.envs[i].step(actions[i])
             except _PASS_THROUGH:
                 raise
             except Exception as e:  # name the row's own task, not the whole batch's
@@ -287,7 +289,11 @@ class GenericBatchedEnv(BatchedTaskEnv):
             obs[i] = o
             reward[i] = r
             terminated[i] = term
-        return obs, reward, terminated, {}
+            if "is_success" in row_info:
+                success[i] = bool(row_info["is_success"])
+            else:
+                reported = False
+        return obs, reward, terminated, ({"is_success": success} if reported else {})
 
     def close(self) -> None:
         for env in self.envs:

@@ -151,6 +151,16 @@ class BenchmarkReport:
             "(one evaluation seed).",
             "- *meta-train*: mean over the runs of the env steps and wall-clock of meta-"
             "training, summed from each run's `metrics.csv`.",
+            *(
+                [
+                    "- *success*: the share of evaluation episodes in which the env reported "
+                    '`info["is_success"]` (2D navigation: the goal reached), before any '
+                    "adaptation and after the last unit; families without a success "
+                    "definition have no column."
+                ]
+                if any(e.curve.success is not None for e in self.entries)
+                else []
+            ),
             "",
             *([f"**Note:** {s['note']}", ""] if s.get("note") else []),
             f"Command: `{s['command']}`",
@@ -166,7 +176,7 @@ class BenchmarkReport:
             lines.append("")
             head = ["agent", "preset", "unit"] + [f"k={k}" for k in range(k_max + 1)]
             if has_success:
-                head.append("success (last k)")
+                head.append(f"success k=0 → {k_max}")
             head += ["adapt steps/task", "adapt s", "meta-train steps", "meta-train s"]
             lines.append("| " + " | ".join(head) + " |")
             lines.append("| " + " | ".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + " |")
@@ -175,9 +185,9 @@ class BenchmarkReport:
                 cells = [e.agent, e.preset or "—", _unit_cell(e.curve)]
                 for k in range(k_max + 1):
                     cells.append(_pm(mean[k], half[k]) if k < len(mean) else "—")
-                if has_success:
+                if has_success:  # the share of episodes that reached info["is_success"]
                     rate = e.curve.summary().get("success_rate")
-                    cells.append(f"{rate[-1]:.2f}" if rate else "—")
+                    cells.append(f"{rate[0]:.2f} → {rate[-1]:.2f}" if rate else "—")
                 steps = e.adapt_env_steps_per_task()
                 cells.append(f"{steps[-1]:,.0f}" if steps else "—")
                 wall = e.curve.wall_clock_s

@@ -298,6 +298,11 @@ def evaluate_policy_adaptation(
                 policy, current, tasks, seed=int(seed) * 1000 + k, per_task_params=per_task
             )
             returns[s, :, k] = eps.task_returns().cpu().numpy()
+            rate = eps.task_success()
+            if rate is not None:  # the family defines success (info["is_success"])
+                if success is None:
+                    success = np.zeros_like(returns)
+                success[s, :, k] = rate.cpu().numpy()
             if s == 0 and k < num_steps:  # steps spent to reach unit k + 1
                 env_steps[k + 1] = env_steps[k] + eps.num_steps()
             if k < num_steps:

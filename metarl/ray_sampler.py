@@ -242,6 +242,7 @@ class _Worker:
             "actions": eps.actions.numpy(),
             "rewards": eps.rewards.numpy(),
             "mask": eps.mask.numpy(),
+            "success": None if eps.success is None else eps.success.numpy(),
             "draws": self.shard.noise_draws,
             "seconds": time.perf_counter() - t0,
         }
@@ -516,7 +517,12 @@ class RaySampler:
                 padded.append(x)
             return torch.from_numpy(np.concatenate(padded, axis=1)).to(self.device)
 
-        episodes = Episodes(cat("obs"), cat("actions"), cat("rewards"), cat("mask"), self.num_tasks)
+        success = None
+        if all(p.get("success") is not None for p in parts):  # (B,): no time axis to pad
+            success = torch.from_numpy(np.concatenate([p["success"] for p in parts]))
+            success = success.to(self.device)
+        episodes = Episodes(cat("obs"), cat("actions"), cat("rewards"), cat("mask"), self.num_tasks,
+                            success)  # fmt: skip
         self._catch_up = [steps - p["draws"] if p["draws"] else 0 for p in parts]
         received = sum(
             p[key].nbytes for p in parts for key in ("obs", "actions", "rewards", "mask")

@@ -53,6 +53,9 @@ class Episodes(NamedTuple):
         rewards: ``(T, B)`` float32, 0 where masked.
         mask: ``(T, B)`` float32, 1 while the row's episode runs.
         num_tasks: ``N``; ``B = N × episodes_per_task``, task-major.
+        success: ``(B,)`` float32, 1 where the env reported ``info["is_success"]`` at some
+            step of the episode (Meta-World's convention; for 2D navigation, reaching the
+            goal), or None when the family defines no success.
     """
 
     obs: Tensor
@@ -60,6 +63,7 @@ class Episodes(NamedTuple):
     rewards: Tensor
     mask: Tensor
     num_tasks: int
+    success: Tensor | None = None
 
     @property
     def episodes_per_task(self) -> int:
@@ -76,6 +80,12 @@ class Episodes(NamedTuple):
     def num_steps(self) -> int:
         """Env steps taken (unmasked transitions)."""
         return int(self.mask.sum().item())
+
+    def task_success(self) -> Tensor | None:
+        """Success rate of each task's episodes, ``(N,)``; None without success."""
+        if self.success is None:
+            return None
+        return self.success.float().view(self.num_tasks, -1).mean(1)
 
 
 def per_task(x: Tensor, num_tasks: int) -> Tensor:
@@ -206,6 +216,7 @@ class BatchedSampler:
         act_buf: Tensor | None = None
         rew_buf = torch.zeros((t_max, self.num_envs), dtype=torch.float32, device=self.device)
         mask_buf = torch.zeros_like(rew_buf)
+        success: Tensor | None = None
         steps = 0
         for t in range(t_max):
             dist = self._policy_dist(policy, params, obs, per_task_params)
@@ -226,6 +237,9 @@ class BatchedSampler:
             active = self._to_torch(info["active"])
             mask_buf[t] = active.float()
             rew_buf[t] = self._to_torch(reward).float() * mask_buf[t]
+            if info.get("is_success") is not None:  # only families that define success
+                hit = self._to_torch(info["is_success"]).bool() & active.bool()
+                success = hit if success is None else success | hit
             obs = self._to_torch(next_obs)
             steps = t + 1
             if not bool(self.env.active.any()):
@@ -233,8 +247,9 @@ class BatchedSampler:
         assert act_buf is not None
         self._check_finite(obs_buf[:steps], act_buf[:steps], rew_buf[:steps], rows)
         return Episodes(
-            obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps], self.num_tasks
-        )
+            obs_buf[:steps], act_buf[:steps], rew_buf[:steps], mask_buf[:steps], self.num_tasks,
+            None if success is None else success.float(),
+        )  # fmt: skip
 
     def _check_finite(self, obs: Tensor, actions: Tensor, rewards: Tensor, rows: list[Any]) -> None:
         """Stop on NaN/inf, blaming what came first (one device sync per rollout): an

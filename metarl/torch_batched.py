@@ -48,6 +48,9 @@ class TorchBatchedTaskEnv(abc.ABC):
     task_distribution: TaskDistribution[Any]
     obs_shape: tuple[int, ...]
     action_shape: tuple[int, ...]
+    #: True for a family whose success is reaching its termination (2D navigation's goal):
+    #: ``step`` then reports it as ``info["is_success"]``, as the NumPy backend does.
+    success_on_termination: bool = False
 
     def __init__(self, num_envs: int, horizon: int, device: str | torch.device = "cpu") -> None:
         if num_envs < 1:
@@ -116,4 +119,7 @@ class TorchBatchedTaskEnv(abc.ABC):
         obs = torch.where(keep, obs, self._obs)
         self._obs = obs
         self.active &= ~(terminated | truncated)
-        return obs.clone(), reward, terminated, truncated, {"active": stepped}
+        info: dict[str, Any] = {"active": stepped}
+        if self.success_on_termination:
+            info["is_success"] = terminated.clone()
+        return obs.clone(), reward, terminated, truncated, info

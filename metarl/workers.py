@@ -108,8 +108,8 @@ def _worker(conn: Connection, parent_conn: Connection, env_fn: Callable[[], Any]
                     obs, _ = env.reset(tasks, seeds=seeds)
                     conn.send(("ok", obs))
                 elif cmd == "step":
-                    obs, reward, term, trunc, _ = env.step(data)
-                    conn.send(("ok", (obs, reward, term, trunc)))
+                    obs, reward, term, trunc, info = env.step(data)
+                    conn.send(("ok", (obs, reward, term, trunc, info.get("is_success"))))
                 else:  # pragma: no cover - a bug in the parent
                     raise ValueError(f"unknown command {cmd!r}")
             except EnvError as e:  # names the rows' tasks already
@@ -348,10 +348,16 @@ class SubprocessBatchedEnv(BatchedTaskEnv):
         assert self._obs is not None
         obs, reward = self._obs.copy(), np.zeros(self.num_envs)
         terminated = np.zeros(self.num_envs, dtype=bool)
+        success = np.zeros(self.num_envs, dtype=bool)
+        reported = True  # every busy worker's env reports "is_success"
         for sl, b, ans in zip(self._slices, busy, answers, strict=True):
             if b:
                 obs[sl], reward[sl], terminated[sl] = ans[0], ans[1], ans[2]
-        return obs, reward, terminated, {}
+                if ans[4] is None:
+                    reported = False
+                else:
+                    success[sl] = ans[4]
+        return obs, reward, terminated, ({"is_success": success} if reported else {})
 
     def close(self) -> None:
         """Stop every worker: a polite ``close``, then SIGKILL for any that lingers."""

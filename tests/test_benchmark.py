@@ -61,6 +61,8 @@ def test_report_from_tiny_real_runs_then_reuse_and_resume(tmp_path):
         assert len(e["mean"]) == len(e["ci95"]) == 3
         assert e["num_samples"] == 2 * 3  # 2 run seeds × 1 eval seed × 3 tasks
         assert np.isfinite(e["mean"]).all() and all(h > 0 for h in e["ci95"])
+        # 2D navigation defines success (the goal reached): a rate per unit, in [0, 1].
+        assert len(e["success_rate"]) == 3 and all(0 <= r <= 1 for r in e["success_rate"])
         steps = e["adapt_env_steps_per_task"]
         assert steps[0] == 0 and steps[1] > 0 and steps[2] > steps[1]
         # The curve pools both seeds' runs: its mean is that of the runs' returns.
@@ -83,7 +85,7 @@ def test_report_from_tiny_real_runs_then_reuse_and_resume(tmp_path):
     md = (out / "report.md").read_text()
     assert f"## {NAV}" in md and "![adaptation curves](report.png)" in md
     header = next(line for line in md.splitlines() if line.startswith("| agent"))
-    assert header.split(" | ")[3:6] == ["k=0", "k=1", "k=2"]
+    assert header.split(" | ")[3:7] == ["k=0", "k=1", "k=2", "success k=0 → 2"]
     for a in AGENTS:
         row = next(line for line in md.splitlines() if line.startswith(f"| {a} |"))
         assert f"{rl2['mean'][0]:.2f}" in row if a == "rl2" else "±" in row
