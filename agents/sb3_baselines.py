@@ -485,12 +485,13 @@ def train_ppo(
     model.set_logger(Logger(folder=None, output_formats=[]))  # read, then cleared, below
     policy = _our_policy(cfg, venv).to(device)
     start = 0
+    total_steps = 0  # env steps over all iterations (SB3's num_timesteps counts one learn())
     if resume:
         run = Run.resume(run_dir, agent, cfg)
         ckpt = run.load_checkpoint()  # restores Python's, NumPy's and torch's RNG states
         model.policy.load_state_dict(ckpt["state"]["sb3_policy"])
         model.policy.optimizer.load_state_dict(ckpt["state"]["sb3_optimizer"])
-        model.num_timesteps = int(ckpt["state"]["num_timesteps"])
+        total_steps = int(ckpt["state"]["num_timesteps"])
         start = int(ckpt["iteration"])
     else:
         run = Run.create(run_dir, agent, cfg)
@@ -501,13 +502,14 @@ def train_ppo(
         for it in range(start, cfg.num_iterations):
             t0 = time.perf_counter()
             # Fresh envs at every iteration, seeded by (seed, iteration): see the module doc.
+            # Through SB3's public API: ``learn(reset_num_timesteps=True)`` resets the vec env
+            # (which takes the seeds given to ``seed()``), marks every env as starting an
+            # episode and empties the episode-info buffer; it also restarts SB3's step
+            # counter, so the total is kept here. (SB3's progress fraction restarts too: it
+            # only drives schedules, and these configs' rates and clip range are constants.)
             venv.seed(_iteration_seed(cfg.seed, it))
-            model._last_obs = venv.reset()
-            model._last_episode_starts = np.ones(cfg.n_envs, dtype=bool)
-            if model.ep_info_buffer is not None:
-                model.ep_info_buffer.clear()
             try:  # an env's NaN/inf (MultiTaskEnv.step) or the update's stops the run here
-                model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=False,
+                model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=True,
                             log_interval=None)  # fmt: skip
                 params = sb3_policy_params(model.policy, policy)
                 check_finite("PPO policy parameters", params,
@@ -522,12 +524,13 @@ def train_ppo(
                       if k.startswith("train/")}  # fmt: skip
             model.logger.dump()  # clears the values (no outputs configured)
             episodes = [float(e["r"]) for e in (model.ep_info_buffer or [])]
+            total_steps += int(model.num_timesteps)
             total = time.perf_counter() - t0
             stats = {
                 "train_return": float(np.mean(episodes)) if episodes else math.nan,
                 "episodes": float(len(episodes)),
                 "env_steps": float(cfg.n_envs * cfg.n_steps),  # this iteration's, as MAML's
-                "env_steps_total": float(model.num_timesteps),  # what metarl benchmark reads
+                "env_steps_total": float(total_steps),  # what metarl benchmark reads
                 "env_steps_per_s": cfg.n_envs * cfg.n_steps / total,
                 "iteration_s": total,
                 "log_std": float(params["log_std"].mean()) if "log_std" in params else 0.0,
@@ -536,7 +539,7 @@ def train_ppo(
             run.log(it, stats)
             if log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
                 log(f"iteration {it}: training-task return {stats['train_return']:.2f}, "
-                    f"{model.num_timesteps} env steps, {total:.2f} s")  # fmt: skip
+                    f"{total_steps} env steps, {total:.2f} s")  # fmt: skip
             done = it + 1
             if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
                 state = {
@@ -544,7 +547,7 @@ def train_ppo(
                     "sb3_policy": {k: v.detach().cpu() for k, v in
                                    model.policy.state_dict().items()},
                     "sb3_optimizer": model.policy.optimizer.state_dict(),
-                    "num_timesteps": int(model.num_timesteps),
+                    "num_timesteps": total_steps,
                 }  # fmt: skip
                 run.save_checkpoint(done, state)
     finally:

@@ -238,6 +238,32 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert rows_a == rows_b and len(rows_a) == 4
 
 
+def test_every_ppo_iteration_starts_from_envs_reset_with_its_own_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What resume's exactness rests on, through SB3's public API only (``learn(
+    reset_num_timesteps=True)`` after ``VecEnv.seed``): each iteration begins with every env
+    reset with the seeds of (seed, iteration), and the step count runs on across them."""
+    from metarl.agents.sb3_baselines import _iteration_seed
+
+    seeds: list[int | None] = []
+    original = MultiTaskEnv.reset
+
+    def record(self: MultiTaskEnv, *, seed: int | None = None, options: Any = None) -> Any:
+        seeds.append(seed)
+        return original(self, seed=seed, options=options)
+
+    monkeypatch.setattr(MultiTaskEnv, "reset", record)
+    cfg = pretrained.PretrainedConfig.from_preset("quick", **{**TINY, "num_iterations": 3})
+    run = pretrained.train(cfg, tmp_path / "p")
+    # Inside an iteration, an env whose episode ends (the goal reached) is reset by SB3
+    # with no seed: those are the Nones. The seeded resets are the iterations' starts.
+    want = [_iteration_seed(cfg.seed, it) + i for it in range(3) for i in range(2)]
+    assert [s for s in seeds if s is not None][-6:] == want
+    assert [float(r["env_steps_total"]) for r in run.metrics()] == [100, 200, 300]
+    assert load_checkpoint_file(run.checkpoint_path)["state"]["num_timesteps"] == 300
+
+
 def test_training_changes_the_policy_and_logs_ppo(tmp_path: Path) -> None:
     cfg = oracle.OracleConfig.from_preset("quick", **TINY)
     run = oracle.train(cfg, tmp_path / "o")
