@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shlex
@@ -114,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     for family, base in FAMILIES.items():
         for backend in ("torch", "numpy"):
             cfg = dataclasses.replace(base, backend=backend, device=args.device, seed=0)
-            if args.num_trials is not None:
-                cfg = dataclasses.replace(cfg, num_trials=args.num_trials)
+            if args.num_trials is not None:  # as many of the preset's minibatches as divide it
+                minibatches = math.gcd(args.num_trials, cfg.num_minibatches)
+                cfg = dataclasses.replace(cfg, num_trials=args.num_trials,
+                                          num_minibatches=minibatches)  # fmt: skip
             row = {"family": family, "backend": backend, **measure(cfg, args.iterations)}
             row["config"] = {
                 k: getattr(cfg, k)
