@@ -1,7 +1,9 @@
-"""MAML meta-iteration time on Omniglot 5-way 1-shot: the meta-batch vectorised with
-``torch.func.vmap`` vs a per-task Python loop (the learn2learn / tutorial way), same model.
+"""MAML meta-iteration time on Omniglot 5-way 1-shot: the meta-batch vectorised -- with
+``torch.func.vmap``, or with the tasks folded into the channels of grouped convolutions
+(``Conv4.forward_tasks``, MAML's default for Conv4) -- vs a per-task Python loop (the
+learn2learn / tutorial way), same model.
 
-Both variants run the same meta-iterations on the same episodes (meta-batch 32, Finn et al.'s
+All three variants run the same meta-iterations on the same episodes (meta-batch 32, Finn et al.'s
 strided Conv4, α = 0.4, 1 inner step, Adam outer step), interleaved iteration by iteration so
 that a shared, loaded machine slows both alike. Second- and first-order MAML are measured; the
 peak memory of one meta-iteration is measured in a fresh subprocess per variant (CUDA: peak
@@ -37,10 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 META_BATCH = 32
 
 
-def make_learner(device: torch.device, first_order: bool, vectorize: bool) -> MAML:
+MODES = ("loop", "vmap", "fold")
+
+
+def make_learner(device: torch.device, first_order: bool, mode: str) -> MAML:
     torch.manual_seed(0)
     model = Conv4((1, 28, 28), 5, pool="stride").to(device)
-    return MAML(model, 0.4, 1, first_order=first_order, vectorize=vectorize)
+    return MAML(
+        model, 0.4, 1, first_order=first_order, vectorize=mode != "loop", fold_tasks=mode == "fold"
+    )
 
 
 def episodes(args: argparse.Namespace, num_query: int, n: int) -> list[EpisodeBatch]:
@@ -69,7 +76,7 @@ def peak_memory_worker(args: argparse.Namespace) -> None:
     """
     device = torch.device(args.device)
     batch = EpisodeBatch(**torch.load(args.worker_batch)).to(device)
-    learner = make_learner(device, args.worker_order == "first", args.worker_mode == "vmap")
+    learner = make_learner(device, args.worker_order == "first", args.worker_mode)
     learner.meta_train_step(batch)  # warm-up: lazy initialisation is not the step's memory
     sync(device)
     if device.type == "cuda":
@@ -111,8 +118,8 @@ def peak_memory(args: argparse.Namespace, order: str, mode: str, num_query: int)
 def time_pair(args: argparse.Namespace, first_order: bool, num_query: int) -> dict[str, float]:
     device = torch.device(args.device)
     batches = episodes(args, num_query, args.iterations + 2)
-    learners = {m: make_learner(device, first_order, m == "vmap") for m in ("vmap", "loop")}
-    times: dict[str, list[float]] = {"vmap": [], "loop": []}
+    learners = {m: make_learner(device, first_order, m) for m in MODES}
+    times: dict[str, list[float]] = {m: [] for m in MODES}
     for i, batch in enumerate(batches):
         for mode, learner in learners.items():
             sync(device)
@@ -143,14 +150,17 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
 
+    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = []
     for num_query in args.num_query:
         for order in ("second", "first"):
             t = time_pair(args, order == "first", num_query)
-            mem = {m: peak_memory(args, order, m, num_query) for m in ("vmap", "loop")}
+            mem = {m: peak_memory(args, order, m, num_query) for m in MODES}
             row = (
                 f"| {order}-order | {num_query} | {t['loop'] * 1e3:.0f} | {t['vmap'] * 1e3:.0f} "
-                f"| **{t['loop'] / t['vmap']:.2f}×** | {mem['loop']:.0f} | {mem['vmap']:.0f} |"
+                f"| {t['fold'] * 1e3:.0f} | {t['loop'] / t['vmap']:.2f}× "
+                f"| **{t['loop'] / t['fold']:.2f}×** | {mem['loop']:.0f} | {mem['vmap']:.0f} "
+                f"| {mem['fold']:.0f} |"
             )
             print(row, flush=True)
             rows.append(row)
@@ -163,13 +173,22 @@ def main() -> None:
         f"({device or platform.machine()}), torch {torch.__version__}, "
         f"{args.threads} thread(s), median of {args.iterations} iterations",
         "",
+        f"1/5/15-minute load average at the start: {load_start}, at the end: "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        + (
+            ""
+            if args.device.startswith("cuda")
+            else " (on a CPU of "
+            f"{os.cpu_count()} cores, shared with other jobs when above ~{args.threads})"
+        ),
+        "",
         "`python scripts/bench_fewshot_vmap.py " + " ".join(sys.argv[1:]) + "`",
         "",
         "MAML, Omniglot 5-way 1-shot, meta-batch 32, strided Conv4 (64 filters), 1 inner step.",
         "",
-        "| MAML | queries/class | loop ms/iter | vmap ms/iter | vmap speed-up | loop peak MiB "
-        "| vmap peak MiB |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| MAML | queries/class | loop ms/iter | vmap ms/iter | fold ms/iter | vmap speed-up "
+        "| fold speed-up | loop peak MiB | vmap peak MiB | fold peak MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     new = not args.out.exists()

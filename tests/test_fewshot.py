@@ -211,19 +211,58 @@ def _tiny_batch(seed: int = 0) -> EpisodeBatch:
     )
 
 
+@pytest.mark.parametrize("learner", ["maml", "metasgd"])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_maml_vmap_equals_loop(first_order: bool) -> None:
+def test_maml_vmap_and_folded_tasks_equal_loop(first_order: bool, learner: str) -> None:
+    """The three ways of running a meta-batch (a loop over tasks, vmap, the tasks folded into
+    grouped convolutions) give the same query predictions and the same meta-gradients,
+    second-order and first-order, for MAML and for Meta-SGD's learned rates."""
     batch = _tiny_batch()
-    grads = []
-    for vectorize in (True, False):
+    preds, grads = [], []
+    for mode in ("loop", "vmap", "fold"):
         torch.manual_seed(0)
-        maml = MAML(Conv4((1, 12, 12), 3, hidden=8, pool="stride"), 0.4, 2, first_order=first_order)
-        maml.vectorize = vectorize
+        net = Conv4((1, 12, 12), 3, hidden=8, pool="stride")
+        kwargs = {"first_order": first_order, "vectorize": mode != "loop"}
+        cls = MetaSGD if learner == "metasgd" else MAML
+        maml = cls(net, inner_lr=0.4, num_inner_steps=2, fold_tasks=mode == "fold", **kwargs)  # type: ignore[arg-type]
         pred = maml.adapt_and_query(batch, 2, first_order)
         torch.nn.functional.cross_entropy(pred.reshape(-1, 3), batch.query_y.reshape(-1)).backward()
+        preds.append(pred.detach())
         grads.append({n: p.grad.clone() for n, p in maml.named_parameters()})
-    for n in grads[0]:
-        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4), n
+    for other in (1, 2):
+        torch.testing.assert_close(preds[other], preds[0], atol=1e-5, rtol=1e-4)
+        for n in grads[0]:
+            # conv biases before a normalisation have ~0 gradient: absolute tolerance
+            torch.testing.assert_close(grads[other][n], grads[0][n], atol=1e-5, rtol=1e-4)
+    # the steps differ from 0 (the comparison above is not of zeros)
+    assert grads[0]["model.head.weight"].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("pool", ["stride", "max"])
+@pytest.mark.parametrize("num_classes", [4, None])
+def test_conv4_forward_tasks_equals_vmap(pool: str, num_classes: int | None) -> None:
+    """Conv4.forward_tasks (tasks folded into channels) == vmap of the plain forward over
+    per-task parameters, with per-task batch statistics, for the classifier and embedding."""
+    torch.manual_seed(0)
+    net = Conv4((1, 16, 16), num_classes, hidden=8, pool=pool)
+    b = 3
+    params = {n: p.detach() + 0.1 * torch.randn(b, *p.shape) for n, p in net.named_parameters()}
+    x = torch.randn(b, 5, 1, 16, 16)
+    ref = vmap(lambda p, x: torch.func.functional_call(net, p, (x,)))(params, x)
+    torch.testing.assert_close(net.forward_tasks(params, x), ref, atol=1e-5, rtol=1e-4)
+    # one task's output depends on its own images only (no mixing through the folding)
+    x2 = x.clone()
+    x2[1] += 1.0
+    out, out2 = net.forward_tasks(params, x), net.forward_tasks(params, x2)
+    torch.testing.assert_close(out[[0, 2]], out2[[0, 2]])
+    assert not torch.allclose(out[1], out2[1])
+
+
+def test_maml_fold_tasks_needs_forward_tasks() -> None:
+    with pytest.raises(ValueError, match="forward_tasks"):
+        MAML(MLP(), inner_lr=0.01, fold_tasks=True)
+    assert MAML(MLP(), inner_lr=0.01).fold_tasks is False  # vmap for models that cannot fold
+    assert MAML(Conv4((1, 16, 16), 3, hidden=8), inner_lr=0.4).fold_tasks is True
 
 
 def test_maml_second_order_differs_from_first_order() -> None:

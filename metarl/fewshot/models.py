@@ -16,8 +16,10 @@ References:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MLP", "BatchStatNorm2d", "Conv4", "conv4_embedding_dim"]
@@ -103,6 +105,58 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         z = self.features(x)
         return z if self.head is None else self.head(z)
+
+    def forward_tasks(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Every task's network on its own images in one pass, without ``vmap``.
+
+        ``params``: this module's parameters by name, each with a leading task dimension
+        ``B``; ``x``: ``(B, M, C, H, W)``. Returns ``(B, M, out)``, the same as
+        ``vmap(lambda p, x: functional_call(self, p, x))(params, x)``.
+
+        The tasks are folded into the channels: ``(B, M, C, H, W) → (M, B·C, H, W)``, each
+        convolution one ``conv2d`` with ``groups=B`` (task ``b``'s filters see only task
+        ``b``'s channels), each normalisation one fused ``batch_norm`` in training mode over
+        the ``B·C`` channels -- which normalises every (task, channel) by the statistics of
+        that task's batch, as :class:`BatchStatNorm2d` does per task -- and the head a batched
+        matrix product. ``vmap`` lowers the convolutions to the same grouped ``conv2d`` but
+        the normalisation to a dozen element-wise ops over the whole activation, which
+        dominate on a CPU (benchmarks/fewshot_vmap.md).
+        """
+        b, m = x.shape[:2]
+        z = x.transpose(0, 1).reshape(m, b * x.shape[2], *x.shape[3:])
+        for i in range(4):
+            block = self.features[i]
+            assert isinstance(block, nn.Sequential)
+            conv, norm = block[0], block[1]
+            assert isinstance(conv, nn.Conv2d) and isinstance(norm, BatchStatNorm2d)
+            w = params[f"features.{i}.0.weight"]
+            z = F.conv2d(
+                z,
+                w.reshape(-1, *w.shape[2:]),
+                params[f"features.{i}.0.bias"].reshape(-1),
+                stride=conv.stride,
+                padding=conv.padding,
+                groups=b,
+            )
+            z = F.batch_norm(
+                z,
+                None,
+                None,
+                params[f"features.{i}.1.weight"].reshape(-1),
+                params[f"features.{i}.1.bias"].reshape(-1),
+                training=True,
+                eps=norm.eps,
+            )
+            z = F.relu(z)
+            if len(block) == 4:
+                z = F.max_pool2d(z, 2)
+        # (M, B·C, h, w) → (B, M, C·h·w): each task's flattened features, as nn.Flatten
+        z = z.reshape(m, b, -1).transpose(0, 1)
+        if self.head is None:
+            return z
+        return torch.baddbmm(
+            params["head.bias"].unsqueeze(1), z, params["head.weight"].transpose(1, 2)
+        )
 
 
 class MLP(nn.Module):

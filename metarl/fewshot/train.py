@@ -122,7 +122,11 @@ class FewShotConfig(Config):
         None, "Conv4 downsampling, max or stride (default: stride for MAML-family)"
     )
     image_size: int = option(28, "side of the square images", low=4)
-    vectorize: bool = option(True, "vmap the meta-batch (False: a Python loop over tasks)")
+    vectorize: bool = option(
+        True,
+        "vectorise the meta-batch (Conv4: the tasks folded into grouped convolutions, other "
+        "models: vmap; False: a Python loop over tasks)",
+    )
     seed: int = option(0, "seed of every random number generator of the run", low=0)
     device: str = option(
         "auto", "auto, cpu, cuda or cuda:N", check=_check_device, may_change_on_resume=True
