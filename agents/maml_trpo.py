@@ -49,6 +49,7 @@ from metarl.meta_training import meta_train
 from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
+from metarl.returns import BASELINES
 from metarl.runs import Run
 from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task
 
@@ -73,6 +74,14 @@ class MAMLTRPOConfig(RunConfig):
     num_adapt_steps: int = option(1, "inner policy-gradient steps during meta-training", low=1)
     inner_lr: float = option(0.1, "inner step size α", low=0.0, low_open=True)
     first_order: bool = option(False, "first-order MAML: drop the inner-step Jacobian")
+    inner_baseline: str = option(
+        "linear",
+        "baseline of the inner (adaptation) steps' advantages, in meta-training and in "
+        "evaluation: linear (Duan et al. 2016's feature baseline fitted on the task's own "
+        "episodes) or zero (none; rllab's VPG in the first step of Finn et al.'s test scripts); "
+        "the outer TRPO step always uses the linear one",
+        choices=("linear", "zero"),
+    )
     gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
     gae_lambda: float = option(1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0,
                                high=1.0)  # fmt: skip
@@ -94,6 +103,12 @@ class MAMLTRPOConfig(RunConfig):
     hidden_sizes: tuple[int, ...] = option((100, 100), "policy MLP hidden widths", low=1)
     nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
     init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
+    normalize_actions: bool = option(
+        False,
+        "the policy acts in [-1, 1], mapped onto the action space's bounds (rllab's normalize "
+        "wrapper, which Finn et al.'s released code puts around every env); init-std and the "
+        "learning rates then refer to that [-1, 1] scale",
+    )
     horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     backend: str = option(
         "auto",
@@ -306,7 +321,7 @@ def meta_step(
         )
         train_returns.append(eps.task_returns().mean().item())
         ta = time.perf_counter()
-        adv = advantages(eps, cfg.gamma, cfg.gae_lambda)
+        adv = advantages(eps, cfg.gamma, cfg.gae_lambda, BASELINES[cfg.inner_baseline]())
         start = current if per_task_params else _expand(current, n)
         step = _InnerStep(policy, start, eps, adv, cfg.inner_lr, keep_graph=not cfg.first_order)
         steps.append(step)
@@ -441,6 +456,7 @@ def _build(cfg: MAMLTRPOConfig, device: torch.device) -> tuple[Policy, BatchedSa
         cfg.hidden_sizes,
         cfg.nonlinearity,
         cfg.init_std,
+        normalize_actions=cfg.normalize_actions,
     ).to(device)
     return policy, sampler
 
@@ -480,7 +496,7 @@ def inner_step_fn(
     """The agent's inner step as the evaluation protocol wants it."""
 
     def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
-        adv = advantages(eps, cfg.gamma, cfg.gae_lambda)
+        adv = advantages(eps, cfg.gamma, cfg.gae_lambda, BASELINES[cfg.inner_baseline]())
         return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
                             per_task_params=per_task)  # fmt: skip
 

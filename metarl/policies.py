@@ -93,7 +93,18 @@ class GaussianMLPPolicy(Policy):
         nonlinearity: ``"relu"`` (the paper's) or ``"tanh"``.
         init_std: initial standard deviation (1.0, as rllab's ``GaussianMLPPolicy``).
         min_log_std: lower clamp of ``log σ``, keeps the density finite.
+        action_low, action_high: if given, the network acts in ``[-1, 1]`` and its actions
+            are mapped affinely onto ``[low, high]``: ``μ = c + s·μ_net``, ``σ = s·σ_net``
+            with ``c = (high + low)/2``, ``s = (high − low)/2``. This is rllab's ``normalize``
+            env wrapper (``NormalizedEnv``: ``a_env = low + (a + 1)(high − low)/2``, then
+            clipped), which Finn et al.'s released MAML code wraps every env in: the same
+            distribution of env actions, the same gradients of log-probabilities (they
+            differ by the constant ``Σ log s``) and the same KL, with ``init_std`` and the
+            learning rates meaning what they mean there.
     """
+
+    action_center: Tensor
+    action_log_scale: Tensor
 
     def __init__(
         self,
@@ -103,6 +114,8 @@ class GaussianMLPPolicy(Policy):
         nonlinearity: str = "relu",
         init_std: float = 1.0,
         min_log_std: float = -6.0,
+        action_low: Sequence[float] | np.ndarray | None = None,
+        action_high: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if not init_std > 0:
@@ -111,10 +124,33 @@ class GaussianMLPPolicy(Policy):
         self.mean = _mlp(self.obs_dim, hidden_sizes, self.action_dim, nonlinearity)
         self.log_std = nn.Parameter(torch.full((self.action_dim,), math.log(init_std)))
         self.min_log_std = min_log_std
+        self.normalized = action_low is not None or action_high is not None
+        if self.normalized:
+            if action_low is None or action_high is None:
+                raise ValueError("give both action_low and action_high, or neither")
+            low = torch.as_tensor(np.asarray(action_low, dtype=np.float32)).reshape(-1)
+            high = torch.as_tensor(np.asarray(action_high, dtype=np.float32)).reshape(-1)
+            if low.shape != (self.action_dim,) or high.shape != (self.action_dim,):
+                raise ValueError(
+                    f"action_low and action_high need {self.action_dim} entries, got "
+                    f"{tuple(low.shape)} and {tuple(high.shape)}"
+                )
+            if not (
+                torch.isfinite(low).all() and torch.isfinite(high).all() and (high > low).all()
+            ):
+                raise ValueError(
+                    "normalized actions need finite bounds with high > low; this action space "
+                    f"has low={low.tolist()}, high={high.tolist()} (leave normalization off)"
+                )
+            self.register_buffer("action_center", (high + low) / 2, persistent=False)
+            self.register_buffer("action_log_scale", torch.log((high - low) / 2), persistent=False)
 
     def forward(self, obs: Tensor) -> Dist:
         mean = self.mean(obs.reshape(*obs.shape[: obs.dim() - 1], self.obs_dim).float())
         log_std = self.log_std.clamp_min(self.min_log_std).expand_as(mean)
+        if self.normalized:
+            mean = self.action_center + self.action_log_scale.exp() * mean
+            log_std = log_std + self.action_log_scale
         return mean, log_std
 
     def sample(self, dist: Dist, generator: torch.Generator | None = None) -> Tensor:
@@ -195,9 +231,13 @@ def make_policy(
     hidden_sizes: Sequence[int] = (100, 100),
     nonlinearity: str = "relu",
     init_std: float = 1.0,
+    normalize_actions: bool = False,
 ) -> Policy:
     """The policy that fits the spaces: Gaussian for ``Box`` actions, categorical for
-    ``Discrete`` ones (one-hot inputs for ``Discrete`` observations)."""
+    ``Discrete`` ones (one-hot inputs for ``Discrete`` observations).
+
+    ``normalize_actions``: a Gaussian policy acts in ``[-1, 1]`` mapped onto the ``Box``'s
+    bounds (rllab's ``normalize`` wrapper; see :class:`GaussianMLPPolicy`)."""
     if isinstance(observation_space, gym.spaces.Discrete):
         obs_dim, discrete_obs = int(observation_space.n), True
     elif isinstance(observation_space, gym.spaces.Box):
@@ -209,10 +249,19 @@ def make_policy(
     if isinstance(action_space, gym.spaces.Box):
         if discrete_obs:
             raise TypeError("a Gaussian policy over Discrete observations is not supported")
+        bounds = (action_space.low, action_space.high) if normalize_actions else (None, None)
         return GaussianMLPPolicy(
-            obs_dim, int(np.prod(action_space.shape)), hidden_sizes, nonlinearity, init_std
+            obs_dim,
+            int(np.prod(action_space.shape)),
+            hidden_sizes,
+            nonlinearity,
+            init_std,
+            action_low=bounds[0],
+            action_high=bounds[1],
         )
     if isinstance(action_space, gym.spaces.Discrete):
+        if normalize_actions:
+            raise ValueError("normalize_actions is for Box actions; this space is Discrete")
         return CategoricalMLPPolicy(
             obs_dim, int(action_space.n), hidden_sizes, nonlinearity, discrete_obs
         )
@@ -250,7 +299,12 @@ def load_run_policy(
     dev = resolve_device(device)
     env = spaces_env(cfg) if spaces_env is not None else make(cfg.env_id, **cfg.env_kwargs())
     policy = make_policy(
-        env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
+        env.observation_space,
+        env.action_space,
+        cfg.hidden_sizes,
+        cfg.nonlinearity,
+        cfg.init_std,
+        normalize_actions=bool(getattr(cfg, "normalize_actions", False)),
     ).to(dev)
     env.close()
     params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}

@@ -30,7 +30,7 @@ from torch.func import vmap
 
 from metarl.functional import LearningRate, Params, adapt_func, forward
 from metarl.policies import Policy
-from metarl.returns import LinearFeatureBaseline, discounted_returns, gae
+from metarl.returns import LinearFeatureBaseline, ZeroBaseline, discounted_returns, gae
 from metarl.sampler import Episodes, per_task
 
 __all__ = ["adapt_policy", "advantages", "reinforce_loss", "task_log_probs"]
@@ -40,7 +40,7 @@ def advantages(
     episodes: Episodes,
     gamma: float = 0.99,
     gae_lambda: float = 1.0,
-    baseline: LinearFeatureBaseline | None = None,
+    baseline: LinearFeatureBaseline | ZeroBaseline | None = None,
     normalize: bool = True,
 ) -> Tensor:
     """Advantages ``(T, B)`` from the per-task linear baseline, GAE(γ, λ) and (by default)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "LinearFeatureBaseline",
+    "ZeroBaseline",
     "discounted_returns",
     "gae",
     "normalize_advantages",
@@ -152,3 +153,23 @@ class LinearFeatureBaseline:
         pred = (x @ coeffs.unsqueeze(-1)).squeeze(-1)  # (num_tasks, T * per_task)
         pred = pred.view(num_tasks, num_steps, per_task).permute(1, 0, 2).reshape(num_steps, batch)
         return pred * mask
+
+
+class ZeroBaseline:
+    """No baseline: ``b(s) = 0``, so the advantages are the (GAE-λ) returns themselves.
+
+    What rllab's ``VPG`` uses in the first adaptation step of Finn et al.'s released test
+    scripts (``maml_examples/test_maml_*.py``): rllab's sampler predicts with the baseline
+    *before* fitting it, and a fresh ``LinearFeatureBaseline`` predicts zeros.
+    """
+
+    def fit_predict(self, obs: Tensor, returns: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
+        """Zeros ``(T, B)`` (the signature of :meth:`LinearFeatureBaseline.fit_predict`)."""
+        if returns.shape[1] % num_tasks:
+            raise ValueError(
+                f"{returns.shape[1]} episode columns do not split into {num_tasks} tasks"
+            )
+        return torch.zeros_like(returns)
+
+
+BASELINES = {"linear": LinearFeatureBaseline, "zero": ZeroBaseline}

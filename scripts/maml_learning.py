@@ -135,7 +135,8 @@ def random_init_curve(
     curves = []
     for s in seeds:
         torch.manual_seed(10_000 + s)
-        policy = make_policy(obs_space, act_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std)
+        policy = make_policy(obs_space, act_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std,
+                             normalize_actions=cfg.normalize_actions)  # fmt: skip
         params = {k: v.detach().clone() for k, v in policy.named_parameters()}
         load_params(policy, params)
         curves.append(

@@ -180,6 +180,28 @@ def test_advantages_are_normalised_per_task() -> None:
         assert abs(a.mean().item()) < 1e-5 and abs(a.std(unbiased=False).item() - 1) < 1e-3
 
 
+def test_zero_baseline_advantages_are_the_normalised_returns() -> None:
+    """``inner_baseline='zero'``: the inner step's advantages are each task's discounted
+    returns, centred and scaled, not returns minus the fitted linear baseline."""
+    from metarl.returns import ZeroBaseline, discounted_returns, normalize_advantages
+
+    _, eps = _episodes()
+    adv = per_task(advantages(eps, 0.99, 1.0, ZeroBaseline()), 3)
+    ret, m = per_task(discounted_returns(eps.rewards, eps.mask, 0.99), 3), per_task(eps.mask, 3)
+    for i in range(3):
+        assert torch.allclose(adv[i], normalize_advantages(ret[i], m[i]), atol=1e-5)
+    assert not torch.allclose(per_task(advantages(eps), 3), adv, atol=1e-2)
+    cfg = MAMLTRPOConfig.from_preset("quick", inner_baseline="zero")
+    policy = make_policy(gym.spaces.Box(-1, 1, (2,)), gym.spaces.Box(-1, 1, (2,)), (8,))
+    params = named_params(policy)
+    expected = adapt_policy(policy, params, eps, advantages(eps, 0.99, 1.0, ZeroBaseline()),
+                            lr=0.1, first_order=True)  # fmt: skip
+    got = inner_step_fn(policy, cfg)(params, eps, 0.1, False)
+    assert all(torch.allclose(got[k], expected[k]) for k in got)
+    with pytest.raises(metarl.config.ConfigError, match="inner_baseline"):
+        MAMLTRPOConfig.from_preset("quick", inner_baseline="mlp")
+
+
 def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
     """``J w = w − α H w`` against the Hessian from torch.func.hessian (closed form)."""
     policy, eps = _episodes(n=2, e=2)
@@ -423,3 +445,36 @@ def test_per_task_helper_layout() -> None:
     y = per_task(x, 3)
     assert y.shape == (3, 2, 2) and torch.equal(y[1], x[:, 2:4])
     assert np.array_equal(forward(torch.nn.Identity(), {}, x).numpy(), x.numpy())
+
+
+def test_normalized_actions_are_rllabs_normalize_wrapper() -> None:
+    """``normalize_actions``: env actions ``c + s·a`` for ``a ~ N(μ_net, σ_net²)``, so the
+    log-probability gradients and the KL equal those of the plain policy on ``[-1, 1]``
+    actions (rllab's ``NormalizedEnv``, which Finn et al.'s MAML code uses)."""
+    box = gym.spaces.Box(np.array([-0.1, 0.0], np.float32), np.array([0.1, 2.0], np.float32))
+    torch.manual_seed(0)
+    norm = make_policy(box, box, (8,), normalize_actions=True)
+    plain = GaussianMLPPolicy(2, 2, (8,))
+    plain.load_state_dict(norm.state_dict())
+    obs, z = torch.randn(5, 2), torch.randn(5, 2)
+    center, scale = torch.tensor([0.0, 1.0]), torch.tensor([0.1, 1.0])
+    (m, ls), (pm, pls) = norm(obs), plain(obs)
+    assert torch.allclose(m, center + scale * pm) and torch.allclose(ls, pls + scale.log())
+    a_norm = (pm + pls.exp() * z).detach()
+    a_env = center + scale * a_norm
+    g_norm = torch.autograd.grad(norm.log_prob(norm(obs), a_env).sum(), list(norm.parameters()))
+    g_plain = torch.autograd.grad(
+        plain.log_prob(plain(obs), a_norm).sum(), list(plain.parameters())
+    )
+    for a, b in zip(g_norm, g_plain, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    shifted = {k: v + 0.1 for k, v in named_params(norm).items()}
+    assert torch.allclose(
+        norm.kl(norm(obs), forward(norm, shifted, obs)),
+        plain.kl(plain(obs), forward(plain, shifted, obs)),
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="finite bounds"):
+        make_policy(box, gym.spaces.Box(-np.inf, np.inf, (2,)), normalize_actions=True)
+    with pytest.raises(ValueError, match="Box actions"):
+        make_policy(box, gym.spaces.Discrete(3), normalize_actions=True)
