@@ -18,9 +18,9 @@ small programs) is timed apart too.
 
 Bounded time. Every (family, B) runs in a child process that is killed when it outlives its
 share of ``--max-seconds`` (a compile that does not finish is reported as such, with the
-time it was given, never waited on); each timed loop stops after ``--phase-seconds`` or
-``--steps`` env steps, whichever comes first, and the rate is over the steps it made. The
-whole run therefore ends within about ``--max-seconds``.
+time it was given, never waited on); each timed loop stops at the first env step past
+``--phase-seconds``, or after ``--steps`` env steps, and the rate is over the steps it made.
+The whole run therefore ends within about ``--max-seconds``.
 
 Threads. ``--nthread`` (default 1) for the native backend; for JAX the children get
 ``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false`` (XLA's CPU backend then runs its kernels
