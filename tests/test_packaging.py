@@ -3,6 +3,7 @@ metarl.agents, nothing plainly named `envs` or `agents` reaches site-packages.""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -53,3 +54,18 @@ def test_wheel_layout(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(site)], capture_output=True, text=True, cwd=tmp_path
     )
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_main_job_needs_no_extra() -> None:
+    """The README's first command is `pip install -e .` then `metarl train` and `metarl
+    evaluate`, which writes a PNG: matplotlib must be a core dependency (stable-baselines3
+    >= 2.8 stopped pulling it in, and the first command failed on a fresh machine)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    block = text.split("\ndependencies = [", 1)[1].split("\n]", 1)[0]  # tomllib is 3.11+
+    deps = re.findall(r'^\s*"([^"]+)"', block, flags=re.M)
+    names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
+    for needed in ("matplotlib", "torch", "gymnasium", "mujoco", "numpy", "stable-baselines3"):
+        assert needed in names, f"{needed} is not a core dependency: {sorted(names)}"
+    readme = (ROOT / "README.md").read_text()
+    first = next(line for line in readme.splitlines() if "metarl train" in line)
+    assert "pip install -e . " in first and "metarl evaluate" in first, first
