@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,6 +224,21 @@ def _check_named_iteration(err: EnvWorkerError, run_dir: Path, agent: str) -> No
     assert len(rows) == err.iteration
 
 
+def _train_until_worker_error(
+    module: Any, cfg: Any, run_dir: Path, env_id: str, fault: str
+) -> EnvWorkerError:
+    """Train until the faulty env stops the run; the error names the env, its task and step
+    2, carries the fault's message, and no worker outlives the run."""
+    before = _live_children()
+    with pytest.raises(EnvWorkerError) as info:
+        module.train(cfg, run_dir)
+    text = str(info.value)
+    assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
+    assert RUN_FAULTS[fault] in text
+    assert not _live_children() - before, "a worker outlived the failed run"
+    return info.value
+
+
 @pytest.mark.timeout(180)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("agent", ["maml-trpo", "reptile-rl"])
@@ -245,15 +261,9 @@ def test_a_training_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_check
         hidden_sizes=(8,), horizon=10, checkpoint_every=1, tensorboard=False,
         backend="subprocess", num_workers=2, worker_timeout=2.0, **extra,
     )  # fmt: skip
-    before = _live_children()
-    with pytest.raises(EnvWorkerError) as info:
-        module.train(cfg, tmp_path / "run")
-    text = str(info.value)
-    assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
-    assert RUN_FAULTS[fault] in text
-    assert not _live_children() - before, "a worker outlived the failed run"
-    assert info.value.iteration == 2
-    _check_named_iteration(info.value, tmp_path / "run", agent)
+    err = _train_until_worker_error(module, cfg, tmp_path / "run", env_id, fault)
+    assert err.iteration == 2
+    _check_named_iteration(err, tmp_path / "run", agent)
     tally("faulty env in a worker surfaced, workers reaped", agent=agent, fault=fault)
 
 
@@ -275,15 +285,9 @@ def test_an_rl2_run_on_a_faulty_env_stops_with_the_error_and_keeps_its_checkpoin
         max_episode_steps=10, episodes_per_trial=2, checkpoint_every=1, tensorboard=False,
         backend="subprocess", num_workers=2, worker_timeout=2.0,
     )  # fmt: skip
-    before = _live_children()
-    with pytest.raises(EnvWorkerError) as info:
-        module.train(cfg, tmp_path / "run")
-    text = str(info.value)
-    assert env_id in text and "GoalTask(goal=(" in text and "step 2" in text
-    assert RUN_FAULTS[fault] in text
-    assert not _live_children() - before, "a worker outlived the failed run"
-    assert info.value.iteration is not None and 1 <= info.value.iteration < 6
-    _check_named_iteration(info.value, tmp_path / "run", "rl2")
+    err = _train_until_worker_error(module, cfg, tmp_path / "run", env_id, fault)
+    assert err.iteration is not None and 1 <= err.iteration < 6
+    _check_named_iteration(err, tmp_path / "run", "rl2")
     tally("faulty env in a worker surfaced, workers reaped", agent="rl2", fault=fault)
 
 
