@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -219,6 +219,32 @@ def conjugate_gradient(
 
 
 # -- the meta-iteration ----------------------------------------------------------------------
+def _task_rows(x: Tensor, n: int) -> Tensor:
+    """``(T, B, ...)`` → ``(N, T·E, ...)``, contiguous: each task's steps on one axis.
+
+    The policy is a per-step MLP and every loss here sums over a task's steps, so the
+    ``(T, E)`` structure is not needed inside the per-task computations; flat, contiguous rows
+    make every vmapped layer one batched matrix product over the task's ``T·E`` steps
+    (a strided ``(N, T, E, ...)`` view made vmap broadcast the first layer's weight over
+    ``T`` and ran the elementwise ops on non-contiguous memory)."""
+    return per_task(x, n).reshape(n, -1, *x.shape[2:]).contiguous()
+
+
+class _TaskData(NamedTuple):
+    """A meta-batch's episodes and advantages in the ``(N, T·E, ...)`` layout."""
+
+    obs: Tensor
+    actions: Tensor
+    adv: Tensor
+    mask: Tensor
+
+    @classmethod
+    def of(cls, episodes: Episodes, adv: Tensor) -> _TaskData:
+        n = episodes.num_tasks
+        return cls(*(_task_rows(x, n) for x in (episodes.obs, episodes.actions, adv.detach(),
+                                                  episodes.mask)))  # fmt: skip
+
+
 class _InnerStep:
     """One inner step ``θ' = θ − α ∇L(θ)`` for every task, keeping what the Jacobian-vector
     products ``J w = w − α H w`` need (the graph of the per-task gradients)."""
@@ -231,20 +257,19 @@ class _InnerStep:
         adv: Tensor,
         lr: float,
         keep_graph: bool,
+        data: _TaskData | None = None,
     ) -> None:
-        n = episodes.num_tasks
         self.episodes, self.adv, self.start = episodes, adv.detach(), start
+        self.data = _TaskData.of(episodes, adv) if data is None else data
         self.num_env_steps = episodes.num_steps()
         # Per-task leaves (N, ...): the gradient of the summed loss is every task's gradient.
         self.leaf = {k: v.detach().requires_grad_(True) for k, v in start.items()}
-        obs, act = per_task(episodes.obs, n), per_task(episodes.actions, n)
-        a, m = per_task(adv.detach(), n), per_task(episodes.mask, n)
 
         def task_loss(p: Params, o: Tensor, ac: Tensor, aa: Tensor, mm: Tensor) -> Tensor:
             logp = policy.log_prob(tuple(forward(policy, p, o)), ac)
             return -(logp * aa * mm).sum() / mm.sum().clamp_min(1.0)
 
-        loss = vmap(task_loss)(self.leaf, obs, act, a, m).sum()
+        loss = vmap(task_loss)(self.leaf, *self.data).sum()
         names = list(self.leaf)
         grads = torch.autograd.grad(loss, [self.leaf[k] for k in names], create_graph=keep_graph)
         self.grads = dict(zip(names, grads, strict=True))
@@ -281,23 +306,20 @@ def _expand(params: Mapping[str, Tensor], n: int) -> Params:
 
 
 def _outer_terms(
-    policy: Policy, adapted: Params, episodes: Episodes, adv: Tensor, old_logp: Tensor,
-    old_dist: tuple[Tensor, ...],
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    policy: Policy, adapted: Params, data: _TaskData, old_logp: Tensor, old_dist: tuple[Tensor, ...]
+) -> tuple[Tensor, Tensor]:
     """Mean over tasks of the TRPO surrogate loss (to minimise) and of the KL, both
     functions of the per-task parameters ``adapted`` ``(N, ...)``."""
-    n = episodes.num_tasks
-    obs, act, mask = (per_task(x, n) for x in (episodes.obs, episodes.actions, episodes.mask))
 
     def task_dist(p: Params, o: Tensor) -> tuple[Tensor, ...]:
         return tuple(forward(policy, p, o))
 
-    dist = vmap(task_dist)(adapted, obs)
-    logp = policy.log_prob(dist, act)
-    count = mask.sum((1, 2)).clamp_min(1.0)
+    dist = vmap(task_dist)(adapted, data.obs)
+    logp = policy.log_prob(dist, data.actions)
+    count = data.mask.sum(1).clamp_min(1.0)
     ratio = torch.exp(logp - old_logp)
-    surrogate = -((ratio * per_task(adv, n) * mask).sum((1, 2)) / count).mean()
-    kl = ((policy.kl(old_dist, dist) * mask).sum((1, 2)) / count).mean()
+    surrogate = -((ratio * data.adv * data.mask).sum(1) / count).mean()
+    kl = ((policy.kl(old_dist, dist) * data.mask).sum(1) / count).mean()
     return surrogate, kl
 
 
@@ -333,17 +355,18 @@ def meta_step(
     sample_s += time.perf_counter() - ts
     to = time.perf_counter()
     valid_adv = advantages(valid, cfg.gamma, cfg.gae_lambda)
+    valid_data = _TaskData.of(valid, valid_adv)
 
     # 4. TRPO. The surrogate and the KL as functions of the last adapted parameters.
     leaf = {k: v.detach().requires_grad_(True) for k, v in current.items()}
 
-    def old_policy(eps: Episodes) -> tuple[Tensor, tuple[Tensor, ...]]:
+    def old_policy(data: _TaskData) -> tuple[Tensor, tuple[Tensor, ...]]:
         with torch.no_grad():
-            dist = vmap(lambda p, o: tuple(forward(policy, p, o)))(leaf, per_task(eps.obs, n))
-            return policy.log_prob(dist, per_task(eps.actions, n)), dist
+            dist = vmap(lambda p, o: tuple(forward(policy, p, o)))(leaf, data.obs)
+            return policy.log_prob(dist, data.actions), dist
 
-    old_logp, old_dist = old_policy(valid)
-    surrogate, kl = _outer_terms(policy, leaf, valid, valid_adv, old_logp, old_dist)
+    old_logp, old_dist = old_policy(valid_data)
+    surrogate, kl = _outer_terms(policy, leaf, valid_data, old_logp, old_dist)
     names = list(leaf)
     g_out = torch.autograd.grad(surrogate, [leaf[k] for k in names], retain_graph=True)
     # The curvature (KL Hessian) products, optionally on a subsample of the episodes.
@@ -355,8 +378,9 @@ def meta_step(
             for step in steps:
                 eps_c, adv_c = _subsample(step.episodes, step.adv, cfg.cg_subsample)
                 curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, cfg.inner_lr, True))
-        old_logp_c, old_dist_c = old_policy(valid_c)
-        _, kl = _outer_terms(policy, leaf, valid_c, valid_adv_c, old_logp_c, old_dist_c)
+        valid_data_c = _TaskData.of(valid_c, valid_adv_c)
+        old_logp_c, old_dist_c = old_policy(valid_data_c)
+        _, kl = _outer_terms(policy, leaf, valid_data_c, old_logp_c, old_dist_c)
     kl_grad = torch.autograd.grad(kl, [leaf[k] for k in names], create_graph=True)
 
     def back_to_theta(w: Params, through: list[_InnerStep]) -> Params:
@@ -400,10 +424,12 @@ def meta_step(
         cur, per = candidate, False
         for step in steps:
             start = cur if per else _expand(cur, n)
-            cur = _InnerStep(policy, start, step.episodes, step.adv, cfg.inner_lr, False).adapted
+            cur = _InnerStep(
+                policy, start, step.episodes, step.adv, cfg.inner_lr, False, data=step.data
+            ).adapted
             per = True
         with torch.no_grad():
-            s, d = _outer_terms(policy, cur, valid, valid_adv, old_logp, old_dist)
+            s, d = _outer_terms(policy, cur, valid_data, old_logp, old_dist)
         return s.item(), d.item()
 
     accepted, ratio, new_loss, new_kl = False, 1.0, old_loss, 0.0

@@ -146,7 +146,10 @@ class GaussianMLPPolicy(Policy):
             self.register_buffer("action_log_scale", torch.log((high - low) / 2), persistent=False)
 
     def forward(self, obs: Tensor) -> Dist:
-        mean = self.mean(obs.reshape(*obs.shape[: obs.dim() - 1], self.obs_dim).float())
+        # Observations are cast to the parameters' dtype: float32 normally, float64 for a
+        # policy made ``.double()`` (the round-off-free equality tests of the agents).
+        flat = obs.reshape(*obs.shape[: obs.dim() - 1], self.obs_dim)
+        mean = self.mean(flat.to(self.log_std.dtype))
         log_std = self.log_std.clamp_min(self.min_log_std).expand_as(mean)
         if self.normalized:
             mean = self.action_center + self.action_log_scale.exp() * mean

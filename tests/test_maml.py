@@ -239,6 +239,51 @@ def test_conjugate_gradient_solves_spd_system() -> None:
     assert torch.allclose(a @ x["x"], b["x"], atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"cg_subsample": 0.1}, {"first_order": True}, {"num_adapt_steps": 2}],
+    ids=["exact", "cg-subsample", "first-order", "two-inner-steps"],
+)
+def test_meta_step_equals_the_implementation_before(variant: dict) -> None:
+    """The outer-step speed-up (issue #4) changes no maths: two meta-iterations from the same
+    policy on the same episodes give the parameters of the implementation before it
+    (tests/_maml_trpo_before.py), for the exact second-order step, CG on a subsample, first
+    order, and two inner steps. Fails if any step differs (a wrong Hessian-vector product,
+    line search or data layout), and if no step was taken.
+
+    In float64: the two implementations sum in different orders, and in float32 that
+    round-off (1e-7) is amplified by conjugate gradient on the ill-conditioned KL Hessian to
+    1e-3..1e-1 relative differences in the step (measured on this test's setting), which
+    would hide a real error; in float64 they agree to 1e-9 relative."""
+    from _maml_trpo_before import meta_step_before
+
+    from metarl.agents.maml_trpo import meta_step
+
+    cfg = MAMLTRPOConfig(meta_batch_size=4, episodes_per_task=10, hidden_sizes=(16, 16),
+                         horizon=25, **variant)  # fmt: skip
+    sampler = BatchedSampler(NAV, 4, 10, env_kwargs=cfg.env_kwargs())
+    torch.manual_seed(3)
+    env = metarl.make(NAV)
+    new = make_policy(env.observation_space, env.action_space, cfg.hidden_sizes).double()
+    old = make_policy(env.observation_space, env.action_space, cfg.hidden_sizes).double()
+    old.load_state_dict(new.state_dict())
+    start = {k: v.detach().clone() for k, v in new.named_parameters()}
+    tasks = _tasks(8)
+    taken = 0
+    for it in range(2):
+        batch = tasks[4 * it : 4 * it + 4]
+        got = meta_step(new, sampler, batch, 100 * it, cfg)
+        want = meta_step_before(old, sampler, batch, 100 * it, cfg)
+        assert got["step_size"] == want["step_size"], it
+        assert got["surrogate_before"] == pytest.approx(want["surrogate_before"], abs=1e-12)
+        assert got["kl"] == pytest.approx(want["kl"], rel=1e-7)
+        taken += got["step_size"] > 0
+        for (k, p), q in zip(new.named_parameters(), old.parameters(), strict=True):
+            assert torch.allclose(p, q, rtol=1e-7, atol=1e-10), (it, k, (p - q).abs().max())
+    assert taken, "no outer step was accepted: the comparison would be vacuous"
+    assert any(not torch.equal(p, start[k]) for k, p in new.named_parameters())
+
+
 def _rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv") as f:
         return list(csv.DictReader(f))
