@@ -51,7 +51,7 @@ from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
 from metarl.returns import BASELINES
 from metarl.runs import Run
-from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task
+from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task_rows
 
 __all__ = ["AGENT", "CONFIG", "MAMLTRPOConfig", "evaluate", "load_policy", "meta_step", "train"]
 
@@ -219,19 +219,9 @@ def conjugate_gradient(
 
 
 # -- the meta-iteration ----------------------------------------------------------------------
-def _task_rows(x: Tensor, n: int) -> Tensor:
-    """``(T, B, ...)`` → ``(N, T·E, ...)``, contiguous: each task's steps on one axis.
-
-    The policy is a per-step MLP and every loss here sums over a task's steps, so the
-    ``(T, E)`` structure is not needed inside the per-task computations; flat, contiguous rows
-    make every vmapped layer one batched matrix product over the task's ``T·E`` steps
-    (a strided ``(N, T, E, ...)`` view made vmap broadcast the first layer's weight over
-    ``T`` and ran the elementwise ops on non-contiguous memory)."""
-    return per_task(x, n).reshape(n, -1, *x.shape[2:]).contiguous()
-
-
 class _TaskData(NamedTuple):
-    """A meta-batch's episodes and advantages in the ``(N, T·E, ...)`` layout."""
+    """A meta-batch's episodes and advantages in the ``(N, T·E, ...)`` layout of
+    :func:`metarl.sampler.per_task_rows`, made once per meta-iteration."""
 
     obs: Tensor
     actions: Tensor
@@ -241,8 +231,8 @@ class _TaskData(NamedTuple):
     @classmethod
     def of(cls, episodes: Episodes, adv: Tensor) -> _TaskData:
         n = episodes.num_tasks
-        return cls(*(_task_rows(x, n) for x in (episodes.obs, episodes.actions, adv.detach(),
-                                                  episodes.mask)))  # fmt: skip
+        return cls(*(per_task_rows(x, n) for x in (episodes.obs, episodes.actions, adv.detach(),
+                                                     episodes.mask)))  # fmt: skip
 
 
 class _InnerStep:
@@ -305,22 +295,31 @@ def _expand(params: Mapping[str, Tensor], n: int) -> Params:
     return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
 
 
+_Old = tuple[Tensor, tuple[Tensor, ...]]
+
+
 def _outer_terms(
-    policy: Policy, adapted: Params, data: _TaskData, old_logp: Tensor, old_dist: tuple[Tensor, ...]
-) -> tuple[Tensor, Tensor]:
+    policy: Policy, adapted: Params, data: _TaskData, old: _Old | None = None
+) -> tuple[Tensor, Tensor, _Old]:
     """Mean over tasks of the TRPO surrogate loss (to minimise) and of the KL, both
-    functions of the per-task parameters ``adapted`` ``(N, ...)``."""
+    functions of the per-task parameters ``adapted`` ``(N, ...)``, and ``old``: the
+    log-probabilities and distributions of ``π_old``. ``old=None``: ``adapted`` are the
+    current parameters, so ``π_old`` is this forward pass itself, detached (one forward pass,
+    not a second no-grad one on the same parameters)."""
 
     def task_dist(p: Params, o: Tensor) -> tuple[Tensor, ...]:
         return tuple(forward(policy, p, o))
 
     dist = vmap(task_dist)(adapted, data.obs)
     logp = policy.log_prob(dist, data.actions)
+    if old is None:
+        old = logp.detach(), tuple(d.detach() for d in dist)
+    old_logp, old_dist = old
     count = data.mask.sum(1).clamp_min(1.0)
     ratio = torch.exp(logp - old_logp)
     surrogate = -((ratio * data.adv * data.mask).sum(1) / count).mean()
     kl = ((policy.kl(old_dist, dist) * data.mask).sum(1) / count).mean()
-    return surrogate, kl
+    return surrogate, kl, old
 
 
 def meta_step(
@@ -360,13 +359,7 @@ def meta_step(
     # 4. TRPO. The surrogate and the KL as functions of the last adapted parameters.
     leaf = {k: v.detach().requires_grad_(True) for k, v in current.items()}
 
-    def old_policy(data: _TaskData) -> tuple[Tensor, tuple[Tensor, ...]]:
-        with torch.no_grad():
-            dist = vmap(lambda p, o: tuple(forward(policy, p, o)))(leaf, data.obs)
-            return policy.log_prob(dist, data.actions), dist
-
-    old_logp, old_dist = old_policy(valid_data)
-    surrogate, kl = _outer_terms(policy, leaf, valid_data, old_logp, old_dist)
+    surrogate, kl, old = _outer_terms(policy, leaf, valid_data)
     names = list(leaf)
     g_out = torch.autograd.grad(surrogate, [leaf[k] for k in names], retain_graph=True)
     # The curvature (KL Hessian) products, optionally on a subsample of the episodes.
@@ -379,8 +372,7 @@ def meta_step(
                 eps_c, adv_c = _subsample(step.episodes, step.adv, cfg.cg_subsample)
                 curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, cfg.inner_lr, True))
         valid_data_c = _TaskData.of(valid_c, valid_adv_c)
-        old_logp_c, old_dist_c = old_policy(valid_data_c)
-        _, kl = _outer_terms(policy, leaf, valid_data_c, old_logp_c, old_dist_c)
+        _, kl, _ = _outer_terms(policy, leaf, valid_data_c)
     kl_grad = torch.autograd.grad(kl, [leaf[k] for k in names], create_graph=True)
 
     def back_to_theta(w: Params, through: list[_InnerStep]) -> Params:
@@ -429,7 +421,7 @@ def meta_step(
             ).adapted
             per = True
         with torch.no_grad():
-            s, d = _outer_terms(policy, cur, valid_data, old_logp, old_dist)
+            s, d, _ = _outer_terms(policy, cur, valid_data, old)
         return s.item(), d.item()
 
     accepted, ratio, new_loss, new_kl = False, 1.0, old_loss, 0.0

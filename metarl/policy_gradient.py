@@ -31,7 +31,7 @@ from torch.func import vmap
 from metarl.functional import LearningRate, Params, adapt_func, forward
 from metarl.policies import Policy
 from metarl.returns import LinearFeatureBaseline, ZeroBaseline, discounted_returns, gae
-from metarl.sampler import Episodes, per_task
+from metarl.sampler import Episodes, per_task_rows
 
 __all__ = ["adapt_policy", "advantages", "reinforce_loss", "task_log_probs"]
 
@@ -79,7 +79,8 @@ def reinforce_loss(
     adv: Tensor,
     mask: Tensor,
 ) -> Tensor:
-    """``−Σ log π(a|s) A / Σ mask`` over one task's ``(T, E)`` steps (the VPG surrogate)."""
+    """``−Σ log π(a|s) A / Σ mask`` over one task's steps, ``(T, E)`` or flattened ``(T·E,)``
+    (the VPG surrogate)."""
     logp, _ = task_log_probs(policy, params, obs, actions)
     return -(logp * adv * mask).sum() / mask.sum().clamp_min(1.0)
 
@@ -107,10 +108,10 @@ def adapt_policy(
     """
     n = episodes.num_tasks
     data = (
-        per_task(episodes.obs, n),
-        per_task(episodes.actions, n),
-        per_task(adv.detach(), n),
-        per_task(episodes.mask, n),
+        per_task_rows(episodes.obs, n),
+        per_task_rows(episodes.actions, n),
+        per_task_rows(adv.detach(), n),
+        per_task_rows(episodes.mask, n),
     )
 
     def loss(p: Params, obs: Tensor, act: Tensor, a: Tensor, m: Tensor) -> Tensor:
