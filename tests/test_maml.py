@@ -240,11 +240,14 @@ def test_conjugate_gradient_solves_spd_system() -> None:
 
 
 @pytest.mark.parametrize(
-    "variant",
-    [{}, {"cg_subsample": 0.1}, {"first_order": True}, {"num_adapt_steps": 2}],
-    ids=["exact", "cg-subsample", "first-order", "two-inner-steps"],
-)
-def test_meta_step_equals_the_implementation_before(variant: dict) -> None:
+    ("variant", "chunk_rows"),
+    [({}, None), ({"cg_subsample": 0.1}, None), ({"first_order": True}, None),
+     ({"num_adapt_steps": 2}, None), ({"num_adapt_steps": 2, "cg_subsample": 0.5}, 260)],
+    ids=["exact", "cg-subsample", "first-order", "two-inner-steps", "chunks-of-tasks"],
+)  # fmt: skip
+def test_meta_step_equals_the_implementation_before(
+    variant: dict, chunk_rows: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The outer-step speed-up (issue #4) changes no maths: two meta-iterations from the same
     policy on the same episodes give the parameters of the implementation before it
     (tests/_maml_trpo_before.py), for the exact second-order step, CG on a subsample, first
@@ -254,10 +257,16 @@ def test_meta_step_equals_the_implementation_before(variant: dict) -> None:
     In float64: the two implementations sum in different orders, and in float32 that
     round-off (1e-7) is amplified by conjugate gradient on the ill-conditioned KL Hessian to
     1e-3..1e-1 relative differences in the step (measured on this test's setting), which
-    would hide a real error; in float64 they agree to 1e-9 relative."""
+    would hide a real error; in float64 they agree to 1e-9 relative. ``chunk_rows``: the
+    vmapped passes go through the tasks in chunks of that many rows (here one task per chunk
+    on the full episodes, two on the 50% subsample) instead of all at once."""
     from _maml_trpo_before import meta_step_before
 
+    from metarl.agents import maml_trpo
     from metarl.agents.maml_trpo import meta_step
+
+    if chunk_rows is not None:
+        monkeypatch.setattr(maml_trpo, "_CHUNK_ROWS", chunk_rows)
 
     cfg = MAMLTRPOConfig(meta_batch_size=4, episodes_per_task=10, hidden_sizes=(16, 16),
                          horizon=25, **variant)  # fmt: skip
