@@ -219,16 +219,19 @@ def conjugate_gradient(
 
 
 # -- the meta-iteration ----------------------------------------------------------------------
-#: Steps (rows) per chunk of tasks in the vmapped passes of the outer step. The per-task
-#: computations are independent, so tasks can go through in chunks, each with its own leaf
-#: parameters and graph; a chunk of about this many rows keeps every activation tensor a few
-#: MB. One vmap over all 40 HalfCheetahVel tasks (160k rows, 64 MB activations) took 1.5x
-#: the time per task of chunks of 1-8 tasks (allocation of fresh memory for every large
-#: tensor, cache misses); the results are the same.
+#: Steps (rows) per chunk of tasks in the vmapped passes of the outer step on a CPU. The
+#: per-task computations are independent, so tasks can go through in chunks, each with its
+#: own leaf parameters and graph; a chunk of about this many rows keeps every activation
+#: tensor a few MB. On the 2-core CPU one vmap over all 40 HalfCheetahVel tasks (160k rows,
+#: 64 MB activations) took 1.5x the time per task of chunks of 1-8 tasks (fresh memory for
+#: every large tensor, cache misses); the results are the same. A GPU wants the big batch:
+#: there all tasks go at once.
 _CHUNK_ROWS = 16384
 
 
-def _chunks(num_tasks: int, rows_per_task: int) -> list[slice]:
+def _chunks(num_tasks: int, rows_per_task: int, device: torch.device) -> list[slice]:
+    if device.type != "cpu":
+        return [slice(0, num_tasks)]
     size = max(1, _CHUNK_ROWS // max(1, rows_per_task))
     return [slice(i, min(i + size, num_tasks)) for i in range(0, num_tasks, size)]
 
@@ -268,7 +271,7 @@ class _TaskData(NamedTuple):
                                                      episodes.mask)))  # fmt: skip
 
     def chunks(self) -> list[slice]:
-        return _chunks(self.obs.shape[0], self.obs.shape[1])
+        return _chunks(self.obs.shape[0], self.obs.shape[1], self.obs.device)
 
     def chunk(self, c: slice) -> _TaskData:
         return _TaskData(*(x[c] for x in self))
