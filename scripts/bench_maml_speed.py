@@ -22,6 +22,7 @@ episodes × horizon 200, native batched MuJoCo backend). Results go to
 ``benchmarks/maml_speed.{json,md}`` with the command.
 
 Usage: python scripts/bench_maml_speed.py [--iterations 3] [--threads 1] [--device cpu]
+       [--out maml_speed]
 """
 
 from __future__ import annotations
@@ -164,6 +165,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (ours only)")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--out", default="maml_speed",
+                    help="results go to benchmarks/OUT.{md,json}")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -227,11 +230,11 @@ def main() -> int:
     print(text)
     if not args.no_write:
         OUT.mkdir(exist_ok=True)
-        (OUT / "maml_speed.md").write_text(text)
+        (OUT / f"{args.out}.md").write_text(text)
         payload = {"command": command.strip(), "device": args.device, "threads": args.threads,
                    "load_before": load_before, "load_after": load_after, "nav2d": results,
                    "halfcheetah_vel": cheetah, "metarl": metarl.__version__}  # fmt: skip
-        (OUT / "maml_speed.json").write_text(json.dumps(payload, indent=2) + "\n")
+        (OUT / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
 

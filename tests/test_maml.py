@@ -31,7 +31,7 @@ from metarl.evaluation import evaluate_policy_adaptation
 from metarl.functional import forward, named_params
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages, reinforce_loss
-from metarl.sampler import BatchedSampler, per_task
+from metarl.sampler import BatchedSampler, per_task, per_task_rows
 
 NAV = "metarl/Navigation2D-v0"
 
@@ -499,6 +499,11 @@ def test_per_task_helper_layout() -> None:
     y = per_task(x, 3)
     assert y.shape == (3, 2, 2) and torch.equal(y[1], x[:, 2:4])
     assert np.array_equal(forward(torch.nn.Identity(), {}, x).numpy(), x.numpy())
+    # per_task_rows: each task's (T, E) steps flattened t-major, contiguous, trailing dims kept.
+    z = torch.arange(2 * 6 * 4).view(2, 6, 4)
+    rows = per_task_rows(z, 3)
+    assert rows.shape == (3, 4, 4) and rows.is_contiguous()
+    assert torch.equal(rows[1], z[:, 2:4].reshape(4, 4))
 
 
 def test_normalized_actions_are_rllabs_normalize_wrapper() -> None:
