@@ -18,7 +18,8 @@ search, max-KL 0.01), 2×100 ReLU policy. Measured in one run, side by side:
   iteration on this kind of 2-core machine; it is not installed here).
 
 Then ``--cheetah-iterations`` iterations of the HalfCheetahVel paper preset (40 tasks × 20
-episodes × horizon 200, native batched MuJoCo backend). Results go to
+episodes × horizon 200, native batched MuJoCo backend), with its exact curvature and with CG
+on 10% of the episodes. Results go to
 ``benchmarks/maml_speed.{json,md}`` with the command.
 
 Usage: python scripts/bench_maml_speed.py [--iterations 3] [--threads 1] [--device cpu]
@@ -185,11 +186,14 @@ def main() -> int:
             nav, args.reference_iterations
         )
         print("reference", results["per-task loop (pytorch-maml-rl's structure)"], flush=True)
-    cheetah = None
+    cheetah = cheetah_cg = None
     if args.cheetah_iterations:
         hc = MAMLTRPOConfig.from_preset("halfcheetah-vel-paper", device=args.device)
         cheetah = time_ours(hc, args.cheetah_iterations, args.device)
         print("HalfCheetahVel", cheetah, flush=True)
+        # The preset's exact curvature, and TRPO's 10% subsample as in the nav2d row.
+        cheetah_cg = time_ours(hc.replace(cg_subsample=0.1), args.cheetah_iterations, args.device)
+        print("HalfCheetahVel, CG on 10%", cheetah_cg, flush=True)
     load_after = os.getloadavg()[0]
 
     ref = results.get("per-task loop (pytorch-maml-rl's structure)")
@@ -221,11 +225,18 @@ def main() -> int:
         lines += [
             "",
             "HalfCheetahVel paper preset (40 tasks × 20 episodes × horizon 200, native batched "
-            f"MuJoCo): sampling {cheetah['sample_s']:.2f} s, adaptation "
-            f"{cheetah['adapt_s']:.2f} s, outer step {cheetah['outer_s']:.2f} s, total "
-            f"{cheetah['iteration_s']:.2f} s per iteration "
-            f"(median of {args.cheetah_iterations} after a warm-up).",
+            f"MuJoCo); median of {args.cheetah_iterations} after a warm-up.",
+            "",
+            "| variant | sampling s | adaptation s | outer step s | total s/iter |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
+        hc_rows = {"exact second order (the preset)": cheetah,
+                   "CG on 10% of the episodes (`--cg-subsample 0.1`)": cheetah_cg}  # fmt: skip
+        for name, r in hc_rows.items():
+            lines.append(
+                f"| {name} | {r['sample_s']:.2f} | {r['adapt_s']:.2f} | {r['outer_s']:.2f} | "
+                f"{r['iteration_s']:.2f} |"
+            )
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
@@ -233,7 +244,8 @@ def main() -> int:
         (OUT / f"{args.out}.md").write_text(text)
         payload = {"command": command.strip(), "device": args.device, "threads": args.threads,
                    "load_before": load_before, "load_after": load_after, "nav2d": results,
-                   "halfcheetah_vel": cheetah, "metarl": metarl.__version__}  # fmt: skip
+                   "halfcheetah_vel": cheetah, "halfcheetah_vel_cg_subsample_0.1": cheetah_cg,
+                   "metarl": metarl.__version__}  # fmt: skip
         (OUT / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 
