@@ -2,8 +2,9 @@
 verbatim as the oracle of tests/test_maml.py::test_meta_step_equals_the_implementation_before:
 the faster ``agents/maml_trpo.py`` must give the same parameters to float round-off.
 
-Copied from agents/maml_trpo.py at commit 441edd4 (functions renamed nowhere but
-``meta_step`` → ``meta_step_before``); not used by the package.
+Copied from agents/maml_trpo.py at commit 441edd4: the same code up to whitespace (ruff
+re-formatted it), only ``meta_step`` renamed ``meta_step_before``. Also the "before" of
+scripts/bench_maml_before_after.py; not used by the package.
 """
 
 from __future__ import annotations
