@@ -11,6 +11,7 @@ bar (Li et al. 2017: −9.12 after one step) is checked per row from the data.
 
 Usage:
     python scripts/maml_nav2d_variants.py --run base=runs/v-base --run norm=runs/v-norm05 ...
+    python scripts/maml_nav2d_variants.py --keep-existing --run more=runs/v-more   # add rows
 """
 
 from __future__ import annotations
@@ -94,14 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, metavar="NAME=DIR")
     ap.add_argument("--out", default=str(BENCH / "maml_nav2d_variants"))
+    ap.add_argument(
+        "--keep-existing",
+        action="store_true",
+        help="keep the rows already in OUT.json (runs no longer on disk) before the new ones; "
+        "a new row replaces an old one of the same name and seed",
+    )
     args = ap.parse_args(argv)
     rows = []
+    out = Path(args.out)
+    if args.keep_existing and out.with_suffix(".json").exists():
+        rows = json.loads(out.with_suffix(".json").read_text())["variants"]
     for item in args.run:
         name, sep, path = item.partition("=")
         if not sep or not (Path(path) / "eval_test.json").exists():
             ap.error(f"--run {item!r}: give NAME=DIR of an evaluated run (DIR/eval_test.json)")
-        rows.append(variant(name, Path(path)))
-    out = Path(args.out)
+        new = variant(name, Path(path))
+        rows = [r for r in rows if (r["name"], r["seed"]) != (new["name"], new["seed"])]
+        rows.append(new)
     out.with_suffix(".json").write_text(json.dumps({"published": PUBLISHED, "variants": rows},
                                                    indent=2))  # fmt: skip
     md = out.with_suffix(".md")
