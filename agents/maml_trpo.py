@@ -197,11 +197,22 @@ def _axpy(alpha: float | Tensor, x: Mapping[str, Tensor], y: Mapping[str, Tensor
 
 
 def conjugate_gradient(
-    mvp: Callable[[Params], Params], b: Params, iters: int, tol: float = 1e-10
+    mvp: Callable[[Params], Params],
+    b: Params,
+    iters: int,
+    tol: float = 1e-10,
+    *,
+    product: dict[str, Tensor] | None = None,
 ) -> Params:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` given by ``mvp`` (Hestenes and
-    Stiefel 1952), as in TRPO's reference implementation."""
+    Stiefel 1952), as in TRPO's reference implementation.
+
+    ``product``: if given, filled with ``A x``. CG builds ``x = Σ α_i p_i`` from the products
+    ``A p_i`` it computes anyway, so ``A x = Σ α_i A p_i`` costs no extra product; TRPO's step
+    length needs ``xᵀ A x`` (Schulman et al. 2015, Appendix C), which the reference
+    implementation gets from one more call of ``mvp``."""
     x = {k: torch.zeros_like(v) for k, v in b.items()}
+    ax = {k: torch.zeros_like(v) for k, v in b.items()}
     r = {k: v.clone() for k, v in b.items()}
     p = {k: v.clone() for k, v in b.items()}
     rr = _dot(r, r)
@@ -209,12 +220,15 @@ def conjugate_gradient(
         ap = mvp(p)
         alpha = rr / _dot(p, ap).clamp_min(1e-30)
         x = _axpy(alpha, p, x)
+        ax = _axpy(alpha, ap, ax)
         r = _axpy(-alpha, ap, r)
         rr_new = _dot(r, r)
         if rr_new < tol:
             break
         p = _axpy(rr_new / rr, p, r)
         rr = rr_new
+    if product is not None:
+        product.update(ax)
     return x
 
 
@@ -447,8 +461,9 @@ def meta_step(
     hint = "lower --inner-lr or --max-kl, or check the env's rewards"
     check_finite("MAML-TRPO surrogate loss", surrogate, hint=hint)
     check_finite("meta-gradient", grad, hint=hint)
-    direction = conjugate_gradient(kl_hvp, grad, cfg.cg_iters)
-    shs = 0.5 * _dot(direction, kl_hvp(direction))
+    h_direction: dict[str, Tensor] = {}
+    direction = conjugate_gradient(kl_hvp, grad, cfg.cg_iters, product=h_direction)
+    shs = 0.5 * _dot(direction, h_direction)
     lagrange = torch.sqrt(shs.clamp_min(1e-20) / cfg.max_kl)
     full_step = {k: v / lagrange for k, v in direction.items()}
     check_finite("TRPO step (conjugate-gradient direction)", full_step,

@@ -237,6 +237,11 @@ def test_conjugate_gradient_solves_spd_system() -> None:
     b = {"x": torch.randn(6)}
     x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, iters=20)
     assert torch.allclose(a @ x["x"], b["x"], atol=1e-4)
+    # The product A x it accumulates (TRPO's step length), also when stopped early.
+    for iters in (2, 20):
+        product: dict = {}
+        x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, iters=iters, product=product)
+        assert torch.allclose(product["x"], a @ x["x"], atol=1e-5), iters
 
 
 @pytest.mark.parametrize(
