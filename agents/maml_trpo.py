@@ -82,6 +82,13 @@ class MAMLTRPOConfig(RunConfig):
         "the outer TRPO step always uses the linear one",
         choices=("linear", "zero"),
     )
+    inner_normalize_advantages: bool = option(
+        True,
+        "normalise the inner steps' advantages to zero mean and unit variance within each task "
+        "(rllab's center_adv, as in Finn et al.'s code and pytorch-maml-rl), in meta-training "
+        "and in evaluation; off: the step keeps the advantages' scale, so it grows with the "
+        "spread of the task's returns (in 2D navigation, with the goal's distance)",
+    )
     gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
     gae_lambda: float = option(1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0,
                                high=1.0)  # fmt: skip
@@ -383,6 +390,12 @@ def _outer_terms(
     return -torch.cat(surrogates).mean(), torch.cat(kls).mean(), olds
 
 
+def _inner_advantages(episodes: Episodes, cfg: MAMLTRPOConfig) -> Tensor:
+    """The inner (adaptation) step's advantages, in meta-training and in evaluation."""
+    return advantages(episodes, cfg.gamma, cfg.gae_lambda, BASELINES[cfg.inner_baseline](),
+                      normalize=cfg.inner_normalize_advantages)  # fmt: skip
+
+
 def meta_step(
     policy: Policy, sampler: BatchedSampler, tasks: list[Any], seed: int, cfg: MAMLTRPOConfig
 ) -> dict[str, float]:
@@ -403,7 +416,7 @@ def meta_step(
         )
         train_returns.append(eps.task_returns().mean().item())
         ta = time.perf_counter()
-        adv = advantages(eps, cfg.gamma, cfg.gae_lambda, BASELINES[cfg.inner_baseline]())
+        adv = _inner_advantages(eps, cfg)
         start = current if per_task_params else _expand(current, n)
         step = _InnerStep(policy, start, eps, adv, cfg.inner_lr, keep_graph=not cfg.first_order)
         steps.append(step)
@@ -574,7 +587,7 @@ def inner_step_fn(
     """The agent's inner step as the evaluation protocol wants it."""
 
     def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
-        adv = advantages(eps, cfg.gamma, cfg.gae_lambda, BASELINES[cfg.inner_baseline]())
+        adv = _inner_advantages(eps, cfg)
         return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
                             per_task_params=per_task)  # fmt: skip
 

@@ -542,3 +542,25 @@ def test_normalized_actions_are_rllabs_normalize_wrapper() -> None:
         make_policy(box, gym.spaces.Box(-np.inf, np.inf, (2,)), normalize_actions=True)
     with pytest.raises(ValueError, match="Box actions"):
         make_policy(box, gym.spaces.Discrete(3), normalize_actions=True)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_inner_advantage_normalisation_option_reaches_the_inner_step(normalize: bool) -> None:
+    """``inner_normalize_advantages`` decides the advantages of the inner step used in
+    evaluation (and, through the same helper, in meta-training): normalised per task
+    (rllab's center_adv) or raw. The two give different adapted parameters, so a flag that
+    were ignored would fail one of the two cases."""
+    cfg = MAMLTRPOConfig(meta_batch_size=3, episodes_per_task=4, hidden_sizes=(8,), horizon=20,
+                         inner_normalize_advantages=normalize)  # fmt: skip
+    torch.manual_seed(0)
+    env = metarl.make(NAV)
+    policy = make_policy(env.observation_space, env.action_space, cfg.hidden_sizes)
+    sampler = BatchedSampler(NAV, 3, 4, env_kwargs=cfg.env_kwargs())
+    params = named_params(policy)
+    eps = sampler.collect(policy, params, _tasks(3), seed=0)
+    got = inner_step_fn(policy, cfg)(params, eps, 0.1, False)
+    for norm in (True, False):
+        adv = advantages(eps, cfg.gamma, cfg.gae_lambda, normalize=norm)
+        want = adapt_policy(policy, params, eps, adv, lr=0.1, first_order=True)
+        same = all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+        assert same == (norm == normalize), norm
