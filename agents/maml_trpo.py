@@ -576,9 +576,11 @@ def train(
                       overwrite=overwrite, log=log)  # fmt: skip
 
 
-def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, MAMLTRPOConfig]:
+def load_policy(
+    run_dir: str | Path, device: str = "cpu", loaded: dict[str, Any] | None = None
+) -> tuple[Policy, Params, MAMLTRPOConfig]:
     """The meta-trained policy of a run (its last checkpoint) and the run's config."""
-    return load_run_policy(run_dir, AGENT, MAMLTRPOConfig, device)
+    return load_run_policy(run_dir, AGENT, MAMLTRPOConfig, device, loaded=loaded)
 
 
 def inner_step_fn(
@@ -606,7 +608,8 @@ def evaluate(
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`);
     writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
-    policy, params, cfg = load_policy(run_dir, device)
+    loaded: dict[str, Any] = {}
+    policy, params, cfg = load_policy(run_dir, device, loaded)
     curve = evaluate_policy_adaptation(
         policy,
         params,
@@ -627,4 +630,5 @@ def evaluate(
     )
     curve.meta["config"] = cfg.to_dict()
     curve.meta["run_dir"] = str(run_dir)
+    curve.meta.update(loaded)  # the evaluated checkpoint's iteration
     return save_run_curve(curve, run_dir, split)

@@ -77,9 +77,13 @@ def _oracle_env(cfg: OracleConfig) -> MultiTaskEnv:
     return MultiTaskEnv(cfg.env_id, with_task=True, **cfg.env_kwargs())
 
 
-def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, OracleConfig]:
+def load_policy(
+    run_dir: str | Path, device: str = "cpu", loaded: dict[str, Any] | None = None
+) -> tuple[Policy, Params, OracleConfig]:
     """The oracle's policy over ``[observation, task features]``, its params and config."""
-    return load_run_policy(run_dir, AGENT, OracleConfig, device, spaces_env=_oracle_env)
+    return load_run_policy(
+        run_dir, AGENT, OracleConfig, device, spaces_env=_oracle_env, loaded=loaded
+    )
 
 
 def _no_adaptation(params: Mapping[str, Tensor], eps: Episodes, lr: float, per: bool) -> Params:
@@ -100,7 +104,8 @@ def evaluate(
     for k = 1..K (a flat line: it does not adapt); writes ``eval_<split>.json``/``.png``."""
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    _, params, cfg = load_policy(run_dir, device)
+    loaded: dict[str, Any] = {}
+    _, params, cfg = load_policy(run_dir, device, loaded)
     dist = task_distribution(cfg.env_id, **cfg.env_kwargs())
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -133,6 +138,7 @@ def evaluate(
             **at0.meta,
             "config": cfg.to_dict(),
             "run_dir": str(run_dir),
+            **loaded,
             "adaptation": "none: the oracle is given the task parameters; the return after "
             "k > 0 steps repeats the 0-step return (a flat line), no env steps spent adapting",
             "flat": True,

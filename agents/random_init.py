@@ -108,10 +108,10 @@ def train(
 
 
 def load_policy(
-    run_dir: str | Path, device: str = "cpu"
+    run_dir: str | Path, device: str = "cpu", loaded: dict[str, Any] | None = None
 ) -> tuple[Policy, Params, RandomInitConfig]:
     """The run's initial policy and config."""
-    return load_run_policy(run_dir, AGENT, RandomInitConfig, device)
+    return load_run_policy(run_dir, AGENT, RandomInitConfig, device, loaded=loaded)
 
 
 def evaluate(
@@ -126,10 +126,12 @@ def evaluate(
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Fine-tune the random initialisation on each task of ``split`` for 0..K steps (MAML's
     protocol); writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
-    policy, params, cfg = load_policy(run_dir, device)
+    loaded: dict[str, Any] = {}
+    policy, params, cfg = load_policy(run_dir, device, loaded)
     note = ("fine-tuning from a random initialisation (no training): MAML's inner step "
             "(VPG + linear baseline), rates inner_lr then inner_lr/2")  # fmt: skip
     return evaluate_finetuning(
         AGENT, policy, params, cfg, run_dir, split=split, num_steps=num_steps, seeds=seeds,
         episodes_per_step=episodes_per_step, device=device, max_tasks=max_tasks, note=note,
+        meta=loaded,
     )  # fmt: skip

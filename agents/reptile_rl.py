@@ -248,9 +248,11 @@ def train(
                       overwrite=overwrite, log=log)  # fmt: skip
 
 
-def load_policy(run_dir: str | Path, device: str = "cpu") -> tuple[Policy, Params, ReptileRLConfig]:
+def load_policy(
+    run_dir: str | Path, device: str = "cpu", loaded: dict[str, Any] | None = None
+) -> tuple[Policy, Params, ReptileRLConfig]:
     """The meta-trained policy of a run (its last checkpoint) and the run's config."""
-    return load_run_policy(run_dir, AGENT, ReptileRLConfig, device)
+    return load_run_policy(run_dir, AGENT, ReptileRLConfig, device, loaded=loaded)
 
 
 def inner_step_fn(
@@ -278,7 +280,8 @@ def evaluate(
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`) with the
     training inner rate ``α`` at every step; writes ``eval_<split>.json`` and ``.png``."""
-    policy, params, cfg = load_policy(run_dir, device)
+    loaded: dict[str, Any] = {}
+    policy, params, cfg = load_policy(run_dir, device, loaded)
     curve = evaluate_policy_adaptation(
         policy,
         params,
@@ -299,4 +302,5 @@ def evaluate(
     )
     curve.meta["config"] = cfg.to_dict()
     curve.meta["run_dir"] = str(run_dir)
+    curve.meta.update(loaded)  # the evaluated checkpoint's iteration
     return save_run_curve(curve, run_dir, split)

@@ -585,9 +585,11 @@ def evaluate_finetuning(
     device: str,
     max_tasks: int | None,
     note: str,
+    meta: Mapping[str, Any] | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
     """MAML's held-out protocol from ``params``: return after 0..K fine-tuning steps (rates
-    ``α`` then ``α/2``, as MAML-TRPO's evaluation); writes ``eval_<split>.json``/``.png``."""
+    ``α`` then ``α/2``, as MAML-TRPO's evaluation); writes ``eval_<split>.json``/``.png``.
+    ``meta``: more entries for the curve's metadata (the evaluated checkpoint's iteration)."""
     curve = evaluate_policy_adaptation(
         policy,
         params,
@@ -606,7 +608,8 @@ def evaluate_finetuning(
         num_workers=cfg.num_workers,
         worker_timeout=cfg.worker_timeout,
     )
-    curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), "adaptation": note})
+    curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), "adaptation": note,
+                       **(meta or {})})  # fmt: skip
     return save_run_curve(curve, run_dir, split)
 
 

@@ -222,8 +222,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         max_tasks=args.max_tasks,
     )
     mean, half = curve.mean(), curve.ci95()
-    print(f"{record['agent']} on {curve.env_id}, {curve.returns.shape[1]} {args.tasks} tasks × "
-          f"{curve.returns.shape[0]} seeds: mean return (95% CI) after k {curve.unit}")  # fmt: skip
+    at = curve.meta.get("iterations")
+    at_text = "" if at is None else f" (checkpoint of iteration {at})"
+    print(f"{record['agent']} on {curve.env_id}{at_text}, {curve.returns.shape[1]} "
+          f"{args.tasks} tasks × {curve.returns.shape[0]} seeds: mean return (95% CI) "
+          f"after k {curve.unit}")  # fmt: skip
     for k in range(len(mean)):
         print(f"  k={k}: {mean[k]:9.3f} ± {half[k]:.3f}")
     gain, gain_half = curve.improvement(1) if curve.num_units else (0.0, 0.0)

@@ -277,6 +277,7 @@ def load_run_policy(
     config_cls: Any,
     device: str = "cpu",
     spaces_env: Any = None,
+    loaded: dict[str, Any] | None = None,
 ) -> tuple[Policy, dict[str, Tensor], Any]:
     """The policy of a run directory written by ``agent`` (its last checkpoint's ``params``
     through the safe envelope, checked against the agent and task family), its params on
@@ -284,7 +285,8 @@ def load_run_policy(
 
     The config must have ``env_id``, ``env_kwargs()``, ``hidden_sizes``, ``nonlinearity`` and
     ``init_std``. ``spaces_env(cfg)`` gives the env whose spaces the policy maps (default: the
-    family's env).
+    family's env). ``loaded``: if given, receives ``{"iterations": N}``, the iteration of the
+    checkpoint read (what an evaluation records: a run still training moves on meanwhile).
     """
     from pathlib import Path
 
@@ -299,6 +301,8 @@ def load_run_policy(
     payload = load_checkpoint_file(
         Path(run_dir) / "checkpoint.pt", agent=agent, task_family=cfg.env_id
     )
+    if loaded is not None:
+        loaded["iterations"] = int(payload["iteration"])
     dev = resolve_device(device)
     env = spaces_env(cfg) if spaces_env is not None else make(cfg.env_id, **cfg.env_kwargs())
     policy = make_policy(

@@ -383,6 +383,9 @@ def test_cli_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "k=1" in out and "eval_test.json" in out
     assert (Path(d) / "eval_test.png").exists()
+    # The evaluation says which checkpoint it read (a run may go on training meanwhile).
+    assert "(checkpoint of iteration 2)" in out
+    assert json.loads((Path(d) / "eval_test.json").read_text())["meta"]["iterations"] == 2
 
 
 @pytest.mark.parametrize(

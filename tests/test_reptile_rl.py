@@ -126,6 +126,7 @@ def test_registry_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert rc == 0
     curve = json.loads((run_dir / "eval_test.json").read_text())
     assert curve["agent"] == "reptile-rl" and len(curve["summary"]["mean"]) == 3
+    assert curve["meta"]["iterations"] == 2  # the checkpoint evaluated
 
 
 def test_bad_outer_step_size_is_a_clear_error() -> None:

@@ -301,6 +301,9 @@ def test_registry_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert rc == 0, capsys.readouterr().err
         curve = json.loads((run_dir / "eval_test.json").read_text())
         assert curve["agent"] == name and len(curve["summary"]["mean"]) == 3
+        # the evaluated checkpoint: after PPO's one iteration (random-init's single "iteration"
+        # saves the initial policy)
+        assert curve["meta"]["iterations"] == 1
         assert np.asarray(curve["returns"]).shape == (2, 3, 3)
         assert (run_dir / "eval_test.png").exists()
         if name == "oracle":  # a flat line, said so, no adaptation steps
