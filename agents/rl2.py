@@ -119,6 +119,13 @@ class RL2Config(RunConfig):
     )
     num_trials: int = option(256, "trials (tasks) per PPO iteration, stepped together", low=1)
     hidden_size: int = option(128, "GRU hidden units", low=1)
+    value_network: str = option(
+        "shared",
+        "where the value head reads from: shared (the policy's GRU) or separate (a GRU of "
+        "its own, as the rllab baseline Duan et al. 2016 trained; the value loss then "
+        "does not shape the policy's memory)",
+        choices=("shared", "separate"),
+    )
     lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
     gamma: float = option(0.99, "discount over the whole trial", low=0.0, high=1.0, low_open=True)
     gae_lambda: float = option(0.3, "GAE lambda over the whole trial", low=0.0, high=1.0)
@@ -342,17 +349,43 @@ def _encoder(space: gym.Space[Any]) -> tuple[int, Callable[[Tensor], Tensor]]:
     raise TypeError(f"RL² supports Discrete and Box spaces, got {space}")
 
 
+def _run_gru(gru: nn.GRU, x: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``gru`` over ``x`` ``(T, B, in)`` from ``h`` ``(B, hidden)``: (outputs ``(T, B,
+    hidden)``, final hidden); where ``mask`` is 0 a row's hidden state is carried unchanged
+    and its output is 0."""
+    if mask is None or bool(mask.all()):
+        out, h_last = gru(x, h[None])
+        return out, h_last[0]
+    outs = []
+    for t in range(x.shape[0]):
+        o, h_new = gru(x[t : t + 1], h[None])
+        keep = mask[t, :, None].bool()
+        h = torch.where(keep, h_new[0], h)
+        outs.append(torch.where(keep, o[0], 0.0))
+    return torch.stack(outs), h
+
+
 class RL2Policy(nn.Module):
     """A GRU over ``(obs, prev action, prev reward, done)`` with a policy and a value head.
 
     ``forward(x, h)`` takes inputs ``(T, B, input_size)`` and the initial hidden state
-    ``(B, hidden)``, with an optional ``mask`` ``(T, B)``: where 0, a row's hidden state is
-    carried through unchanged (the row is waiting for the others to end their episode).
-    Returns (logits or means ``(T, B, A)``, values ``(T, B)``, final hidden ``(B, hidden)``).
+    ``(B, state_size)``, with an optional ``mask`` ``(T, B)``: where 0, a row's hidden state
+    is carried through unchanged (the row is waiting for the others to end their episode).
+    Returns (logits or means ``(T, B, A)``, values ``(T, B)``, final hidden
+    ``(B, state_size)``).
+
+    With ``separate_value`` the value head reads from a second GRU of the same size over the
+    same inputs (``state_size`` = 2 × ``hidden``: the policy's memory, then the value's), so
+    the value loss does not shape the policy's memory; otherwise both heads share one GRU
+    (``state_size`` = ``hidden``).
     """
 
     def __init__(
-        self, observation_space: gym.Space[Any], action_space: gym.Space[Any], hidden: int
+        self,
+        observation_space: gym.Space[Any],
+        action_space: gym.Space[Any],
+        hidden: int,
+        separate_value: bool = False,
     ):
         super().__init__()
         self.obs_size, self.encode_obs = _encoder(observation_space)
@@ -360,7 +393,10 @@ class RL2Policy(nn.Module):
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.input_size = self.obs_size + self.act_size + 2
         self.hidden_size = hidden
+        self.separate_value = separate_value
+        self.state_size = 2 * hidden if separate_value else hidden
         self.gru = nn.GRU(self.input_size, hidden)
+        self.v_gru = nn.GRU(self.input_size, hidden) if separate_value else None
         self.pi = nn.Linear(hidden, self.act_size)
         self.v = nn.Linear(hidden, 1)
         nn.init.orthogonal_(self.pi.weight, 0.01)
@@ -378,18 +414,13 @@ class RL2Policy(nn.Module):
     def forward(
         self, x: Tensor, h: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if mask is None or bool(mask.all()):
-            out, h_last = self.gru(x, h[None])
-            h_last = h_last[0]
-        else:
-            outs = []
-            for t in range(x.shape[0]):
-                o, h_new = self.gru(x[t : t + 1], h[None])
-                keep = mask[t, :, None].bool()
-                h = torch.where(keep, h_new[0], h)
-                outs.append(torch.where(keep, o[0], 0.0))
-            out, h_last = torch.stack(outs), h
-        return self.pi(out), self.v(out).squeeze(-1), h_last
+        if self.v_gru is None:
+            out, h_last = _run_gru(self.gru, x, h, mask)
+            return self.pi(out), self.v(out).squeeze(-1), h_last
+        n = self.hidden_size
+        out, h_pi = _run_gru(self.gru, x, h[:, :n], mask)
+        v_out, h_v = _run_gru(self.v_gru, x, h[:, n:], mask)
+        return self.pi(out), self.v(v_out).squeeze(-1), torch.cat([h_pi, h_v], -1)
 
     def distribution(self, head: Tensor) -> torch.distributions.Distribution:
         if self.discrete:
@@ -433,7 +464,7 @@ def collect_trials(
     the trial's episodes and starting from zero; returns the :class:`Trials`."""
     device = env.device
     batch = len(tasks)
-    h = torch.zeros(batch, policy.hidden_size, device=device)  # a new trial: zero memory
+    h = torch.zeros(batch, policy.state_size, device=device)  # a new trial: zero memory
     prev_action = torch.zeros(batch, policy.act_size, device=device)
     prev_reward = torch.zeros(batch, device=device)
     done_flag = torch.zeros(batch, device=device)
@@ -526,10 +557,23 @@ class RL2:
             config.backend, config.num_workers, config.worker_timeout,
         )  # fmt: skip
         self.policy = RL2Policy(
-            self.env.observation_space, self.env.action_space, config.hidden_size
+            self.env.observation_space,
+            self.env.action_space,
+            config.hidden_size,
+            separate_value=config.value_network == "separate",
         ).to(self.device)
         if config.init_from is not None:
             self._init_policy(config.init_from)
+        # Gradient norms are clipped per network: with a separate value GRU, a large value
+        # gradient must not shrink the policy's step (one joint norm would).
+        params = list(self.policy.parameters())
+        self._clip_groups = [params]
+        if self.policy.v_gru is not None:
+            value = {id(p) for m in (self.policy.v_gru, self.policy.v) for p in m.parameters()}
+            self._clip_groups = [
+                [p for p in params if id(p) not in value],
+                [p for p in params if id(p) in value],
+            ]
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
         self.rng = np.random.default_rng([config.seed, 0x412])
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
@@ -547,7 +591,7 @@ class RL2:
         except RuntimeError as e:
             raise ValueError(
                 f"init_from {path}: its policy does not fit this config (another env's spaces "
-                f"or hidden_size?): {e}"
+                f"or hidden_size or value_network?): {e}"
             ) from e
 
     # -- training ------------------------------------------------------------------------
@@ -574,7 +618,7 @@ class RL2:
             self.value_scale = max(0.95 * self.value_scale + 0.05 * spread, 1e-3)
         targets = returns / self.value_scale
         batch = trials.rewards.shape[1]
-        h0 = torch.zeros(batch, self.policy.hidden_size, device=self.device)
+        h0 = torch.zeros(batch, self.policy.state_size, device=self.device)
         stats: dict[str, list[float]] = {
             "policy_loss": [],
             "value_loss": [],
@@ -607,7 +651,8 @@ class RL2:
                 check_finite("PPO loss", loss, hint="lower --lr or check the env's rewards")
                 check_finite("gradients", [p.grad for p in self.policy.parameters()
                                            if p.grad is not None])  # fmt: skip
-                nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+                for group in self._clip_groups:
+                    nn.utils.clip_grad_norm_(group, cfg.max_grad_norm)
                 self.optimizer.step()
                 stats["policy_loss"].append(policy_loss.item())
                 stats["value_loss"].append(value_loss.item())

@@ -145,6 +145,42 @@ def test_value_head_regresses_on_the_trials_discounted_returns():
     assert old.value_scale < agent.value_scale / 5
 
 
+def test_separate_value_network_keeps_the_value_loss_out_of_the_policys_memory(tmp_path):
+    """value_network="separate": the value head reads from a GRU of its own (as the rllab
+    baseline Duan et al. 2016 trained), the hidden state carries both memories through the
+    trial, the value loss moves no policy weight and the policy loss no value weight, and
+    the gradient norms are clipped per network."""
+    agent = _agent(value_network="separate", num_iterations=2)
+    policy = agent.policy
+    assert policy.state_size == 2 * policy.hidden_size
+    tasks = list(agent.train_tasks[:8])
+    trials = rl2.collect_trials(policy, agent.env, tasks, 3, seed=0)
+    h0 = torch.zeros(8, policy.state_size)
+    heads, values, _ = policy(trials.inputs, h0)
+    torch.testing.assert_close(heads.detach(), trials.heads)  # memory kept over the trial
+    torch.testing.assert_close(values.detach(), trials.values)
+    values.square().sum().backward()
+    value_params = {id(p) for m in (policy.v_gru, policy.v) for p in m.parameters()}
+    for name, p in policy.named_parameters():
+        moved = p.grad is not None and bool(p.grad.abs().sum() > 0)
+        assert moved == (id(p) in value_params), name
+    policy.zero_grad()
+    heads, _, _ = policy(trials.inputs, h0)
+    heads.square().sum().backward()
+    for name, p in policy.named_parameters():
+        if id(p) in value_params:
+            assert p.grad is None or not bool(p.grad.abs().sum() > 0), name
+    assert [len(g) for g in agent._clip_groups] == [7, 6]  # GRU 4 + pi 2 + log_std; GRU + v
+    # A run with it trains, saves and resumes; a shared-value checkpoint does not fit it.
+    agent.train(checkpoint=tmp_path / "sep.pt")
+    again = rl2.RL2.from_checkpoint(tmp_path / "sep.pt")
+    assert again.config.value_network == "separate" and again.iteration == 2
+    shared = _agent(num_iterations=1)
+    shared.train(checkpoint=tmp_path / "shared.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        _agent(value_network="separate", init_from=str(tmp_path / "shared.pt"))
+
+
 def test_bad_config_is_refused_clearly():
     with pytest.raises(ValueError, match="multiple of num_minibatches"):
         rl2.RL2Config(num_trials=10, num_minibatches=4).validate()
@@ -154,6 +190,8 @@ def test_bad_config_is_refused_clearly():
         rl2.RL2Config(episodes_per_trial=0).validate()
     with pytest.raises(ValueError, match="value_target"):
         rl2.RL2Config(value_target="td").validate()
+    with pytest.raises(ValueError, match="value_network"):
+        rl2.RL2Config(value_network="own").validate()
 
 
 def test_continuous_actions_and_early_ends_through_the_numpy_backend():
