@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,36 @@ def test_throughput_script_measures_every_family_and_backend(tmp_path):
     assert rows[("MDP n=10", "numpy")]["steps_per_iteration"] == 4 * 10 * 10
     md = (tmp_path / "rl2_throughput.md").read_text()
     assert "shared" in md and "no GPU" in md and "--num-trials 4" in md
+
+
+def test_mdp_diagnostics_reference_values_and_a_checkpoint(tmp_path, capsys):
+    diag = _script("rl2_mdp_diagnostics")
+    from metarl.agents import rl2
+    from metarl.envs.tabular_mdp import TabularMDPTask
+
+    # Every action leads back to state 0 except action 1 in state 0, which moves to state 1;
+    # in state 0 action 0 pays 1, in state 1 action 2 pays 3, everything else 0. Oracle:
+    # 0 → 1 (pays 0) then 3 per step = 27; myopic: action 0 in state 0 forever = 10; the best
+    # fixed action: action 0 everywhere = 10 (action 1 reaches state 1 and pays 0 there).
+    p = np.zeros((10, 5, 10))
+    p[:, :, 0] = 1.0
+    p[0, 1] = 0.0
+    p[0, 1, 1] = 1.0
+    p[1, 2] = 0.0
+    p[1, 2, 1] = 1.0  # action 2 in state 1 stays there
+    r = np.zeros((10, 5))
+    r[0, 0], r[1, 2] = 1.0, 3.0
+    values = diag.episode_values(TabularMDPTask.from_arrays(p, r))
+    assert values == pytest.approx({"oracle": 27.0, "myopic": 10.0, "fixed_action": 10.0})
+    # The oracle here always takes action 1 then action 2: its most common action has 27/30.
+    assert diag.oracle_modal_share([TabularMDPTask.from_arrays(p, r)], 3, 2, 0) == 0.9
+
+    agent = rl2.RL2(rl2.RL2Config(env_id=diag.ENV, episodes_per_trial=3, num_trials=8,
+                                  hidden_size=8, num_minibatches=2, num_iterations=1))  # fmt: skip
+    agent.train(checkpoint=tmp_path / "c.pt")
+    assert diag.main([str(tmp_path / "c.pt"), "--trials", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "oracle" in out and "held-out return per episode" in out
+    with pytest.raises(SystemExit):
+        diag.main([str(tmp_path / "missing.pt")])
+    assert "no checkpoint file" in capsys.readouterr().err
