@@ -73,10 +73,13 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def training_summary(run_dir: Path) -> dict[str, Any]:
-    """Meta-training cost and progress from the run's metrics.csv."""
+def training_summary(run_dir: Path, evaluated: int | None = None) -> dict[str, Any]:
+    """Meta-training cost and progress from the run's metrics.csv, up to the ``evaluated``
+    checkpoint's iteration when the evaluation recorded it (a run may have trained on)."""
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
+    if evaluated is not None:
+        rows = rows[:evaluated]
     if not rows:
         raise SystemExit(f"{run_dir}/metrics.csv has no iterations yet")
     its = [float(r["iteration_s"]) for r in rows]
@@ -241,7 +244,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "env_id": cfg.env_id,
         "run_dir": str(run),
         "config": cfg.to_dict(),
-        "training": training_summary(run),
+        "training": training_summary(run, maml.meta.get("iterations")),
         "training_load": load_summary(Path(args.load_log) if args.load_log else None, run),
         "note": args.note,
         "baseline_eval_s": eval_s,
