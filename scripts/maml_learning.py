@@ -115,7 +115,8 @@ def load_summary(path: Path | None, run_dir: Path) -> dict[str, Any] | None:
             t, load = h * 3600 + m * 60 + sec, float(parts[1])
         except (ValueError, IndexError):
             continue
-        if start <= t <= end + 60:
+        inside = start <= t <= end + 60 if start <= end else t >= start or t <= end + 60
+        if inside:  # (a run past midnight UTC wraps around)
             vals.append(load)
     if not vals:
         return None
