@@ -32,6 +32,7 @@ import torch
 
 import metarl
 from metarl.agents import rl2
+from metarl.agents.mdp_baselines import finite_horizon_q
 from metarl.runs import load_checkpoint_file
 
 ENV = "metarl/TabularMDP-S10A5-v0"
@@ -46,10 +47,10 @@ def episode_values(task: Any, horizon: int = 10) -> dict[str, float]:
     fixed-action policies (all with the true R and P)."""
     p, r = _arrays(task)
     states, actions = r.shape
-    v_opt, v_myo = np.zeros(states), np.zeros(states)
+    v_opt = finite_horizon_q(p[None], r[None], horizon)[0, 0].max(1)
+    v_myo = np.zeros(states)
     greedy = r.argmax(1)
     for _ in range(horizon):
-        v_opt = (r + p @ v_opt).max(1)
         v_myo = r[np.arange(states), greedy] + p[np.arange(states), greedy] @ v_myo
     fixed = []
     for a in range(actions):
@@ -66,19 +67,14 @@ def oracle_modal_share(tasks: list[Any], episodes: int, trials: int, seed: int) 
     shares = []
     for task in tasks:
         p, r = _arrays(task)
-        v, plan = np.zeros(r.shape[0]), []
-        for _ in range(10):
-            q = r + p @ v
-            plan.append(q.argmax(1))
-            v = q.max(1)
-        plan.reverse()  # plan[h]: the action h steps into the episode
+        plan = finite_horizon_q(p[None], r[None], 10)[0].argmax(-1)  # [h]: h steps in
         for _ in range(trials):
             acts = []
             for _ in range(episodes):
                 s = 0
                 for h in range(10):
                     acts.append(plan[h][s])
-                    s = int(rng.choice(len(v), p=p[s, plan[h][s]]))
+                    s = int(rng.choice(len(r), p=p[s, plan[h][s]]))
             shares.append(np.bincount(acts).max() / len(acts))
     return float(np.mean(shares))
 
