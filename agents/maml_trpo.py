@@ -53,7 +53,18 @@ from metarl.returns import BASELINES
 from metarl.runs import Run
 from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task_rows
 
-__all__ = ["AGENT", "CONFIG", "MAMLTRPOConfig", "evaluate", "load_policy", "meta_step", "train"]
+__all__ = [
+    "AGENT",
+    "CONFIG",
+    "MAMLTRPOConfig",
+    "evaluate",
+    "initial_inner_lrs",
+    "inner_lr_summary",
+    "load_inner_lrs",
+    "load_policy",
+    "meta_step",
+    "train",
+]
 
 AGENT = "maml-trpo"
 
@@ -73,6 +84,15 @@ class MAMLTRPOConfig(RunConfig):
     )
     num_adapt_steps: int = option(1, "inner policy-gradient steps during meta-training", low=1)
     inner_lr: float = option(0.1, "inner step size α", low=0.0, low_open=True)
+    learn_inner_lr: bool = option(
+        False,
+        "Meta-SGD (Li et al. 2017, Sec. 3): meta-learn an inner step size for every parameter "
+        "entry (α with the shapes of θ, initialised to --inner-lr) jointly with θ in the TRPO "
+        "step, θ'_i = θ − α ∘ ∇L_i(θ), the same α at every inner step; saved in the "
+        "checkpoints. Evaluation then adapts with the learned α at every step (as Li et al. "
+        "do), not α then α/2. Entries may turn negative (α ∘ ∇ sets the step's direction "
+        "too, Li et al. Sec. 3); a NaN/inf α stops the run with an error. Second order only",
+    )
     first_order: bool = option(False, "first-order MAML: drop the inner-step Jacobian")
     inner_baseline: str = option(
         "linear",
@@ -184,6 +204,11 @@ class MAMLTRPOConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
+        if self.learn_inner_lr and self.first_order:
+            raise ConfigError(
+                "--learn-inner-lr (Meta-SGD) differentiates through the inner step; drop "
+                "--first-order, or --learn-inner-lr"
+            )
         if self.sampler != "auto" and self.backend != "auto":
             raise ConfigError(
                 f"--sampler {self.sampler} chooses the env backend itself; leave --backend at "
@@ -300,7 +325,12 @@ class _TaskData(NamedTuple):
 
 class _InnerStep:
     """One inner step ``θ' = θ − α ∇L(θ)`` for every task, keeping what the Jacobian-vector
-    products ``J w = w − α H w`` need (the graph of the per-task gradients)."""
+    products ``J w = w − α H w`` need (the graph of the per-task gradients).
+
+    ``lr`` is the scalar ``α``, or Meta-SGD's per-entry rates (a tensor per parameter, the
+    parameter's shape, shared by all tasks): ``θ' = θ − α ∘ ∇L(θ)``. Then the Jacobian has a
+    part for ``θ``, ``I − diag(α) H`` (no longer symmetric), and one for ``α``,
+    ``−diag(∇L)``: :meth:`jvp_rates` and :meth:`vjp_rates`."""
 
     def __init__(
         self,
@@ -308,7 +338,7 @@ class _InnerStep:
         start: Params,
         episodes: Episodes,
         adv: Tensor,
-        lr: float,
+        lr: float | Mapping[str, Tensor],
         keep_graph: bool,
         data: _TaskData | None = None,
     ) -> None:
@@ -328,15 +358,47 @@ class _InnerStep:
                    for leaf, c in zip(self.leaves, self.chunks, strict=True))  # fmt: skip
         self.grads = _grad_by_chunk(loss, self.leaves, create_graph=keep_graph)  # type: ignore[arg-type]
         self.lr = lr
-        self.adapted = _cat([{k: (leaf[k] - lr * g[k]).detach() for k in leaf}
-                             for leaf, g in zip(self.leaves, self.grads, strict=True)])  # fmt: skip
+        pairs = zip(self.leaves, self.grads, strict=True)
+        if isinstance(lr, Mapping):
+            parts = [{k: (leaf[k] - lr[k] * g[k]).detach() for k in leaf} for leaf, g in pairs]
+        else:
+            parts = [{k: (leaf[k] - lr * g[k]).detach() for k in leaf} for leaf, g in pairs]
+        self.adapted = _cat(parts)
 
-    def jvp(self, w: Params) -> Params:
-        """``J w = w − α H w`` per task (``w`` has the leading task dimension)."""
+    def _hvp(self, w: Params) -> Params:
+        """``H w`` per task (``w`` has the leading task dimension)."""
         dot = sum(_dot(g, {k: v[c] for k, v in w.items()})
                   for g, c in zip(self.grads, self.chunks, strict=True))  # fmt: skip
-        hw = _cat(_grad_by_chunk(dot, self.leaves, retain_graph=True))  # type: ignore[arg-type]
-        return {k: w[k] - self.lr * hw[k] for k in w}
+        return _cat(_grad_by_chunk(dot, self.leaves, retain_graph=True))  # type: ignore[arg-type]
+
+    def jvp(self, w: Params) -> Params:
+        """``J w = w − α H w`` per task (``w`` has the leading task dimension); scalar α."""
+        hw = self._hvp(w)
+        return {k: w[k] - self.lr * hw[k] for k in w}  # type: ignore[operator]
+
+    def _rates(self) -> Mapping[str, Tensor]:
+        if not isinstance(self.lr, Mapping):
+            raise TypeError("jvp_rates/vjp_rates are for per-entry (Meta-SGD) rates; use jvp")
+        return self.lr
+
+    def task_grads(self) -> Params:
+        """``∇L_i(θ)`` per task (the leading task dimension), detached."""
+        return _cat([{k: v.detach() for k, v in g.items()} for g in self.grads])
+
+    def jvp_rates(self, w: Params, u: Mapping[str, Tensor]) -> Params:
+        """Meta-SGD's forward product ``J_θ w + J_α u = w − α ∘ (H w) − ∇L ∘ u`` per task:
+        ``w`` a tangent of the per-task start (leading task dimension), ``u`` one of ``α``
+        (shared by all tasks)."""
+        rates, hw, g = self._rates(), self._hvp(w), self.task_grads()
+        return {k: w[k] - rates[k] * hw[k] - g[k] * u[k] for k in w}
+
+    def vjp_rates(self, w: Params) -> tuple[Params, Params]:
+        """Meta-SGD's backward product of a cotangent ``w`` of ``θ'`` (leading task
+        dimension): ``J_θᵀ w = w − H (α ∘ w)`` per task (``H`` is symmetric) and
+        ``J_αᵀ w = −∇L ∘ w`` per task (the caller sums it over tasks)."""
+        rates, g = self._rates(), self.task_grads()
+        h_aw = self._hvp({k: rates[k] * w[k] for k in w})
+        return {k: w[k] - h_aw[k] for k in w}, {k: -g[k] * w[k] for k in w}
 
 
 def _subsample(episodes: Episodes, adv: Tensor, fraction: float) -> tuple[Episodes, Tensor]:
@@ -396,12 +458,48 @@ def _inner_advantages(episodes: Episodes, cfg: MAMLTRPOConfig) -> Tensor:
                       normalize=cfg.inner_normalize_advantages)  # fmt: skip
 
 
+#: Prefix of the Meta-SGD rates' entries in the outer step's vectors on ``(θ, α)``: the
+#: gradient, the CG direction and the step hold ``θ``'s names and ``"α:" + name``.
+_RATE = "α:"
+
+
+def initial_inner_lrs(policy: Policy, inner_lr: float) -> Params:
+    """Meta-SGD's rates at the start (Li et al. 2017): ``inner_lr`` for every entry of every
+    parameter of ``policy``."""
+    return {k: torch.full_like(p.detach(), inner_lr) for k, p in policy.named_parameters()}
+
+
 def meta_step(
-    policy: Policy, sampler: BatchedSampler, tasks: list[Any], seed: int, cfg: MAMLTRPOConfig
+    policy: Policy,
+    sampler: BatchedSampler,
+    tasks: list[Any],
+    seed: int,
+    cfg: MAMLTRPOConfig,
+    inner_lrs: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """One meta-iteration on ``tasks`` (updates ``policy`` in place); returns its statistics."""
+    """One meta-iteration on ``tasks`` (updates ``policy`` in place); returns its statistics.
+
+    ``inner_lrs``: with ``cfg.learn_inner_lr`` (Meta-SGD), the per-entry inner rates ``α``
+    (one tensor per parameter, its shape); TRPO steps ``(θ, α)`` together and updates them
+    in place. Its trust region is the same mean KL of the adapted policies, now a function
+    of ``(θ, α)``; its Hessian is ``Σ_i J_iᵀ F_i J_i`` with ``J_i`` the Jacobian of the
+    adapted parameters in ``(θ, α)`` (see :class:`_InnerStep`).
+    """
+    if cfg.learn_inner_lr != (inner_lrs is not None):
+        raise ValueError(
+            "meta_step needs inner_lrs (the Meta-SGD rates) exactly when cfg.learn_inner_lr "
+            f"is set; learn_inner_lr={cfg.learn_inner_lr}, inner_lrs "
+            f"{'given' if inner_lrs is not None else 'None'}"
+        )
     n = len(tasks)
     theta = {k: p.detach() for k, p in policy.named_parameters()}
+    rates = None if inner_lrs is None else {k: v.detach().clone() for k, v in inner_lrs.items()}
+    if rates is not None:
+        if set(rates) != set(theta) or any(rates[k].shape != theta[k].shape for k in theta):
+            raise ValueError("inner_lrs needs one tensor per policy parameter, of its shape")
+        check_finite("Meta-SGD inner rates α", rates,
+                     hint="restart from an earlier checkpoint with a lower --max-kl")  # fmt: skip
+    lr: float | Params = cfg.inner_lr if rates is None else rates
     t0 = time.perf_counter()
 
     # 1-3. Inner steps on fresh episodes, then validation episodes with the adapted policies.
@@ -418,7 +516,7 @@ def meta_step(
         ta = time.perf_counter()
         adv = _inner_advantages(eps, cfg)
         start = current if per_task_params else _expand(current, n)
-        step = _InnerStep(policy, start, eps, adv, cfg.inner_lr, keep_graph=not cfg.first_order)
+        step = _InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
         steps.append(step)
         current, per_task_params = step.adapted, True
         sample_s += ta - ts
@@ -443,7 +541,7 @@ def meta_step(
             curv_steps = []
             for step in steps:
                 eps_c, adv_c = _subsample(step.episodes, step.adv, cfg.cg_subsample)
-                curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, cfg.inner_lr, True))
+                curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, lr, True))
         valid_data_c = _TaskData.of(valid_c, valid_adv_c)
         kl_chunks = valid_data_c.chunks()
         kl_leaves = _leaves(current, kl_chunks)
@@ -451,7 +549,18 @@ def meta_step(
     kl_grad = _grad_by_chunk(kl, kl_leaves, create_graph=True)
 
     def back_to_theta(w: Params, through: list[_InnerStep]) -> Params:
-        """``Σ_i J_iᵀ w_i``: through the inner steps, last to first, then sum over tasks."""
+        """``Σ_i J_iᵀ w_i``: through the inner steps, last to first, then sum over tasks.
+        With Meta-SGD rates, on ``(θ, α)``: ``α`` gets ``Σ_k Σ_i −∇L_i^k ∘ w_i^k`` (``w^k``
+        the cotangent of the output of inner step ``k``), as the same ``α`` acts in every
+        step."""
+        if rates is not None:
+            on_rates = {k: torch.zeros_like(v) for k, v in rates.items()}
+            for step in reversed(through):
+                w, w_rates = step.vjp_rates(w)
+                on_rates = {k: on_rates[k] + w_rates[k].sum(0) for k in on_rates}
+            out = {k: v.sum(0) for k, v in w.items()}
+            out.update({_RATE + k: v for k, v in on_rates.items()})
+            return out
         if not cfg.first_order:
             for step in reversed(through):
                 w = step.jvp(w)  # J is symmetric
@@ -463,6 +572,12 @@ def meta_step(
         return _cat(_grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
 
     def kl_hvp(v: Params) -> Params:
+        if rates is not None:  # v on (θ, α): forward through every step with the same α part
+            w = _expand({k: v[k] for k in theta}, n)
+            v_rates = {k: v[_RATE + k] for k in theta}
+            for step in curv_steps:
+                w = step.jvp_rates(w, v_rates)
+            return _axpy(cfg.cg_damping, v, back_to_theta(fisher(w), curv_steps))
         w = _expand(v, n)
         if not cfg.first_order:
             for step in curv_steps:
@@ -484,12 +599,14 @@ def meta_step(
     old_loss = surrogate.item()
 
     # Backtracking line search: re-adapt from the candidate θ and check the surrogate and KL.
-    def evaluate_candidate(candidate: Params) -> tuple[float, float]:
+    def evaluate_candidate(
+        candidate: Params, candidate_lr: float | Params = cfg.inner_lr
+    ) -> tuple[float, float]:
         cur, per = candidate, False
         for step in steps:
             start = cur if per else _expand(cur, n)
             cur = _InnerStep(
-                policy, start, step.episodes, step.adv, cfg.inner_lr, False, data=step.data
+                policy, start, step.episodes, step.adv, candidate_lr, False, data=step.data
             ).adapted
             per = True
         with torch.no_grad():
@@ -500,16 +617,24 @@ def meta_step(
     accepted, ratio, new_loss, new_kl = False, 1.0, old_loss, 0.0
     for _ in range(cfg.ls_max_steps):
         candidate = {k: theta[k] - ratio * full_step[k] for k in theta}
-        new_loss, new_kl = evaluate_candidate(candidate)
+        if rates is not None:
+            candidate_rates = {k: rates[k] - ratio * full_step[_RATE + k] for k in rates}
+            new_loss, new_kl = evaluate_candidate(candidate, candidate_rates)
+        else:
+            new_loss, new_kl = evaluate_candidate(candidate)
         if new_loss < old_loss and new_kl <= cfg.max_kl and math.isfinite(new_loss):
             load_params(policy, candidate)
+            if inner_lrs is not None:
+                with torch.no_grad():
+                    for name, v in inner_lrs.items():
+                        v.copy_(candidate_rates[name])
             accepted = True
             break
         ratio *= cfg.ls_backtrack_ratio
     outer_s = time.perf_counter() - to
     total = time.perf_counter() - t0
     env_steps = sum(s.num_env_steps for s in steps) + valid.num_steps()
-    return {
+    stats = {
         "pre_adapt_return": float(np.mean(train_returns[:1])),
         "post_adapt_return": valid.task_returns().mean().item(),
         "surrogate_before": old_loss,
@@ -523,6 +648,20 @@ def meta_step(
         "adapt_s": adapt_s,
         "outer_s": outer_s,
         "iteration_s": total,
+    }
+    if inner_lrs is not None:
+        stats.update(inner_lr_summary(inner_lrs))
+    return stats
+
+
+def inner_lr_summary(rates: Mapping[str, Tensor]) -> dict[str, float]:
+    """Mean, min, max of Meta-SGD's rates over all entries, and the share of entries ≤ 0."""
+    flat = torch.cat([v.detach().flatten() for v in rates.values()])
+    return {
+        "inner_lr_mean": flat.mean().item(),
+        "inner_lr_min": flat.min().item(),
+        "inner_lr_max": flat.max().item(),
+        "inner_lr_nonpositive": (flat <= 0).double().mean().item(),
     }
 
 
@@ -562,35 +701,84 @@ def train(
 ) -> Run:
     """Meta-train MAML-TRPO; the run directory gets config.json, metrics.csv and checkpoints.
 
+    With ``cfg.learn_inner_lr`` the checkpoints also hold the Meta-SGD rates (``state
+    ["inner_lr"]``, parameter name → tensor), restored exactly on resume.
+
     Args:
         resume: continue ``run_dir`` from its last checkpoint (exactly, on the CPU).
         overwrite: delete ``run_dir`` first if it exists.
         log: where one-line progress messages go (e.g. ``print``); None: silent.
     """
+    rates: Params = {}  # the Meta-SGD rates, made from the policy's shapes once it is built
+
+    def learned(policy: Policy) -> dict[str, Params]:
+        rates.update(initial_inner_lrs(policy, cfg.inner_lr))
+        return {"inner_lr": rates}
 
     def step(policy: Policy, sampler: BatchedSampler, tasks: list[Any], seed: int, it: int
              ) -> dict[str, float]:  # fmt: skip
-        return meta_step(policy, sampler, tasks, seed, cfg)
+        return meta_step(policy, sampler, tasks, seed, cfg,
+                         inner_lrs=rates if cfg.learn_inner_lr else None)  # fmt: skip
 
     return meta_train(cfg, run_dir, AGENT, _build, step, outer_step="TRPO step", resume=resume,
-                      overwrite=overwrite, log=log)  # fmt: skip
+                      overwrite=overwrite, log=log,
+                      extra_state=learned if cfg.learn_inner_lr else None)  # fmt: skip
 
 
 def load_policy(
-    run_dir: str | Path, device: str = "cpu", loaded: dict[str, Any] | None = None
+    run_dir: str | Path,
+    device: str = "cpu",
+    loaded: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Policy, Params, MAMLTRPOConfig]:
-    """The meta-trained policy of a run (its last checkpoint) and the run's config."""
-    return load_run_policy(run_dir, AGENT, MAMLTRPOConfig, device, loaded=loaded)
+    """The meta-trained policy of a run (its last checkpoint) and the run's config.
+
+    ``extra``: if given, receives the checkpoint's other state (``"inner_lr"``: the learned
+    Meta-SGD rates of a ``learn_inner_lr`` run; see :func:`load_inner_lrs`)."""
+    return load_run_policy(run_dir, AGENT, MAMLTRPOConfig, device, loaded=loaded, extra=extra)
+
+
+def load_inner_lrs(
+    run_dir: str | Path, device: str = "cpu"
+) -> tuple[Policy, Params, MAMLTRPOConfig, Params | None]:
+    """:func:`load_policy` plus the run's learned Meta-SGD rates (None unless the run was
+    trained with ``learn_inner_lr``), checked against the policy's parameters."""
+    extra: dict[str, Any] = {}
+    policy, params, cfg = load_policy(run_dir, device, extra=extra)
+    return policy, params, cfg, _checked_rates(extra, params, cfg, run_dir)
+
+
+def _checked_rates(
+    extra: Mapping[str, Any], params: Params, cfg: MAMLTRPOConfig, run_dir: str | Path
+) -> Params | None:
+    if not cfg.learn_inner_lr:
+        return None
+    rates = extra.get("inner_lr")
+    if not isinstance(rates, Mapping):
+        raise ValueError(
+            f"{run_dir} was trained with learn_inner_lr but its checkpoint holds no learned "
+            "rates ('inner_lr'); it was written by another metarl: evaluate another checkpoint"
+        )
+    if set(rates) != set(params) or any(rates[k].shape != params[k].shape for k in params):
+        raise ValueError(f"{run_dir}: the learned rates do not match the policy's parameters")
+    check_finite(f"learned inner rates of {run_dir}", dict(rates))
+    return dict(rates)
 
 
 def inner_step_fn(
-    policy: Policy, cfg: MAMLTRPOConfig
+    policy: Policy, cfg: MAMLTRPOConfig, inner_lrs: Mapping[str, Tensor] | None = None
 ) -> Callable[[Mapping[str, Tensor], Episodes, float, bool], Params]:
-    """The agent's inner step as the evaluation protocol wants it."""
+    """The agent's inner step as the evaluation protocol wants it.
+
+    ``inner_lrs``: Meta-SGD's learned rates; the step is then ``θ − lr · α ∘ ∇L`` (``lr`` a
+    multiplier of the learned ``α``, 1 in :func:`evaluate`)."""
 
     def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
         adv = _inner_advantages(eps, cfg)
-        return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
+        rate: float | Params = lr
+        if inner_lrs is not None:
+            rate = {k: lr * v for k, v in inner_lrs.items()}
+        return adapt_policy(policy, params, eps, adv, lr=rate, first_order=True,
                             per_task_params=per_task)  # fmt: skip
 
     return step
@@ -607,18 +795,25 @@ def evaluate(
     max_tasks: int | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`);
-    writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
+    writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory.
+
+    Inner steps use ``inner_lr`` then ``inner_lr / 2`` (Finn et al. 2017); a run trained with
+    ``learn_inner_lr`` adapts with its learned per-entry rates ``α`` at every step instead
+    (Li et al. 2017), recorded in the JSON's ``meta.inner_lr``."""
     loaded: dict[str, Any] = {}
-    policy, params, cfg = load_policy(run_dir, device, loaded)
+    extra: dict[str, Any] = {}
+    policy, params, cfg = load_policy(run_dir, device, loaded, extra)
+    rates = _checked_rates(extra, params, cfg, run_dir)
+    lrs = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
     curve = evaluate_policy_adaptation(
         policy,
         params,
         cfg.env_id,
-        inner_step_fn(policy, cfg),
+        inner_step_fn(policy, cfg, rates),
         agent=AGENT,
         split=split,
         num_steps=num_steps,
-        lrs=(cfg.inner_lr, cfg.inner_lr / 2),
+        lrs=lrs,
         episodes_per_step=episodes_per_step,
         seeds=seeds,
         device=device,
@@ -631,4 +826,11 @@ def evaluate(
     curve.meta["config"] = cfg.to_dict()
     curve.meta["run_dir"] = str(run_dir)
     curve.meta.update(loaded)  # the evaluated checkpoint's iteration
+    if rates is not None:
+        curve.meta["inner_lr"] = {
+            "learned": True,
+            "protocol": "Meta-SGD (Li et al. 2017): every inner step uses the learned "
+            "per-entry rates α (lrs are multipliers of α: 1 at every step)",
+            **inner_lr_summary(rates),
+        }
     return save_run_curve(curve, run_dir, split)

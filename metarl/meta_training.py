@@ -11,7 +11,7 @@ or checkpointed (the last checkpoint stays the last good one).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +24,46 @@ from metarl.functional import load_params
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.policies import Policy
 from metarl.registry import family_ids, task_distribution
-from metarl.runs import Run, progress, resolve_device
+from metarl.runs import CheckpointError, Run, progress, resolve_device
 from metarl.sampler import BatchedSampler
 from metarl.seeding import seed_everything
 
-__all__ = ["meta_train", "policy_state"]
+__all__ = ["ExtraState", "meta_train", "policy_state"]
+
+#: Tensors an agent meta-learns beside the policy, by name (e.g. MAML-TRPO's Meta-SGD rates
+#: under ``"inner_lr"``: parameter name → tensor of that parameter's shape).
+ExtraState = Mapping[str, dict[str, torch.Tensor]]
 
 
-def policy_state(policy: Policy) -> dict[str, Any]:
-    """What a checkpoint keeps of the policy: its parameters, on the CPU."""
-    return {"params": {k: v.detach().cpu().clone() for k, v in policy.named_parameters()}}
+def policy_state(policy: Policy, extra: ExtraState | None = None) -> dict[str, Any]:
+    """What a checkpoint keeps of the policy: its parameters, on the CPU, and each ``extra``
+    set of meta-learned tensors beside them (under its own name)."""
+    state: dict[str, Any] = {
+        "params": {k: v.detach().cpu().clone() for k, v in policy.named_parameters()}
+    }
+    for name, tensors in (extra or {}).items():
+        state[name] = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+    return state
+
+
+def _restore_extra(extra: ExtraState, state: Mapping[str, Any], path: Any) -> None:
+    """Copy a checkpoint's ``extra`` sets into the live tensors, in place."""
+    for name, live in extra.items():
+        saved = state.get(name)
+        if not isinstance(saved, Mapping):
+            raise CheckpointError(
+                f"{path} holds no {name!r} beside the policy's parameters, but this run's "
+                f"configuration meta-learns them; it was written by another configuration or "
+                "an older metarl: start a new run directory"
+            )
+        if set(saved) != set(live) or any(saved[k].shape != live[k].shape for k in live):
+            raise CheckpointError(
+                f"{path}: the saved {name!r} do not match the policy's parameters (names or "
+                "shapes differ); the checkpoint belongs to another configuration"
+            )
+        with torch.no_grad():
+            for k, v in live.items():
+                v.copy_(saved[k].to(v.device, v.dtype))
 
 
 def meta_train(
@@ -47,6 +77,7 @@ def meta_train(
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
+    extra_state: Callable[[Policy], ExtraState] | None = None,
 ) -> Run:
     """Run (or ``resume``) the meta-training of ``agent`` in ``run_dir``.
 
@@ -56,6 +87,11 @@ def meta_train(
             updating ``policy`` in place. Its statistics include ``pre_adapt_return`` and
             ``post_adapt_return``.
         outer_step: the name of the outer update in the error of non-finite parameters.
+        extra_state: ``policy -> {name: {key: tensor}}``, called once after ``build``: the
+            live tensors the agent meta-learns beside the policy (``step`` updates them in
+            place). Each set is saved in every checkpoint beside the policy's parameters
+            (``state[name]``), restored in place on resume (a checkpoint without it is
+            refused) and checked for NaN/inf after every step, as the parameters are.
     """
     c: Any = cfg  # a RunConfig with meta_batch_size
     device = resolve_device(c.device)
@@ -69,12 +105,16 @@ def meta_train(
     seed_everything(c.seed)
     task_rng = np.random.default_rng(c.seed)
     policy, sampler = build(cfg, device)
+    learned = extra_state(policy) if extra_state is not None else {}
+    if "params" in learned:
+        raise ValueError("extra_state cannot be named 'params' (the policy's parameters)")
     train_tasks = list(sampler.task_distribution.split("train"))
     start = 0
     if resume:
         run = Run.resume(run_dir, agent, cfg)
         ckpt = run.load_checkpoint({"tasks": task_rng})
         load_params(policy, {k: v.to(device) for k, v in ckpt["state"]["params"].items()})
+        _restore_extra(learned, ckpt["state"], run.checkpoint_path)
         start = int(ckpt["iteration"])
     else:
         run = Run.create(run_dir, agent, cfg)
@@ -90,7 +130,7 @@ def meta_train(
             kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
             try:
                 stats = step(policy, sampler, [train_tasks[i] for i in idx], seed, it)
-                check_finite(f"parameters after the {outer_step}", policy_state(policy))
+                check_finite(f"parameters after the {outer_step}", policy_state(policy, learned))
             except NonFiniteError as e:  # stop before logging or checkpointing this iteration
                 raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
             except EnvError as e:  # an env raised, died or hung: name the iteration too
@@ -107,7 +147,9 @@ def meta_train(
                 log(f"iteration {it}: return before adaptation {pre:.2f}, after {post:.2f}{took}")
             done = it + 1
             if done % c.checkpoint_every == 0 or done == c.num_iterations:
-                run.save_checkpoint(done, policy_state(policy), generators={"tasks": task_rng})
+                run.save_checkpoint(
+                    done, policy_state(policy, learned), generators={"tasks": task_rng}
+                )
     finally:
         sampler.close()
         run.close()

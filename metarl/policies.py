@@ -278,6 +278,7 @@ def load_run_policy(
     device: str = "cpu",
     spaces_env: Any = None,
     loaded: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Policy, dict[str, Tensor], Any]:
     """The policy of a run directory written by ``agent`` (its last checkpoint's ``params``
     through the safe envelope, checked against the agent and task family), its params on
@@ -287,6 +288,9 @@ def load_run_policy(
     ``init_std``. ``spaces_env(cfg)`` gives the env whose spaces the policy maps (default: the
     family's env). ``loaded``: if given, receives ``{"iterations": N}``, the iteration of the
     checkpoint read (what an evaluation records: a run still training moves on meanwhile).
+    ``extra``: if given, receives the checkpoint's other state entries, saved beside the
+    policy's parameters (e.g. MAML-TRPO's learned inner rates under ``"inner_lr"``), on
+    ``device``.
     """
     from pathlib import Path
 
@@ -316,4 +320,9 @@ def load_run_policy(
     env.close()
     params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
     load_params(policy, params)
+    if extra is not None:
+        for name, value in payload["state"].items():
+            if name != "params" and isinstance(value, dict):
+                extra[name] = {k: v.to(dev) if isinstance(v, Tensor) else v
+                               for k, v in value.items()}  # fmt: skip
     return policy, params, cfg
