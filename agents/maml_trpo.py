@@ -22,6 +22,12 @@ matrix of the adapted policy); conjugate gradient uses that product: two inner-l
 Hessian-vector products and one KL one per CG iteration, each a single backward pass for all
 tasks at once. ``first_order=True`` (FOMAML) sets ``J_i = I``.
 
+``learn_inner_lr=True`` is Meta-SGD (Li, Zhou, Chen, Li 2017, "Meta-SGD: Learning to Learn
+Quickly for Few-Shot Learning", Sec. 3): ``θ'_i = θ − α ∘ ∇L_i(θ)`` with a rate per parameter
+entry, meta-learned with ``θ``. The outer step then lives on ``(θ, α)``: ``J_i`` has the parts
+``I − diag(α) H_i`` (not symmetric) for ``θ`` and ``−diag(∇L_i)`` for ``α``, and the same
+products give the meta-gradient and ``Σ_i J_iᵀ F_i J_i`` on ``(θ, α)``.
+
 Example:
     >>> from metarl.agents.maml_trpo import MAMLTRPOConfig, train
     >>> cfg = MAMLTRPOConfig.from_preset("quick", num_iterations=1, device="cpu")
