@@ -125,14 +125,34 @@ class MAMLTRPOConfig(RunConfig):
     cg_subsample: float = option(
         1.0,
         "fraction of each task's episodes used for the KL Hessian-vector products in CG "
-        "(TRPO, Schulman et al. 2015, Sec. 6, uses 10%%); 1.0: exact",
+        "(TRPO, Schulman et al. 2015, Sec. 6, uses 10%%); 1.0: exact. May change on "
+        "--resume (it only approximates the outer step's curvature): e.g. continue a run "
+        "made with 0.1 with exact curvature",
         low=0.0,
         high=1.0,
         low_open=True,
+        may_change_on_resume=True,
+    )
+    cg_subsample_unit: str = option(
+        "episodes",
+        "what --cg-subsample keeps: episodes (the first fraction of every task's episodes, "
+        "TRPO's per-sample subsampling; the inner-step Hessians in the curvature then come "
+        "from those few episodes too, and their noise inflates the curvature, so steps fall "
+        "short of the trust region) or tasks (every episode of the first fraction of the "
+        "meta-batch's tasks: each task's curvature term is exact, so their mean is unbiased)",
+        choices=("episodes", "tasks"),
+        may_change_on_resume=True,
     )
     ls_max_steps: int = option(15, "backtracking line-search steps", low=1)
-    ls_backtrack_ratio: float = option(0.5, "line-search shrink factor", low=0.0, high=1.0,
-                                       low_open=True)  # fmt: skip
+    ls_backtrack_ratio: float = option(
+        0.5,
+        "line-search shrink factor (pytorch-maml-rl: 0.5; Finn et al.'s rllab code: 0.8); "
+        "may change on --resume",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        may_change_on_resume=True,
+    )
     hidden_sizes: tuple[int, ...] = option((100, 100), "policy MLP hidden widths", low=1)
     nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
     init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
@@ -423,6 +443,21 @@ def _subsample(episodes: Episodes, adv: Tensor, fraction: float) -> tuple[Episod
     return sub, cut(adv)
 
 
+def _task_subset(episodes: Episodes, adv: Tensor, fraction: float) -> tuple[Episodes, Tensor]:
+    """Every episode of the first ``ceil(fraction × N)`` tasks (and their advantages)."""
+    n, e = episodes.num_tasks, episodes.episodes_per_task
+    k = max(1, math.ceil(fraction * n))
+    if k >= n:
+        return episodes, adv
+
+    def cut(x: Tensor) -> Tensor:
+        return x[:, : k * e]  # task-major rows
+
+    sub = Episodes(cut(episodes.obs), cut(episodes.actions), cut(episodes.rewards),
+                   cut(episodes.mask), k)  # fmt: skip
+    return sub, cut(adv)
+
+
 def _expand(params: Mapping[str, Tensor], n: int) -> Params:
     return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
 
@@ -473,6 +508,92 @@ def initial_inner_lrs(policy: Policy, inner_lr: float) -> Params:
     """Meta-SGD's rates at the start (Li et al. 2017): ``inner_lr`` for every entry of every
     parameter of ``policy``."""
     return {k: torch.full_like(p.detach(), inner_lr) for k, p in policy.named_parameters()}
+
+
+def _back_to_theta(
+    w: Params, through: list[_InnerStep], first_order: bool, rates: Params | None = None
+) -> Params:
+    """``Σ_i J_iᵀ w_i``: through the inner steps, last to first, then sum over tasks.
+    With Meta-SGD rates, on ``(θ, α)``: ``α`` gets ``Σ_k Σ_i −∇L_i^k ∘ w_i^k`` (``w^k``
+    the cotangent of the output of inner step ``k``), as the same ``α`` acts in every
+    step."""
+    if rates is not None:
+        on_rates = {k: torch.zeros_like(v) for k, v in rates.items()}
+        for step in reversed(through):
+            w, w_rates = step.vjp_rates(w)
+            on_rates = {k: on_rates[k] + w_rates[k].sum(0) for k in on_rates}
+        out = {k: v.sum(0) for k, v in w.items()}
+        out.update({_RATE + k: v for k, v in on_rates.items()})
+        return out
+    if not first_order:
+        for step in reversed(through):
+            w = step.jvp(w)  # J is symmetric
+    return {k: v.sum(0) for k, v in w.items()}
+
+
+def kl_hessian_product(
+    policy: Policy,
+    steps: list[_InnerStep],
+    valid: Episodes,
+    valid_adv: Tensor,
+    adapted: Params,
+    cfg: MAMLTRPOConfig,
+    exact: tuple[Tensor, list[Params], list[slice]] | None = None,
+    rates: Params | None = None,
+) -> Callable[[Params], Params]:
+    """``v ↦ (∇²KL + λI) v`` at the current ``θ``, the curvature TRPO's conjugate gradient
+    uses: ``KL = mean_i KL(π_old || π_θ'_i(θ))`` on the validation episodes, through the inner
+    steps (``Σ_i J_i F_i J_i``, see the module doc), on all the data or, with
+    ``cfg.cg_subsample < 1``, on the subsample ``cfg.cg_subsample_unit`` says.
+
+    ``steps``: the meta-iteration's inner steps (built with ``keep_graph`` unless first
+    order); ``adapted``: the last step's per-task parameters; ``exact``: the mean KL on all
+    the validation episodes with its per-chunk leaves and chunks, when the caller has them
+    (saves a forward pass; used only when nothing is subsampled); ``rates``: Meta-SGD's
+    per-entry inner rates, when they are meta-learned too: the product is then on
+    ``(θ, α)`` (``α``'s entries named ``"α:" + name``)."""
+    lr: float | Params = cfg.inner_lr if rates is None else rates
+    curv_steps, curv_tasks = steps, valid.num_tasks
+    if cfg.cg_subsample < 1.0:
+        cut = _task_subset if cfg.cg_subsample_unit == "tasks" else _subsample
+        valid, valid_adv = cut(valid, valid_adv, cfg.cg_subsample)
+        curv_tasks = valid.num_tasks  # the first ones; _leaves below slices them
+        if not cfg.first_order:
+            curv_steps = []
+            for step in steps:
+                eps_c, adv_c = cut(step.episodes, step.adv, cfg.cg_subsample)
+                curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, lr, True))
+        exact = None
+    if exact is None:
+        data = _TaskData.of(valid, valid_adv)
+        kl_chunks = data.chunks()
+        kl_leaves = _leaves(adapted, kl_chunks)
+        _, kl, _ = _outer_terms(policy, kl_leaves, data)
+    else:
+        kl, kl_leaves, kl_chunks = exact
+    kl_grad = _grad_by_chunk(kl, kl_leaves, create_graph=True)
+
+    def fisher(u: Params) -> Params:
+        gu = sum(torch.stack([(g[k] * u[k][c]).sum() for k in g]).sum()
+                 for g, c in zip(kl_grad, kl_chunks, strict=True))  # fmt: skip
+        return _cat(_grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
+
+    def kl_hvp(v: Params) -> Params:
+        if rates is not None:  # v on (θ, α): forward through every step with the same α part
+            w = _expand({k: v[k] for k in rates}, curv_tasks)
+            v_rates = {k: v[_RATE + k] for k in rates}
+            for step in curv_steps:
+                w = step.jvp_rates(w, v_rates)
+            hv = _back_to_theta(fisher(w), curv_steps, cfg.first_order, rates)
+            return _axpy(cfg.cg_damping, v, hv)
+        w = _expand(v, curv_tasks)
+        if not cfg.first_order:
+            for step in curv_steps:
+                w = step.jvp(w)
+        hv = _back_to_theta(fisher(w), curv_steps, cfg.first_order)
+        return _axpy(cfg.cg_damping, v, hv)
+
+    return kl_hvp
 
 
 def meta_step(
@@ -538,60 +659,9 @@ def meta_step(
     leaves = _leaves(current, valid_data.chunks())
     surrogate, kl, old = _outer_terms(policy, leaves, valid_data)
     g_out = _cat(_grad_by_chunk(surrogate, leaves, retain_graph=True))
-    kl_leaves, kl_chunks = leaves, valid_data.chunks()
-    # The curvature (KL Hessian) products, optionally on a subsample of the episodes.
-    curv_steps = steps
-    if cfg.cg_subsample < 1.0:
-        valid_c, valid_adv_c = _subsample(valid, valid_adv, cfg.cg_subsample)
-        if not cfg.first_order:
-            curv_steps = []
-            for step in steps:
-                eps_c, adv_c = _subsample(step.episodes, step.adv, cfg.cg_subsample)
-                curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, lr, True))
-        valid_data_c = _TaskData.of(valid_c, valid_adv_c)
-        kl_chunks = valid_data_c.chunks()
-        kl_leaves = _leaves(current, kl_chunks)
-        _, kl, _ = _outer_terms(policy, kl_leaves, valid_data_c)
-    kl_grad = _grad_by_chunk(kl, kl_leaves, create_graph=True)
-
-    def back_to_theta(w: Params, through: list[_InnerStep]) -> Params:
-        """``Σ_i J_iᵀ w_i``: through the inner steps, last to first, then sum over tasks.
-        With Meta-SGD rates, on ``(θ, α)``: ``α`` gets ``Σ_k Σ_i −∇L_i^k ∘ w_i^k`` (``w^k``
-        the cotangent of the output of inner step ``k``), as the same ``α`` acts in every
-        step."""
-        if rates is not None:
-            on_rates = {k: torch.zeros_like(v) for k, v in rates.items()}
-            for step in reversed(through):
-                w, w_rates = step.vjp_rates(w)
-                on_rates = {k: on_rates[k] + w_rates[k].sum(0) for k in on_rates}
-            out = {k: v.sum(0) for k, v in w.items()}
-            out.update({_RATE + k: v for k, v in on_rates.items()})
-            return out
-        if not cfg.first_order:
-            for step in reversed(through):
-                w = step.jvp(w)  # J is symmetric
-        return {k: v.sum(0) for k, v in w.items()}
-
-    def fisher(u: Params) -> Params:
-        gu = sum(torch.stack([(g[k] * u[k][c]).sum() for k in g]).sum()
-                 for g, c in zip(kl_grad, kl_chunks, strict=True))  # fmt: skip
-        return _cat(_grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
-
-    def kl_hvp(v: Params) -> Params:
-        if rates is not None:  # v on (θ, α): forward through every step with the same α part
-            w = _expand({k: v[k] for k in theta}, n)
-            v_rates = {k: v[_RATE + k] for k in theta}
-            for step in curv_steps:
-                w = step.jvp_rates(w, v_rates)
-            return _axpy(cfg.cg_damping, v, back_to_theta(fisher(w), curv_steps))
-        w = _expand(v, n)
-        if not cfg.first_order:
-            for step in curv_steps:
-                w = step.jvp(w)
-        hv = back_to_theta(fisher(w), curv_steps)
-        return _axpy(cfg.cg_damping, v, hv)
-
-    grad = back_to_theta(g_out, steps)
+    kl_hvp = kl_hessian_product(policy, steps, valid, valid_adv, current, cfg,
+                                exact=(kl, leaves, valid_data.chunks()), rates=rates)  # fmt: skip
+    grad = _back_to_theta(g_out, steps, cfg.first_order, rates)
     hint = "lower --inner-lr or --max-kl, or check the env's rewards"
     check_finite("MAML-TRPO surrogate loss", surrogate, hint=hint)
     check_finite("meta-gradient", grad, hint=hint)

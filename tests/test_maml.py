@@ -23,6 +23,7 @@ from metarl.agents.maml_trpo import (
     conjugate_gradient,
     evaluate,
     inner_step_fn,
+    kl_hessian_product,
     load_policy,
     train,
 )
@@ -228,6 +229,91 @@ def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
         expected = wi - 0.1 * h @ wi
         got = torch.cat([jw[k][i].flatten() for k in names])
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"cg_subsample": 0.5}, {"cg_subsample": 0.5, "cg_subsample_unit": "tasks"},
+     {"first_order": True}],
+    ids=["exact", "half-the-episodes", "half-the-tasks", "first-order"],
+)  # fmt: skip
+def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None:
+    """TRPO's curvature product against ``torch.func.hessian`` of the mean KL as a function of
+    the flat meta-parameters, through the inner step (closed form, float64). The subsampled
+    variants are the Hessians of the KL their docs name: on the first half of every task's
+    episodes (the KL's rows, and the inner step whose Jacobian carries a change of ``θ`` to
+    the adapted policies), or on every episode of the first half of the tasks."""
+    n, e, lr = 4, 4, 0.1
+    cfg = MAMLTRPOConfig(meta_batch_size=n, episodes_per_task=e, hidden_sizes=(5,), horizon=8,
+                         inner_lr=lr, cg_damping=0.0, **variant)  # fmt: skip
+    sampler = BatchedSampler(NAV, n, e, env_kwargs=cfg.env_kwargs())
+    torch.manual_seed(1)
+    env = metarl.make(NAV)
+    policy = make_policy(env.observation_space, env.action_space, cfg.hidden_sizes).double()
+    theta = {k: v.detach() for k, v in policy.named_parameters()}
+    tasks = _tasks(n)
+    eps = sampler.collect(policy, theta, tasks, seed=5)
+    adv = advantages(eps)
+    start = {k: v.unsqueeze(0).repeat(n, *[1] * v.dim()) for k, v in theta.items()}
+    step = _InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
+    valid = sampler.collect(policy, step.adapted, tasks, seed=6, per_task_params=True)
+    hvp = kl_hessian_product(policy, [step], valid, advantages(valid), step.adapted, cfg)
+
+    k_tasks, k_eps = n, e  # what the variant keeps
+    if cfg.cg_subsample < 1.0:
+        if cfg.cg_subsample_unit == "tasks":
+            k_tasks = n // 2
+        else:
+            k_eps = e // 2
+
+    def keep(x: torch.Tensor, i: int) -> torch.Tensor:  # task i's kept rows, (T, k_eps, ...)
+        return x.reshape(x.shape[0], n, e, *x.shape[2:])[:, i, :k_eps]
+
+    names = list(theta)
+    shapes, sizes = [theta[k].shape for k in names], [theta[k].numel() for k in names]
+
+    def unflat(x: torch.Tensor) -> dict:
+        return {k: c.view(s) for k, c, s in zip(names, x.split(sizes), shapes, strict=True)}
+
+    def adapted(x: torch.Tensor, i: int) -> dict:
+        if cfg.first_order:  # J = I: the inner gradient is a constant
+            return {k: v + step.adapted[k][i] - theta[k] for k, v in unflat(x).items()}
+        data = [keep(d, i) for d in (eps.obs, eps.actions, adv, eps.mask)]
+
+        def inner(x: torch.Tensor) -> dict:
+            grads = torch.func.grad(lambda p: reinforce_loss(policy, p, *data))(unflat(x))
+            return {k: v - lr * grads[k] for k, v in unflat(x).items()}
+
+        # The policy the KL is taken at is the meta-iteration's own adapted one; the inner
+        # step on the kept episodes gives only its displacement (its Jacobian).
+        with torch.no_grad():
+            at_x0 = inner(x0)
+        return {k: step.adapted[k][i] + v - at_x0[k] for k, v in inner(x).items()}
+
+    x0 = torch.cat([theta[k].flatten() for k in names])
+    old = []
+    for i in range(k_tasks):
+        with torch.no_grad():
+            old.append(tuple(forward(policy, adapted(x0, i), keep(valid.obs, i))))
+
+    def mean_kl(x: torch.Tensor) -> torch.Tensor:
+        kls = []
+        for i in range(k_tasks):
+            new = tuple(forward(policy, adapted(x, i), keep(valid.obs, i)))
+            m = keep(valid.mask, i)
+            kls.append((policy.kl(old[i], new) * m).sum() / m.sum())
+        return torch.stack(kls).mean()
+
+    h = torch.func.hessian(mean_kl)(x0)
+    torch.manual_seed(2)
+    for _ in range(2):
+        v = torch.randn_like(x0)
+        got = hvp(unflat(v))
+        got_flat = torch.cat([got[k].flatten() for k in names])
+        assert torch.allclose(got_flat, h @ v, rtol=1e-7, atol=1e-10), (
+            (got_flat - h @ v).abs().max()
+        )
+    assert (h @ v).abs().max() > 1e-3  # not vacuous
 
 
 def test_conjugate_gradient_solves_spd_system() -> None:
