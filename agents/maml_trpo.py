@@ -136,10 +136,10 @@ class MAMLTRPOConfig(RunConfig):
     cg_subsample_unit: str = option(
         "episodes",
         "what --cg-subsample keeps: episodes (the first fraction of every task's episodes, "
-        "TRPO's per-sample subsampling; the inner-step Hessians in the curvature then come "
-        "from those few episodes too, and their noise inflates the curvature, so steps fall "
-        "short of the trust region) or tasks (every episode of the first fraction of the "
-        "meta-batch's tasks: each task's curvature term is exact, so their mean is unbiased)",
+        "TRPO's per-sample subsampling; in MAML the inner steps' Hessians inside the "
+        "curvature then come from those episodes too) or tasks (every episode of the first "
+        "fraction of the meta-batch's tasks). Neither makes the full step's KL max-kl: "
+        "benchmarks/maml_curvature.md measures both against exact curvature",
         choices=("episodes", "tasks"),
         may_change_on_resume=True,
     )
