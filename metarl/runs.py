@@ -51,6 +51,7 @@ import random
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +77,8 @@ __all__ = [
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: One JSON line per resumed session that changed a ``may_change_on_resume`` setting.
+RESUMES_FILE = "resumes.jsonl"
 
 #: Bumped whenever the checkpoint layout changes; a file of another format is refused.
 CHECKPOINT_FORMAT = 1
@@ -219,6 +222,7 @@ class Run:
         self.config = config
         self._columns: list[str] | None = None
         self._tb: Any = None
+        self._resuming = False  # set by resume(): load_checkpoint records what changed
         if getattr(config, "tensorboard", False):
             self._tb = _tensorboard_writer(path / "tensorboard")
 
@@ -281,7 +285,9 @@ class Run:
         for tmp in path.glob(f".{CHECKPOINT_FILE}.*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-        return cls(path, record["agent"], config)
+        run = cls(path, record["agent"], config)
+        run._resuming = True
+        return run
 
     @staticmethod
     def read_record(path: str | Path) -> dict[str, Any]:
@@ -425,6 +431,8 @@ class Run:
                 raise CheckpointError(f"{self.checkpoint_path} has no {key!r}; it is not a run "
                                       "checkpoint")  # fmt: skip
         self._check_config(payload)
+        if self._resuming:
+            self._record_resume(payload)
         restore_rng_state(payload["rng"], generators)
         payload["state"] = _unplain(payload["state"])
         self._truncate_metrics(int(payload["iteration"]) - 1)
@@ -457,6 +465,31 @@ class Run:
             f"settings. Only these may change on resume (as options of `metarl train "
             f"--resume`): {', '.join(free) or 'none'}"
         )
+
+    def _record_resume(self, payload: Mapping[str, Any]) -> None:
+        """Append to resumes.jsonl the settings this session changed against the checkpoint's
+        (config.json keeps the run's first settings), e.g. a run continued with exact
+        curvature or on another device; nothing when none changed."""
+        made_with = payload.get("config")
+        if not isinstance(made_with, Mapping):
+            return
+        now = self.config.to_dict()
+        changed = {
+            f.name: [made_with[f.name], now.get(f.name)]
+            for f in dataclasses.fields(self.config)
+            if f.metadata.get("may_change_on_resume")
+            and f.name in made_with
+            and made_with[f.name] != now.get(f.name)
+        }
+        if not changed:
+            return
+        line = {
+            "iteration": int(payload["iteration"]),
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "changed": changed,
+        }
+        with (self.path / RESUMES_FILE).open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def close(self) -> None:
         if self._tb is not None:

@@ -560,6 +560,29 @@ def test_cli_resume_from_another_agent_or_config_keeps_the_run(
     assert len(_rows(d)) == 2
 
 
+def test_resume_with_changed_curvature_settings_is_recorded(tmp_path: Path) -> None:
+    """The outer step's curvature and line-search settings may change on --resume (a run made
+    with --cg-subsample 0.1 continued with exact curvature); config.json keeps the first
+    settings, resumes.jsonl says from which checkpoint which values changed."""
+    d = tmp_path / "r"
+    train(_tiny(num_iterations=1, cg_subsample=0.5), d)
+    assert not (d / "resumes.jsonl").exists()
+    args = ["train", "--resume", str(d), "--num-iterations", "2", "--cg-subsample", "1.0",
+            "--ls-backtrack-ratio", "0.8"]  # fmt: skip
+    assert main(args) == 0
+    lines = [json.loads(x) for x in (d / "resumes.jsonl").read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["iteration"] == 1
+    assert lines[0]["changed"] == {"num_iterations": [1, 2], "cg_subsample": [0.5, 1.0],
+                                   "ls_backtrack_ratio": [0.5, 0.8]}  # fmt: skip
+    assert json.loads((d / "config.json").read_text())["config"]["cg_subsample"] == 0.5
+    # The next resume compares with the last checkpoint's settings: only what changes again.
+    assert main(["train", "--resume", str(d), "--num-iterations", "3", "--cg-subsample", "1.0",
+                 "--ls-backtrack-ratio", "0.8"]) == 0  # fmt: skip
+    lines = [json.loads(x) for x in (d / "resumes.jsonl").read_text().splitlines()]
+    assert lines[1] == {**lines[1], "iteration": 2, "changed": {"num_iterations": [2, 3]}}
+    assert len(_rows(d)) == 3
+
+
 def test_cli_resume_of_a_hand_edited_config_json_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
