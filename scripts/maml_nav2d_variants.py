@@ -50,6 +50,10 @@ def variant(name: str, run: Path) -> dict[str, Any]:
     rows = rows[: int(curve.meta.get("iterations", len(rows)))]
     its = [float(r["iteration_s"]) for r in rows]
     post = [float(r["post_adapt_return"]) for r in rows[-20:]]
+    # The outer steps the line search accepted: mean KL measured after the step (max-KL 0.01
+    # in the preset) and the accepted fraction of TRPO's full step (0 where none was).
+    kls = [float(r["kl"]) for r in rows if "kl" in r]
+    fractions = [float(r["step_size"]) for r in rows if "step_size" in r]
     gain, gain_ci = curve.improvement(1)
     k1 = curve._per_sample(curve.returns)[:, 1]
     k1_mean, k1_ci = mean_ci95(k1)
@@ -62,6 +66,11 @@ def variant(name: str, run: Path) -> dict[str, Any]:
         "train_s": round(sum(its), 1),
         "median_s_per_iteration": round(statistics.median(its), 2),
         "train_post_adapt_last20": round(float(np.mean(post)), 2),
+        "median_accepted_kl": round(statistics.median(kls), 5) if kls else None,
+        "median_step_fraction": statistics.median(fractions) if fractions else None,
+        "full_step_share": (
+            round(sum(f == 1.0 for f in fractions) / len(fractions), 3) if fractions else None
+        ),
         "eval_seeds": curve.meta.get("seeds"),
         "episodes_per_step": curve.meta.get("episodes_per_step"),
         "eval_lrs": curve.meta.get("lrs"),
