@@ -427,34 +427,25 @@ class _InnerStep:
         return {k: w[k] - h_aw[k] for k in w}, {k: -g[k] * w[k] for k in w}
 
 
-def _subsample(episodes: Episodes, adv: Tensor, fraction: float) -> tuple[Episodes, Tensor]:
-    """The first ``ceil(fraction × E)`` episodes of every task (and their advantages)."""
+def _subsample(
+    episodes: Episodes, adv: Tensor, fraction: float, unit: str = "episodes"
+) -> tuple[Episodes, Tensor]:
+    """The curvature's subsample (and its advantages): the first ``ceil(fraction × E)``
+    episodes of every task, or with ``unit="tasks"`` every episode of the first
+    ``ceil(fraction × N)`` tasks."""
     n, e = episodes.num_tasks, episodes.episodes_per_task
-    k = max(1, math.ceil(fraction * e))
-    if k >= e:
+    by_task = unit == "tasks"
+    k = max(1, math.ceil(fraction * (n if by_task else e)))
+    if k >= (n if by_task else e):
         return episodes, adv
 
     def cut(x: Tensor) -> Tensor:
-        t = x.shape[0]
-        return x.reshape(t, n, e, *x.shape[2:])[:, :, :k].reshape(t, n * k, *x.shape[2:])
+        t, rest = x.shape[0], x.shape[2:]
+        per = x.reshape(t, n, e, *rest)  # task-major rows
+        return (per[:, :k] if by_task else per[:, :, :k]).reshape(t, -1, *rest)
 
     sub = Episodes(cut(episodes.obs), cut(episodes.actions), cut(episodes.rewards),
-                   cut(episodes.mask), n)  # fmt: skip
-    return sub, cut(adv)
-
-
-def _task_subset(episodes: Episodes, adv: Tensor, fraction: float) -> tuple[Episodes, Tensor]:
-    """Every episode of the first ``ceil(fraction × N)`` tasks (and their advantages)."""
-    n, e = episodes.num_tasks, episodes.episodes_per_task
-    k = max(1, math.ceil(fraction * n))
-    if k >= n:
-        return episodes, adv
-
-    def cut(x: Tensor) -> Tensor:
-        return x[:, : k * e]  # task-major rows
-
-    sub = Episodes(cut(episodes.obs), cut(episodes.actions), cut(episodes.rewards),
-                   cut(episodes.mask), k)  # fmt: skip
+                   cut(episodes.mask), k if by_task else n)  # fmt: skip
     return sub, cut(adv)
 
 
@@ -555,13 +546,16 @@ def kl_hessian_product(
     lr: float | Params = cfg.inner_lr if rates is None else rates
     curv_steps, curv_tasks = steps, valid.num_tasks
     if cfg.cg_subsample < 1.0:
-        cut = _task_subset if cfg.cg_subsample_unit == "tasks" else _subsample
-        valid, valid_adv = cut(valid, valid_adv, cfg.cg_subsample)
+
+        def cut(eps: Episodes, adv: Tensor) -> tuple[Episodes, Tensor]:
+            return _subsample(eps, adv, cfg.cg_subsample, cfg.cg_subsample_unit)
+
+        valid, valid_adv = cut(valid, valid_adv)
         curv_tasks = valid.num_tasks  # the first ones; _leaves below slices them
         if not cfg.first_order:
             curv_steps = []
             for step in steps:
-                eps_c, adv_c = cut(step.episodes, step.adv, cfg.cg_subsample)
+                eps_c, adv_c = cut(step.episodes, step.adv)
                 curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, lr, True))
         exact = None
     if exact is None:
