@@ -50,7 +50,7 @@ from torch.func import vmap
 
 from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
-from metarl.functional import Params, forward, load_params
+from metarl.functional import Params, forward, gradient_step, load_params
 from metarl.meta_training import meta_train
 from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
@@ -384,12 +384,8 @@ class _InnerStep:
                    for leaf, c in zip(self.leaves, self.chunks, strict=True))  # fmt: skip
         self.grads = _grad_by_chunk(loss, self.leaves, create_graph=keep_graph)  # type: ignore[arg-type]
         self.lr = lr
-        pairs = zip(self.leaves, self.grads, strict=True)
-        if isinstance(lr, Mapping):
-            parts = [{k: (leaf[k] - lr[k] * g[k]).detach() for k in leaf} for leaf, g in pairs]
-        else:
-            parts = [{k: (leaf[k] - lr * g[k]).detach() for k in leaf} for leaf, g in pairs]
-        self.adapted = _cat(parts)
+        self.adapted = _cat([{k: v.detach() for k, v in gradient_step(leaf, g, lr).items()}
+                             for leaf, g in zip(self.leaves, self.grads, strict=True)])  # fmt: skip
 
     def _hvp(self, w: Params) -> Params:
         """``H w`` per task (``w`` has the leading task dimension)."""
@@ -809,12 +805,12 @@ def load_policy(
 
 
 def load_inner_lrs(
-    run_dir: str | Path, device: str = "cpu"
+    run_dir: str | Path, device: str = "cpu", loaded: dict[str, Any] | None = None
 ) -> tuple[Policy, Params, MAMLTRPOConfig, Params | None]:
     """:func:`load_policy` plus the run's learned Meta-SGD rates (None unless the run was
     trained with ``learn_inner_lr``), checked against the policy's parameters."""
     extra: dict[str, Any] = {}
-    policy, params, cfg = load_policy(run_dir, device, extra=extra)
+    policy, params, cfg = load_policy(run_dir, device, loaded, extra)
     return policy, params, cfg, _checked_rates(extra, params, cfg, run_dir)
 
 
@@ -871,9 +867,7 @@ def evaluate(
     ``learn_inner_lr`` adapts with its learned per-entry rates ``α`` at every step instead
     (Li et al. 2017), recorded in the JSON's ``meta.inner_lr``."""
     loaded: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    policy, params, cfg = load_policy(run_dir, device, loaded, extra)
-    rates = _checked_rates(extra, params, cfg, run_dir)
+    policy, params, cfg, rates = load_inner_lrs(run_dir, device, loaded)
     lrs = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
     curve = evaluate_policy_adaptation(
         policy,

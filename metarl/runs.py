@@ -445,14 +445,8 @@ class Run:
         made_with = payload.get("config")
         if not isinstance(made_with, Mapping):
             return  # written before checkpoints recorded their config
-        now, options = self.config.to_dict(), dataclasses.fields(self.config)
-        changed = {
-            f.name: (made_with[f.name], now.get(f.name))
-            for f in options
-            if not f.metadata.get("may_change_on_resume")
-            and f.name in made_with
-            and made_with[f.name] != now.get(f.name)
-        }
+        options = dataclasses.fields(self.config)
+        changed = self._changes_since(made_with, free=False)
         if not changed:
             return
         lines = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in changed.items())
@@ -466,6 +460,20 @@ class Run:
             f"--resume`): {', '.join(free) or 'none'}"
         )
 
+    def _changes_since(
+        self, made_with: Mapping[str, Any], free: bool
+    ) -> dict[str, tuple[Any, Any]]:
+        """``{field: (checkpoint's value, this session's)}`` for the fields that differ, among
+        those marked ``may_change_on_resume`` (``free``) or the others."""
+        now = self.config.to_dict()
+        return {
+            f.name: (made_with[f.name], now.get(f.name))
+            for f in dataclasses.fields(self.config)
+            if bool(f.metadata.get("may_change_on_resume")) == free
+            and f.name in made_with
+            and made_with[f.name] != now.get(f.name)
+        }
+
     def _record_resume(self, payload: Mapping[str, Any]) -> None:
         """Append to resumes.jsonl the settings this session changed against the checkpoint's
         (config.json keeps the run's first settings), e.g. a run continued with exact
@@ -473,20 +481,13 @@ class Run:
         made_with = payload.get("config")
         if not isinstance(made_with, Mapping):
             return
-        now = self.config.to_dict()
-        changed = {
-            f.name: [made_with[f.name], now.get(f.name)]
-            for f in dataclasses.fields(self.config)
-            if f.metadata.get("may_change_on_resume")
-            and f.name in made_with
-            and made_with[f.name] != now.get(f.name)
-        }
+        changed = self._changes_since(made_with, free=True)
         if not changed:
             return
         line = {
             "iteration": int(payload["iteration"]),
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "changed": changed,
+            "changed": {k: list(v) for k, v in changed.items()},
         }
         with (self.path / RESUMES_FILE).open("a") as f:
             f.write(json.dumps(line) + "\n")
