@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -284,6 +284,24 @@ PPO_BASELINE_PRESETS: dict[str, dict[str, Any]] = {
     "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 200},
     "halfcheetah-vel": {
         "env_id": "metarl/HalfCheetahVel-v0",
+        "horizon": 200,
+        "num_iterations": 500,
+        "n_steps": 200,
+    },
+    "halfcheetah-dir": {
+        "env_id": "metarl/HalfCheetahDir-v0",
+        "horizon": 200,
+        "num_iterations": 500,
+        "n_steps": 200,
+    },
+    "ant-vel": {
+        "env_id": "metarl/AntVel-v0",
+        "horizon": 200,
+        "num_iterations": 500,
+        "n_steps": 200,
+    },
+    "ant-dir": {
+        "env_id": "metarl/AntDir-v0",
         "horizon": 200,
         "num_iterations": 500,
         "n_steps": 200,
@@ -586,9 +604,11 @@ def evaluate_finetuning(
     max_tasks: int | None,
     note: str,
     meta: Mapping[str, Any] | None = None,
+    lrs: Sequence[float] | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
     """MAML's held-out protocol from ``params``: return after 0..K fine-tuning steps (rates
-    ``α`` then ``α/2``, as MAML-TRPO's evaluation); writes ``eval_<split>.json``/``.png``.
+    ``α`` then ``α/2`` as MAML-TRPO's evaluation, or ``lrs``); writes ``eval_<split>.json``/
+    ``.png``.
     ``meta``: more entries for the curve's metadata (the evaluated checkpoint's iteration)."""
     curve = evaluate_policy_adaptation(
         policy,
@@ -598,7 +618,7 @@ def evaluate_finetuning(
         agent=agent,
         split=split,
         num_steps=num_steps,
-        lrs=(cfg.inner_lr, cfg.inner_lr / 2),
+        lrs=(cfg.inner_lr, cfg.inner_lr / 2) if lrs is None else lrs,
         episodes_per_step=episodes_per_step,
         seeds=seeds,
         device=device,
