@@ -310,6 +310,30 @@ class Run:
             raise ValueError(f"{file} is not a metarl run config")
         return record
 
+    @staticmethod
+    def read_resumes(path: str | Path) -> list[dict[str, Any]]:
+        """The settings changed when the run was resumed, oldest first: the lines of its
+        ``resumes.jsonl`` (``{"iteration", "utc", "changed": {field: [old, new]}}``); empty
+        when it never changed one. config.json keeps the first session's settings."""
+        file = Path(path) / RESUMES_FILE
+        if not file.exists():
+            return []
+        out = []
+        for n, line in enumerate(file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{file}, line {n}, is not JSON ({e}); the file is only appended to by "
+                    "`metarl train --resume`, so restore it from a copy or delete that line"
+                ) from e
+            if not isinstance(entry, dict) or not isinstance(entry.get("changed"), dict):
+                raise ValueError(f"{file}, line {n}, is not a resume record: {line!r}")
+            out.append(entry)
+        return out
+
     # -- logging ---------------------------------------------------------------------------
     def log(self, iteration: int, metrics: Mapping[str, float]) -> None:
         """Append one row to metrics.csv (and TensorBoard scalars)."""

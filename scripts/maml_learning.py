@@ -214,6 +214,13 @@ def plot(curves: list[AdaptationCurve], run_dir: Path, path: Path, title: str, n
     plt.close(fig)
 
 
+def resumes_before(run: Path, curve: AdaptationCurve) -> list[dict[str, Any]]:
+    """The run's changes of settings on resume (resumes.jsonl) made before the evaluated
+    checkpoint's iteration (all of them when the evaluation did not record it)."""
+    its = curve.meta.get("iterations")
+    return [r for r in Run.read_resumes(run) if its is None or r["iteration"] < int(its)]
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -246,6 +253,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "run_dir": str(run),
         "config": cfg.to_dict(),
         "training": training_summary(run, maml.meta.get("iterations")),
+        "resumes": resumes_before(run, maml),
         "training_load": load_summary(Path(args.load_log) if args.load_log else None, run),
         "note": args.note,
         "baseline_eval_s": eval_s,
@@ -331,7 +339,8 @@ def section(data: dict[str, Any]) -> list[str]:
         f"Meta-training: {tr['iterations']} meta-iterations, meta-batch "
         f"{cfg['meta_batch_size']} tasks × {cfg['episodes_per_task']} episodes, horizon "
         f"{cfg['horizon'] or 'registered'}, {'first' if cfg['first_order'] else 'second'} order, "
-        f"CG on {cfg['cg_subsample']:.0%} of the episodes, {cfg['hidden_sizes']} "
+        f"CG on {cfg['cg_subsample']:.0%} of the episodes, line search backtracking by "
+        f"{cfg.get('ls_backtrack_ratio', 0.5)}, {cfg['hidden_sizes']} "
         f"{cfg['nonlinearity']} policy, seed {cfg['seed']}; "
         f"{tr['wall_clock_s'] / 60:.1f} min wall-clock (median {tr['median_iteration_s']:.2f} "
         f"s/iteration, {tr['env_steps'] / 1e6:.1f} M env steps), 1 torch thread.",
@@ -339,6 +348,10 @@ def section(data: dict[str, Any]) -> list[str]:
         f"{tr['first10_pre_adapt_return']:.2f} → {tr['last10_pre_adapt_return']:.2f}, after "
         f"{tr['first10_post_adapt_return']:.2f} → {tr['last10_post_adapt_return']:.2f}.",
     ]
+    for r in data.get("resumes", []):
+        changes = ", ".join(f"{k} {a} → {b}" for k, (a, b) in r["changed"].items())
+        lines.append(f"Resumed at iteration {r['iteration']} with other settings "
+                     f"(the run's resumes.jsonl): {changes}.")  # fmt: skip
     ld = data.get("training_load")
     if ld:
         lines.append(

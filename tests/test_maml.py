@@ -32,6 +32,7 @@ from metarl.evaluation import evaluate_policy_adaptation
 from metarl.functional import forward, named_params
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages, reinforce_loss
+from metarl.runs import Run
 from metarl.sampler import BatchedSampler, per_task, per_task_rows
 
 NAV = "metarl/Navigation2D-v0"
@@ -472,6 +473,11 @@ def test_cli_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[st
     # The evaluation says which checkpoint it read (a run may go on training meanwhile).
     assert "(checkpoint of iteration 2)" in out
     assert json.loads((Path(d) / "eval_test.json").read_text())["meta"]["iterations"] == 2
+    # Other inner rates (Finn et al.'s released test script: 0.5 then 0.25; the last repeats).
+    assert main(["evaluate", d, "--steps", "3", "--seeds", "0", "--max-tasks", "2",
+                 "--episodes", "2", "--lrs", "0.5", "0.25"]) == 0  # fmt: skip
+    meta = json.loads((Path(d) / "eval_test.json").read_text())["meta"]
+    assert meta["lrs"] == [0.5, 0.25]
 
 
 @pytest.mark.parametrize(
@@ -486,6 +492,8 @@ def test_cli_train_and_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[st
         (["train", "--agent", "maml-trpo", "--env=CartPole-v1"], "no task family"),
         (["evaluate", "/nonexistent/run", "--steps", "1"], "nonexistent"),
         (["evaluate", "/tmp", "--steps", "-1"], "--steps"),
+        (["evaluate", "/tmp", "--lrs", "0.1", "-0.1"], "--lrs must be positive"),
+        (["evaluate", "/tmp", "--lrs", "nan"], "--lrs must be positive"),
     ],
 )
 def test_cli_bad_input_gives_clear_errors(
@@ -570,7 +578,7 @@ def test_resume_with_changed_curvature_settings_is_recorded(tmp_path: Path) -> N
     args = ["train", "--resume", str(d), "--num-iterations", "2", "--cg-subsample", "1.0",
             "--ls-backtrack-ratio", "0.8"]  # fmt: skip
     assert main(args) == 0
-    lines = [json.loads(x) for x in (d / "resumes.jsonl").read_text().splitlines()]
+    lines = Run.read_resumes(d)
     assert len(lines) == 1 and lines[0]["iteration"] == 1
     assert lines[0]["changed"] == {"num_iterations": [1, 2], "cg_subsample": [0.5, 1.0],
                                    "ls_backtrack_ratio": [0.5, 0.8]}  # fmt: skip
@@ -578,9 +586,13 @@ def test_resume_with_changed_curvature_settings_is_recorded(tmp_path: Path) -> N
     # The next resume compares with the last checkpoint's settings: only what changes again.
     assert main(["train", "--resume", str(d), "--num-iterations", "3", "--cg-subsample", "1.0",
                  "--ls-backtrack-ratio", "0.8"]) == 0  # fmt: skip
-    lines = [json.loads(x) for x in (d / "resumes.jsonl").read_text().splitlines()]
+    lines = Run.read_resumes(d)
     assert lines[1] == {**lines[1], "iteration": 2, "changed": {"num_iterations": [2, 3]}}
     assert len(_rows(d)) == 3
+    with (d / "resumes.jsonl").open("a") as f:
+        f.write("{cut off\n")
+    with pytest.raises(ValueError, match=r"line 3, is not JSON.*delete that line"):
+        Run.read_resumes(d)
 
 
 def test_cli_resume_of_a_hand_edited_config_json_is_refused(
