@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -859,16 +859,20 @@ def evaluate(
     episodes_per_step: int | None = None,
     device: str = "cpu",
     max_tasks: int | None = None,
+    lrs: Sequence[float] | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`);
     writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory.
 
     Inner steps use ``inner_lr`` then ``inner_lr / 2`` (Finn et al. 2017); a run trained with
     ``learn_inner_lr`` adapts with its learned per-entry rates ``α`` at every step instead
-    (Li et al. 2017), recorded in the JSON's ``meta.inner_lr``."""
+    (Li et al. 2017), recorded in the JSON's ``meta.inner_lr``. ``lrs``: other rates for
+    steps 1, 2, … (the last repeats), e.g. ``(0.5, 0.25)`` for Finn et al.'s released test
+    script; for a Meta-SGD run they multiply ``α``."""
     loaded: dict[str, Any] = {}
     policy, params, cfg, rates = load_inner_lrs(run_dir, device, loaded)
-    lrs = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
+    if lrs is None:
+        lrs = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
     curve = evaluate_policy_adaptation(
         policy,
         params,
@@ -894,7 +898,7 @@ def evaluate(
         curve.meta["inner_lr"] = {
             "learned": True,
             "protocol": "Meta-SGD (Li et al. 2017): every inner step uses the learned "
-            "per-entry rates α (lrs are multipliers of α: 1 at every step)",
+            "per-entry rates α (lrs are multipliers of α; 1 at every step by default)",
             **inner_lr_summary(rates),
         }
     return save_run_curve(curve, run_dir, split)

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,15 +123,18 @@ def evaluate(
     episodes_per_step: int | None = None,
     device: str = "cpu",
     max_tasks: int | None = None,
+    lrs: Sequence[float] | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Fine-tune the random initialisation on each task of ``split`` for 0..K steps (MAML's
-    protocol); writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
+    protocol; ``lrs``: the rates of steps 1, 2, …, default ``inner_lr`` then ``inner_lr/2``);
+    writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
     loaded: dict[str, Any] = {}
     policy, params, cfg = load_policy(run_dir, device, loaded)
     note = ("fine-tuning from a random initialisation (no training): MAML's inner step "
-            "(VPG + linear baseline), rates inner_lr then inner_lr/2")  # fmt: skip
+            "(VPG + linear baseline), rates ")  # fmt: skip
+    note += "inner_lr then inner_lr/2" if lrs is None else " then ".join(map(str, lrs))
     return evaluate_finetuning(
         AGENT, policy, params, cfg, run_dir, split=split, num_steps=num_steps, seeds=seeds,
         episodes_per_step=episodes_per_step, device=device, max_tasks=max_tasks, note=note,
-        meta=loaded,
+        meta=loaded, lrs=lrs,
     )  # fmt: skip

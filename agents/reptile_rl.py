@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -277,9 +277,11 @@ def evaluate(
     episodes_per_step: int | None = None,
     device: str = "cpu",
     max_tasks: int | None = None,
+    lrs: Sequence[float] | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`) with the
-    training inner rate ``α`` at every step; writes ``eval_<split>.json`` and ``.png``."""
+    training inner rate ``α`` at every step (``lrs``: other rates for steps 1, 2, …, the last
+    repeating); writes ``eval_<split>.json`` and ``.png``."""
     loaded: dict[str, Any] = {}
     policy, params, cfg = load_policy(run_dir, device, loaded)
     curve = evaluate_policy_adaptation(
@@ -290,7 +292,7 @@ def evaluate(
         agent=AGENT,
         split=split,
         num_steps=num_steps,
-        lrs=(cfg.inner_lr,),
+        lrs=(cfg.inner_lr,) if lrs is None else lrs,
         episodes_per_step=episodes_per_step,
         seeds=seeds,
         device=device,

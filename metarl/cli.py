@@ -7,7 +7,9 @@ Subcommands live in small functions registered in ``COMMANDS``; each later capab
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -199,6 +201,17 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
     )
     sub.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
     sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks")
+    sub.add_argument(
+        "--lrs",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="LR",
+        help="inner learning rates of adaptation steps 1, 2, ... (the last repeats), for the "
+        "agents that adapt by gradient steps; default: the run's own (MAML, pretrained, "
+        "random init: inner_lr then inner_lr/2 as in Finn et al. 2017; Reptile: inner_lr; "
+        "for a Meta-SGD run they multiply the learned rates, default 1)",
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -209,13 +222,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     if args.episodes is not None and args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.lrs is not None and not all(math.isfinite(x) and x > 0 for x in args.lrs):
+        raise ValueError(f"--lrs must be positive finite numbers, got {args.lrs}")
     record = Run.read_record(args.run_dir)
     module = get_agent(record["agent"])
-    steps = {} if args.steps is None else {"num_steps": args.steps}
+    extra: dict[str, Any] = {} if args.steps is None else {"num_steps": args.steps}
+    if args.lrs is not None:
+        if "lrs" not in inspect.signature(module.evaluate).parameters:
+            raise ValueError(
+                f"--lrs sets inner learning rates, and {record['agent']} does not adapt by "
+                "gradient steps; drop --lrs"
+            )
+        extra["lrs"] = tuple(args.lrs)
     curve, json_path, png_path = module.evaluate(
         args.run_dir,
         split=args.tasks,
-        **steps,
+        **extra,
         seeds=tuple(args.seeds),
         episodes_per_step=args.episodes,
         device=args.device,

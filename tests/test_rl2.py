@@ -334,6 +334,9 @@ def test_cli_trains_and_evaluates_rl2(tmp_path, capsys):
                  "--max-tasks", "2"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "after k episodes" in out and "k=3:" in out and "k=4:" not in out
+    # RL² adapts in its memory, not by gradient steps: inner learning rates are refused.
+    assert main(["evaluate", str(run_dir), "--lrs", "0.1"]) == 2
+    assert "does not adapt by gradient steps; drop --lrs" in capsys.readouterr().err
     assert main(["train", "--agent", "rl2", "--num-trials", "10", "--num-minibatches", "4",
                  "--run-dir", str(tmp_path / "bad")]) == 2  # fmt: skip
     assert "multiple of num_minibatches" in capsys.readouterr().err
