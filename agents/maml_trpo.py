@@ -55,7 +55,13 @@ from metarl.meta_training import meta_train
 from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
-from metarl.returns import BASELINES
+from metarl.returns import (
+    BASELINES,
+    LinearFeatureBaseline,
+    PreviousTaskBaseline,
+    ZeroBaseline,
+    discounted_returns,
+)
 from metarl.runs import Run
 from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task_rows
 
@@ -69,6 +75,7 @@ __all__ = [
     "load_inner_lrs",
     "load_policy",
     "meta_step",
+    "shared_baseline",
     "train",
 ]
 
@@ -102,11 +109,24 @@ class MAMLTRPOConfig(RunConfig):
     first_order: bool = option(False, "first-order MAML: drop the inner-step Jacobian")
     inner_baseline: str = option(
         "linear",
-        "baseline of the inner (adaptation) steps' advantages, in meta-training and in "
-        "evaluation: linear (Duan et al. 2016's feature baseline fitted on the task's own "
-        "episodes) or zero (none; rllab's VPG in the first step of Finn et al.'s test scripts); "
-        "the outer TRPO step always uses the linear one",
-        choices=("linear", "zero"),
+        "baseline of the inner (adaptation) steps' advantages: linear (Duan et al. 2016's "
+        "feature baseline fitted on the task's own episodes), zero (none; what rllab's VPG "
+        "predicts in the first step of a fresh baseline), or previous-task (rllab's sampler "
+        "before cbfinn/maml_rl's commit fb26875: one baseline shared by the meta-batch's "
+        "tasks, predicting before it fits, so task i uses the fit on task i-1's episodes and "
+        "task 0 the fit on all episodes of the round before, carried across meta-iterations "
+        "and in the checkpoints). Evaluation: linear and previous-task adapt with the "
+        "task's own fit (each held-out task adapts alone), zero with none. The outer TRPO "
+        "step's baseline is --outer-baseline",
+        choices=("linear", "zero", "previous-task"),
+    )
+    outer_baseline: str = option(
+        "linear",
+        "baseline of the outer TRPO step's advantages (the validation episodes of the adapted "
+        "policies): linear (fitted on each task's own episodes) or previous-task (the shared "
+        "predict-then-fit baseline of --inner-baseline previous-task continued through the "
+        "validation episodes, as in rllab's MAML; needs --inner-baseline previous-task)",
+        choices=("linear", "previous-task"),
     )
     inner_normalize_advantages: bool = option(
         True,
@@ -234,6 +254,12 @@ class MAMLTRPOConfig(RunConfig):
             raise ConfigError(
                 "--learn-inner-lr (Meta-SGD) differentiates through the inner step; drop "
                 "--first-order, or --learn-inner-lr"
+            )
+        if self.outer_baseline == "previous-task" and self.inner_baseline != "previous-task":
+            raise ConfigError(
+                "--outer-baseline previous-task continues the inner steps' shared baseline "
+                f"(rllab), but --inner-baseline is {self.inner_baseline}: add --inner-baseline "
+                "previous-task, or use --outer-baseline linear"
             )
         if self.sampler != "auto" and self.backend != "auto":
             raise ConfigError(
@@ -480,10 +506,55 @@ def _outer_terms(
     return -torch.cat(surrogates).mean(), torch.cat(kls).mean(), olds
 
 
-def _inner_advantages(episodes: Episodes, cfg: MAMLTRPOConfig) -> Tensor:
-    """The inner (adaptation) step's advantages, in meta-training and in evaluation."""
-    return advantages(episodes, cfg.gamma, cfg.gae_lambda, BASELINES[cfg.inner_baseline](),
+def _inner_advantages(
+    episodes: Episodes, cfg: MAMLTRPOConfig, shared: PreviousTaskBaseline | None = None
+) -> Tensor:
+    """The inner (adaptation) step's advantages, in meta-training and in evaluation.
+
+    ``shared``: with ``inner_baseline="previous-task"`` in meta-training, the meta-batch's
+    shared baseline (:class:`metarl.returns.PreviousTaskBaseline`; its carried fit is used
+    and updated). Evaluation passes none: each held-out task adapts alone, as in Finn et
+    al.'s test scripts (a fresh baseline per goal), so the task's own fit (``linear``)."""
+    if cfg.inner_baseline == "previous-task":
+        baseline: LinearFeatureBaseline | ZeroBaseline = shared or LinearFeatureBaseline()
+    else:
+        baseline = BASELINES[cfg.inner_baseline]()
+    return advantages(episodes, cfg.gamma, cfg.gae_lambda, baseline,
                       normalize=cfg.inner_normalize_advantages)  # fmt: skip
+
+
+def _outer_advantages(
+    valid: Episodes, cfg: MAMLTRPOConfig, shared: PreviousTaskBaseline | None
+) -> Tensor:
+    """The outer TRPO step's advantages on the validation episodes. With a shared
+    previous-task baseline, the validation round goes through it whatever
+    ``outer_baseline`` says (rllab's one baseline object processes every round, so the next
+    meta-iteration's first task gets the fit on these episodes); its predictions are the
+    advantages' baseline only with ``outer_baseline="previous-task"``."""
+    if shared is None:
+        return advantages(valid, cfg.gamma, cfg.gae_lambda)
+    if cfg.outer_baseline == "previous-task":
+        return advantages(valid, cfg.gamma, cfg.gae_lambda, shared)
+    returns = discounted_returns(valid.rewards, valid.mask, cfg.gamma)
+    shared.fit_predict(valid.obs, returns, valid.mask, valid.num_tasks)
+    return advantages(valid, cfg.gamma, cfg.gae_lambda)
+
+
+def _baseline_features(policy: Policy) -> int:
+    """Feature length of the linear baseline for ``policy``'s observations (integer
+    observations, one-hot in the policy, are one number to the baseline)."""
+    obs_size = 1 if getattr(policy, "discrete_obs", False) else int(policy.obs_dim)  # type: ignore[arg-type]
+    return LinearFeatureBaseline.num_features(obs_size)
+
+
+def shared_baseline(policy: Policy, cfg: MAMLTRPOConfig) -> PreviousTaskBaseline | None:
+    """A fresh shared baseline (zero coefficients, on the policy's device) when
+    ``cfg.inner_baseline`` is ``previous-task``, else None; what :func:`meta_step` needs."""
+    if cfg.inner_baseline != "previous-task":
+        return None
+    device = next(policy.parameters()).device
+    n = _baseline_features(policy)
+    return PreviousTaskBaseline(n, coeffs=torch.zeros(n, device=device))
 
 
 #: Prefix of the Meta-SGD rates' entries in the outer step's vectors on ``(θ, α)``: the
@@ -593,8 +664,13 @@ def meta_step(
     seed: int,
     cfg: MAMLTRPOConfig,
     inner_lrs: dict[str, Tensor] | None = None,
+    baseline: PreviousTaskBaseline | None = None,
 ) -> dict[str, float]:
     """One meta-iteration on ``tasks`` (updates ``policy`` in place); returns its statistics.
+
+    ``baseline``: with ``cfg.inner_baseline="previous-task"``, the shared baseline carried
+    from the previous meta-iteration (:func:`shared_baseline` makes a fresh one); its
+    coefficients are updated in place.
 
     ``inner_lrs``: with ``cfg.learn_inner_lr`` (Meta-SGD), the per-entry inner rates ``α``
     (one tensor per parameter, its shape); TRPO steps ``(θ, α)`` together and updates them
@@ -607,6 +683,13 @@ def meta_step(
             "meta_step needs inner_lrs (the Meta-SGD rates) exactly when cfg.learn_inner_lr "
             f"is set; learn_inner_lr={cfg.learn_inner_lr}, inner_lrs "
             f"{'given' if inner_lrs is not None else 'None'}"
+        )
+    if (cfg.inner_baseline == "previous-task") != (baseline is not None):
+        raise ValueError(
+            "meta_step needs baseline (the shared previous-task baseline, see "
+            "shared_baseline) exactly when cfg.inner_baseline is previous-task; "
+            f"inner_baseline={cfg.inner_baseline}, baseline "
+            f"{'given' if baseline is not None else 'None'}"
         )
     n = len(tasks)
     theta = {k: p.detach() for k, p in policy.named_parameters()}
@@ -631,7 +714,7 @@ def meta_step(
         )
         train_returns.append(eps.task_returns().mean().item())
         ta = time.perf_counter()
-        adv = _inner_advantages(eps, cfg)
+        adv = _inner_advantages(eps, cfg, baseline)
         start = current if per_task_params else _expand(current, n)
         step = _InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
         steps.append(step)
@@ -642,7 +725,7 @@ def meta_step(
     valid = sampler.collect(policy, current, tasks, seed=seed + 1000, per_task_params=True)
     sample_s += time.perf_counter() - ts
     to = time.perf_counter()
-    valid_adv = advantages(valid, cfg.gamma, cfg.gae_lambda)
+    valid_adv = _outer_advantages(valid, cfg, baseline)
     valid_data = _TaskData.of(valid, valid_adv)
 
     # 4. TRPO. The surrogate and the KL as functions of the last adapted parameters.
@@ -768,7 +851,9 @@ def train(
     """Meta-train MAML-TRPO; the run directory gets config.json, metrics.csv and checkpoints.
 
     With ``cfg.learn_inner_lr`` the checkpoints also hold the Meta-SGD rates (``state
-    ["inner_lr"]``, parameter name → tensor), restored exactly on resume.
+    ["inner_lr"]``, parameter name → tensor), with ``cfg.inner_baseline="previous-task"``
+    the shared baseline's carried fit (``state["baseline"]["coeffs"]``); both are restored
+    exactly on resume.
 
     Args:
         resume: continue ``run_dir`` from its last checkpoint (exactly, on the CPU).
@@ -776,19 +861,29 @@ def train(
         log: where one-line progress messages go (e.g. ``print``); None: silent.
     """
     rates: Params = {}  # the Meta-SGD rates, made from the policy's shapes once it is built
+    shared: list[PreviousTaskBaseline] = []  # the previous-task baseline, likewise
 
     def learned(policy: Policy) -> dict[str, Params]:
-        rates.update(initial_inner_lrs(policy, cfg.inner_lr))
-        return {"inner_lr": rates}
+        state: dict[str, Params] = {}
+        if cfg.learn_inner_lr:
+            rates.update(initial_inner_lrs(policy, cfg.inner_lr))
+            state["inner_lr"] = rates
+        baseline = shared_baseline(policy, cfg)
+        if baseline is not None:  # its carried fit goes into every checkpoint
+            shared.append(baseline)
+            state["baseline"] = {"coeffs": baseline.coeffs}
+        return state
 
     def step(policy: Policy, sampler: BatchedSampler, tasks: list[Any], seed: int, it: int
              ) -> dict[str, float]:  # fmt: skip
         return meta_step(policy, sampler, tasks, seed, cfg,
-                         inner_lrs=rates if cfg.learn_inner_lr else None)  # fmt: skip
+                         inner_lrs=rates if cfg.learn_inner_lr else None,
+                         baseline=shared[0] if shared else None)  # fmt: skip
 
+    carries = cfg.learn_inner_lr or cfg.inner_baseline == "previous-task"
     return meta_train(cfg, run_dir, AGENT, _build, step, outer_step="TRPO step", resume=resume,
                       overwrite=overwrite, log=log,
-                      extra_state=learned if cfg.learn_inner_lr else None)  # fmt: skip
+                      extra_state=learned if carries else None)  # fmt: skip
 
 
 def load_policy(

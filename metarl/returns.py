@@ -19,6 +19,7 @@ from torch import Tensor
 
 __all__ = [
     "LinearFeatureBaseline",
+    "PreviousTaskBaseline",
     "ZeroBaseline",
     "discounted_returns",
     "gae",
@@ -120,6 +121,47 @@ class LinearFeatureBaseline:
         feats = torch.cat([obs, obs**2, al, al**2, al**3, torch.ones_like(al)], dim=-1)
         return feats * mask.unsqueeze(-1)
 
+    @staticmethod
+    def num_features(obs_size: int) -> int:
+        """Length of a step's feature vector for flat observations of ``obs_size``."""
+        return 2 * obs_size + 4
+
+    def design(
+        self, obs: Tensor, returns: Tensor, mask: Tensor, num_tasks: int
+    ) -> tuple[Tensor, Tensor]:
+        """Per-task design matrices ``(N, T·E, F)`` and targets ``(N, T·E)``: the ``B``
+        columns are ``num_tasks`` consecutive groups of episodes, one group per task."""
+        num_steps, batch = returns.shape
+        if batch % num_tasks:
+            raise ValueError(f"{batch} episode columns do not split into {num_tasks} tasks")
+        obs, returns, mask = obs.detach(), returns.detach(), mask.detach()
+        feats = self.features(obs.to(returns.dtype), mask)  # (T, B, F)
+        nf = feats.shape[-1]
+        per_task = batch // num_tasks
+        x = feats.view(num_steps, num_tasks, per_task, nf).permute(1, 0, 2, 3)
+        x = x.reshape(num_tasks, -1, nf)
+        y = returns.view(num_steps, num_tasks, per_task).permute(1, 0, 2).reshape(num_tasks, -1)
+        return x, y
+
+    def solve(self, xtx: Tensor, xty: Tensor) -> Tensor:
+        """Ridge solution(s) ``(XᵀX + r I)⁻¹ Xᵀy`` (batched over leading dimensions); ``r``
+        grows tenfold, up to 5 times, while the solution is not finite (rllab)."""
+        eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype, device=xtx.device)
+        reg = self.reg_coeff
+        for _ in range(5):
+            coeffs = torch.linalg.solve(xtx + reg * eye, xty)
+            if torch.isfinite(coeffs).all():
+                break
+            reg *= 10
+        return coeffs
+
+    @staticmethod
+    def _unpack(pred: Tensor, returns: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
+        """``(N, T·E)`` per-task predictions back to ``(T, B)``, 0 where masked."""
+        num_steps, batch = returns.shape
+        pred = pred.view(num_tasks, num_steps, batch // num_tasks).permute(1, 0, 2)
+        return pred.reshape(num_steps, batch) * mask
+
     def fit_predict(self, obs: Tensor, returns: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
         """Fit on the episodes of each task and predict their values.
 
@@ -130,37 +172,89 @@ class LinearFeatureBaseline:
         Returns:
             Baseline values ``(T, B)``, 0 where masked.
         """
-        num_steps, batch = returns.shape
-        if batch % num_tasks:
-            raise ValueError(f"{batch} episode columns do not split into {num_tasks} tasks")
-        obs, returns, mask = obs.detach(), returns.detach(), mask.detach()
-        feats = self.features(obs.to(returns.dtype), mask)  # (T, B, F)
-        nf = feats.shape[-1]
-        per_task = batch // num_tasks
-        # (num_tasks, T * per_task, F) design matrices, one per task.
-        x = feats.view(num_steps, num_tasks, per_task, nf).permute(1, 0, 2, 3)
-        x = x.reshape(num_tasks, -1, nf)
-        y = returns.view(num_steps, num_tasks, per_task).permute(1, 0, 2).reshape(num_tasks, -1)
-        xtx = x.transpose(1, 2) @ x
-        xty = (x.transpose(1, 2) @ y.unsqueeze(-1)).squeeze(-1)
-        eye = torch.eye(nf, dtype=x.dtype, device=x.device)
-        reg = self.reg_coeff
-        for _ in range(5):
-            coeffs = torch.linalg.solve(xtx + reg * eye, xty)
-            if torch.isfinite(coeffs).all():
-                break
-            reg *= 10
+        x, y = self.design(obs, returns, mask, num_tasks)
+        xt = x.transpose(1, 2)
+        coeffs = self.solve(xt @ x, (xt @ y.unsqueeze(-1)).squeeze(-1))
         pred = (x @ coeffs.unsqueeze(-1)).squeeze(-1)  # (num_tasks, T * per_task)
-        pred = pred.view(num_tasks, num_steps, per_task).permute(1, 0, 2).reshape(num_steps, batch)
-        return pred * mask
+        return self._unpack(pred, returns, mask.detach(), num_tasks)
+
+
+class PreviousTaskBaseline(LinearFeatureBaseline):
+    """The linear feature baseline as rllab's sampler used it: *predict, then fit*, with one
+    baseline object shared by the tasks of a meta-batch processed one after another.
+
+    rllab's ``BaseSampler.process_samples`` (rll/rllab ``rllab/sampler/base.py``; in Finn et
+    al.'s cbfinn/maml_rl the version before commit fb26875, which moved the fit in front of
+    the prediction) predicts the values of a batch of episodes with the baseline's current
+    coefficients and only then fits it on that batch. MAML's ``BatchMAMLPolopt.train``
+    (``sandbox/rocky/tf/algos/batch_maml_polopt.py``) calls it task by task on one shared
+    ``LinearFeatureBaseline``, then once more on all the round's episodes together (for
+    logging). So in every sampling round (each inner step's episodes, then the validation
+    episodes of the outer step):
+
+    - task ``i ≥ 1`` uses the fit on task ``i − 1``'s episodes of the same round;
+    - task 0 uses the fit on *all* tasks' episodes of the round before (the logging call),
+      across meta-iterations too: the first round of a meta-iteration uses the previous
+      meta-iteration's validation episodes; before any fit the coefficients are zero
+      (rllab's fresh baseline predicts 0).
+
+    :meth:`fit_predict` does a round in one batched solve (the per-task fits shifted by one
+    task, no loop over tasks) and leaves the pooled fit in :attr:`coeffs` (updated in place,
+    so a checkpoint can hold it) for the next round's task 0.
+
+    Args:
+        num_features: the feature length (:meth:`LinearFeatureBaseline.num_features`).
+        coeffs: the carried coefficients ``(F,)`` to start from (used and updated in place);
+            None: zeros.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        reg_coeff: float = 1e-5,
+        coeffs: Tensor | None = None,
+    ) -> None:
+        super().__init__(reg_coeff)
+        if coeffs is None:
+            coeffs = torch.zeros(num_features)
+        if coeffs.shape != (num_features,):
+            raise ValueError(
+                f"carried baseline coefficients must be ({num_features},), got "
+                f"{tuple(coeffs.shape)}"
+            )
+        self.coeffs = coeffs
+
+    def fit_predict(self, obs: Tensor, returns: Tensor, mask: Tensor, num_tasks: int) -> Tensor:
+        """Values of a round's episodes from the previous task's fit (task 0: the carried
+        pooled fit of the round before); then carry the pooled fit of this round.
+
+        Args and returns as :meth:`LinearFeatureBaseline.fit_predict`.
+        """
+        x, y = self.design(obs, returns, mask, num_tasks)
+        if x.shape[-1] != self.coeffs.shape[0]:
+            raise ValueError(
+                f"the episodes have {x.shape[-1]} features, the carried baseline "
+                f"{self.coeffs.shape[0]}: it was made for another observation space"
+            )
+        xt = x.transpose(1, 2)
+        xtx, xty = xt @ x, (xt @ y.unsqueeze(-1)).squeeze(-1)
+        per_task = self.solve(xtx, xty)  # (N, F)
+        pooled = self.solve(xtx.sum(0), xty.sum(0))  # (F,)
+        carried = self.coeffs.to(device=x.device, dtype=x.dtype)
+        previous = torch.cat([carried.unsqueeze(0), per_task[:-1]])  # task i: fit of i - 1
+        pred = (x @ previous.unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            self.coeffs.copy_(pooled)
+        return self._unpack(pred, returns, mask.detach(), num_tasks)
 
 
 class ZeroBaseline:
     """No baseline: ``b(s) = 0``, so the advantages are the (GAE-λ) returns themselves.
 
-    What rllab's ``VPG`` uses in the first adaptation step of Finn et al.'s released test
-    scripts (``maml_examples/test_maml_*.py``): rllab's sampler predicts with the baseline
-    *before* fitting it, and a fresh ``LinearFeatureBaseline`` predicts zeros.
+    What rllab's ``VPG`` used in the first adaptation step of Finn et al.'s test scripts
+    (``maml_examples/test_maml_*.py``) while rllab's sampler predicted with the baseline
+    *before* fitting it (see :class:`PreviousTaskBaseline`): a fresh
+    ``LinearFeatureBaseline`` predicts zeros.
     """
 
     def fit_predict(self, obs: Tensor, returns: Tensor, mask: Tensor, num_tasks: int) -> Tensor:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from metarl.returns import LinearFeatureBaseline, discounted_returns, gae, normalize_advantages
+from metarl.returns import (
+    LinearFeatureBaseline,
+    PreviousTaskBaseline,
+    discounted_returns,
+    gae,
+    normalize_advantages,
+)
 
 
 def _episode_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,3 +91,89 @@ def test_linear_baseline_fits_a_linear_target_exactly_per_task() -> None:
     assert (pred[9:, 0] == 0).all()
     with pytest.raises(ValueError, match="do not split"):
         LinearFeatureBaseline().fit_predict(obs, target, mask, 5)
+
+
+def _rllab_fit(feats: np.ndarray, returns: np.ndarray, reg: float) -> np.ndarray:
+    """rllab's ``LinearFeatureBaseline.fit`` on one batch of steps (rows)."""
+    a = feats.T @ feats + reg * np.eye(feats.shape[1])
+    return np.linalg.lstsq(a, feats.T @ returns, rcond=None)[0]
+
+
+def _rounds(num_tasks: int, per_task: int, seed: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    num_steps = 9
+    obs = torch.randn(num_steps, num_tasks * per_task, 2, generator=g, dtype=torch.float64)
+    returns = torch.randn(num_steps, num_tasks * per_task, generator=g, dtype=torch.float64)
+    mask = torch.ones(num_steps, num_tasks * per_task, dtype=torch.float64)
+    mask[6:, 1] = 0  # a short episode of task 0
+    mask[4:, per_task + 1] = 0  # and one of task 1
+    return obs, returns * mask, mask
+
+
+def _per_task_loop(
+    obs: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, num_tasks: int,
+    carried: np.ndarray, reg: float,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """rllab's MAML processing of one round, task by task on one baseline object that
+    predicts, then fits (float64 NumPy): the values, and the coefficients it ends with (the
+    logging call's fit on all the round's episodes)."""
+    feats = LinearFeatureBaseline.features(obs, mask).numpy()
+    per = obs.shape[1] // num_tasks
+    values = np.zeros(returns.shape)
+    coeffs = carried
+    rows = []
+    for i in range(num_tasks):
+        cols = slice(i * per, (i + 1) * per)
+        live = mask[:, cols].numpy().astype(bool)
+        f, y = feats[:, cols][live], returns[:, cols].numpy()[live]
+        block = np.zeros(live.shape)
+        block[live] = f @ coeffs  # predict first ...
+        values[:, cols] = block
+        coeffs = _rllab_fit(f, y, reg)  # ... then fit
+        rows.append((f, y))
+    pooled = _rllab_fit(np.concatenate([f for f, _ in rows]),
+                        np.concatenate([y for _, y in rows]), reg)  # fmt: skip
+    return values, pooled
+
+
+def test_previous_task_baseline_uses_the_fit_of_the_task_before() -> None:
+    """Task i's values come from the fit on task i-1's episodes, task 0's from the carried
+    coefficients; the round leaves the fit on all its episodes. Checked against rllab's
+    task-by-task predict-then-fit loop in float64, over two rounds (the second round's
+    task 0 uses the first round's pooled fit)."""
+    num_tasks, per_task, reg = 4, 3, 1e-5
+    carried = np.random.default_rng(3).normal(size=LinearFeatureBaseline.num_features(2))
+    baseline = PreviousTaskBaseline(8, reg, coeffs=torch.tensor(carried))
+    for seed in (0, 1):
+        obs, returns, mask = _rounds(num_tasks, per_task, seed)
+        expected, pooled = _per_task_loop(obs, returns, mask, num_tasks, carried, reg)
+        got = baseline.fit_predict(obs, returns, mask, num_tasks)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(baseline.coeffs.numpy(), pooled, rtol=1e-8, atol=1e-10)
+        carried = pooled
+    # Not the task's own fit: the shift is what the class is about.
+    own = LinearFeatureBaseline(reg).fit_predict(obs, returns, mask, num_tasks)
+    assert (own - got).abs().max() > 0.1
+
+
+def test_previous_task_baseline_first_task_of_a_fresh_baseline_gets_zero() -> None:
+    """A fresh baseline (rllab's ``_coeffs is None``) predicts 0 for the first task only;
+    the carried coefficients are updated in place (a checkpoint holds that tensor)."""
+    obs, returns, mask = _rounds(3, 4, 7)
+    baseline = PreviousTaskBaseline(8)
+    live = baseline.coeffs
+    values = baseline.fit_predict(obs, returns, mask, 3)
+    assert (values[:, :4] == 0).all()
+    assert (values[:, 4:] != 0).any(dim=0).all()
+    assert baseline.coeffs is live and live.abs().sum() > 0
+    assert (values * (1 - mask) == 0).all()  # masked steps stay 0
+
+
+def test_previous_task_baseline_refuses_a_wrong_feature_size() -> None:
+    obs, returns, mask = _rounds(2, 2, 0)
+    with pytest.raises(ValueError, match="another observation space"):
+        PreviousTaskBaseline(10).fit_predict(obs, returns, mask, 2)
+    with pytest.raises(ValueError, match="must be"):
+        PreviousTaskBaseline(8, coeffs=torch.zeros(3))
+    with pytest.raises(ValueError, match="do not split"):
+        PreviousTaskBaseline(8).fit_predict(obs, returns, mask, 3)
