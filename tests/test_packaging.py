@@ -69,3 +69,16 @@ def test_the_main_job_needs_no_extra() -> None:
     readme = (ROOT / "README.md").read_text()
     first = next(line for line in readme.splitlines() if "metarl train" in line)
     assert "pip install -e . " in first and "metarl evaluate" in first, first
+
+
+def test_device_checks_script_parses_and_names_its_groups() -> None:
+    """scripts/device_checks.sh runs only on a lent GPU machine, so CI checks that bash can
+    parse it and that its usage text names every group its `run` accepts."""
+    script = ROOT / "scripts" / "device_checks.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "device_checks.sh prepare" in usage.stdout
+    groups = re.findall(r"^\s+(\w+)\) #", script.read_text(), flags=re.M)
+    assert {"tests", "maml", "fewshot", "sampler", "torchenvs", "rl2", "mjx"} <= set(groups)
+    for g in groups:
+        assert g in usage.stdout, f"the usage text does not mention group {g}"
