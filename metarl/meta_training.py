@@ -30,14 +30,15 @@ from metarl.seeding import seed_everything
 
 __all__ = ["ExtraState", "meta_train", "policy_state"]
 
-#: Tensors an agent meta-learns beside the policy, by name (e.g. MAML-TRPO's Meta-SGD rates
-#: under ``"inner_lr"``: parameter name → tensor of that parameter's shape).
+#: Tensors an agent meta-learns or carries beside the policy, by name (e.g. MAML-TRPO's
+#: Meta-SGD rates under ``"inner_lr"``: parameter name → tensor of that parameter's shape; its
+#: shared previous-task baseline's carried fit under ``"baseline"``).
 ExtraState = Mapping[str, dict[str, torch.Tensor]]
 
 
 def policy_state(policy: Policy, extra: ExtraState | None = None) -> dict[str, Any]:
     """What a checkpoint keeps of the policy: its parameters, on the CPU, and each ``extra``
-    set of meta-learned tensors beside them (under its own name)."""
+    set of meta-learned or carried tensors beside them (under its own name)."""
     state: dict[str, Any] = {
         "params": {k: v.detach().cpu().clone() for k, v in policy.named_parameters()}
     }
@@ -53,7 +54,7 @@ def _restore_extra(extra: ExtraState, state: Mapping[str, Any], path: Any) -> No
         if not isinstance(saved, Mapping):
             raise CheckpointError(
                 f"{path} holds no {name!r} beside the policy's parameters, but this run's "
-                f"configuration meta-learns them; it was written by another configuration or "
+                f"configuration keeps them; it was written by another configuration or "
                 "an older metarl: start a new run directory"
             )
         if set(saved) != set(live) or any(saved[k].shape != live[k].shape for k in live):
@@ -88,10 +89,11 @@ def meta_train(
             ``post_adapt_return``.
         outer_step: the name of the outer update in the error of non-finite parameters.
         extra_state: ``policy -> {name: {key: tensor}}``, called once after ``build``: the
-            live tensors the agent meta-learns beside the policy (``step`` updates them in
-            place). Each set is saved in every checkpoint beside the policy's parameters
-            (``state[name]``), restored in place on resume (a checkpoint without it is
-            refused) and checked for NaN/inf after every step, as the parameters are.
+            live tensors the agent meta-learns or carries beside the policy (``step``
+            updates them in place). Each set is saved in every checkpoint beside the
+            policy's parameters (``state[name]``), restored in place on resume (a
+            checkpoint without it is refused) and checked for NaN/inf after every step, as
+            the parameters are.
     """
     c: Any = cfg  # a RunConfig with meta_batch_size
     device = resolve_device(c.device)
