@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 import metarl
-from metarl.agents.maml_trpo import MAMLTRPOConfig, initial_inner_lrs, meta_step
+from metarl.agents.maml_trpo import MAMLTRPOConfig, initial_inner_lrs, meta_step, shared_baseline
 from metarl.cli import main
 from metarl.policies import Policy, make_policy
 from metarl.runs import load_checkpoint_file
@@ -69,9 +69,10 @@ class _Recorder:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "variant",
-    [{}, {"first_order": True}, {"learn_inner_lr": True}],
-    ids=["second-order", "first-order", "meta-sgd"],
-)
+    [{}, {"first_order": True}, {"learn_inner_lr": True},
+     {"inner_baseline": "previous-task", "outer_baseline": "previous-task"}],
+    ids=["second-order", "first-order", "meta-sgd", "previous-task-baseline"],
+)  # fmt: skip
 def test_meta_step_on_the_device_equals_the_cpu(device: str, variant: dict[str, Any]) -> None:
     cfg = MAMLTRPOConfig(meta_batch_size=3, episodes_per_task=4, hidden_sizes=(8,),
                          horizon=15, cg_subsample=1.0, **variant)  # fmt: skip
@@ -85,11 +86,13 @@ def test_meta_step_on_the_device_equals_the_cpu(device: str, variant: dict[str, 
     if cfg.learn_inner_lr:
         rates_cpu = initial_inner_lrs(cpu, cfg.inner_lr)
         rates_dev = {k: v.clone().to(device) for k, v in rates_cpu.items()}
+    base_cpu, base_dev = shared_baseline(cpu, cfg), shared_baseline(dev, cfg)
     tasks = list(metarl.task_distribution(NAV).split("train")[:3])
     recorder = _Recorder(BatchedSampler(NAV, 3, 4, env_kwargs=cfg.env_kwargs()))
-    want = meta_step(cpu, recorder, tasks, 7, cfg, inner_lrs=rates_cpu)  # type: ignore[arg-type]
+    want = meta_step(cpu, recorder, tasks, 7, cfg, inner_lrs=rates_cpu,  # type: ignore[arg-type]
+                     baseline=base_cpu)  # fmt: skip
     got = meta_step(dev, _Replay(recorder.recorded, device), tasks, 7, cfg,  # type: ignore[arg-type]
-                    inner_lrs=rates_dev)  # fmt: skip
+                    inner_lrs=rates_dev, baseline=base_dev)  # fmt: skip
     assert want["step_size"] > 0, "no step was taken: the comparison would be vacuous"
     assert got["step_size"] == want["step_size"]
     assert got["kl"] == pytest.approx(want["kl"], rel=1e-6)
@@ -99,6 +102,10 @@ def test_meta_step_on_the_device_equals_the_cpu(device: str, variant: dict[str, 
     if rates_cpu is not None and rates_dev is not None:
         for k, v in rates_dev.items():
             torch.testing.assert_close(v.cpu(), rates_cpu[k], rtol=1e-7, atol=1e-9, msg=k)
+    if base_cpu is not None and base_dev is not None:  # the carried fit stays on the device
+        assert base_dev.coeffs.device.type == torch.device(device).type
+        assert base_cpu.coeffs.abs().sum() > 0
+        torch.testing.assert_close(base_dev.coeffs.cpu(), base_cpu.coeffs, rtol=1e-5, atol=1e-6)
 
 
 def _stored_locations(path: Path) -> set[str]:
