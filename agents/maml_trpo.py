@@ -516,7 +516,9 @@ def _inner_advantages(
     and updated). Evaluation passes none: each held-out task adapts alone, as in Finn et
     al.'s test scripts (a fresh baseline per goal), so the task's own fit (``linear``)."""
     if cfg.inner_baseline == "previous-task":
-        baseline: LinearFeatureBaseline | ZeroBaseline = shared or LinearFeatureBaseline()
+        baseline: LinearFeatureBaseline | ZeroBaseline = (
+            shared if shared is not None else LinearFeatureBaseline()
+        )
     else:
         baseline = BASELINES[cfg.inner_baseline]()
     return advantages(episodes, cfg.gamma, cfg.gae_lambda, baseline,
