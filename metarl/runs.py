@@ -52,7 +52,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -79,6 +79,10 @@ METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 #: One JSON line per resumed session that changed a ``may_change_on_resume`` setting.
 RESUMES_FILE = "resumes.jsonl"
+
+#: Where a checkpoint's tensors go on load: as ``torch.load``'s ``map_location`` (a device, or
+#: ``(storage, location) -> storage``).
+MapLocation = str | torch.device | Callable[[Any, str], Any]
 
 #: Bumped whenever the checkpoint layout changes; a file of another format is refused.
 CHECKPOINT_FORMAT = 1
@@ -579,7 +583,7 @@ def load_checkpoint_file(
     *,
     agent: str | None = None,
     task_family: str | None = None,
-    map_location: str | torch.device = "cpu",
+    map_location: MapLocation = "cpu",
 ) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint_file`, refusing anything unsafe.
 
@@ -644,7 +648,7 @@ def load_checkpoint_file(
     return payload
 
 
-def _safe_load(path: Path, data: bytes, map_location: str | torch.device) -> Any:
+def _safe_load(path: Path, data: bytes, map_location: MapLocation) -> Any:
     """``torch.load(weights_only=True)`` of ``data`` with every failure a CheckpointError."""
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

@@ -11,7 +11,6 @@ episodes, in float64 (see test_maml.py's equality test for why float64)."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -109,17 +108,15 @@ def test_meta_step_on_the_device_equals_the_cpu(device: str, variant: dict[str, 
 
 
 def _stored_locations(path: Path) -> set[str]:
-    """Where the checkpoint's tensors were when saved ("cpu", "cuda:0", …), read from the
-    file itself (``load_checkpoint_file`` maps everything to the CPU, which would hide it)."""
-    envelope = torch.load(path, weights_only=True, map_location="cpu")
-    inner = io.BytesIO(envelope["payload"].numpy().tobytes())
+    """Where the checkpoint's tensors were when saved ("cpu", "cuda:0", …): reading with a
+    ``map_location`` that notes each storage's location (mapping to the CPU would hide it)."""
     locations: set[str] = set()
 
     def note(storage: Any, location: str) -> Any:
         locations.add(location)
         return storage
 
-    torch.load(inner, weights_only=True, map_location=note)
+    load_checkpoint_file(path, map_location=note)
     assert locations, "the checkpoint holds no tensors: the check would be vacuous"
     return locations
 
