@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -50,11 +50,19 @@ from torch.func import vmap
 
 from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
-from metarl.functional import Params, forward, gradient_step, load_params
+from metarl.functional import Params, forward, load_params
 from metarl.meta_training import meta_train
 from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.policy_gradient import adapt_policy, advantages
+from metarl.policy_gradient import (
+    InnerStep,
+    TaskData,
+    advantages,
+    cat_chunks,
+    chunk_leaves,
+    expand_tasks,
+    grad_by_chunk,
+)
 from metarl.returns import (
     BASELINES,
     LinearFeatureBaseline,
@@ -63,7 +71,8 @@ from metarl.returns import (
     discounted_returns,
 )
 from metarl.runs import Run
-from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler, per_task_rows
+from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler
+from metarl.trpo import axpy, line_search, trust_region_step
 
 __all__ = [
     "AGENT",
@@ -271,184 +280,7 @@ class MAMLTRPOConfig(RunConfig):
 CONFIG = MAMLTRPOConfig
 
 
-# -- flat-vector helpers for conjugate gradient ---------------------------------------------
-def _dot(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> Tensor:
-    return sum((a[k] * b[k]).sum() for k in a)  # type: ignore[return-value]
-
-
-def _axpy(alpha: float | Tensor, x: Mapping[str, Tensor], y: Mapping[str, Tensor]) -> Params:
-    return {k: y[k] + alpha * x[k] for k in y}
-
-
-def conjugate_gradient(
-    mvp: Callable[[Params], Params],
-    b: Params,
-    iters: int,
-    tol: float = 1e-10,
-    *,
-    product: dict[str, Tensor] | None = None,
-) -> Params:
-    """Solve ``A x = b`` for symmetric positive-definite ``A`` given by ``mvp`` (Hestenes and
-    Stiefel 1952), as in TRPO's reference implementation.
-
-    ``product``: if given, filled with ``A x``. CG builds ``x = Σ α_i p_i`` from the products
-    ``A p_i`` it computes anyway, so ``A x = Σ α_i A p_i`` costs no extra product; TRPO's step
-    length needs ``xᵀ A x`` (Schulman et al. 2015, Appendix C), which the reference
-    implementation gets from one more call of ``mvp``."""
-    x = {k: torch.zeros_like(v) for k, v in b.items()}
-    ax = {k: torch.zeros_like(v) for k, v in b.items()}
-    r = {k: v.clone() for k, v in b.items()}
-    p = {k: v.clone() for k, v in b.items()}
-    rr = _dot(r, r)
-    for _ in range(iters):
-        ap = mvp(p)
-        alpha = rr / _dot(p, ap).clamp_min(1e-30)
-        x = _axpy(alpha, p, x)
-        ax = _axpy(alpha, ap, ax)
-        r = _axpy(-alpha, ap, r)
-        rr_new = _dot(r, r)
-        if rr_new < tol:
-            break
-        p = _axpy(rr_new / rr, p, r)
-        rr = rr_new
-    if product is not None:
-        product.update(ax)
-    return x
-
-
 # -- the meta-iteration ----------------------------------------------------------------------
-#: Steps (rows) per chunk of tasks in the vmapped passes of the outer step on a CPU. The
-#: per-task computations are independent, so tasks can go through in chunks, each with its
-#: own leaf parameters and graph; a chunk of about this many rows keeps every activation
-#: tensor a few MB. On the 2-core CPU one vmap over all 40 HalfCheetahVel tasks (160k rows,
-#: 64 MB activations) took 1.5x the time per task of chunks of 1-8 tasks (fresh memory for
-#: every large tensor, cache misses); the results are the same. A GPU wants the big batch:
-#: there all tasks go at once.
-_CHUNK_ROWS = 16384
-
-
-def _chunks(num_tasks: int, rows_per_task: int, device: torch.device) -> list[slice]:
-    if device.type != "cpu":
-        return [slice(0, num_tasks)]
-    size = max(1, _CHUNK_ROWS // max(1, rows_per_task))
-    return [slice(i, min(i + size, num_tasks)) for i in range(0, num_tasks, size)]
-
-
-def _leaves(params: Mapping[str, Tensor], chunks: list[slice]) -> list[Params]:
-    """Each chunk's slice of the per-task parameters as new leaves requiring grad."""
-    return [{k: v[c].detach().requires_grad_(True) for k, v in params.items()} for c in chunks]
-
-
-def _grad_by_chunk(out: Tensor, leaves: list[Params], **kw: Any) -> list[Params]:
-    names = list(leaves[0])
-    flat = torch.autograd.grad(out, [leaf[k] for leaf in leaves for k in names], **kw)
-    return [dict(zip(names, flat[i * len(names) : (i + 1) * len(names)], strict=True))
-            for i in range(len(leaves))]  # fmt: skip
-
-
-def _cat(parts: list[Params]) -> Params:
-    """Per-chunk parameters back to one ``(N, ...)`` set."""
-    if len(parts) == 1:
-        return parts[0]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-class _TaskData(NamedTuple):
-    """A meta-batch's episodes and advantages in the ``(N, T·E, ...)`` layout of
-    :func:`metarl.sampler.per_task_rows`, made once per meta-iteration."""
-
-    obs: Tensor
-    actions: Tensor
-    adv: Tensor
-    mask: Tensor
-
-    @classmethod
-    def of(cls, episodes: Episodes, adv: Tensor) -> _TaskData:
-        n = episodes.num_tasks
-        return cls(*(per_task_rows(x, n) for x in (episodes.obs, episodes.actions, adv.detach(),
-                                                     episodes.mask)))  # fmt: skip
-
-    def chunks(self) -> list[slice]:
-        return _chunks(self.obs.shape[0], self.obs.shape[1], self.obs.device)
-
-    def chunk(self, c: slice) -> _TaskData:
-        return _TaskData(*(x[c] for x in self))
-
-
-class _InnerStep:
-    """One inner step ``θ' = θ − α ∇L(θ)`` for every task, keeping what the Jacobian-vector
-    products ``J w = w − α H w`` need (the graph of the per-task gradients).
-
-    ``lr`` is the scalar ``α``, or Meta-SGD's per-entry rates (a tensor per parameter, the
-    parameter's shape, shared by all tasks): ``θ' = θ − α ∘ ∇L(θ)``. Then the Jacobian has a
-    part for ``θ``, ``I − diag(α) H`` (no longer symmetric), and one for ``α``,
-    ``−diag(∇L)``: :meth:`jvp_rates` and :meth:`vjp_rates`."""
-
-    def __init__(
-        self,
-        policy: Policy,
-        start: Params,
-        episodes: Episodes,
-        adv: Tensor,
-        lr: float | Mapping[str, Tensor],
-        keep_graph: bool,
-        data: _TaskData | None = None,
-    ) -> None:
-        self.episodes, self.adv, self.start = episodes, adv.detach(), start
-        self.data = _TaskData.of(episodes, adv) if data is None else data
-        self.num_env_steps = episodes.num_steps()
-        # Per-task leaves (N, ...), by chunk of tasks: the gradient of the summed loss is
-        # every task's gradient.
-        self.chunks = self.data.chunks()
-        self.leaves = _leaves(start, self.chunks)
-
-        def task_loss(p: Params, o: Tensor, ac: Tensor, aa: Tensor, mm: Tensor) -> Tensor:
-            logp = policy.log_prob(tuple(forward(policy, p, o)), ac)
-            return -(logp * aa * mm).sum() / mm.sum().clamp_min(1.0)
-
-        loss = sum(vmap(task_loss)(leaf, *self.data.chunk(c)).sum()
-                   for leaf, c in zip(self.leaves, self.chunks, strict=True))  # fmt: skip
-        self.grads = _grad_by_chunk(loss, self.leaves, create_graph=keep_graph)  # type: ignore[arg-type]
-        self.lr = lr
-        self.adapted = _cat([{k: v.detach() for k, v in gradient_step(leaf, g, lr).items()}
-                             for leaf, g in zip(self.leaves, self.grads, strict=True)])  # fmt: skip
-
-    def _hvp(self, w: Params) -> Params:
-        """``H w`` per task (``w`` has the leading task dimension)."""
-        dot = sum(_dot(g, {k: v[c] for k, v in w.items()})
-                  for g, c in zip(self.grads, self.chunks, strict=True))  # fmt: skip
-        return _cat(_grad_by_chunk(dot, self.leaves, retain_graph=True))  # type: ignore[arg-type]
-
-    def jvp(self, w: Params) -> Params:
-        """``J w = w − α H w`` per task (``w`` has the leading task dimension); scalar α."""
-        hw = self._hvp(w)
-        return {k: w[k] - self.lr * hw[k] for k in w}  # type: ignore[operator]
-
-    def _rates(self) -> Mapping[str, Tensor]:
-        if not isinstance(self.lr, Mapping):
-            raise TypeError("jvp_rates/vjp_rates are for per-entry (Meta-SGD) rates; use jvp")
-        return self.lr
-
-    def task_grads(self) -> Params:
-        """``∇L_i(θ)`` per task (the leading task dimension), detached."""
-        return _cat([{k: v.detach() for k, v in g.items()} for g in self.grads])
-
-    def jvp_rates(self, w: Params, u: Mapping[str, Tensor]) -> Params:
-        """Meta-SGD's forward product ``J_θ w + J_α u = w − α ∘ (H w) − ∇L ∘ u`` per task:
-        ``w`` a tangent of the per-task start (leading task dimension), ``u`` one of ``α``
-        (shared by all tasks)."""
-        rates, hw, g = self._rates(), self._hvp(w), self.task_grads()
-        return {k: w[k] - rates[k] * hw[k] - g[k] * u[k] for k in w}
-
-    def vjp_rates(self, w: Params) -> tuple[Params, Params]:
-        """Meta-SGD's backward product of a cotangent ``w`` of ``θ'`` (leading task
-        dimension): ``J_θᵀ w = w − H (α ∘ w)`` per task (``H`` is symmetric) and
-        ``J_αᵀ w = −∇L ∘ w`` per task (the caller sums it over tasks)."""
-        rates, g = self._rates(), self.task_grads()
-        h_aw = self._hvp({k: rates[k] * w[k] for k in w})
-        return {k: w[k] - h_aw[k] for k in w}, {k: -g[k] * w[k] for k in w}
-
-
 def _subsample(
     episodes: Episodes, adv: Tensor, fraction: float, unit: str = "episodes"
 ) -> tuple[Episodes, Tensor]:
@@ -471,15 +303,11 @@ def _subsample(
     return sub, cut(adv)
 
 
-def _expand(params: Mapping[str, Tensor], n: int) -> Params:
-    return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
-
-
 _Old = tuple[Tensor, tuple[Tensor, ...]]
 
 
 def _outer_terms(
-    policy: Policy, adapted: list[Params], data: _TaskData, old: list[_Old] | None = None
+    policy: Policy, adapted: list[Params], data: TaskData, old: list[_Old] | None = None
 ) -> tuple[Tensor, Tensor, list[_Old]]:
     """Mean over tasks of the TRPO surrogate loss (to minimise) and of the KL, both
     functions of the per-task parameters ``adapted`` (one ``(N_c, ...)`` set per chunk of
@@ -571,7 +399,7 @@ def initial_inner_lrs(policy: Policy, inner_lr: float) -> Params:
 
 
 def _back_to_theta(
-    w: Params, through: list[_InnerStep], first_order: bool, rates: Params | None = None
+    w: Params, through: list[InnerStep], first_order: bool, rates: Params | None = None
 ) -> Params:
     """``Σ_i J_iᵀ w_i``: through the inner steps, last to first, then sum over tasks.
     With Meta-SGD rates, on ``(θ, α)``: ``α`` gets ``Σ_k Σ_i −∇L_i^k ∘ w_i^k`` (``w^k``
@@ -593,7 +421,7 @@ def _back_to_theta(
 
 def kl_hessian_product(
     policy: Policy,
-    steps: list[_InnerStep],
+    steps: list[InnerStep],
     valid: Episodes,
     valid_adv: Tensor,
     adapted: Params,
@@ -625,36 +453,36 @@ def kl_hessian_product(
             curv_steps = []
             for step in steps:
                 eps_c, adv_c = cut(step.episodes, step.adv)
-                curv_steps.append(_InnerStep(policy, step.start, eps_c, adv_c, lr, True))
+                curv_steps.append(InnerStep(policy, step.start, eps_c, adv_c, lr, True))
         exact = None
     if exact is None:
-        data = _TaskData.of(valid, valid_adv)
+        data = TaskData.of(valid, valid_adv)
         kl_chunks = data.chunks()
-        kl_leaves = _leaves(adapted, kl_chunks)
+        kl_leaves = chunk_leaves(adapted, kl_chunks)
         _, kl, _ = _outer_terms(policy, kl_leaves, data)
     else:
         kl, kl_leaves, kl_chunks = exact
-    kl_grad = _grad_by_chunk(kl, kl_leaves, create_graph=True)
+    kl_grad = grad_by_chunk(kl, kl_leaves, create_graph=True)
 
     def fisher(u: Params) -> Params:
         gu = sum(torch.stack([(g[k] * u[k][c]).sum() for k in g]).sum()
                  for g, c in zip(kl_grad, kl_chunks, strict=True))  # fmt: skip
-        return _cat(_grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
+        return cat_chunks(grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
 
     def kl_hvp(v: Params) -> Params:
         if rates is not None:  # v on (θ, α): forward through every step with the same α part
-            w = _expand({k: v[k] for k in rates}, curv_tasks)
+            w = expand_tasks({k: v[k] for k in rates}, curv_tasks)
             v_rates = {k: v[_RATE + k] for k in rates}
             for step in curv_steps:
                 w = step.jvp_rates(w, v_rates)
             hv = _back_to_theta(fisher(w), curv_steps, cfg.first_order, rates)
-            return _axpy(cfg.cg_damping, v, hv)
-        w = _expand(v, curv_tasks)
+            return axpy(cfg.cg_damping, v, hv)
+        w = expand_tasks(v, curv_tasks)
         if not cfg.first_order:
             for step in curv_steps:
                 w = step.jvp(w)
         hv = _back_to_theta(fisher(w), curv_steps, cfg.first_order)
-        return _axpy(cfg.cg_damping, v, hv)
+        return axpy(cfg.cg_damping, v, hv)
 
     return kl_hvp
 
@@ -678,7 +506,7 @@ def meta_step(
     (one tensor per parameter, its shape); TRPO steps ``(θ, α)`` together and updates them
     in place. Its trust region is the same mean KL of the adapted policies, now a function
     of ``(θ, α)``; its Hessian is ``Σ_i J_iᵀ F_i J_i`` with ``J_i`` the Jacobian of the
-    adapted parameters in ``(θ, α)`` (see :class:`_InnerStep`).
+    adapted parameters in ``(θ, α)`` (see :class:`InnerStep`).
     """
     if cfg.learn_inner_lr != (inner_lrs is not None):
         raise ValueError(
@@ -705,7 +533,7 @@ def meta_step(
     t0 = time.perf_counter()
 
     # 1-3. Inner steps on fresh episodes, then validation episodes with the adapted policies.
-    steps: list[_InnerStep] = []
+    steps: list[InnerStep] = []
     current, per_task_params = theta, False
     train_returns = []
     sample_s = adapt_s = 0.0
@@ -717,8 +545,8 @@ def meta_step(
         train_returns.append(eps.task_returns().mean().item())
         ta = time.perf_counter()
         adv = _inner_advantages(eps, cfg, baseline)
-        start = current if per_task_params else _expand(current, n)
-        step = _InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
+        start = current if per_task_params else expand_tasks(current, n)
+        step = InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
         steps.append(step)
         current, per_task_params = step.adapted, True
         sample_s += ta - ts
@@ -728,60 +556,51 @@ def meta_step(
     sample_s += time.perf_counter() - ts
     to = time.perf_counter()
     valid_adv = _outer_advantages(valid, cfg, baseline)
-    valid_data = _TaskData.of(valid, valid_adv)
+    valid_data = TaskData.of(valid, valid_adv)
 
     # 4. TRPO. The surrogate and the KL as functions of the last adapted parameters.
-    leaves = _leaves(current, valid_data.chunks())
+    leaves = chunk_leaves(current, valid_data.chunks())
     surrogate, kl, old = _outer_terms(policy, leaves, valid_data)
-    g_out = _cat(_grad_by_chunk(surrogate, leaves, retain_graph=True))
+    g_out = cat_chunks(grad_by_chunk(surrogate, leaves, retain_graph=True))
     kl_hvp = kl_hessian_product(policy, steps, valid, valid_adv, current, cfg,
                                 exact=(kl, leaves, valid_data.chunks()), rates=rates)  # fmt: skip
     grad = _back_to_theta(g_out, steps, cfg.first_order, rates)
     hint = "lower --inner-lr or --max-kl, or check the env's rewards"
     check_finite("MAML-TRPO surrogate loss", surrogate, hint=hint)
     check_finite("meta-gradient", grad, hint=hint)
-    h_direction: dict[str, Tensor] = {}
-    direction = conjugate_gradient(kl_hvp, grad, cfg.cg_iters, product=h_direction)
-    shs = 0.5 * _dot(direction, h_direction)
-    lagrange = torch.sqrt(shs.clamp_min(1e-20) / cfg.max_kl)
-    full_step = {k: v / lagrange for k, v in direction.items()}
+    full_step = trust_region_step(kl_hvp, grad, cfg.max_kl, cfg.cg_iters)
     check_finite("TRPO step (conjugate-gradient direction)", full_step,
                  hint="raise --cg-damping or lower --max-kl")  # fmt: skip
     old_loss = surrogate.item()
 
-    # Backtracking line search: re-adapt from the candidate θ and check the surrogate and KL.
-    def evaluate_candidate(
-        candidate: Params, candidate_lr: float | Params = cfg.inner_lr
-    ) -> tuple[float, float]:
-        cur, per = candidate, False
+    # Backtracking line search: re-adapt from the candidate (θ, α) and check the surrogate
+    # and KL; the accepted candidate is the last one tried.
+    candidate: dict[str, Params] = {}
+
+    def try_step(fraction: float) -> tuple[float, float]:
+        candidate["θ"] = {k: theta[k] - fraction * full_step[k] for k in theta}
+        lr_c: float | Params = cfg.inner_lr
+        if rates is not None:
+            lr_c = candidate["α"] = {k: rates[k] - fraction * full_step[_RATE + k] for k in rates}
+        cur, per = candidate["θ"], False
         for step in steps:
-            start = cur if per else _expand(cur, n)
-            cur = _InnerStep(
-                policy, start, step.episodes, step.adv, candidate_lr, False, data=step.data
-            ).adapted
+            start = cur if per else expand_tasks(cur, n)
+            cur = InnerStep(policy, start, step.episodes, step.adv, lr_c, False, data=step.data
+                            ).adapted  # fmt: skip
             per = True
         with torch.no_grad():
             per_chunk = [{k: v[c] for k, v in cur.items()} for c in valid_data.chunks()]
             s, d, _ = _outer_terms(policy, per_chunk, valid_data, old)
         return s.item(), d.item()
 
-    accepted, ratio, new_loss, new_kl = False, 1.0, old_loss, 0.0
-    for _ in range(cfg.ls_max_steps):
-        candidate = {k: theta[k] - ratio * full_step[k] for k in theta}
-        if rates is not None:
-            candidate_rates = {k: rates[k] - ratio * full_step[_RATE + k] for k in rates}
-            new_loss, new_kl = evaluate_candidate(candidate, candidate_rates)
-        else:
-            new_loss, new_kl = evaluate_candidate(candidate)
-        if new_loss < old_loss and new_kl <= cfg.max_kl and math.isfinite(new_loss):
-            load_params(policy, candidate)
-            if inner_lrs is not None:
-                with torch.no_grad():
-                    for name, v in inner_lrs.items():
-                        v.copy_(candidate_rates[name])
-            accepted = True
-            break
-        ratio *= cfg.ls_backtrack_ratio
+    search = line_search(try_step, old_loss, cfg.max_kl, cfg.ls_max_steps,
+                         cfg.ls_backtrack_ratio)  # fmt: skip
+    if search.accepted:
+        load_params(policy, candidate["θ"])
+        if inner_lrs is not None:
+            with torch.no_grad():
+                for name, v in inner_lrs.items():
+                    v.copy_(candidate["α"][name])
     outer_s = time.perf_counter() - to
     total = time.perf_counter() - t0
     env_steps = sum(s.num_env_steps for s in steps) + valid.num_steps()
@@ -789,9 +608,9 @@ def meta_step(
         "pre_adapt_return": float(np.mean(train_returns[:1])),
         "post_adapt_return": valid.task_returns().mean().item(),
         "surrogate_before": old_loss,
-        "surrogate_after": new_loss if accepted else old_loss,
-        "kl": new_kl if accepted else 0.0,
-        "step_size": ratio if accepted else 0.0,
+        "surrogate_after": search.loss,
+        "kl": search.kl,
+        "step_size": search.fraction,
         "log_std": float(policy.state_dict().get("log_std", torch.zeros(1)).mean()),
         "env_steps": float(env_steps),
         "env_steps_per_s": env_steps / total,
@@ -941,8 +760,8 @@ def inner_step_fn(
         rate: float | Params = lr
         if inner_lrs is not None:
             rate = {k: lr * v for k, v in inner_lrs.items()}
-        return adapt_policy(policy, params, eps, adv, lr=rate, first_order=True,
-                            per_task_params=per_task)  # fmt: skip
+        start = params if per_task else expand_tasks(params, eps.num_tasks)
+        return InnerStep(policy, start, eps, adv, rate, keep_graph=False).adapted
 
     return step
 

@@ -38,6 +38,7 @@ __all__ = [
     "Params",
     "adapt",
     "adapt_func",
+    "check_num_steps",
     "forward",
     "gradient_step",
     "load_params",
@@ -89,7 +90,7 @@ def gradient_step(
     return out
 
 
-def _check_steps(num_steps: int) -> None:
+def check_num_steps(num_steps: int) -> None:
     if not isinstance(num_steps, int) or num_steps < 0:
         raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
 
@@ -115,7 +116,7 @@ def adapt(
         The adapted parameters. Unless ``first_order``, they are differentiable functions of
         ``params`` (and of learned ``lr`` tensors, for Meta-SGD).
     """
-    _check_steps(num_steps)
+    check_num_steps(num_steps)
     current = dict(params)
     for step in range(num_steps):
         loss = loss_fn(current)
@@ -148,7 +149,7 @@ def adapt_func(
     ``torch.func.vmap(lambda *d: adapt_func(loss_fn, params, *d), ...)``: one call adapts
     every task, and the result stays differentiable for second-order MAML.
     """
-    _check_steps(num_steps)
+    check_num_steps(num_steps)
     current = dict(params)
     grad_fn = grad(loss_fn)
     for step in range(num_steps):

@@ -41,11 +41,12 @@ import numpy as np
 import torch
 
 import metarl
-from metarl.agents.maml_trpo import MAMLTRPOConfig, _build, conjugate_gradient, meta_step
+from metarl.agents.maml_trpo import MAMLTRPOConfig, _build, meta_step
 from metarl.functional import Params, forward, load_params
 from metarl.policies import Policy
 from metarl.policy_gradient import advantages
 from metarl.sampler import BatchedSampler, Episodes
+from metarl.trpo import conjugate_gradient
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -19,8 +19,6 @@ import metarl
 from metarl.agents import agent_names, get_agent
 from metarl.agents.maml_trpo import (
     MAMLTRPOConfig,
-    _InnerStep,
-    conjugate_gradient,
     evaluate,
     inner_step_fn,
     kl_hessian_product,
@@ -31,7 +29,7 @@ from metarl.cli import main
 from metarl.evaluation import evaluate_policy_adaptation
 from metarl.functional import forward, named_params
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
-from metarl.policy_gradient import adapt_policy, advantages, reinforce_loss
+from metarl.policy_gradient import InnerStep, adapt_policy, advantages, reinforce_loss
 from metarl.runs import Run
 from metarl.sampler import BatchedSampler, per_task, per_task_rows
 
@@ -210,7 +208,7 @@ def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
     theta = named_params(policy)
     adv = advantages(eps)
     start = {k: v.detach().unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in theta.items()}
-    step = _InnerStep(policy, start, eps, adv, lr=0.1, keep_graph=True)
+    step = InnerStep(policy, start, eps, adv, lr=0.1, keep_graph=True)
     names = list(theta)
     shapes = [theta[k].shape for k in names]
     sizes = [theta[k].numel() for k in names]
@@ -256,7 +254,7 @@ def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None
     eps = sampler.collect(policy, theta, tasks, seed=5)
     adv = advantages(eps)
     start = {k: v.unsqueeze(0).repeat(n, *[1] * v.dim()) for k, v in theta.items()}
-    step = _InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
+    step = InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
     valid = sampler.collect(policy, step.adapted, tasks, seed=6, per_task_params=True)
     hvp = kl_hessian_product(policy, [step], valid, advantages(valid), step.adapted, cfg)
 
@@ -317,20 +315,6 @@ def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None
     assert (h @ v).abs().max() > 1e-3  # not vacuous
 
 
-def test_conjugate_gradient_solves_spd_system() -> None:
-    torch.manual_seed(0)
-    m = torch.randn(6, 6)
-    a = m @ m.T + 0.5 * torch.eye(6)
-    b = {"x": torch.randn(6)}
-    x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, iters=20)
-    assert torch.allclose(a @ x["x"], b["x"], atol=1e-4)
-    # The product A x it accumulates (TRPO's step length), also when stopped early.
-    for iters in (2, 20):
-        product: dict = {}
-        x = conjugate_gradient(lambda v: {"x": a @ v["x"]}, b, iters=iters, product=product)
-        assert torch.allclose(product["x"], a @ x["x"], atol=1e-5), iters
-
-
 @pytest.mark.parametrize(
     ("variant", "chunk_rows"),
     [({}, None), ({"cg_subsample": 0.1}, None), ({"first_order": True}, None),
@@ -354,11 +338,11 @@ def test_meta_step_equals_the_implementation_before(
     on the full episodes, two on the 50% subsample) instead of all at once."""
     from _maml_trpo_before import meta_step_before
 
-    from metarl.agents import maml_trpo
+    from metarl import policy_gradient
     from metarl.agents.maml_trpo import meta_step
 
     if chunk_rows is not None:
-        monkeypatch.setattr(maml_trpo, "_CHUNK_ROWS", chunk_rows)
+        monkeypatch.setattr(policy_gradient, "CHUNK_ROWS", chunk_rows)
 
     cfg = MAMLTRPOConfig(meta_batch_size=4, episodes_per_task=10, hidden_sizes=(16, 16),
                          horizon=25, **variant)  # fmt: skip

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import metarl
+from metarl import trpo
 from metarl.agents import maml_trpo
 from metarl.agents.maml_trpo import (
     MAMLTRPOConfig,
@@ -56,7 +57,7 @@ class _Captured:
         self.mvp: Any = None
         self.b: dict[str, torch.Tensor] = {}
         self.episodes: list[Episodes] = []
-        real_cg, real_collect = maml_trpo.conjugate_gradient, sampler.collect
+        real_cg, real_collect = trpo.conjugate_gradient, sampler.collect
 
         def cg(mvp: Any, b: dict, iters: int, **kw: Any) -> Any:
             self.mvp, self.b = mvp, {k: v.clone() for k, v in b.items()}
@@ -67,7 +68,7 @@ class _Captured:
             self.episodes.append(eps)
             return eps
 
-        monkeypatch.setattr(maml_trpo, "conjugate_gradient", cg)
+        monkeypatch.setattr(trpo, "conjugate_gradient", cg)
         monkeypatch.setattr(sampler, "collect", collect)
 
 

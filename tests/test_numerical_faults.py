@@ -134,7 +134,7 @@ def test_rl_agent_stops_on_a_bad_env_value_naming_iteration_env_and_task(
     ("target", "quantity"),
     [
         ("valid_advantages", "MAML-TRPO surrogate loss"),
-        ("conjugate_gradient", "TRPO step"),
+        ("trust_region_step", "TRPO step"),
         ("inner_advantages", "actions"),  # NaN adapted parameters: blamed on the policy
     ],
 )
