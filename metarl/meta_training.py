@@ -10,7 +10,6 @@ or checkpointed (the last checkpoint stays the last good one).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.batched import EnvError
 from metarl.config import RunConfig
 from metarl.functional import load_params
-from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.policies import Policy
-from metarl.registry import family_ids, task_distribution
-from metarl.runs import CheckpointError, Run, progress, resolve_device
+from metarl.runs import CheckpointError, Run
 from metarl.sampler import BatchedSampler
-from metarl.seeding import seed_everything
+from metarl.training import Generators, Trainer, train_loop
 
 __all__ = ["ExtraState", "meta_train", "policy_state"]
 
@@ -67,6 +63,55 @@ def _restore_extra(extra: ExtraState, state: Mapping[str, Any], path: Any) -> No
                 v.copy_(saved[k].to(v.device, v.dtype))
 
 
+class _PolicyMetaTrainer(Trainer):
+    """A gradient-based meta-RL agent's training: a policy, a sampler, and a ``step``."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        device: torch.device,
+        build: Callable[[Any, torch.device], tuple[Policy, BatchedSampler]],
+        step: Callable[[Policy, BatchedSampler, list[Any], int, int], dict[str, float]],
+        outer_step: str,
+        extra_state: Callable[[Policy], ExtraState] | None,
+    ) -> None:
+        self.cfg, self.step, self.outer_step = cfg, step, outer_step
+        self.task_rng = np.random.default_rng(cfg.seed)
+        self.policy, self.sampler = build(cfg, device)
+        self.device = device
+        self.learned = extra_state(self.policy) if extra_state is not None else {}
+        if "params" in self.learned:
+            raise ValueError("extra_state cannot be named 'params' (the policy's parameters)")
+        self.train_tasks = list(self.sampler.task_distribution.split("train"))
+
+    def iteration(self, it: int) -> dict[str, float]:
+        n = self.cfg.meta_batch_size
+        idx = self.task_rng.choice(len(self.train_tasks), n, replace=len(self.train_tasks) < n)
+        seed = int(self.task_rng.integers(2**31 - 2000))
+        return self.step(self.policy, self.sampler, [self.train_tasks[i] for i in idx], seed, it)
+
+    def parameters(self) -> Any:
+        return policy_state(self.policy, self.learned)
+
+    def state(self) -> dict[str, Any]:
+        return policy_state(self.policy, self.learned)
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        load_params(self.policy, {k: v.to(self.device) for k, v in state["params"].items()})
+        _restore_extra(self.learned, state, "the checkpoint")
+
+    def generators(self) -> Generators:
+        return {"tasks": self.task_rng}
+
+    def progress(self, stats: Mapping[str, float]) -> str:
+        took = f", {stats['iteration_s']:.2f} s" if "iteration_s" in stats else ""
+        return (f"return before adaptation {stats['pre_adapt_return']:.2f}, after "
+                f"{stats['post_adapt_return']:.2f}{took}")  # fmt: skip
+
+    def close(self) -> None:
+        self.sampler.close()
+
+
 def meta_train(
     cfg: RunConfig,
     run_dir: str | Path,
@@ -80,7 +125,8 @@ def meta_train(
     log: Callable[[str], None] | None = None,
     extra_state: Callable[[Policy], ExtraState] | None = None,
 ) -> Run:
-    """Run (or ``resume``) the meta-training of ``agent`` in ``run_dir``.
+    """Run (or ``resume``) the meta-training of ``agent`` in ``run_dir`` through
+    :func:`metarl.training.train_loop`.
 
     Args:
         build: ``(cfg, device) -> (policy, sampler)``.
@@ -95,64 +141,8 @@ def meta_train(
             checkpoint without it is refused) and checked for NaN/inf after every step, as
             the parameters are.
     """
-    c: Any = cfg  # a RunConfig with meta_batch_size
-    device = resolve_device(c.device)
-    if c.num_threads:
-        torch.set_num_threads(c.num_threads)
-    run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if c.env_id not in family_ids():
-        task_distribution(c.env_id)  # raises the registry's clear error
-    seed_everything(c.seed)
-    task_rng = np.random.default_rng(c.seed)
-    policy, sampler = build(cfg, device)
-    learned = extra_state(policy) if extra_state is not None else {}
-    if "params" in learned:
-        raise ValueError("extra_state cannot be named 'params' (the policy's parameters)")
-    train_tasks = list(sampler.task_distribution.split("train"))
-    start = 0
-    if resume:
-        run = Run.resume(run_dir, agent, cfg)
-        ckpt = run.load_checkpoint({"tasks": task_rng})
-        load_params(policy, {k: v.to(device) for k, v in ckpt["state"]["params"].items()})
-        _restore_extra(learned, ckpt["state"], run.checkpoint_path)
-        start = int(ckpt["iteration"])
-    else:
-        run = Run.create(run_dir, agent, cfg)
-    if log:
-        log(f"{agent} on {c.env_id}: iterations {start}..{c.num_iterations}, run dir {run_dir}")
-    bar = progress(range(start, c.num_iterations), total=c.num_iterations, initial=start,
-                   desc=agent)  # fmt: skip
-    try:
-        for it in bar:
-            replace = len(train_tasks) < c.meta_batch_size
-            idx = task_rng.choice(len(train_tasks), c.meta_batch_size, replace=replace)
-            seed = int(task_rng.integers(2**31 - 2000))
-            kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-            try:
-                stats = step(policy, sampler, [train_tasks[i] for i in idx], seed, it)
-                check_finite(f"parameters after the {outer_step}", policy_state(policy, learned))
-            except NonFiniteError as e:  # stop before logging or checkpointing this iteration
-                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
-            except EnvError as e:  # an env raised, died or hung: name the iteration too
-                raise e.at_iteration(it, kept) from e
-            run.log(it, stats)
-            pre, post = stats["pre_adapt_return"], stats["post_adapt_return"]
-            if hasattr(bar, "set_postfix"):
-                extra = (
-                    {"sps": f"{stats['env_steps_per_s']:.0f}"} if "env_steps_per_s" in stats else {}
-                )
-                bar.set_postfix(pre=f"{pre:.1f}", post=f"{post:.1f}", **extra)
-            elif log and (it % 10 == 0 or it + 1 == c.num_iterations):
-                took = f", {stats['iteration_s']:.2f} s" if "iteration_s" in stats else ""
-                log(f"iteration {it}: return before adaptation {pre:.2f}, after {post:.2f}{took}")
-            done = it + 1
-            if done % c.checkpoint_every == 0 or done == c.num_iterations:
-                run.save_checkpoint(
-                    done, policy_state(policy, learned), generators={"tasks": task_rng}
-                )
-    finally:
-        sampler.close()
-        run.close()
-    return run
+
+    def make(cfg: Any, device: torch.device, resume: bool) -> Trainer:
+        return _PolicyMetaTrainer(cfg, device, build, step, outer_step, extra_state)
+
+    return train_loop(cfg, run_dir, agent, make, resume=resume, overwrite=overwrite, log=log)
