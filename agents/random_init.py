@@ -14,8 +14,7 @@ Example:
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,9 +26,9 @@ from metarl.config import option
 from metarl.evaluation import AdaptationCurve
 from metarl.functional import Params, named_params
 from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.registry import family_ids, make, task_distribution
+from metarl.registry import make
 from metarl.runs import Run
-from metarl.seeding import seed_everything
+from metarl.training import Trainer, train_loop
 
 __all__ = ["AGENT", "CONFIG", "RandomInitConfig", "evaluate", "load_policy", "train"]
 
@@ -41,7 +40,8 @@ class RandomInitConfig(FineTuneConfig):
     """A randomly initialised policy, fine-tuned at evaluation with MAML's inner step."""
 
     num_iterations: int = option(
-        1, "unused: random-init does no training (kept for the common run interface)", low=1,
+        1, "unused: random-init does no training; its run records the initial policy as its one "
+        "iteration", low=1,
         may_change_on_resume=True,
     )  # fmt: skip
 
@@ -69,6 +69,29 @@ def _policy(cfg: RandomInitConfig, device: torch.device) -> Policy:
     return policy
 
 
+class _InitTrainer(Trainer):
+    """Random init's one "iteration": draw the initial policy and record it."""
+
+    def __init__(self, cfg: RandomInitConfig) -> None:
+        policy = _policy(cfg, torch.device("cpu"))
+        self.cfg = cfg
+        self.params = {k: v.detach().clone() for k, v in named_params(policy).items()}
+
+    def header(self, start: int, total: int) -> str:
+        return f"the initial policy of seed {self.cfg.seed}"
+
+    def iteration(self, it: int) -> dict[str, float]:
+        norm = torch.sqrt(sum((v**2).sum() for v in self.params.values()))  # type: ignore[arg-type]
+        return {"num_params": float(sum(v.numel() for v in self.params.values())),
+                "param_norm": float(norm), "init_std": self.cfg.init_std}  # fmt: skip
+
+    def state(self) -> dict[str, Any]:
+        return {"params": self.params}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.params = dict(state["params"])
+
+
 def train(
     cfg: RandomInitConfig,
     run_dir: str | Path,
@@ -77,34 +100,12 @@ def train(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Run:
-    """Draw the initial policy from ``cfg.seed`` and record it (no training).
-
-    A resumed run already holds its initialisation and is left as it is.
-    """
-    run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if cfg.env_id not in family_ids():
-        task_distribution(cfg.env_id)  # raises the registry's clear error
-    if resume:
-        run = Run.resume(run_dir, AGENT, cfg)
-        run.load_checkpoint()
-        run.close()
-        return run
-    seed_everything(cfg.seed)
-    policy = _policy(cfg, torch.device("cpu"))
-    params = {k: v.detach().clone() for k, v in named_params(policy).items()}
-    run = Run.create(run_dir, AGENT, cfg)
-    try:
-        norm = torch.sqrt(sum((v**2).sum() for v in params.values()))  # type: ignore[arg-type]
-        run.log(0, {"num_params": float(sum(v.numel() for v in params.values())),
-                    "param_norm": float(norm), "init_std": cfg.init_std})  # fmt: skip
-        run.save_checkpoint(1, {"params": params})
-    finally:
-        run.close()
-    if log:
-        log(f"{AGENT} on {cfg.env_id}: initial policy of seed {cfg.seed} saved in {run_dir}")
-    return run
+    """Draw the initial policy from ``cfg.seed`` and record it (no training): one iteration
+    of :func:`metarl.training.train_loop`. A resumed run already holds its initialisation
+    and is left as it is."""
+    return train_loop(cfg.replace(num_iterations=1), run_dir, AGENT,
+                      lambda cfg, device, resume: _InitTrainer(cfg), resume=resume,
+                      overwrite=overwrite, log=log)  # fmt: skip
 
 
 def load_policy(

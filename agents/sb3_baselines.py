@@ -35,7 +35,6 @@ Stable-Baselines3 is imported inside the functions that use it.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,14 +52,14 @@ from metarl.config import ConfigError, RunConfig, num_workers_option, option, wo
 from metarl.env import resolve_task_options
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, named_params
-from metarl.numerics import NonFiniteError, at_iteration, check_finite
+from metarl.numerics import NonFiniteError, check_finite
 from metarl.policies import Policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
-from metarl.registry import family_ids, make, task_distribution
-from metarl.runs import Run, resolve_device
+from metarl.registry import make
+from metarl.runs import Run
 from metarl.sampler import Episodes
-from metarl.seeding import seed_everything
 from metarl.tasks import BoxTaskDistribution, TaskDistribution, TaskError, task_to_dict
+from metarl.training import Trainer, train_loop
 
 __all__ = [
     "PPO_BASELINE_PRESETS",
@@ -457,6 +456,81 @@ def make_model(cfg: PPOBaselineConfig, with_task: bool, device: torch.device | s
     return model
 
 
+class _PPOTrainer(Trainer):
+    """SB3 PPO on the training tasks as :func:`metarl.training.train_loop` drives it."""
+
+    def __init__(self, cfg: PPOBaselineConfig, device: torch.device, with_task: bool) -> None:
+        from stable_baselines3.common.logger import Logger
+        from stable_baselines3.common.vec_env import VecEnv
+
+        self.cfg = cfg
+        self.model = make_model(cfg, with_task, device)
+        venv = self.model.get_env()
+        assert isinstance(venv, VecEnv)
+        self.venv = venv
+        self.model.set_logger(Logger(folder=None, output_formats=[]))  # read, then cleared
+        self.policy = _our_policy(cfg, venv).to(device)
+        self.params: Params = {}
+        self.total_steps = 0  # env steps over all iterations (SB3's counts one learn())
+
+    def header(self, start: int, total: int) -> str:
+        return (f"PPO iterations {start}..{total} of {self.cfg.n_envs * self.cfg.n_steps} "
+                "env steps")  # fmt: skip
+
+    def iteration(self, it: int) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        t0 = time.perf_counter()
+        # Fresh envs at every iteration, seeded by (seed, iteration): see the module doc.
+        # Through SB3's public API: ``learn(reset_num_timesteps=True)`` resets the vec env
+        # (which takes the seeds given to ``seed()``), marks every env as starting an episode
+        # and empties the episode-info buffer; it also restarts SB3's step counter, so the
+        # total is kept here. (SB3's progress fraction restarts too: it only drives
+        # schedules, and these configs' rates and clip range are constants.)
+        self.venv.seed(_iteration_seed(cfg.seed, it))
+        # An env's NaN/inf (MultiTaskEnv.step) or the update's stops the run here.
+        model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=True, log_interval=None)
+        params = self.params = sb3_policy_params(model.policy, self.policy)
+        check_finite("PPO policy parameters", params,
+                     hint="lower --learning-rate, or check the env's rewards")  # fmt: skip
+        losses = {k.split("/", 1)[1]: float(v) for k, v in model.logger.name_to_value.items()
+                  if k.startswith("train/")}  # fmt: skip
+        model.logger.dump()  # clears the values (no outputs configured)
+        episodes = [float(e["r"]) for e in (model.ep_info_buffer or [])]
+        self.total_steps += int(model.num_timesteps)
+        total = time.perf_counter() - t0
+        return {
+            "train_return": float(np.mean(episodes)) if episodes else math.nan,
+            "episodes": float(len(episodes)),
+            "env_steps": float(cfg.n_envs * cfg.n_steps),  # this iteration's, as MAML's
+            "env_steps_total": float(self.total_steps),  # what metarl benchmark reads
+            "env_steps_per_s": cfg.n_envs * cfg.n_steps / total,
+            "iteration_s": total,
+            "log_std": float(params["log_std"].mean()) if "log_std" in params else 0.0,
+            **{k: v for k, v in losses.items() if k not in ("std", "n_updates")},
+        }
+
+    def progress(self, stats: Mapping[str, float]) -> str:
+        return (f"training-task return {stats['train_return']:.2f}, {self.total_steps} env "
+                f"steps, {stats['iteration_s']:.2f} s")  # fmt: skip
+
+    def state(self) -> dict[str, Any]:
+        policy = self.model.policy
+        return {
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "sb3_policy": {k: v.detach().cpu() for k, v in policy.state_dict().items()},
+            "sb3_optimizer": policy.optimizer.state_dict(),
+            "num_timesteps": self.total_steps,
+        }
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.model.policy.load_state_dict(state["sb3_policy"])
+        self.model.policy.optimizer.load_state_dict(state["sb3_optimizer"])
+        self.total_steps = int(state["num_timesteps"])
+
+    def close(self) -> None:
+        self.venv.close()
+
+
 def train_ppo(
     cfg: PPOBaselineConfig,
     run_dir: str | Path,
@@ -468,96 +542,14 @@ def train_ppo(
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Train one policy with SB3 PPO on the training tasks (with the task parameters in the
-    observation when ``with_task``); the run directory gets config.json, metrics.csv and
-    checkpoints holding ``params`` (our policy's), the SB3 policy and Adam state."""
-    from stable_baselines3.common.logger import Logger
-    from stable_baselines3.common.vec_env import VecEnv
+    observation when ``with_task``) through :func:`metarl.training.train_loop`; the run
+    directory gets config.json, metrics.csv and checkpoints holding ``params`` (our
+    policy's), the SB3 policy and Adam state."""
 
-    device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    if cfg.env_id not in family_ids():
-        task_distribution(cfg.env_id)  # raises the registry's clear error
-    seed_everything(cfg.seed)
+    def make(cfg: Any, device: torch.device, resume: bool) -> Trainer:
+        return _PPOTrainer(cfg, device, with_task)
 
-    model = make_model(cfg, with_task, device)
-    venv = model.get_env()
-    assert isinstance(venv, VecEnv)
-    model.set_logger(Logger(folder=None, output_formats=[]))  # read, then cleared, below
-    policy = _our_policy(cfg, venv).to(device)
-    start = 0
-    total_steps = 0  # env steps over all iterations (SB3's num_timesteps counts one learn())
-    if resume:
-        run = Run.resume(run_dir, agent, cfg)
-        ckpt = run.load_checkpoint()  # restores Python's, NumPy's and torch's RNG states
-        model.policy.load_state_dict(ckpt["state"]["sb3_policy"])
-        model.policy.optimizer.load_state_dict(ckpt["state"]["sb3_optimizer"])
-        total_steps = int(ckpt["state"]["num_timesteps"])
-        start = int(ckpt["iteration"])
-    else:
-        run = Run.create(run_dir, agent, cfg)
-    if log:
-        log(f"{agent} on {cfg.env_id}: PPO iterations {start}..{cfg.num_iterations} of "
-            f"{cfg.n_envs * cfg.n_steps} env steps, run dir {run_dir}")  # fmt: skip
-    try:
-        for it in range(start, cfg.num_iterations):
-            t0 = time.perf_counter()
-            # Fresh envs at every iteration, seeded by (seed, iteration): see the module doc.
-            # Through SB3's public API: ``learn(reset_num_timesteps=True)`` resets the vec env
-            # (which takes the seeds given to ``seed()``), marks every env as starting an
-            # episode and empties the episode-info buffer; it also restarts SB3's step
-            # counter, so the total is kept here. (SB3's progress fraction restarts too: it
-            # only drives schedules, and these configs' rates and clip range are constants.)
-            venv.seed(_iteration_seed(cfg.seed, it))
-            try:  # an env's NaN/inf (MultiTaskEnv.step) or the update's stops the run here
-                model.learn(cfg.n_envs * cfg.n_steps, reset_num_timesteps=True,
-                            log_interval=None)  # fmt: skip
-                params = sb3_policy_params(model.policy, policy)
-                check_finite("PPO policy parameters", params,
-                             hint="lower --learning-rate, or check the env's rewards")  # fmt: skip
-            except NonFiniteError as e:
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
-            except EnvError as e:  # an env raised, died or hung (subprocess): name the iteration
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise e.at_iteration(it, kept) from e
-            losses = {k.split("/", 1)[1]: float(v) for k, v in model.logger.name_to_value.items()
-                      if k.startswith("train/")}  # fmt: skip
-            model.logger.dump()  # clears the values (no outputs configured)
-            episodes = [float(e["r"]) for e in (model.ep_info_buffer or [])]
-            total_steps += int(model.num_timesteps)
-            total = time.perf_counter() - t0
-            stats = {
-                "train_return": float(np.mean(episodes)) if episodes else math.nan,
-                "episodes": float(len(episodes)),
-                "env_steps": float(cfg.n_envs * cfg.n_steps),  # this iteration's, as MAML's
-                "env_steps_total": float(total_steps),  # what metarl benchmark reads
-                "env_steps_per_s": cfg.n_envs * cfg.n_steps / total,
-                "iteration_s": total,
-                "log_std": float(params["log_std"].mean()) if "log_std" in params else 0.0,
-                **{k: v for k, v in losses.items() if k not in ("std", "n_updates")},
-            }
-            run.log(it, stats)
-            if log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
-                log(f"iteration {it}: training-task return {stats['train_return']:.2f}, "
-                    f"{total_steps} env steps, {total:.2f} s")  # fmt: skip
-            done = it + 1
-            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
-                state = {
-                    "params": {k: v.detach().cpu() for k, v in params.items()},
-                    "sb3_policy": {k: v.detach().cpu() for k, v in
-                                   model.policy.state_dict().items()},
-                    "sb3_optimizer": model.policy.optimizer.state_dict(),
-                    "num_timesteps": total_steps,
-                }  # fmt: skip
-                run.save_checkpoint(done, state)
-    finally:
-        venv.close()
-        run.close()
-    return run
+    return train_loop(cfg, run_dir, agent, make, resume=resume, overwrite=overwrite, log=log)
 
 
 # -- evaluation ---------------------------------------------------------------------------
