@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from metarl.batched import EnvError
-from metarl.config import RunConfig
+from metarl.config import Config
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
 from metarl.registry import family_ids, task_distribution
 from metarl.runs import Run, resolve_device
@@ -103,7 +103,7 @@ class Trainer(ABC):
 
 
 def train_loop(
-    cfg: RunConfig,
+    cfg: Config,
     run_dir: str | Path,
     agent: str,
     make: Callable[[Any, torch.device, bool], Trainer],
@@ -118,13 +118,13 @@ def train_loop(
 
     Args:
         make: ``(cfg, device, resume) -> Trainer``.
-        log: where progress lines go (e.g. ``print``); None: silent. On a terminal a progress
-            bar shows the trainer's :meth:`Trainer.summary` instead of lines.
+        log: where progress lines go (e.g. ``print``); None: none. On a terminal a progress
+            bar shows the trainer's :meth:`Trainer.progress` instead of lines.
         log_every: write a metrics row every this many iterations (and at the last).
         check_env: check that ``cfg.env_id`` names a registered task family first.
     """
     c: Any = cfg
-    device = resolve_device(c.device)
+    device = resolve_device(c.device)  # a bad --device fails before anything is written
     if getattr(c, "num_threads", 0):
         torch.set_num_threads(c.num_threads)
     run_dir = Path(run_dir)
@@ -163,10 +163,11 @@ def _loop(
     log_every: int,
 ) -> None:
     total = c.num_iterations
-    bar = _bar(start, total, agent) if log else None
-    say = (bar.write if bar is not None else log) or (lambda _: None)
+    bar = _bar(start, total, agent)
     if log:
-        say(f"{agent} on {c.env_id}: {trainer.header(start, total)}, run dir {run.path}")
+        say = bar.write if bar is not None else log
+        on = f" on {c.env_id}" if hasattr(c, "env_id") else ""
+        say(f"{agent}{on}: {trainer.header(start, total)}, run dir {run.path}")
     for it in range(start, total):
         kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
         try:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from metarl.config import Config, option
@@ -48,9 +50,9 @@ from metarl.fewshot.metasgd import MetaSGD
 from metarl.fewshot.models import MLP, Conv4
 from metarl.fewshot.protonet import ProtoNet
 from metarl.fewshot.reptile import Reptile
-from metarl.numerics import NonFiniteError, at_iteration, check_finite
-from metarl.runs import Run, progress, resolve_device
-from metarl.seeding import seed_everything
+from metarl.numerics import NonFiniteError, check_finite
+from metarl.runs import Run, resolve_device
+from metarl.training import Generators, Trainer, train_loop
 
 __all__ = ["LEARNERS", "FewShotConfig", "build_learner", "evaluate_run", "train"]
 
@@ -341,67 +343,75 @@ def build_learner(
 # ------------------------------------------------------------------------------- running
 
 
+class _FewShotTrainer(Trainer):
+    """A few-shot learner's meta-training as :func:`metarl.training.train_loop` drives it:
+    one meta-batch of episodes per iteration."""
+
+    outer_step = "update"
+
+    def __init__(self, cfg: FewShotConfig, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        self.rng = np.random.default_rng(cfg.seed)  # the generator seed_everything returns
+        # The data first: a bad dataset path must not leave a run directory behind.
+        train_data = None if cfg.dataset == "sinusoid" else load_split(cfg, "train")
+        self.sampler = make_sampler(cfg, "train", train_data)
+        shape = None if train_data is None else train_data.image_shape
+        ntrain = 0 if train_data is None else train_data.num_classes
+        self.learner = build_learner(cfg, shape, ntrain).to(device)
+        self.started = time.perf_counter()
+
+    def begin(self, run: Run, start: int) -> None:
+        self.learner.train()
+        # A resumed run's wall-clock continues from its last logged row (the metrics after
+        # the checkpoint were dropped with the iterations they logged).
+        rows = run.metrics() if start else []
+        last = float(rows[-1].get("wall_clock_s") or 0.0) if rows else 0.0
+        self.started = time.perf_counter() - last
+
+    def iteration(self, it: int) -> dict[str, float]:
+        batch = self.sampler.sample(self.cfg.meta_batch_size, self.rng).to(self.device)
+        metrics = self.learner.meta_train_step(batch)
+        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteError(
+                f"non-finite {', '.join(bad)} ({metrics}); lower the learning rates or check "
+                "the data",
+                bad[0],
+            )
+        check_finite("parameters after the update", self.learner.state_dict(),
+                     hint="lower --meta-lr or --inner-lr")  # fmt: skip
+        return {**metrics, "wall_clock_s": time.perf_counter() - self.started}
+
+    def state(self) -> dict[str, Any]:
+        return self.learner.train_state()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.learner.load_train_state(dict(state))
+
+    def generators(self) -> Generators:
+        return {"episodes": self.rng}
+
+
 def train(
     cfg: FewShotConfig,
     run_dir: str | Path,
     resume: bool = False,
     num_eval_episodes: int = 600,
 ) -> dict[str, Any]:
-    """Meta-train (or resume) a run, then evaluate it on held-out episodes.
+    """Meta-train (or resume) a run through :func:`metarl.training.train_loop`, then
+    evaluate it on held-out episodes.
 
     Returns the evaluation result (also written to ``<run_dir>/eval.json``).
     """
-    device = resolve_device(cfg.device)
-    rng = seed_everything(cfg.seed)
-    # The data first: a bad dataset path must not leave a run directory behind.
-    train_data = None if cfg.dataset == "sinusoid" else load_split(cfg, "train")
-    sampler = make_sampler(cfg, "train", train_data)
-    shape = None if train_data is None else train_data.image_shape
-    ntrain = 0 if train_data is None else train_data.num_classes
-    learner = build_learner(cfg, shape, ntrain).to(device)
-    run = Run.resume(run_dir, AGENT, cfg) if resume else Run.create(run_dir, AGENT, cfg)
-    start = 0
-    if resume:
-        ckpt = run.load_checkpoint(generators={"episodes": rng})
-        learner.load_train_state(ckpt["state"])
-        start = int(ckpt["iteration"])
-    learner.train()
-    # A resumed run's wall-clock continues from its last logged row (the metrics after the
-    # checkpoint were dropped with the iterations they logged).
-    rows = run.metrics() if resume else []
-    started = time.perf_counter() - (float(rows[-1].get("wall_clock_s") or 0.0) if rows else 0.0)
-    try:
-        for it in progress(
-            range(start, cfg.num_iterations), cfg.num_iterations, learner.name, start
-        ):
-            metrics = learner.meta_train_step(sampler.sample(cfg.meta_batch_size, rng).to(device))
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            if bad:
-                kept = (
-                    f" (the last good checkpoint is kept in {run.path})"
-                    if run.checkpoint_path.exists()
-                    else ""
-                )
-                raise NonFiniteError(
-                    f"iteration {it}: non-finite {', '.join(bad)} ({metrics}); lower the "
-                    f"learning rates or check the data{kept}",
-                    bad[0],
-                    it,
-                )
-            try:
-                check_finite("parameters after the update", learner.state_dict(),
-                             hint="lower --meta-lr or --inner-lr")  # fmt: skip
-            except NonFiniteError as e:
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
-            done = it + 1
-            if done % cfg.log_every == 0 or done == cfg.num_iterations:
-                run.log(it, {**metrics, "wall_clock_s": time.perf_counter() - started})
-            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
-                run.save_checkpoint(done, learner.train_state(), {"episodes": rng})
-    finally:
-        run.close()
-    return evaluate_run(run.path, num_eval_episodes, learner=learner, cfg=cfg)
+    trainers: list[_FewShotTrainer] = []
+
+    def make(cfg: Any, device: torch.device, resume: bool) -> Trainer:
+        trainers.append(_FewShotTrainer(cfg, device))
+        return trainers[0]
+
+    run = train_loop(cfg, run_dir, AGENT, make, resume=resume, log_every=cfg.log_every,
+                     check_env=False)  # fmt: skip
+    return evaluate_run(run.path, num_eval_episodes, learner=trainers[0].learner, cfg=cfg)
 
 
 def load_run(run_dir: str | Path, device: str = "auto") -> tuple[FewShotConfig, Learner]:
