@@ -1,16 +1,22 @@
 """Meta-RL agents (MAML-RL, Reptile-RL, RL², baselines), one readable file each.
 
 The registry maps an agent's name (``metarl train --agent NAME``) to its module, imported
-on first use. An agent module defines:
+on first use. Every agent keeps one contract, :class:`metarl.agent.Agent`:
 
-* ``AGENT`` — its name;
-* ``CONFIG`` — its :class:`metarl.config.RunConfig` subclass (fields → ``--options``,
-  ``presets``);
-* ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> metarl.runs.Run``;
+* ``AGENT`` — its name; ``CONFIG`` — its :class:`metarl.config.RunConfig` subclass (fields
+  → ``--options``, ``presets``);
+* ``CAPABILITIES`` — a :class:`metarl.agent.Capabilities`: how it adapts (gradient steps,
+  episodes, none), which families and devices it takes; read by the command line, the
+  evaluation and ``metarl benchmark``, never guessed;
+* ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> metarl.runs.Run`` —
+  a :class:`metarl.training.Trainer` (one iteration of the algorithm and the state a
+  checkpoint keeps) run by :func:`metarl.training.train_loop`, which owns the rest;
 * ``evaluate(run_dir, *, split, num_steps, seeds, episodes_per_step, device, max_tasks)``
-  returning ``(AdaptationCurve, json_path, png_path)``.
+  (and ``lrs`` when it adapts by gradient steps) returning ``(AdaptationCurve, json_path,
+  png_path)``: the one evaluation protocol of :mod:`metarl.evaluation`.
 
-Add an agent with :func:`register_agent` (or one line in ``_AGENTS``).
+Adding an agent is one file here plus one line in ``_AGENTS`` (or :func:`register_agent`);
+``tests/test_agent_contract.py`` checks every registered agent against the contract.
 
 Example:
     >>> from metarl.agents import agent_names, get_agent
@@ -25,6 +31,8 @@ from __future__ import annotations
 import difflib
 import importlib
 from types import ModuleType
+
+from metarl.agent import Agent
 
 __all__ = ["agent_names", "describe_agents", "get_agent", "register_agent"]
 
@@ -79,7 +87,11 @@ def get_agent(name: str) -> ModuleType:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise KeyError(f"no agent named {name!r}.{hint} Agents: {', '.join(agent_names())}")
     module = importlib.import_module(_AGENTS[name][0])
-    for attr in ("AGENT", "CONFIG", "train", "evaluate"):
-        if not hasattr(module, attr):
-            raise TypeError(f"agent module {module.__name__} defines no {attr}")
+    if not isinstance(module, Agent):  # the contract of metarl.agent
+        missing = [a for a in ("AGENT", "CONFIG", "CAPABILITIES", "train", "evaluate")
+                   if not hasattr(module, a)]  # fmt: skip
+        raise TypeError(
+            f"agent module {module.__name__} does not keep the agent contract "
+            f"(metarl.agent.Agent): it defines no {', '.join(missing)}"
+        )
     return module

@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from metarl.agent import Capabilities
 from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, forward, load_params
@@ -278,6 +279,7 @@ class MAMLTRPOConfig(RunConfig):
 
 
 CONFIG = MAMLTRPOConfig
+CAPABILITIES = Capabilities(adapts_by="gradient steps")
 
 
 # -- the meta-iteration ----------------------------------------------------------------------
@@ -770,7 +772,7 @@ def evaluate(
     run_dir: str | Path,
     *,
     split: str = "test",
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     episodes_per_step: int | None = None,
     device: str = "cpu",

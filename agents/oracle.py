@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metarl.agent import Capabilities
 from metarl.agents.sb3_baselines import (
     PPO_BASELINE_PRESETS,
     MultiTaskEnv,
@@ -43,6 +44,7 @@ from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.registry import make, task_distribution
 from metarl.runs import Run, resolve_device
 from metarl.sampler import Episodes
+from metarl.tasks import TaskError
 
 __all__ = ["AGENT", "CONFIG", "OracleConfig", "evaluate", "load_policy", "train"]
 
@@ -57,6 +59,19 @@ class OracleConfig(PPOBaselineConfig):
 
 
 CONFIG = OracleConfig
+
+
+def _no_task_features(env_id: str) -> str | None:
+    """Why the oracle cannot run ``env_id``: its tasks' parameters are not numbers."""
+    dist = task_distribution(env_id)
+    try:
+        task_features(dist, dist.split("train")[0])
+    except TaskError as e:
+        return str(e)
+    return None
+
+
+CAPABILITIES = Capabilities(adapts_by="none", unsupported=_no_task_features)
 
 
 def train(
@@ -94,7 +109,7 @@ def evaluate(
     run_dir: str | Path,
     *,
     split: str = "test",
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     episodes_per_step: int | None = None,
     device: str = "cpu",
@@ -102,6 +117,7 @@ def evaluate(
 ) -> tuple[AdaptationCurve, Path, Path]:
     """The oracle's return on each task of ``split`` (MAML's protocol at 0 steps), repeated
     for k = 1..K (a flat line: it does not adapt); writes ``eval_<split>.json``/``.png``."""
+    num_steps = 3 if num_steps is None else num_steps
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     loaded: dict[str, Any] = {}

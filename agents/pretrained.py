@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from metarl.agent import Capabilities
 from metarl.agents.sb3_baselines import (
     PPO_BASELINE_PRESETS,
     PPOBaselineConfig,
@@ -49,6 +50,7 @@ class PretrainedConfig(PPOBaselineConfig):
 
 
 CONFIG = PretrainedConfig
+CAPABILITIES = Capabilities(adapts_by="gradient steps")
 
 
 def train(
@@ -76,7 +78,7 @@ def evaluate(
     run_dir: str | Path,
     *,
     split: str = "test",
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     episodes_per_step: int | None = None,
     device: str = "cpu",

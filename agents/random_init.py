@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from metarl.agent import Capabilities
 from metarl.agents.sb3_baselines import FineTuneConfig, evaluate_finetuning
 from metarl.config import option
 from metarl.evaluation import AdaptationCurve
@@ -58,6 +59,7 @@ class RandomInitConfig(FineTuneConfig):
 
 
 CONFIG = RandomInitConfig
+CAPABILITIES = Capabilities(adapts_by="gradient steps")
 
 
 def _policy(cfg: RandomInitConfig, device: torch.device) -> Policy:
@@ -119,7 +121,7 @@ def evaluate(
     run_dir: str | Path,
     *,
     split: str = "test",
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     episodes_per_step: int | None = None,
     device: str = "cpu",

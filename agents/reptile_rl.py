@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from metarl.agent import Capabilities
 from metarl.config import RunConfig, num_workers_option, option, worker_timeout_option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, load_params, reptile_update
@@ -119,6 +120,7 @@ class ReptileRLConfig(RunConfig):
 
 
 CONFIG = ReptileRLConfig
+CAPABILITIES = Capabilities(adapts_by="gradient steps")
 
 
 # -- the meta-iteration ----------------------------------------------------------------------
@@ -272,7 +274,7 @@ def evaluate(
     run_dir: str | Path,
     *,
     split: str = "test",
-    num_steps: int = 3,
+    num_steps: int | None = None,
     seeds: tuple[int, ...] = (0, 1, 2),
     episodes_per_step: int | None = None,
     device: str = "cpu",

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 import metarl
+from metarl.agent import Capabilities
 from metarl.batched import EnvError
 from metarl.config import (
     ConfigError,
@@ -266,6 +267,7 @@ PRESETS: dict[str, RL2Config] = {name: RL2Config.from_preset(name) for name in R
 
 #: The agent registry's config class (``metarl train --agent rl2``).
 CONFIG = RL2Config
+CAPABILITIES = Capabilities(adapts_by="episodes")
 
 
 # -- the environment edge: everything past here is tensors on the device -------------------

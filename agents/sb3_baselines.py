@@ -575,7 +575,7 @@ def evaluate_finetuning(
     run_dir: str | Path,
     *,
     split: str,
-    num_steps: int,
+    num_steps: int | None,
     seeds: tuple[int, ...],
     episodes_per_step: int | None,
     device: str,

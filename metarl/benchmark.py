@@ -333,11 +333,8 @@ def _space_reason(env_id: str) -> str | None:
 
 def _check_support(module: Any, agent: str, env_id: str) -> None:
     """Refuse a family the agent cannot run, saying which and why: the spaces every policy
-    needs, then the agent's own ``supports(env_id) -> reason or None`` if it has one."""
-    reason = _space_reason(env_id)
-    check = getattr(module, "supports", None)
-    if reason is None and check is not None:
-        reason = check(env_id)
+    needs, then what the agent declares (``CAPABILITIES.unsupported``)."""
+    reason = _space_reason(env_id) or module.CAPABILITIES.reason_against(env_id)
     if reason:
         raise BenchmarkError(f"agent {agent!r} cannot run {env_id}: {reason}")
 

@@ -7,7 +7,6 @@ Subcommands live in small functions registered in ``COMMANDS``; each later capab
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -228,7 +227,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     module = get_agent(record["agent"])
     extra: dict[str, Any] = {} if args.steps is None else {"num_steps": args.steps}
     if args.lrs is not None:
-        if "lrs" not in inspect.signature(module.evaluate).parameters:
+        if not module.CAPABILITIES.takes_lrs:
             raise ValueError(
                 f"--lrs sets inner learning rates, and {record['agent']} does not adapt by "
                 "gradient steps; drop --lrs"

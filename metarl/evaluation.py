@@ -221,7 +221,7 @@ def evaluate_policy_adaptation(
     *,
     agent: str,
     split: str = "test",
-    num_steps: int = 3,
+    num_steps: int | None = None,
     lrs: Sequence[float] = (0.1, 0.05),
     episodes_per_step: int | None = None,
     seeds: Sequence[int] = (0, 1, 2),
@@ -256,6 +256,7 @@ def evaluate_policy_adaptation(
     from metarl.registry import task_distribution
     from metarl.sampler import BatchedSampler
 
+    num_steps = 3 if num_steps is None else num_steps  # Finn et al.'s three steps
     if num_steps < 0:
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     if not lrs:
