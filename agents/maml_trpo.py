@@ -77,8 +77,10 @@ from metarl.trpo import axpy, line_search, trust_region_step
 
 __all__ = [
     "AGENT",
+    "CAPABILITIES",
     "CONFIG",
     "MAMLTRPOConfig",
+    "build",
     "evaluate",
     "initial_inner_lrs",
     "inner_lr_summary",
@@ -497,8 +499,13 @@ def meta_step(
     cfg: MAMLTRPOConfig,
     inner_lrs: dict[str, Tensor] | None = None,
     baseline: PreviousTaskBaseline | None = None,
+    line_search_trace: list[tuple[float, float, float]] | None = None,
 ) -> dict[str, float]:
     """One meta-iteration on ``tasks`` (updates ``policy`` in place); returns its statistics.
+
+    ``line_search_trace``: if given, receives ``(fraction, surrogate, KL)`` of every
+    candidate the line search tried, the full step first (what TRPO's curvature predicts
+    against what it measures: ``scripts/maml_curvature_check.py``).
 
     ``baseline``: with ``cfg.inner_baseline="previous-task"``, the shared baseline carried
     from the previous meta-iteration (:func:`shared_baseline` makes a fresh one); its
@@ -593,6 +600,8 @@ def meta_step(
         with torch.no_grad():
             per_chunk = [{k: v[c] for k, v in cur.items()} for c in valid_data.chunks()]
             s, d, _ = _outer_terms(policy, per_chunk, valid_data, old)
+        if line_search_trace is not None:
+            line_search_trace.append((fraction, s.item(), d.item()))
         return s.item(), d.item()
 
     search = line_search(try_step, old_loss, cfg.max_kl, cfg.ls_max_steps,
@@ -638,7 +647,9 @@ def inner_lr_summary(rates: Mapping[str, Tensor]) -> dict[str, float]:
 
 
 # -- training, checkpoints, evaluation -----------------------------------------------------
-def _build(cfg: MAMLTRPOConfig, device: torch.device) -> tuple[Policy, BatchedSampler]:
+def build(cfg: MAMLTRPOConfig, device: torch.device) -> tuple[Policy, BatchedSampler]:
+    """The freshly initialised policy and the sampler of ``cfg`` (what :func:`meta_step`
+    takes), on ``device``."""
     sampler = make_sampler(
         cfg.env_id,
         cfg.meta_batch_size,
@@ -704,7 +715,7 @@ def train(
                          baseline=shared[0] if shared else None)  # fmt: skip
 
     carries = cfg.learn_inner_lr or cfg.inner_baseline == "previous-task"
-    return meta_train(cfg, run_dir, AGENT, _build, step, outer_step="TRPO step", resume=resume,
+    return meta_train(cfg, run_dir, AGENT, build, step, outer_step="TRPO step", resume=resume,
                       overwrite=overwrite, log=log,
                       extra_state=learned if carries else None)  # fmt: skip
 

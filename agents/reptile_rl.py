@@ -205,7 +205,8 @@ def meta_step(
 
 
 # -- training, checkpoints, evaluation -----------------------------------------------------
-def _build(cfg: ReptileRLConfig, device: torch.device) -> tuple[Policy, BatchedSampler]:
+def build(cfg: ReptileRLConfig, device: torch.device) -> tuple[Policy, BatchedSampler]:
+    """The freshly initialised policy and the sampler of ``cfg``, on ``device``."""
     sampler = make_sampler(
         cfg.env_id,
         cfg.meta_batch_size,
@@ -246,7 +247,7 @@ def train(
              ) -> dict[str, float]:  # fmt: skip
         return meta_step(policy, sampler, tasks, seed, cfg, outer_step_size(cfg, it))
 
-    return meta_train(cfg, run_dir, AGENT, _build, step, outer_step="Reptile step", resume=resume,
+    return meta_train(cfg, run_dir, AGENT, build, step, outer_step="Reptile step", resume=resume,
                       overwrite=overwrite, log=log)  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """MAML-TRPO meta-iteration before and after the outer-step speed-up (issue #4), paired.
 
-The implementation before (``tests/_maml_trpo_before.py``, the oracle of the equality test)
+The implementation before (``scripts/maml_trpo_reference.py``, the oracle of the equality test)
 and the current ``agents/maml_trpo.py`` run the same meta-iteration — same policy state, same
 tasks, same seeds — one after the other, their order alternating between iterations, in one
 process: both see the same machine load, so the per-iteration ratio before ÷ after is robust
@@ -26,14 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from maml_trpo_reference import meta_step_before  # beside this script
+
+from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from _maml_trpo_before import meta_step_before  # noqa: E402
-
-from metarl.agents.maml_trpo import MAMLTRPOConfig, _build, meta_step  # noqa: E402
-
 OUT = ROOT / "benchmarks"
 KEYS = ("sample_s", "adapt_s", "outer_s", "iteration_s")
 
@@ -41,7 +38,7 @@ KEYS = ("sample_s", "adapt_s", "outer_s", "iteration_s")
 def paired(cfg: MAMLTRPOConfig, iterations: int, warmup: bool) -> dict[str, Any]:
     """``iterations`` paired meta-iterations (plus one warm-up pair if ``warmup``)."""
     torch.manual_seed(0)
-    policy, sampler = _build(cfg, torch.device("cpu"))
+    policy, sampler = build(cfg, torch.device("cpu"))
     tasks = list(sampler.task_distribution.split("train"))
     rng = np.random.default_rng(0)
     rows: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
@@ -97,7 +94,7 @@ def main() -> int:
         f"(shared with other jobs; 1-min load {load_before:.2f} before, {load_after:.2f} "
         f"after), torch {torch.__version__}, {platform.processor() or platform.machine()}.",
         "",
-        "Before: `tests/_maml_trpo_before.py` (the code of commit 441edd4); after: "
+        "Before: `scripts/maml_trpo_reference.py` (the code of commit 441edd4); after: "
         "`agents/maml_trpo.py`. Each iteration runs both on the same policy state, tasks and "
         "seeds, in alternating order; medians over the iterations (nav2d after a warm-up "
         "pair, HalfCheetahVel without), and the median of the per-iteration ratios, which "

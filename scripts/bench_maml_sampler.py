@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.agents.maml_trpo import MAMLTRPOConfig, _build, meta_step
+from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("sample_s", "adapt_s", "outer_s", "iteration_s", "env_steps_per_s")
@@ -51,7 +51,7 @@ def run(iterations: int, device: str, cg_subsample: float) -> dict[str, Any]:
             "nav2d-paper", sampler=name, device=device, cg_subsample=cg_subsample
         )
         torch.manual_seed(0)  # the same initial policy for both
-        built[name] = (cfg, *_build(cfg, torch.device(device)))
+        built[name] = (cfg, *build(cfg, torch.device(device)))
     tasks = list(built["torch"][2].task_distribution.split("train"))
     rng = np.random.default_rng(0)
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in SAMPLERS}

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 import metarl
-from metarl.agents.maml_trpo import MAMLTRPOConfig, _build, meta_step
+from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
 from metarl.functional import Params, forward, load_params
 from metarl.policies import Policy
 from metarl.policy_gradient import advantages
@@ -53,7 +53,7 @@ OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def time_ours(cfg: MAMLTRPOConfig, iterations: int, device: str) -> dict[str, Any]:
     torch.manual_seed(0)
-    policy, sampler = _build(cfg, torch.device(device))
+    policy, sampler = build(cfg, torch.device(device))
     tasks = list(sampler.task_distribution.split("train"))
     rng = np.random.default_rng(0)
     rows = []
@@ -147,7 +147,7 @@ def reference_iteration(
 
 def time_reference(cfg: MAMLTRPOConfig, iterations: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    policy, _ = _build(cfg.replace(meta_batch_size=1), torch.device("cpu"))
+    policy, _ = build(cfg.replace(meta_batch_size=1), torch.device("cpu"))
     sampler = BatchedSampler(cfg.env_id, 1, cfg.episodes_per_task, backend="numpy")
     tasks = list(sampler.task_distribution.split("train"))
     rng = np.random.default_rng(0)

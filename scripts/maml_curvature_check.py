@@ -59,19 +59,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def check_run(name: str, run: str, batches: int, seed: int) -> list[dict[str, Any]]:
     policy, _, cfg = M.load_policy(run)
-    _, sampler = M._build(cfg, torch.device("cpu"))
+    _, sampler = M.build(cfg, torch.device("cpu"))
     state = copy.deepcopy(policy.state_dict())
     train_tasks = list(sampler.task_distribution.split("train"))
 
-    # The line search's candidates: _outer_terms called with π_old's values.
-    candidates: list[tuple[float, float]] = []
-    outer_terms = M._outer_terms
-
-    def recording(*args: Any) -> Any:
-        out = outer_terms(*args)
-        if len(args) > 3 and args[3] is not None:
-            candidates.append((out[0].item(), out[1].item()))
-        return out
+    # The line search's candidates: (fraction, surrogate, KL), the full step first.
+    candidates: list[tuple[float, float, float]] = []
 
     collect = sampler.collect
     cache: dict[tuple[int, bool], Any] = {}
@@ -83,7 +76,6 @@ def check_run(name: str, run: str, batches: int, seed: int) -> list[dict[str, An
         return cache[key]
 
     sampler.collect = cached  # type: ignore[method-assign]
-    M._outer_terms = recording
     rows = []
     rng = np.random.default_rng(seed)
     try:
@@ -95,8 +87,9 @@ def check_run(name: str, run: str, batches: int, seed: int) -> list[dict[str, An
             for variant, changes in VARIANTS.items():
                 policy.load_state_dict(state)
                 candidates.clear()
-                stats = M.meta_step(policy, sampler, tasks, 10_000 + b, cfg.replace(**changes))
-                full_loss, full_kl = candidates[0]
+                stats = M.meta_step(policy, sampler, tasks, 10_000 + b, cfg.replace(**changes),
+                                    line_search_trace=candidates)  # fmt: skip
+                _, full_loss, full_kl = candidates[0]
                 before = stats["surrogate_before"]
                 rows.append({
                     "run": name,
@@ -118,7 +111,6 @@ def check_run(name: str, run: str, batches: int, seed: int) -> list[dict[str, An
                     flush=True,
                 )
     finally:
-        M._outer_terms = outer_terms
         sampler.close()
     return rows
 

@@ -4,6 +4,7 @@ train/evaluate/resume machinery around them."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
@@ -326,7 +327,7 @@ def test_meta_step_equals_the_implementation_before(
 ) -> None:
     """The outer-step speed-up (issue #4) changes no maths: two meta-iterations from the same
     policy on the same episodes give the parameters of the implementation before it
-    (tests/_maml_trpo_before.py), for the exact second-order step, CG on a subsample, first
+    (scripts/maml_trpo_reference.py), for the exact second-order step, CG on a subsample, first
     order, and two inner steps. Fails if any step differs (a wrong Hessian-vector product,
     line search or data layout), and if no step was taken.
 
@@ -336,7 +337,13 @@ def test_meta_step_equals_the_implementation_before(
     would hide a real error; in float64 they agree to 1e-9 relative. ``chunk_rows``: the
     vmapped passes go through the tasks in chunks of that many rows (here one task per chunk
     on the full episodes, two on the 50% subsample) instead of all at once."""
-    from _maml_trpo_before import meta_step_before
+    spec = importlib.util.spec_from_file_location(
+        "maml_trpo_reference", Path(__file__).parent.parent / "scripts" / "maml_trpo_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    meta_step_before = reference.meta_step_before
 
     from metarl import policy_gradient
     from metarl.agents.maml_trpo import meta_step

@@ -1,5 +1,5 @@
-"""The MAML-TRPO meta-iteration as it was before the outer-step speed-up (issue #4), kept
-verbatim as the oracle of tests/test_maml.py::test_meta_step_equals_the_implementation_before:
+"""The MAML-TRPO meta-iteration as it was before the outer-step speed-up, kept verbatim as
+the oracle of tests/test_maml.py::test_meta_step_equals_the_implementation_before:
 the faster ``agents/maml_trpo.py`` must give the same parameters to float round-off.
 
 Copied from agents/maml_trpo.py at commit 441edd4: the same code up to whitespace (ruff
