@@ -49,7 +49,14 @@ from torch import Tensor
 from torch.func import vmap
 
 from metarl.agent import Capabilities
-from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
+from metarl.config import (
+    ConfigError,
+    EnvOptions,
+    PolicyOptions,
+    ReturnOptions,
+    RunConfig,
+    option,
+)
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, forward, load_params
 from metarl.meta_training import meta_train
@@ -95,7 +102,7 @@ AGENT = "maml-trpo"
 
 
 @dataclass
-class MAMLTRPOConfig(RunConfig):
+class MAMLTRPOConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
     """MAML-TRPO settings; defaults are the 2D-navigation setting of Finn et al. 2017."""
 
     meta_batch_size: int = option(
@@ -147,9 +154,6 @@ class MAMLTRPOConfig(RunConfig):
         "and in evaluation; off: the step keeps the advantages' scale, so it grows with the "
         "spread of the task's returns (in 2D navigation, with the goal's distance)",
     )
-    gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
-    gae_lambda: float = option(1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0,
-                               high=1.0)  # fmt: skip
     max_kl: float = option(0.01, "TRPO trust region: max mean KL per outer step", low=0.0,
                            low_open=True)  # fmt: skip
     cg_iters: int = option(10, "conjugate-gradient iterations", low=1)
@@ -185,24 +189,18 @@ class MAMLTRPOConfig(RunConfig):
         low_open=True,
         may_change_on_resume=True,
     )
-    hidden_sizes: tuple[int, ...] = option((100, 100), "policy MLP hidden widths", low=1)
-    nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
-    init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
     normalize_actions: bool = option(
         False,
         "the policy acts in [-1, 1], mapped onto the action space's bounds (rllab's normalize "
         "wrapper, which Finn et al.'s released code puts around every env); init-std and the "
         "learning rates then refer to that [-1, 1] scale",
     )
-    horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     backend: str = option(
         "auto",
         "batched env backend: auto (torch on-device if any), torch, numpy, generic, mjx "
         "(MuJoCo families on MJX/JAX, extra 'mjx'), or subprocess (envs in worker processes "
         "with a timeout: a crash or hang becomes an error)",
     )
-    num_workers: int = num_workers_option()
-    worker_timeout: float = worker_timeout_option()
     sampler: str = option(
         "auto",
         "who steps the envs: auto (--backend), native (the family's host backend: "
@@ -256,9 +254,6 @@ class MAMLTRPOConfig(RunConfig):
             "checkpoint_every": 10,
         },
     }
-
-    def env_kwargs(self) -> dict[str, Any]:
-        return {"max_episode_steps": self.horizon} if self.horizon else {}
 
     def validate(self) -> None:
         super().validate()

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from metarl.agent import Capabilities
-from metarl.config import RunConfig, num_workers_option, option, worker_timeout_option
+from metarl.config import EnvOptions, PolicyOptions, ReturnOptions, RunConfig, option
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, load_params, reptile_update
 from metarl.meta_training import meta_train
@@ -66,7 +66,7 @@ AGENT = "reptile-rl"
 
 
 @dataclass
-class ReptileRLConfig(RunConfig):
+class ReptileRLConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
     """Reptile-RL settings; defaults follow the 2D-navigation setting of Finn et al. 2017
     (20 tasks × 20 episodes, inner rate 0.1) with Reptile's k = 3 inner steps."""
 
@@ -81,21 +81,11 @@ class ReptileRLConfig(RunConfig):
         low=0.0, high=1.0, low_open=True,
     )  # fmt: skip
     anneal: bool = option(False, "anneal ε linearly to 0 over the run (Nichol et al. 2018)")
-    gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
-    gae_lambda: float = option(1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0,
-                               high=1.0)  # fmt: skip
-    hidden_sizes: tuple[int, ...] = option((100, 100), "policy MLP hidden widths", low=1)
-    nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
-    init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
-    horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     backend: str = option(
         "auto",
         "batched env backend: auto (torch on-device if any), torch, numpy, generic, or "
         "subprocess (envs in worker processes with a timeout: a crash or hang becomes an error)",
     )
-    num_workers: int = num_workers_option()
-    worker_timeout: float = worker_timeout_option()
-
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "nav2d": {"env_id": "metarl/Navigation2D-v0", "num_iterations": 500},
         "halfcheetah-vel": {
@@ -114,9 +104,6 @@ class ReptileRLConfig(RunConfig):
             "checkpoint_every": 10,
         },
     }
-
-    def env_kwargs(self) -> dict[str, Any]:
-        return {"max_episode_steps": self.horizon} if self.horizon else {}
 
 
 CONFIG = ReptileRLConfig

@@ -48,7 +48,7 @@ from gymnasium import spaces
 from torch import Tensor
 
 from metarl.batched import EnvError
-from metarl.config import ConfigError, RunConfig, num_workers_option, option, worker_timeout_option
+from metarl.config import ConfigError, EnvOptions, PolicyOptions, RunConfig, option
 from metarl.env import resolve_task_options
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
 from metarl.functional import Params, named_params
@@ -243,15 +243,9 @@ _CALLERS = (EnvError, NonFiniteError, TaskError, ValueError, TypeError)
 
 # -- configs -------------------------------------------------------------------------------
 @dataclass
-class FineTuneConfig(RunConfig):
+class FineTuneConfig(PolicyOptions, EnvOptions, RunConfig):
     """The policy's architecture and MAML's inner step, shared by every baseline."""
 
-    hidden_sizes: tuple[int, ...] = option(
-        (100, 100), "policy MLP hidden widths (Finn et al. 2017: 100, 100)", low=1
-    )
-    nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
-    init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
-    horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
     gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
     inner_lr: float = option(
         0.1, "fine-tuning step size α at evaluation (MAML's inner rate; halved after the first "
@@ -270,11 +264,6 @@ class FineTuneConfig(RunConfig):
         choices=("auto", "subprocess"),
         may_change_on_resume=True,
     )
-    num_workers: int = num_workers_option()
-    worker_timeout: float = worker_timeout_option()
-
-    def env_kwargs(self) -> dict[str, Any]:
-        return {"max_episode_steps": self.horizon} if self.horizon else {}
 
 
 # The presets of both PPO-trained baselines (pretrained, oracle).

@@ -38,6 +38,9 @@ from typing import Any, ClassVar, TypeVar
 __all__ = [
     "Config",
     "ConfigError",
+    "EnvOptions",
+    "PolicyOptions",
+    "ReturnOptions",
     "RunConfig",
     "add_arguments",
     "from_args",
@@ -298,6 +301,42 @@ class RunConfig(Config):
         "also write TensorBoard logs when the tensorboard package is installed",
         may_change_on_resume=True,
     )
+
+
+# -- option groups that several agents share (each written once) ---------------------------
+@dataclass
+class PolicyOptions:
+    """The policy network (:func:`metarl.policies.make_policy`): an MLP with a Gaussian head
+    and a state-independent log-std, or a categorical head for discrete actions."""
+
+    hidden_sizes: tuple[int, ...] = option(
+        (100, 100), "policy MLP hidden widths (Finn et al. 2017: 100, 100)", low=1
+    )
+    nonlinearity: str = option("relu", "policy nonlinearity", choices=("relu", "tanh"))
+    init_std: float = option(1.0, "initial policy standard deviation", low=0.0, low_open=True)
+
+
+@dataclass
+class ReturnOptions:
+    """How rewards become advantages: discount and GAE (Schulman et al. 2016)."""
+
+    gamma: float = option(0.99, "discount γ", low=0.0, high=1.0)
+    gae_lambda: float = option(
+        1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0, high=1.0
+    )
+
+
+@dataclass
+class EnvOptions:
+    """The episode length and the worker processes of ``--backend subprocess``."""
+
+    horizon: int = option(0, "episode length; 0: the env's registered one", low=0)
+    num_workers: int = num_workers_option()
+    worker_timeout: float = worker_timeout_option()
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """What ``gymnasium.make`` and the batched envs take for this episode length."""
+        return {"max_episode_steps": self.horizon} if self.horizon else {}
 
 
 # -- argparse -------------------------------------------------------------------------------
