@@ -49,4 +49,3 @@ def test_backend_choice_is_checked_and_numpy_means_the_host_env() -> None:
         )
     finally:
         env.close()
-
