@@ -67,7 +67,9 @@ from metarl.config import (
 )
 from metarl.evaluation import AdaptationCurve, default_episodes_per_step, save_run_curve
 from metarl.numerics import check_finite
+from metarl.returns import normalize_advantages
 from metarl.runs import Run, load_checkpoint_file
+from metarl.spaces import FlatEncoder
 from metarl.stepping import TensorBatchedEnv
 from metarl.torch_batched import resolve_device
 from metarl.training import Generators, Trainer, train_loop
@@ -268,17 +270,6 @@ PRESETS: dict[str, RL2Config] = {name: RL2Config.from_preset(name) for name in R
 CONFIG = RL2Config
 
 
-def _encoder(space: gym.Space[Any]) -> tuple[int, Callable[[Tensor], Tensor]]:
-    """(size, function) turning a batch of elements of ``space`` into float vectors."""
-    if isinstance(space, gym.spaces.Discrete):
-        n = int(space.n)
-        return n, lambda x: nn.functional.one_hot(x.long() - int(space.start), n).float()
-    if isinstance(space, gym.spaces.Box):
-        size = int(np.prod(space.shape))
-        return size, lambda x: x.float().reshape(x.shape[0], size)
-    raise TypeError(f"RL² supports Discrete and Box spaces, got {space}")
-
-
 def _run_gru(gru: nn.GRU, x: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """``gru`` over ``x`` ``(T, B, in)`` from ``h`` ``(B, hidden)``: (outputs ``(T, B,
     hidden)``, final hidden); where ``mask`` is 0 a row's hidden state is carried unchanged
@@ -318,8 +309,8 @@ class RL2Policy(nn.Module):
         separate_value: bool = False,
     ):
         super().__init__()
-        self.obs_size, self.encode_obs = _encoder(observation_space)
-        self.act_size, self.encode_act = _encoder(action_space)
+        self.encode_obs, self.encode_act = FlatEncoder(observation_space), FlatEncoder(action_space)
+        self.obs_size, self.act_size = self.encode_obs.size, self.encode_act.size
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.input_size = self.obs_size + self.act_size + 2
         self.hidden_size = hidden
@@ -583,10 +574,7 @@ class RL2(Trainer):
                 dist = self.policy.distribution(head)
                 logp = dist.log_prob(trials.actions[:, mb])
                 n = m.sum().clamp_min(1.0)
-                mb_adv = adv[:, mb]
-                mean = (mb_adv * m).sum() / n
-                std = (((mb_adv - mean) * m) ** 2).sum().div(n).sqrt()
-                mb_adv = (mb_adv - mean) / (std + 1e-8)
+                mb_adv = normalize_advantages(adv[:, mb], m)
                 ratio = (logp - trials.log_probs[:, mb]).exp()
                 # Clipped surrogate (Schulman et al. 2017, Eq. 7).
                 surrogate = torch.min(

@@ -1,11 +1,14 @@
-"""The stepping seam (metarl.stepping): one way to open a family's batched env, any backend."""
+"""The stepping seam (metarl.stepping) and the flat space encodings (metarl.spaces)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 
 import metarl
+from metarl.spaces import FlatEncoder
 from metarl.stepping import TensorBatchedEnv
 
 NAV = "metarl/Navigation2D-v0"
@@ -49,3 +52,17 @@ def test_backend_choice_is_checked_and_numpy_means_the_host_env() -> None:
         )
     finally:
         env.close()
+
+
+def test_flat_encoder_one_hot_and_flatten_in_torch_and_numpy() -> None:
+    enc = FlatEncoder(spaces.Discrete(3, start=1))
+    assert enc.size == 3
+    assert enc(torch.tensor([[1, 3]])).tolist() == [[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]]
+    np.testing.assert_array_equal(enc.numpy(2), np.array([0, 1, 0], np.float32))
+    box = FlatEncoder(spaces.Box(-1.0, 1.0, (2, 3)))
+    x = torch.arange(48, dtype=torch.float64).reshape(4, 2, 2, 3)
+    out = box(x)
+    assert out.shape == (4, 2, 6) and out.dtype == torch.float32
+    np.testing.assert_array_equal(box.numpy(x[0, 0].numpy()), out[0, 0].numpy())
+    with pytest.raises(TypeError, match="flat encoding"):
+        FlatEncoder(spaces.MultiBinary(2))
