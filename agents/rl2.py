@@ -8,8 +8,9 @@ hidden state runs through all episodes of a trial (that is where the adaptation 
 is reset to zero between trials. The meta-objective is the return of the whole trial, so the
 policy learns to spend early episodes exploring when that pays later. It is trained with PPO
 (Schulman et al. 2017: clipped objective, GAE over the whole trial) on many training tasks at
-once: ``B`` trials, one task each, stepped together through the family's on-device (torch)
-batched env where there is one, else its NumPy batched env.
+once: ``B`` trials, one task each, stepped together through the family's batched env
+(:class:`metarl.stepping.TensorBatchedEnv`: on-device torch where the family has one, else its
+host env with one transfer per step).
 
 Evaluation follows the one protocol (:class:`metarl.evaluation.AdaptationCurve`): the unit is
 the episode, and the curve holds the return of episodes 1, 2, ..., n of trials on held-out
@@ -25,8 +26,8 @@ Example:
     >>> from metarl.agents import rl2
     >>> cfg = rl2.RL2Config(env_id="metarl/BernoulliBandit-K5-v0", max_episode_steps=10,
     ...                     num_trials=8, hidden_size=16, num_iterations=1)
-    >>> agent = rl2.RL2(cfg)
-    >>> stats = agent.train()
+    >>> run = rl2.train(cfg, "runs/rl2-bandit")   # the one training loop: a run directory
+    >>> agent = rl2.load_agent(run.path)
     >>> curve = agent.evaluate(num_tasks=4, trials_per_task=2)
     >>> curve.returns.shape
     (2, 4, 1)
@@ -44,9 +45,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -58,7 +58,6 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.agent import Capabilities
-from metarl.batched import EnvError
 from metarl.config import (
     ConfigError,
     RunConfig,
@@ -67,11 +66,14 @@ from metarl.config import (
     option,
     worker_timeout_option,
 )
-from metarl.evaluation import AdaptationCurve, save_run_curve
-from metarl.numerics import NonFiniteError, at_iteration, check_finite
-from metarl.runs import Run, load_checkpoint_file, progress, save_checkpoint_file
-from metarl.seeding import seed_everything
+from metarl.evaluation import AdaptationCurve, default_episodes_per_step, save_run_curve
+from metarl.numerics import check_finite
+from metarl.returns import normalize_advantages
+from metarl.runs import Run, load_checkpoint_file
+from metarl.spaces import FlatEncoder
+from metarl.stepping import TensorBatchedEnv
 from metarl.torch_batched import resolve_device
+from metarl.training import Generators, Trainer, train_loop
 
 __all__ = [
     "AGENT",
@@ -270,87 +272,6 @@ CONFIG = RL2Config
 CAPABILITIES = Capabilities(adapts_by="episodes")
 
 
-# -- the environment edge: everything past here is tensors on the device -------------------
-class _Env:
-    """The batched env of a family as tensors on ``device`` (torch backend when there is
-    one, else the NumPy backend with one transfer per step)."""
-
-    def __init__(
-        self,
-        env_id: str,
-        num_envs: int,
-        horizon: int | None,
-        device: torch.device,
-        backend: str,
-        num_workers: int = 2,
-        worker_timeout: float = 60.0,
-    ) -> None:
-        kwargs: dict[str, Any] = {} if horizon is None else {"max_episode_steps": horizon}
-        fam = metarl.family(env_id)
-        self.device = device
-        use_torch = backend == "torch" or (backend == "auto" and fam.torch is not None)
-        spec_env = gym.make(env_id)
-        self.observation_space = spec_env.observation_space
-        self.action_space = spec_env.action_space
-        spec_env.close()
-        if use_torch:
-            self.torch_env: Any = metarl.make_torch_batched(
-                env_id, num_envs, device=str(device), **kwargs
-            )
-            self.numpy_env: Any = None
-            self.horizon = int(self.torch_env.horizon)
-        else:
-            self.torch_env = None
-            if backend == "subprocess":  # rows in worker processes (metarl.workers): no hang
-                kwargs.update(num_workers=num_workers, timeout=worker_timeout)
-            else:
-                backend = "auto"
-            self.numpy_env = metarl.make_batched(env_id, num_envs, backend=backend, **kwargs)
-            self.horizon = int(self.numpy_env.horizon)
-
-    def close(self) -> None:
-        """Release the envs (worker processes with the subprocess backend)."""
-        for env in (self.torch_env, self.numpy_env):
-            if env is not None and hasattr(env, "close"):
-                env.close()
-
-    def reset(self, tasks: Sequence[Any], seed: int | None) -> Tensor:
-        if self.torch_env is not None:
-            return self.torch_env.reset(tasks, seed=seed)[0]
-        return torch.as_tensor(self.numpy_env.reset(tasks, seeds=seed)[0], device=self.device)
-
-    def step(self, actions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
-        """(obs, reward, done, stepped, success) after one step; ``success`` is the env's
-        ``info["is_success"]`` where the family defines it, else None."""
-        if self.torch_env is not None:
-            obs, reward, term, trunc, info = self.torch_env.step(actions)
-            return obs, reward.float(), term | trunc, info["active"], info.get("is_success")
-        obs, reward, term, trunc, info = self.numpy_env.step(actions.cpu().numpy())
-        # Checked here, before the policy sees them (a NaN input fails deep inside torch).
-        check_finite("observations or rewards", obs, reward,
-                     hint=f"the env {self.numpy_env.env_id} returned them")  # fmt: skip
-        dev = self.device
-        success = info.get("is_success")
-        return (
-            torch.as_tensor(obs, device=dev),
-            torch.as_tensor(reward, device=dev).float(),
-            torch.as_tensor(term | trunc, device=dev),
-            torch.as_tensor(info["active"], device=dev),
-            None if success is None else torch.as_tensor(success, device=dev),
-        )
-
-
-def _encoder(space: gym.Space[Any]) -> tuple[int, Callable[[Tensor], Tensor]]:
-    """(size, function) turning a batch of elements of ``space`` into float vectors."""
-    if isinstance(space, gym.spaces.Discrete):
-        n = int(space.n)
-        return n, lambda x: nn.functional.one_hot(x.long() - int(space.start), n).float()
-    if isinstance(space, gym.spaces.Box):
-        size = int(np.prod(space.shape))
-        return size, lambda x: x.float().reshape(x.shape[0], size)
-    raise TypeError(f"RL² supports Discrete and Box spaces, got {space}")
-
-
 def _run_gru(gru: nn.GRU, x: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
     """``gru`` over ``x`` ``(T, B, in)`` from ``h`` ``(B, hidden)``: (outputs ``(T, B,
     hidden)``, final hidden); where ``mask`` is 0 a row's hidden state is carried unchanged
@@ -390,8 +311,8 @@ class RL2Policy(nn.Module):
         separate_value: bool = False,
     ):
         super().__init__()
-        self.obs_size, self.encode_obs = _encoder(observation_space)
-        self.act_size, self.encode_act = _encoder(action_space)
+        self.encode_obs, self.encode_act = FlatEncoder(observation_space), FlatEncoder(action_space)
+        self.obs_size, self.act_size = self.encode_obs.size, self.encode_act.size
         self.discrete = isinstance(action_space, gym.spaces.Discrete)
         self.input_size = self.obs_size + self.act_size + 2
         self.hidden_size = hidden
@@ -456,7 +377,7 @@ class Trials(NamedTuple):
 @torch.no_grad()
 def collect_trials(
     policy: RL2Policy,
-    env: _Env,
+    env: TensorBatchedEnv,
     tasks: Sequence[Any],
     episodes_per_trial: int,
     seed: int | None,
@@ -487,7 +408,11 @@ def collect_trials(
             else:
                 noise = torch.randn(head[0].shape, generator=generator, device=device)
                 action = head[0] + policy.log_std.exp() * noise
-            obs, reward, done, stepped, success = env.step(action)
+            obs, reward, term, trunc, info = env.step(action)
+            # Checked before the policy sees them (a NaN input fails deep inside torch).
+            check_finite("observations or rewards", obs, reward,
+                         hint=f"the env {env.env_id} returned them")  # fmt: skip
+            done, stepped, success = term | trunc, info["active"], info["is_success"]
             m = stepped.float()
             if success is not None:
                 hit = success.bool() & stepped
@@ -541,12 +466,19 @@ def trial_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: 
     return adv
 
 
-class RL2:
-    """An RL² agent: :meth:`train`, :meth:`evaluate`, :meth:`save`, :meth:`load`.
+class RL2(Trainer):
+    """An RL² agent: the :class:`metarl.training.Trainer` that :func:`train` drives (one PPO
+    iteration per :meth:`iteration`), and :meth:`evaluate` on held-out tasks.
 
     Args:
         config: an :class:`RL2Config` (or a preset from :data:`PRESETS`).
+
+    Attributes:
+        iterations: PPO iterations done.
+        env_steps: env steps of training so far.
     """
+
+    outer_step = "PPO update"
 
     def __init__(self, config: RL2Config) -> None:
         self.config = config.validate()
@@ -554,10 +486,7 @@ class RL2:
         torch.manual_seed(config.seed)
         self.dist = metarl.task_distribution(config.env_id)
         self.train_tasks = self.dist.split("train")
-        self.env = _Env(
-            config.env_id, config.num_trials, config.max_episode_steps, self.device,
-            config.backend, config.num_workers, config.worker_timeout,
-        )  # fmt: skip
+        self.env = self._env(config.num_trials)
         self.policy = RL2Policy(
             self.env.observation_space,
             self.env.action_space,
@@ -579,15 +508,27 @@ class RL2:
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.lr, eps=1e-5)
         self.rng = np.random.default_rng([config.seed, 0x412])
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.iteration = 0
+        self.iterations = 0
         self.env_steps = 0
-        self.history: list[dict[str, float]] = []
         self.value_scale = 1.0
+
+    def _env(self, num_trials: int) -> TensorBatchedEnv:
+        cfg = self.config
+        horizon = cfg.max_episode_steps
+        return TensorBatchedEnv(
+            cfg.env_id, num_trials, backend=cfg.backend, device=self.device,
+            env_kwargs={} if horizon is None else {"max_episode_steps": horizon},
+            num_workers=cfg.num_workers, worker_timeout=cfg.worker_timeout,
+        )  # fmt: skip
 
     def _init_policy(self, path: str) -> None:
         state = load_checkpoint_file(_checkpoint_in(path), agent=AGENT, map_location=self.device)
-        if "policy" not in state and "state" in state:  # a run directory's checkpoint
+        # A run directory's checkpoint keeps the policy in "state"; a file of the RL² of
+        # earlier metarl versions at its top level.
+        if "policy" not in state and isinstance(state.get("state"), dict):
             state = state["state"]
+        if "policy" not in state:
+            raise ValueError(f"init_from {path}: it holds no RL² policy")
         try:
             self.policy.load_state_dict(state["policy"])
         except RuntimeError as e:
@@ -614,7 +555,7 @@ class RL2:
         # λ, it is the spread of one step's reward while the value is still near 0, a scale
         # 10-20× too small on a 100-step MDP trial, and the head then learns slower still.)
         spread = float(returns[live].std()) if int(live.sum()) > 1 else 1.0
-        if self.iteration == 0:
+        if self.iterations == 0:
             self.value_scale = max(spread, 1e-3)
         else:
             self.value_scale = max(0.95 * self.value_scale + 0.05 * spread, 1e-3)
@@ -635,10 +576,7 @@ class RL2:
                 dist = self.policy.distribution(head)
                 logp = dist.log_prob(trials.actions[:, mb])
                 n = m.sum().clamp_min(1.0)
-                mb_adv = adv[:, mb]
-                mean = (mb_adv * m).sum() / n
-                std = (((mb_adv - mean) * m) ** 2).sum().div(n).sqrt()
-                mb_adv = (mb_adv - mean) / (std + 1e-8)
+                mb_adv = normalize_advantages(adv[:, mb], m)
                 ratio = (logp - trials.log_probs[:, mb]).exp()
                 # Clipped surrogate (Schulman et al. 2017, Eq. 7).
                 surrogate = torch.min(
@@ -663,9 +601,11 @@ class RL2:
                 stats["clip_frac"].append(((clipped * m).sum() / n).item())
         return {k: float(np.mean(v)) for k, v in stats.items()}
 
-    def train_iteration(self) -> dict[str, float]:
-        """One PPO iteration on ``num_trials`` fresh training tasks."""
+    def iteration(self, it: int) -> dict[str, float]:
+        """PPO iteration ``it`` on ``num_trials`` fresh training tasks; its metrics row (trial
+        return, returns of the trial's first and last episodes, losses, env steps, seconds)."""
         cfg = self.config
+        self.iterations = it
         start = time.perf_counter()
         idx = self.rng.integers(0, len(self.train_tasks), size=cfg.num_trials)
         tasks = [self.train_tasks[i] for i in idx]
@@ -673,62 +613,74 @@ class RL2:
         trials = collect_trials(
             self.policy, self.env, tasks, cfg.episodes_per_trial, seed, self.generator
         )
-        sample_time = time.perf_counter() - start
-        # inputs hold (observation, previous action, previous reward, done) of every step.
-        check_finite("observations or rewards", trials.inputs, trials.rewards,
-                     hint=f"the env {cfg.env_id} returned them")  # fmt: skip
-        stats = self._ppo_update(trials)
+        sample_s = time.perf_counter() - start
+        losses = self._ppo_update(trials)
         steps = int(trials.mask.sum())
         self.env_steps += steps
-        self.iteration += 1
+        self.iterations = it + 1
         episode_means = trials.episode_returns.mean(1)
-        stats.update(
-            iteration=self.iteration,
-            env_steps=self.env_steps,
-            trial_return=float(trials.episode_returns.sum(0).mean()),
-            first_episode_return=float(episode_means[0]),
-            last_episode_return=float(episode_means[-1]),
-            sample_s=sample_time,
-            total_s=time.perf_counter() - start,
-            steps=steps,
-        )
-        self.history.append(stats)
-        return stats
+        total_s = time.perf_counter() - start
+        return {
+            "trial_return": float(trials.episode_returns.sum(0).mean()),
+            "first_episode_return": float(episode_means[0]),
+            "last_episode_return": float(episode_means[-1]),
+            **losses,
+            "env_steps": steps,
+            "env_steps_total": self.env_steps,
+            "env_steps_per_s": steps / max(total_s, 1e-9),
+            "sample_s": sample_s,
+            "update_s": total_s - sample_s,
+            "iteration_s": total_s,
+        }
 
-    def train(
-        self,
-        num_iterations: int | None = None,
-        checkpoint: str | Path | None = None,
-        checkpoint_every: int = 50,
-        log: Callable[[dict[str, float]], None] | None = None,
-    ) -> list[dict[str, float]]:
-        """Train up to ``num_iterations`` (default: the config's) iterations in total.
+    def state(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "env_steps": self.env_steps,
+            "value_scale": self.value_scale,
+        }
 
-        With ``checkpoint``, resumes from it when it exists and saves to it (atomically)
-        every ``checkpoint_every`` iterations and at the end.
-        """
-        total = self.config.num_iterations if num_iterations is None else num_iterations
-        if checkpoint is not None and Path(checkpoint).exists():
-            self.load(checkpoint)
-        while self.iteration < total:
-            try:
-                stats = self.train_iteration()
-            except NonFiniteError as e:  # stop before anything is saved; name the iteration
-                where = str(checkpoint) if checkpoint is not None else ""
-                raise NonFiniteError(at_iteration(e, self.iteration, where), e.quantity,
-                                     self.iteration) from e  # fmt: skip
-            except EnvError as e:  # an env raised, died or hung: name the iteration too
-                kept = checkpoint is not None and Path(checkpoint).exists()
-                raise e.at_iteration(self.iteration, str(checkpoint) if kept else "") from e
-            if log is not None:
-                log(stats)
-            if checkpoint is not None and self.iteration % checkpoint_every == 0:
-                self.save(checkpoint)
-        if checkpoint is not None:
-            self.save(checkpoint)
-        return self.history
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.env_steps = int(state["env_steps"])
+        self.value_scale = float(state["value_scale"])
+
+    def generators(self) -> Generators:
+        return {"tasks": self.rng, "torch": self.generator}
+
+    def parameters(self) -> Any:
+        return list(self.policy.parameters())
+
+    def header(self, start: int, total: int) -> str:
+        return f"iterations {start}..{total}, {self.config.episodes_per_trial} episode(s) per trial"
+
+    def progress(self, stats: Mapping[str, float]) -> str:
+        return (f"trial return {stats['trial_return']:.2f} (episode 1: "
+                f"{stats['first_episode_return']:.2f}, episode {self.config.episodes_per_trial}: "
+                f"{stats['last_episode_return']:.2f})")  # fmt: skip
+
+    def close(self) -> None:
+        self.env.close()
 
     # -- evaluation ----------------------------------------------------------------------
+    def collect(
+        self, tasks: Sequence[Any], episodes_per_trial: int | None = None, seed: int = 1
+    ) -> Trials:
+        """One trial of ``episodes_per_trial`` episodes (default: the config's ``n``) on each
+        of ``tasks`` (a task repeated gives it more trials), the memory starting from zero,
+        in an env of its own; seeded by ``seed``."""
+        n = self.config.episodes_per_trial if episodes_per_trial is None else episodes_per_trial
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"episodes_per_trial must be an integer >= 1, got {n!r}")
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        env = self._env(len(tasks))
+        try:
+            return collect_trials(self.policy, env, tasks, n, seed, gen)
+        finally:
+            env.close()
+
     def evaluate(
         self,
         tasks: Sequence[Any] | None = None,
@@ -751,19 +703,9 @@ class RL2:
             tasks = self.dist.split("test" if split == "test" else "train")
         tasks = list(tasks)[:num_tasks]
         rows = [t for _ in range(trials_per_task) for t in tasks]
-        gen = torch.Generator(device=self.device).manual_seed(seed)
         n = self.config.episodes_per_trial if episodes_per_trial is None else episodes_per_trial
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"episodes_per_trial must be an integer >= 1, got {n!r}")
-        env = _Env(
-            self.config.env_id, len(rows), self.config.max_episode_steps, self.device,
-            self.config.backend, self.config.num_workers, self.config.worker_timeout,
-        )  # fmt: skip
         start = time.perf_counter()
-        try:
-            trials = collect_trials(self.policy, env, rows, n, seed, gen)
-        finally:
-            env.close()
+        trials = self.collect(rows, n, seed)
         elapsed = time.perf_counter() - start
         returns = trials.episode_returns.T.reshape(trials_per_task, len(tasks), n)
         success: np.ndarray | None = None
@@ -782,84 +724,11 @@ class RL2:
             split=split,
             meta={
                 "config": dataclasses.asdict(self.config),
-                "iterations": self.iteration,
+                "iterations": self.iterations,
                 "meta_train_env_steps": self.env_steps,
                 "trials_per_task": trials_per_task,
             },
         )
-
-    # -- checkpoints ---------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write a checkpoint atomically (a temporary file renamed over the old one)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "config": dataclasses.asdict(self.config),
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "iteration": self.iteration,
-            "env_steps": self.env_steps,
-            "history": self.history,
-            "value_scale": self.value_scale,
-            "rng": self.rng.bit_generator.state,
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        # Plain data, fsynced and renamed into place; refused (old file kept) on NaN/inf.
-        return save_checkpoint_file(
-            path,
-            state,
-            agent=AGENT,
-            task_family=self.config.env_id,
-            check_finite=("policy", "optimizer"),
-        )
-
-    def load(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save`; training resumes exactly."""
-        state = load_checkpoint_file(
-            path, agent=AGENT, task_family=self.config.env_id, map_location=self.device
-        )
-        free = {f.name for f in dataclasses.fields(self.config)
-                if f.metadata.get("may_change_on_resume")}  # fmt: skip
-        saved = {k: v for k, v in state["config"].items() if k not in free}
-        mine = {k: v for k, v in dataclasses.asdict(self.config).items() if k in saved}
-        if saved != mine:
-            diff = sorted(k for k in saved if saved[k] != mine[k])
-            raise ValueError(
-                f"checkpoint {path} was written with a different config (differs in {diff}); "
-                "use the same settings or another checkpoint path"
-            )
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = int(state["iteration"])
-        self.env_steps = int(state["env_steps"])
-        self.history = list(state["history"])
-        self.value_scale = float(state["value_scale"])
-        self.rng.bit_generator.state = state["rng"]
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu") -> RL2:
-        state = load_checkpoint_file(path, agent=AGENT)
-        config = RL2Config(**{**state["config"], "device": device})
-        agent = cls(config)
-        agent.load(path)
-        return agent
-
-
-# -- the agent registry's interface: run directories (metarl train / evaluate / benchmark) --
-def _run_state(agent: RL2) -> dict[str, Any]:
-    return {
-        "policy": agent.policy.state_dict(),
-        "optimizer": agent.optimizer.state_dict(),
-        "env_steps": agent.env_steps,
-        "value_scale": agent.value_scale,
-    }
-
-
-def _generators(agent: RL2) -> dict[str, np.random.Generator | torch.Generator]:
-    return {"tasks": agent.rng, "torch": agent.generator}
 
 
 def train(
@@ -870,9 +739,9 @@ def train(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Run:
-    """Meta-train RL² in a run directory: config.json, metrics.csv (one row per PPO
-    iteration: trial return, returns of the trial's first and last episodes, losses, env
-    steps, seconds) and checkpoint.pt through :class:`metarl.runs.Run`'s safe envelope.
+    """Meta-train RL² in a run directory through :func:`metarl.training.train_loop`:
+    config.json, metrics.csv (one row per PPO iteration: trial return, returns of the trial's
+    first and last episodes, losses, env steps, seconds) and checkpoint.pt.
 
     Args:
         resume: continue ``run_dir`` from its last checkpoint (exactly, on the CPU).
@@ -880,79 +749,13 @@ def train(
         log: where one-line progress messages go (e.g. ``print``); None: silent.
     """
     cfg.validate()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
-    # Python's and NumPy's global generators too (RL² draws from its own), so that the RNG
-    # states a checkpoint saves are a function of the seed: a resumed run equals a fresh one.
-    seed_everything(cfg.seed)
-    if resume:
-        run = Run.resume(run_dir, AGENT, cfg)
-        # Weights come from the run's own checkpoint, not from init_from (which may be gone).
-        agent = RL2(cfg.replace(init_from=None))
-        ckpt = run.load_checkpoint(_generators(agent))
-        state = ckpt["state"]
-        agent.policy.load_state_dict(state["policy"])
-        agent.optimizer.load_state_dict(state["optimizer"])
-        agent.env_steps = int(state["env_steps"])
-        agent.value_scale = float(state["value_scale"])
-        agent.iteration = int(ckpt["iteration"])
-    else:
-        agent = RL2(cfg)
-        run = Run.create(run_dir, AGENT, cfg)
-    start = agent.iteration
-    if log:
-        log(f"{AGENT} on {cfg.env_id}: iterations {start}..{cfg.num_iterations}, "
-            f"{cfg.episodes_per_trial} episode(s) per trial, run dir {run_dir}")  # fmt: skip
-    bar = progress(range(start, cfg.num_iterations), total=cfg.num_iterations, initial=start,
-                   desc=AGENT)  # fmt: skip
-    try:
-        for it in bar:
-            try:
-                stats = agent.train_iteration()
-            except NonFiniteError as e:  # stop before logging or checkpointing this iteration
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
-            except EnvError as e:  # an env raised, died or hung: name the iteration too
-                kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-                raise e.at_iteration(it, kept) from e
-            total_s = stats["total_s"]
-            run.log(
-                it,
-                {
-                    "trial_return": stats["trial_return"],
-                    "first_episode_return": stats["first_episode_return"],
-                    "last_episode_return": stats["last_episode_return"],
-                    "policy_loss": stats["policy_loss"],
-                    "value_loss": stats["value_loss"],
-                    "entropy": stats["entropy"],
-                    "clip_frac": stats["clip_frac"],
-                    "env_steps": stats["steps"],
-                    "env_steps_total": stats["env_steps"],
-                    "env_steps_per_s": stats["steps"] / max(total_s, 1e-9),
-                    "sample_s": stats["sample_s"],
-                    "update_s": total_s - stats["sample_s"],
-                    "iteration_s": total_s,
-                },
-            )
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(first=f"{stats['first_episode_return']:.1f}",
-                                last=f"{stats['last_episode_return']:.1f}")  # fmt: skip
-            elif log and (it % 10 == 0 or it + 1 == cfg.num_iterations):
-                log(
-                    f"iteration {it}: trial return {stats['trial_return']:.2f} (episode 1: "
-                    f"{stats['first_episode_return']:.2f}, episode {cfg.episodes_per_trial}: "
-                    f"{stats['last_episode_return']:.2f})"
-                )
-            done = it + 1
-            if done % cfg.checkpoint_every == 0 or done == cfg.num_iterations:
-                run.save_checkpoint(done, _run_state(agent), generators=_generators(agent))
-    finally:
-        run.close()
-        agent.env.close()
-    return run
+
+    def make(cfg: RL2Config, device: torch.device, resume: bool) -> RL2:
+        # On resume the weights come from the run's own checkpoint, not from init_from
+        # (which may be gone).
+        return RL2(cfg.replace(init_from=None) if resume else cfg)
+
+    return train_loop(cfg, run_dir, AGENT, make, resume=resume, overwrite=overwrite, log=log)
 
 
 def load_agent(run_dir: str | Path, device: str = "cpu") -> RL2:
@@ -966,11 +769,8 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> RL2:
         map_location=resolve_device(device),
     )  # fmt: skip
     agent = RL2(cfg)
-    state = payload["state"]
-    agent.policy.load_state_dict(state["policy"])
-    agent.env_steps = int(state["env_steps"])
-    agent.value_scale = float(state["value_scale"])
-    agent.iteration = int(payload["iteration"])
+    agent.load_state(payload["state"])
+    agent.iterations = int(payload["iteration"])
     return agent
 
 
@@ -1011,7 +811,7 @@ def evaluate(
     agent = load_agent(run_dir, device)
     cfg = agent.config
     n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
-    trials = episodes_per_step or (40 if "Navigation2D" in cfg.env_id else 20)
+    trials = episodes_per_step or default_episodes_per_step(cfg.env_id)
     tasks = list(agent.dist.split("test" if split == "test" else "train"))[:max_tasks]
     per_seed = [
         agent.evaluate(
@@ -1034,7 +834,7 @@ def evaluate(
         meta={
             "config": cfg.to_dict(),
             "run_dir": str(run_dir),
-            "iterations": agent.iteration,
+            "iterations": agent.iterations,
             "meta_train_env_steps": agent.env_steps,
             "trials_per_task": trials,
             "episodes_per_trial": n,

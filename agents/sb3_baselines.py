@@ -110,11 +110,9 @@ def task_features(dist: TaskDistribution[Any], task: Any) -> np.ndarray:
 
 
 def _encode_obs(space: spaces.Space[Any], obs: Any) -> np.ndarray:
-    if isinstance(space, spaces.Discrete):
-        onehot = np.zeros(int(space.n), dtype=np.float32)
-        onehot[int(obs) - int(space.start)] = 1.0
-        return onehot
-    return np.asarray(obs, dtype=np.float32).reshape(-1)
+    from metarl.spaces import FlatEncoder
+
+    return FlatEncoder(space).numpy(obs)
 
 
 class MultiTaskEnv(gym.Env[Any, Any]):

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdaptationCurve",
+    "default_episodes_per_step",
     "evaluate_policy_adaptation",
     "mean_ci95",
     "plot_curves",
@@ -213,6 +214,13 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
 AdaptFn = Callable[[Mapping[str, "torch.Tensor"], "Episodes", float, bool], dict[str, Any]]
 
 
+def default_episodes_per_step(env_id: str) -> int:
+    """Episodes averaged per task at each point of an evaluation curve, unless asked otherwise:
+    40 for 2D navigation and 20 for the others, the trajectories per task of Finn et al. 2017's
+    MAML-RL experiments; RL² averages as many trials per task, so the curves compare."""
+    return 40 if "Navigation2D" in env_id else 20
+
+
 def evaluate_policy_adaptation(
     policy: Policy,
     params: Mapping[str, torch.Tensor],
@@ -242,7 +250,7 @@ def evaluate_policy_adaptation(
 
     Args:
         adapt_fn: the agent's inner step (see :data:`AdaptFn`).
-        episodes_per_step: default 40 for 2D navigation, 20 otherwise (the paper's).
+        episodes_per_step: default :func:`default_episodes_per_step`.
         seeds: evaluation seeds (action and env noise); the CI is over (seed, task) pairs.
         max_tasks: evaluate only the first tasks of the split (quick checks).
         per_task_params: ``params`` hold one set per evaluated task (the split's tasks in
@@ -274,7 +282,7 @@ def evaluate_policy_adaptation(
                 f"(one per {split} task evaluated), got {sorted(sizes)}"
             )
     if episodes_per_step is None:
-        episodes_per_step = 40 if "Navigation2D" in env_id else 20
+        episodes_per_step = default_episodes_per_step(env_id)
     sampler = BatchedSampler(
         env_id,
         len(tasks),

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from metarl.spaces import FlatEncoder
+
 __all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "load_run_policy", "make_policy"]
 
 Dist = tuple[Tensor, ...]
@@ -200,12 +202,13 @@ class CategoricalMLPPolicy(Policy):
         super().__init__()
         self.obs_dim, self.num_actions = int(obs_dim), int(num_actions)
         self.discrete_obs = discrete_obs
+        space = (
+            gym.spaces.Discrete(self.obs_dim)
+            if discrete_obs
+            else gym.spaces.Box(-np.inf, np.inf, (self.obs_dim,))
+        )
+        self._features = FlatEncoder(space)
         self.logits = _mlp(self.obs_dim, hidden_sizes, self.num_actions, nonlinearity)
-
-    def _features(self, obs: Tensor) -> Tensor:
-        if self.discrete_obs:
-            return nn.functional.one_hot(obs.long(), self.obs_dim).float()
-        return obs.reshape(*obs.shape[: obs.dim() - 1], self.obs_dim).float()
 
     def forward(self, obs: Tensor) -> Dist:
         return (torch.log_softmax(self.logits(self._features(obs)), -1),)

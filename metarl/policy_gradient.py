@@ -40,7 +40,13 @@ from metarl.functional import (
     step_lr,
 )
 from metarl.policies import Policy
-from metarl.returns import LinearFeatureBaseline, ZeroBaseline, discounted_returns, gae
+from metarl.returns import (
+    LinearFeatureBaseline,
+    ZeroBaseline,
+    discounted_returns,
+    gae,
+    normalize_advantages,
+)
 from metarl.sampler import Episodes, per_task_rows
 from metarl.trpo import dot
 
@@ -79,11 +85,7 @@ def advantages(
     if not normalize:
         return adv
     t, b = adv.shape
-    a, m = adv.view(t, n, -1), mask.view(t, n, -1)
-    count = m.sum((0, 2), keepdim=True).clamp_min(1.0)
-    mean = (a * m).sum((0, 2), keepdim=True) / count
-    var = (((a - mean) * m) ** 2).sum((0, 2), keepdim=True) / count
-    return ((a - mean) / (var.sqrt() + 1e-8) * m).view(t, b)
+    return normalize_advantages(adv.view(t, n, -1), mask.view(t, n, -1), dims=(0, 2)).view(t, b)
 
 
 def task_log_probs(

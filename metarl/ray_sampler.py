@@ -154,14 +154,14 @@ class ShardSampler(BatchedSampler):
             from metarl.registry import make_batched
 
             self.env.close()
-            self.env = make_batched(
+            self.env.batched = make_batched(
                 env_id, self.num_envs, backend="mujoco", nthread=nthread, **dict(env_kwargs or {})
             )
         self.tasks = slice(first, last)
         self.total_tasks = total_tasks
         self.rows = slice(first * episodes_per_task, last * episodes_per_task)
         self.total_rows = total_tasks * episodes_per_task
-        self.env = _RowOffsetSeeds(self.env, self.rows.start)
+        self.env.batched = _RowOffsetSeeds(self.env.batched, self.rows.start)
         self._full_dist: tuple[Tensor, ...] | None = None
         self._draws = 0
 

@@ -87,11 +87,21 @@ def gae(
     return adv
 
 
-def normalize_advantages(adv: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
-    """Zero mean, unit variance over the unmasked entries; masked entries stay 0."""
-    n = mask.sum().clamp_min(1.0)
-    mean = (adv * mask).sum() / n
-    var = (((adv - mean) * mask) ** 2).sum() / n
+def normalize_advantages(
+    adv: Tensor, mask: Tensor, eps: float = 1e-8, dims: tuple[int, ...] | None = None
+) -> Tensor:
+    """Zero mean, unit variance over the unmasked entries; masked entries are 0.
+
+    ``dims``: normalise over these dimensions only, separately along the others (e.g. per
+    task: ``(T, N, E)`` advantages with ``dims=(0, 2)``); None: over all entries."""
+    if dims is None:
+        n = mask.sum().clamp_min(1.0)
+        mean = (adv * mask).sum() / n
+        var = (((adv - mean) * mask) ** 2).sum() / n
+    else:
+        n = mask.sum(dims, keepdim=True).clamp_min(1.0)
+        mean = (adv * mask).sum(dims, keepdim=True) / n
+        var = (((adv - mean) * mask) ** 2).sum(dims, keepdim=True) / n
     return (adv - mean) / (var.sqrt() + eps) * mask
 
 

@@ -1,8 +1,9 @@
 """The batched sampler: every task of a meta-batch and all its episodes in one rollout.
 
-``B = num_tasks × episodes_per_task`` rows step together through a batched env — the
-on-device torch backend when the family has one (no NumPy round trip; on the GPU with
-``device="cuda"``), else the family's NumPy backend, with numpy ↔ torch conversion only here.
+``B = num_tasks × episodes_per_task`` rows step together through the family's batched env
+opened by :class:`metarl.stepping.TensorBatchedEnv` — the on-device torch backend when the
+family has one (no NumPy round trip; on the GPU with ``device="cuda"``), else its host
+backend, with numpy ↔ torch conversion only at that seam.
 Each task may have its own policy parameters (a ``dict`` of tensors with a leading task
 dimension, e.g. after an inner gradient step): ``torch.func.vmap`` runs task ``i``'s
 parameters on task ``i``'s rows in one batched call, with no Python loop over tasks.
@@ -37,7 +38,8 @@ from torch.func import vmap
 from metarl.functional import forward
 from metarl.numerics import NonFiniteError
 from metarl.policies import Policy
-from metarl.registry import family, make, make_batched, make_torch_batched
+from metarl.registry import family
+from metarl.stepping import TensorBatchedEnv
 from metarl.torch_batched import resolve_device
 
 __all__ = ["SAMPLERS", "BatchedSampler", "Episodes", "make_sampler", "per_task", "per_task_rows"]
@@ -113,14 +115,11 @@ class BatchedSampler:
     Args:
         env_id: a registered task family.
         num_tasks, episodes_per_task: the meta-batch shape; ``B`` is their product.
-        backend: ``"auto"`` (torch on-device if the family has it, else its fastest NumPy
-            backend), ``"torch"``, ``"mjx"`` (the MuJoCo families on MJX on JAX's device,
-            handed to torch through DLPack; optional extra ``mjx``, see
-            :mod:`metarl.envs.mujoco.mjx_batched`), a NumPy backend name (``"numpy"``,
-            ``"generic"``...), or
-            ``"subprocess"``: the rows in ``num_workers`` worker processes, each answer
-            awaited at most ``worker_timeout`` seconds, so an env that crashes or hangs
-            becomes an error naming it and its tasks (:mod:`metarl.workers`).
+        backend: how the rows are stepped (:class:`metarl.stepping.TensorBatchedEnv`):
+            ``"auto"`` (torch on-device if the family has it, else its fastest host env),
+            ``"torch"``, ``"mjx"``, ``"numpy"``, ``"subprocess"`` (worker processes with a
+            timeout, so an env that crashes or hangs becomes an error naming it and its
+            tasks) or another host backend the family registers (``"generic"``...).
         device: where the policy runs and the episodes live (``"auto"``, ``"cpu"``, ``"cuda"``).
         env_kwargs: passed to the env (``max_episode_steps`` sets the horizon).
     """
@@ -142,35 +141,18 @@ class BatchedSampler:
                 f"num_tasks and episodes_per_task must be >= 1, got {num_tasks} and "
                 f"{episodes_per_task}"
             )
-        fam = family(env_id)
-        kwargs = dict(env_kwargs or {})
         self.env_id = env_id
         self.num_tasks, self.episodes_per_task = int(num_tasks), int(episodes_per_task)
         self.num_envs = self.num_tasks * self.episodes_per_task
         self.device = resolve_device(device)
-        probe = make(env_id, **kwargs)
-        self.observation_space = probe.observation_space
-        self.action_space = probe.action_space
-        self.task_distribution = probe.unwrapped.task_distribution  # type: ignore[attr-defined]
-        probe.close()
-        if backend == "torch" and fam.torch is None:
-            raise ValueError(f"{env_id} has no torch backend; use backend='auto' or 'numpy'")
-        self.on_device = backend in ("torch", "mjx") or (
-            backend == "auto" and fam.torch is not None
-        )
-        self.env: Any
-        if backend == "mjx":
-            from metarl.envs.mujoco.mjx_batched import make_mjx_torch_batched
-
-            self.env = make_mjx_torch_batched(env_id, self.num_envs, device=self.device, **kwargs)
-        elif self.on_device:
-            self.env = make_torch_batched(env_id, self.num_envs, device=str(self.device), **kwargs)
-        elif backend == "subprocess":
-            self.env = make_batched(env_id, self.num_envs, backend=backend, **kwargs,
-                                    num_workers=num_workers, timeout=worker_timeout)  # fmt: skip
-        else:
-            self.env = make_batched(env_id, self.num_envs, backend=backend, **kwargs)
-        self.horizon = int(self.env.horizon)
+        self.env = TensorBatchedEnv(env_id, self.num_envs, backend=backend, device=self.device,
+                                    env_kwargs=env_kwargs, num_workers=num_workers,
+                                    worker_timeout=worker_timeout)  # fmt: skip
+        self.observation_space = self.env.observation_space
+        self.action_space = self.env.action_space
+        self.task_distribution = self.env.task_distribution
+        self.on_device = self.env.on_device
+        self.horizon = self.env.horizon
         self.generator = torch.Generator(device=self.device)
         self._low: Tensor | None = None
         self._high: Tensor | None = None
@@ -183,11 +165,6 @@ class BatchedSampler:
         if len(tasks) != self.num_tasks:
             raise ValueError(f"collect needs {self.num_tasks} tasks, got {len(tasks)}")
         return [t for t in tasks for _ in range(self.episodes_per_task)]
-
-    def _to_torch(self, x: Any) -> Tensor:
-        if isinstance(x, Tensor):
-            return x
-        return torch.as_tensor(np.asarray(x), device=self.device)
 
     @torch.no_grad()
     def collect(
@@ -214,11 +191,7 @@ class BatchedSampler:
         n = self.num_tasks
         if seed is not None:
             self.generator.manual_seed(int(seed))
-        if self.on_device:
-            obs, _ = self.env.reset(rows, seed=seed)
-        else:
-            obs, _ = self.env.reset(rows, seeds=seed)
-        obs = self._to_torch(obs)
+        obs = self.env.reset(rows, seed=seed)
         params = {k: v.detach() for k, v in params.items()}
         if per_task_params:
             bad = [k for k, v in params.items() if v.shape[0] != n]
@@ -241,21 +214,18 @@ class BatchedSampler:
             env_action = action
             if self._low is not None and self._high is not None:
                 env_action = torch.maximum(torch.minimum(action, self._high), self._low)
-            if self.on_device:
-                next_obs, reward, _term, _trunc, info = self.env.step(env_action)
-            else:
-                next_obs, reward, _term, _trunc, info = self.env.step(env_action.cpu().numpy())
+            next_obs, reward, _term, _trunc, info = self.env.step(env_action)
             obs_buf[t] = obs
             act_buf[t] = action
-            active = self._to_torch(info["active"])
+            active = info["active"]
             mask_buf[t] = active.float()
-            rew_buf[t] = self._to_torch(reward).float() * mask_buf[t]
-            if info.get("is_success") is not None:  # only families that define success
-                hit = self._to_torch(info["is_success"]).bool() & active.bool()
+            rew_buf[t] = reward * mask_buf[t]
+            if info["is_success"] is not None:  # only families that define success
+                hit = info["is_success"].bool() & active.bool()
                 success = hit if success is None else success | hit
-            obs = self._to_torch(next_obs)
+            obs = next_obs
             steps = t + 1
-            if not bool(self.env.active.any()):
+            if not self.env.running():
                 break
         assert act_buf is not None
         self._check_finite(obs_buf[:steps], act_buf[:steps], rew_buf[:steps], rows)
@@ -316,8 +286,7 @@ class BatchedSampler:
         return policy.mode(dist) if deterministic else policy.sample(dist, self.generator)
 
     def close(self) -> None:
-        if hasattr(self.env, "close"):
-            self.env.close()
+        self.env.close()
 
 
 SAMPLERS = ("auto", "native", "torch", "ray", "mjx")

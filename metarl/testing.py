@@ -263,12 +263,20 @@ def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
             setattr(module, "meta_step", inner)  # noqa: B010
     elif agent == "rl2":
         from metarl.agents import rl2
+        from metarl.training import train_loop
 
         rl2_cfg = rl2.RL2Config(env_id="metarl/BernoulliBandit-K5-v0", max_episode_steps=10,
                                 num_trials=16, hidden_size=16, num_minibatches=2,
-                                update_epochs=1, num_iterations=iterations)  # fmt: skip
-        rl2.RL2(rl2_cfg).train(checkpoint=run_dir / "rl2.pt", checkpoint_every=10,
-                               log=lambda _: record())  # fmt: skip
+                                update_epochs=1, num_iterations=iterations,
+                                checkpoint_every=10, tensorboard=False)  # fmt: skip
+
+        class Recorded(rl2.RL2):
+            def iteration(self, it: int) -> dict[str, float]:
+                out = super().iteration(it)
+                record()
+                return out
+
+        train_loop(rl2_cfg, run_dir, rl2.AGENT, lambda cfg, device, resume: Recorded(cfg))
     elif agent == "fewshot":
         from metarl.fewshot import train as fewshot_train
 

@@ -42,27 +42,10 @@ from gymnasium import spaces
 
 from metarl.env import resolve_task_options
 from metarl.registry import make
+from metarl.spaces import FlatEncoder
 from metarl.tasks import TaskError
 
 __all__ = ["RL2TrialEnv"]
-
-
-def _size(space: spaces.Space[Any]) -> int:
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    raise TypeError(
-        f"RL2TrialEnv supports Discrete and Box spaces, got {space}; wrap the env to flatten it"
-    )
-
-
-def _encode(space: spaces.Space[Any], x: Any) -> np.ndarray:
-    if isinstance(space, spaces.Discrete):
-        out = np.zeros(int(space.n), dtype=np.float32)
-        out[int(x) - int(space.start)] = 1.0
-        return out
-    return np.asarray(x, dtype=np.float32).reshape(-1)
 
 
 def _bounds(space: spaces.Space[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -110,9 +93,11 @@ class RL2TrialEnv(gym.Env[np.ndarray, Any]):
         self.tasks = self.task_distribution.split(split)
         self.inner_observation_space = self.env.observation_space
         self.action_space = self.env.action_space
+        # One-hot or flattened, as every agent encodes them (refuses other spaces).
+        self._encode_obs = FlatEncoder(self.inner_observation_space).numpy
+        self._encode_action = FlatEncoder(self.action_space).numpy
         obs_low, obs_high = _bounds(self.inner_observation_space)
         act_low, act_high = _bounds(self.action_space)
-        _size(self.inner_observation_space), _size(self.action_space)  # refuse other spaces
         low = np.concatenate([obs_low, act_low, [-np.inf, 0.0]]).astype(np.float32)
         high = np.concatenate([obs_high, act_high, [np.inf, 1.0]]).astype(np.float32)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
@@ -130,9 +115,9 @@ class RL2TrialEnv(gym.Env[np.ndarray, Any]):
         return self._task
 
     def _observe(self, obs: Any, prev_action: np.ndarray, reward: float, done: float) -> np.ndarray:
-        return np.concatenate(
-            [_encode(self.inner_observation_space, obs), prev_action, [reward, done]]
-        ).astype(np.float32)
+        return np.concatenate([self._encode_obs(obs), prev_action, [reward, done]]).astype(
+            np.float32
+        )
 
     def _inner_reset(self) -> Any:
         seed = int(self.np_random.integers(2**31))
@@ -162,7 +147,7 @@ class RL2TrialEnv(gym.Env[np.ndarray, Any]):
         reward = float(reward)
         self._episode_return += reward
         info: dict[str, Any] = {"episode_index": self._episode, "task": self._task}
-        prev_action = _encode(self.action_space, action)
+        prev_action = self._encode_action(action)
         if not (terminated or truncated):
             return self._observe(obs, prev_action, reward, 0.0), reward, False, False, info
         info["episode_return"] = self._episode_return

@@ -5,13 +5,14 @@ preset), random tabular MDPs (n = 10 episodes of 10 steps: ``mdp-n10``) and 2D n
 (``nav2d``: 4 episodes of 100 steps per trial, continuous actions) — and for each env
 backend RL² supports (``torch``: the family's on-device batched env, no host round trip;
 ``numpy``: the vectorised NumPy env with one transfer per step), this builds the agent of
-``agents/rl2.py`` and times, over ``--iterations`` iterations after one warm-up:
+``agents/rl2.py`` and times, over ``--iterations`` training iterations
+(:meth:`RL2.iteration`) after one warm-up, with the seconds each iteration reports:
 
-* **collection** — :func:`metarl.agents.rl2.collect_trials` (the GRU stepped once per env
-  step for all trials, the env stepped with it);
-* **PPO update** — the agent's update on those trials (trial-level GAE, ``update_epochs`` ×
+* **collection** — the trials (:func:`metarl.agents.rl2.collect_trials`: the GRU stepped
+  once per env step for all trials, the env stepped with it);
+* **PPO update** — the update on those trials (trial-level GAE, ``update_epochs`` ×
   ``num_minibatches`` passes of the GRU over whole trials, backward, Adam);
-* **iteration** — one full :meth:`RL2.train_iteration` (both, plus bookkeeping).
+* **iteration** — the whole iteration (both, plus bookkeeping).
 
 Env steps/s = env steps collected ÷ seconds (for the update: the steps of the batch it
 learns from). The median over the iterations is reported. Results go to
@@ -30,7 +31,6 @@ import os
 import platform
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,29 +58,19 @@ def _loadavg() -> str:
 def measure(cfg: rl2.RL2Config, iterations: int) -> dict[str, Any]:
     """Median env steps/s of collection, PPO update and a whole iteration."""
     agent = rl2.RL2(cfg)
-    rng = np.random.default_rng(0)
     rows: dict[str, list[float]] = {"collect": [], "update": [], "iteration": []}
     steps_per_iteration = 0
-    for it in range(iterations + 1):  # the first is a warm-up
-        idx = rng.integers(0, len(agent.train_tasks), cfg.num_trials)
-        tasks = [agent.train_tasks[i] for i in idx]
-        start = time.perf_counter()
-        trials = rl2.collect_trials(
-            agent.policy, agent.env, tasks, cfg.episodes_per_trial, it, agent.generator
-        )
-        collect_s = time.perf_counter() - start
-        steps = int(trials.mask.sum())
-        start = time.perf_counter()
-        agent._ppo_update(trials)
-        update_s = time.perf_counter() - start
-        start = time.perf_counter()
-        stats = agent.train_iteration()
-        iteration_s = time.perf_counter() - start
-        if it:
-            rows["collect"].append(steps / collect_s)
-            rows["update"].append(steps / update_s)
-            rows["iteration"].append(stats["steps"] / iteration_s)
-            steps_per_iteration = int(stats["steps"])
+    try:
+        for it in range(iterations + 1):  # the first is a warm-up
+            stats = agent.iteration(it)
+            steps = stats["env_steps"]
+            if it:
+                rows["collect"].append(steps / stats["sample_s"])
+                rows["update"].append(steps / stats["update_s"])
+                rows["iteration"].append(steps / stats["iteration_s"])
+                steps_per_iteration = int(steps)
+    finally:
+        agent.close()
     return {
         "steps_per_iteration": steps_per_iteration,
         **{f"{k}_steps_per_s": float(np.median(v)) for k, v in rows.items()},

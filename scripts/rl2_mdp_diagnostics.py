@@ -10,19 +10,21 @@ one 10-step episode, averaged over the 100 held-out tasks):
 * ``fixed_action``: the best single action used in every state (known R) — the ceiling of a
   policy that learns *which action* is good but not *in which state*.
 
-For each checkpoint (:meth:`metarl.agents.rl2.RL2.save` files): the training curve (mean of
-the last 10 iterations of each 25), the held-out return per episode of a trial, and how
-state-dependent its actions are late in a trial: the share of steps of episodes
+For each RL² run directory (``metarl train --agent rl2``, or
+``scripts/rl2_paper_tables.py``'s): the training curve (mean of the last 10 iterations of each
+25), the held-out return per episode of a trial, and how state-dependent its actions are late
+in a trial: the share of steps of episodes
 ``n - 2 .. n`` on the trial's most common action, beside the same share for the oracle
 (which follows the MDP's states).
 
 Usage:
-    python scripts/rl2_mdp_diagnostics.py runs/mdp-n10.pt runs/abl_sepv/mdp-n10.pt
+    python scripts/rl2_mdp_diagnostics.py runs/rl2_tables/mdp-n10 runs/abl_sepv/mdp-n10
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,6 @@ import torch
 import metarl
 from metarl.agents import rl2
 from metarl.agents.mdp_baselines import finite_horizon_q
-from metarl.runs import load_checkpoint_file
 
 ENV = "metarl/TabularMDP-S10A5-v0"
 
@@ -79,8 +80,9 @@ def oracle_modal_share(tasks: list[Any], episodes: int, trials: int, seed: int) 
     return float(np.mean(shares))
 
 
-def curve(path: Path) -> list[str]:
-    hist = load_checkpoint_file(path, agent=rl2.AGENT)["history"]
+def curve(run_dir: Path) -> list[str]:
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        hist = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
     out = []
     for end in range(25, len(hist) + 1, 25):
         last = hist[end - 10 : end]
@@ -91,32 +93,26 @@ def curve(path: Path) -> list[str]:
     return out
 
 
-def behaviour(path: Path, tasks: list[Any], trials: int, seed: int) -> tuple[np.ndarray, float]:
+def behaviour(run_dir: Path, tasks: list[Any], trials: int, seed: int) -> tuple[np.ndarray, float]:
     """(held-out return per episode, share of late steps on the trial's most common action)."""
-    agent = rl2.RL2.from_checkpoint(path)
+    agent = rl2.load_agent(run_dir)
     n = agent.config.episodes_per_trial
-    rows = [t for _ in range(trials) for t in tasks]
-    env = rl2._Env(agent.config.env_id, len(rows), None, agent.device, "auto")
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        got = rl2.collect_trials(agent.policy, env, rows, n, seed, gen)
-    finally:
-        env.close()
+    got = agent.collect([t for _ in range(trials) for t in tasks], n, seed)
     horizon = got.actions.shape[0] // n
     late = got.actions[-3 * horizon :].numpy()  # the last three episodes
-    share = np.mean([np.bincount(late[:, b]).max() / late.shape[0] for b in range(len(rows))])
+    share = np.mean([np.bincount(late[:, b]).max() / late.shape[0] for b in range(late.shape[1])])
     return got.episode_returns.mean(1).numpy(), float(share)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="*", type=Path, help="RL² checkpoint files")
+    parser.add_argument("runs", nargs="*", type=Path, help="RL² run directories")
     parser.add_argument("--trials", type=int, default=4, help="trials per held-out task")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
-    missing = [str(p) for p in args.checkpoints if not p.is_file()]
+    missing = [str(p) for p in args.runs if not (p / "checkpoint.pt").is_file()]
     if missing:
-        parser.error(f"no checkpoint file at {missing}; give RL² checkpoint files (.pt)")
+        parser.error(f"no checkpoint in {missing}; give RL² run directories")
     torch.set_num_threads(1)
     tasks = list(metarl.task_distribution(ENV).split("test"))
     values = [episode_values(t) for t in tasks]
@@ -125,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {key:12s} {np.mean([v[key] for v in values]):6.2f}")
     share = oracle_modal_share(tasks, 3, args.trials, args.seed)
     print(f"  oracle: share of 3 episodes' steps on its most common action {share:.2f}")
-    for path in args.checkpoints:
+    for path in args.runs:
         returns, share = behaviour(path, tasks, args.trials, args.seed)
         print(f"{path}:")
         print("  held-out return per episode " + " ".join(f"{x:.2f}" for x in returns))

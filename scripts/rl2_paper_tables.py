@@ -5,7 +5,8 @@ tabular MDPs with n ∈ {10, 25} episodes — this script
 
 1. tunes every classic baseline on training tasks and evaluates it on the 100 held-out tasks
    (``metarl.agents.bandit_baselines``, ``metarl.agents.mdp_baselines``);
-2. trains RL² from its preset (resuming from ``--runs-dir`` when a checkpoint is there) and
+2. trains RL² from its preset in a run directory under ``--runs-dir`` (resuming it when it
+   holds a checkpoint) and
    evaluates it on the same held-out tasks;
 3. writes ``results.json`` (merged with earlier settings' results) and ``tables.md`` with our
    numbers beside the paper's, and the command that made them, under ``--out``.
@@ -18,6 +19,7 @@ Usage (what made benchmarks/rl2_tables/; one thread, one setting after another):
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import shlex
@@ -34,6 +36,7 @@ from metarl.agents import bandit_baselines as bb
 from metarl.agents import mdp_baselines as mb
 from metarl.agents import rl2
 from metarl.evaluation import mean_ci95
+from metarl.runs import load_checkpoint_file
 
 # Duan et al. 2016, Table 1 (bandits: k arms, n pulls) and Table 2 (MDPs: n episodes),
 # as transcribed; columns without a counterpart here are left out.
@@ -150,39 +153,40 @@ def run_rl2(setting: str, args: argparse.Namespace, previous: dict[str, Any]) ->
         cfg = dataclasses.replace(cfg, num_iterations=args.iterations)
     if args.set:
         cfg = dataclasses.replace(cfg, **_overrides(args.set, cfg))  # checked in main
-    base = Path(args.runs_dir) / f"{CURRICULUM.get(setting, '')}.pt"
-    if setting in CURRICULUM and base.exists() and not args.no_curriculum:
+    runs = Path(args.runs_dir)
+    base = runs / CURRICULUM.get(setting, "")
+    if setting in CURRICULUM and (base / "checkpoint.pt").exists() and not args.no_curriculum:
         cfg = dataclasses.replace(cfg, init_from=str(base))
-    agent = rl2.RL2(cfg)
-    ckpt = Path(args.runs_dir) / f"{setting}.pt"
+    run_dir = runs / setting
+    before = _iterations_done(run_dir)
     load_before = _loadavg()
-    start = time.perf_counter()
-
-    def log(stats: dict[str, float]) -> None:
-        if stats["iteration"] % 25 == 0:
-            print(
-                f"  {setting} rl2 it {int(stats['iteration'])}/{cfg.num_iterations} "
-                f"trial return {stats['trial_return']:.2f} entropy {stats['entropy']:.3f} "
-                f"({time.perf_counter() - start:.0f}s)",
-                flush=True,
-            )
-
-    trained: list[int] = []
-    agent.train(checkpoint=ckpt, checkpoint_every=25, log=lambda st: (trained.append(1), log(st)))
+    # A run directory with a checkpoint continues; one without (stopped before its first
+    # checkpoint) starts again.
+    rl2.train(cfg, run_dir, resume=before > 0, overwrite=before == 0,
+              log=lambda line: print(f"  {setting} rl2 {line}", flush=True))  # fmt: skip
+    trained = _iterations_done(run_dir) > before
     # The load while it trained; a run finished earlier (only evaluated now) keeps its own.
     load = [load_before, _loadavg()] if trained else previous.get("loadavg_before_after")
+    agent = rl2.load_agent(run_dir)
     curve = agent.evaluate(trials_per_task=args.eval_runs, seed=1)
     per_task = curve.returns.sum(-1).mean(0)  # trial return, mean over trials, per task
-    train_s = sum(h["total_s"] for h in agent.history)
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        train_s = sum(float(row["iteration_s"]) for row in csv.DictReader(f))
     return {
         **_mean_ci(per_task),
         "episode_returns_mean": curve.mean().tolist(),
-        "iterations": agent.iteration,
+        "iterations": agent.iterations,
         "meta_train_env_steps": agent.env_steps,
         "meta_train_seconds": round(train_s, 1),
         "loadavg_before_after": load or ["not recorded", "not recorded"],
         "config": dataclasses.asdict(cfg),
     }
+
+
+def _iterations_done(run_dir: Path) -> int:
+    """Iterations of the run's last checkpoint (0 without one)."""
+    path = run_dir / "checkpoint.pt"
+    return int(load_checkpoint_file(path, agent=rl2.AGENT)["iteration"]) if path.exists() else 0
 
 
 def _preset_diff(setting: str, config: dict[str, Any]) -> str:
@@ -289,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=["all"], help=f"all or of {SETTINGS}")
     parser.add_argument("--out", default="benchmarks/rl2_tables")
-    parser.add_argument("--runs-dir", default="runs/rl2_tables", help="RL² checkpoints")
+    parser.add_argument(
+        "--runs-dir", default="runs/rl2_tables", help="RL² run directories, one per setting"
+    )
     parser.add_argument("--iterations", type=int, default=None, help="override the presets'")
     parser.add_argument(
         "--set",

@@ -72,3 +72,16 @@ def test_lrs_refused_for_an_agent_that_does_not_adapt_by_gradient_steps(tmp_path
     capsys.readouterr()
     assert main(["evaluate", str(run), "--lrs", "0.1"]) == 2
     assert "does not adapt by gradient steps" in capsys.readouterr().err
+
+
+def test_no_agent_keeps_a_training_loop_of_its_own() -> None:
+    """Run directories are created, resumed and checkpointed by metarl.training alone: no
+    agent file (nor the few-shot trainer) does it itself."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = [*sorted((root / "agents").glob("*.py")), root / "metarl" / "fewshot" / "train.py"]
+    for path in files:
+        source = path.read_text()
+        for call in ("Run.create(", "Run.resume(", ".save_checkpoint(", "shutil.rmtree("):
+            assert call not in source, f"{path.name} calls {call} (the loop's job)"

@@ -1,7 +1,7 @@
 """Issue #7, guarantee 2: checkpoints cannot run code, and damaged or foreign ones are refused
-with a clear error — for every checkpoint loader on main (the run directory's, RL²'s, few-shot's,
+with a clear error — for every checkpoint loader on main (the run directory's, few-shot's,
 ``load_policy`` of MAML-TRPO, Reptile-RL and the baselines and RL²'s ``load_agent``, what
-``metarl evaluate`` reads).
+``metarl evaluate`` reads, and RL²'s ``init_from``).
 
 Each loader meets: crafted malicious pickles whose loading would create a marker file (the
 marker must never appear), truncated copies, bit-flipped copies (each must be refused or load
@@ -86,14 +86,9 @@ def _run_load(path: Path) -> dict[str, Any]:
     return Run.resume(d, "toy", ToyConfig()).load_checkpoint()
 
 
-def _rl2_good(d: Path) -> Path:
-    return rl2.RL2(_rl2_config()).save(d / "rl2.pt")
-
-
-def _rl2_load(path: Path) -> rl2.RL2:
-    agent = rl2.RL2(_rl2_config())
-    agent.load(path)
-    return agent
+def _rl2_init_from(path: Path) -> rl2.RL2:
+    """RL² started from the policy of the checkpoint at ``path`` (``init_from``)."""
+    return rl2.RL2(_rl2_config(init_from=str(path)))
 
 
 def _fewshot_config() -> Any:
@@ -188,22 +183,17 @@ LOADERS = {
     "Run.load_checkpoint": Loader(
         "toy", RunConfig().env_id, _run_good, _run_load, lambda x: x["state"]["params"]
     ),
-    "RL2.load": Loader("rl2", BANDIT, _rl2_good, _rl2_load, lambda a: dict(a.policy.state_dict())),
     "fewshot.load_run": Loader(
         "fewshot", "sinusoid", _fewshot_good, _fewshot_load, lambda m: dict(m.state_dict())
-    ),
-    "RL2.from_checkpoint": Loader(
-        "rl2",
-        BANDIT,
-        _rl2_good,
-        lambda p: rl2.RL2.from_checkpoint(p),
-        lambda a: dict(a.policy.state_dict()),
     ),
     **{
         f"{agent}.load_policy": Loader(agent, NAV, _agent_good(agent), _agent_load(agent), dict)
         for agent in ("maml-trpo", "reptile-rl", "pretrained", "oracle", "random-init")
     },
     "rl2.load_agent": Loader("rl2", BANDIT, _agent_good("rl2"), _agent_load("rl2"), dict),
+    "rl2 init_from": Loader(
+        "rl2", BANDIT, _agent_good("rl2"), _rl2_init_from, lambda a: dict(a.policy.state_dict())
+    ),
 }
 
 
@@ -299,7 +289,7 @@ def test_a_payload_bit_flip_is_caught_by_the_digest(tmp_path: Path) -> None:
 def test_a_checkpoint_of_another_agent_is_refused(name: str, tmp_path: Path) -> None:
     loader = LOADERS[name]
     other = "rl2" if loader.agent != "rl2" else "toy"
-    foreign = LOADERS["RL2.load" if other == "rl2" else "Run.load_checkpoint"].good(tmp_path)
+    foreign = LOADERS["rl2.load_agent" if other == "rl2" else "Run.load_checkpoint"].good(tmp_path)
     if name == "fewshot.load_run":  # a file named like the run's own, but of RL²
         foreign = shutil.copyfile(foreign, tmp_path / "checkpoint-of-rl2.pt")
     if name == "runs.load_checkpoint_file":  # the bare reader checks when asked to
@@ -311,10 +301,12 @@ def test_a_checkpoint_of_another_agent_is_refused(name: str, tmp_path: Path) -> 
 
 
 def test_a_checkpoint_of_another_task_family_is_refused(tmp_path: Path) -> None:
-    path = rl2.RL2(_rl2_config()).save(tmp_path / "k5.pt")
-    other = rl2.RL2(_rl2_config(env_id="metarl/BernoulliBandit-K10-v0"))
+    path = LOADERS["rl2.load_agent"].good(tmp_path)  # a run on the 5-armed bandits
+    other = _rl2_config(env_id="metarl/BernoulliBandit-K10-v0", tensorboard=False)
+    Run.create(tmp_path / "k10", "rl2", other)
+    shutil.copyfile(path, tmp_path / "k10" / "checkpoint.pt")
     with pytest.raises(RunMismatchError, match="written for 'metarl/BernoulliBandit-K5-v0'"):
-        other.load(path)
+        rl2.load_agent(tmp_path / "k10")
     # A run directory's checkpoint copied into a run on another family.
     a = Run.create(tmp_path / "a", "toy", ToyConfig(tensorboard=False))
     a.save_checkpoint(1, {"w": torch.ones(1)})
@@ -375,15 +367,16 @@ def test_saving_refuses_what_could_not_be_loaded_safely(tmp_path: Path) -> None:
 def test_rl2_refuses_to_checkpoint_nan_weights_and_keeps_the_last_good_one(
     tmp_path: Path,
 ) -> None:
-    agent = rl2.RL2(_rl2_config())
-    path = agent.save(tmp_path / "rl2.pt")
-    before = path.read_bytes()
+    cfg = _rl2_config(tensorboard=False)
+    run = rl2.train(cfg, tmp_path / "run")
+    before = run.checkpoint_path.read_bytes()
+    agent = rl2.load_agent(run.path)
     with torch.no_grad():
         next(iter(agent.policy.parameters()))[0] = float("nan")
     with pytest.raises(CheckpointError, match=r"non-finite values in policy\."):
-        agent.save(path)
-    assert path.read_bytes() == before
-    rl2.RL2(_rl2_config()).load(path)  # still loads
+        Run.resume(run.path, "rl2", cfg).save_checkpoint(1, agent.state(), agent.generators())
+    assert run.checkpoint_path.read_bytes() == before
+    rl2.load_agent(run.path)  # still loads
 
 
 def test_checkpoint_bytes_round_trip_exactly(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from metarl.agents import rl2
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
-from metarl.runs import load_checkpoint_file
+from metarl.runs import Run, load_checkpoint_file
 from metarl.testing import register_faulty_family, tally
 
 
@@ -45,24 +45,30 @@ def test_rl2_stops_on_a_bad_env_value_and_keeps_the_last_good_checkpoint(
     # iterations 0 and 1 finish and are checkpointed, iteration 2 must stop the run.
     env_id = register_faulty_family(fault, at_step=2, from_episode=3)
     cfg = rl2.RL2Config(env_id=env_id, max_episode_steps=5, num_trials=4, hidden_size=8,
-                        num_minibatches=2, num_iterations=5)  # fmt: skip
-    path = tmp_path / "rl2.pt"
-    agent = rl2.RL2(cfg)
+                        num_minibatches=2, num_iterations=5, checkpoint_every=1,
+                        tensorboard=False)  # fmt: skip
+    run_dir = tmp_path / "run"
     saved: list[bytes] = []
-    save = agent.save
+    save = Run.save_checkpoint
 
-    def save_and_remember(p: Path) -> Path:
-        out = save(p)
-        saved.append(Path(p).read_bytes())
+    def save_and_remember(self: Run, *args: Any, **kwargs: Any) -> Path:
+        out = save(self, *args, **kwargs)
+        saved.append(out.read_bytes())
         return out
 
-    agent.save = save_and_remember  # type: ignore[method-assign]
-    with pytest.raises(NonFiniteError, match=r"iteration 2: non-finite observations or rewards"):
-        agent.train(checkpoint=path, checkpoint_every=1)
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        pytest.raises(NonFiniteError, match=r"iteration 2: non-finite observations or rewards"),
+    ):
+        mp.setattr(Run, "save_checkpoint", save_and_remember)
+        rl2.train(cfg, run_dir)
+    path = run_dir / "checkpoint.pt"
     assert len(saved) == 2 and path.read_bytes() == saved[-1]  # iteration 2's, untouched
-    assert rl2.RL2.from_checkpoint(path).iteration == 2
+    agent = rl2.load_agent(run_dir)
+    assert agent.iterations == 2
+    assert len((run_dir / "metrics.csv").read_text().splitlines()) == 1 + 2
     tally("numerical fault stopped the run, checkpoint kept", agent="rl2", fault=fault)
-    for p in rl2.RL2.from_checkpoint(path).policy.parameters():
+    for p in agent.policy.parameters():
         assert torch.isfinite(p).all()
 
 
@@ -74,18 +80,25 @@ def test_rl2_stops_on_a_non_finite_loss(tmp_path: Path) -> None:
         hidden_size=8,
         num_minibatches=2,
         num_iterations=3,
+        checkpoint_every=1,
+        tensorboard=False,
     )
-    agent = rl2.RL2(cfg)
-    path = tmp_path / "c.pt"
+    iteration = rl2.RL2.iteration
 
-    def diverge(_: dict) -> None:
-        # After iteration 0: an entropy bonus of inf makes the next loss inf, a stand-in for
-        # a diverged loss.
-        agent.config.ent_coef = float("inf")
+    def diverge(self: rl2.RL2, it: int) -> dict[str, float]:
+        # From iteration 1 on, an entropy bonus of inf makes the loss inf, a stand-in for a
+        # diverged loss.
+        if it == 1:
+            self.config.ent_coef = float("inf")
+        return iteration(self, it)
 
-    with pytest.raises(NonFiniteError, match=r"iteration 1: non-finite PPO loss"):
-        agent.train(checkpoint=path, checkpoint_every=1, log=diverge)
-    assert load_checkpoint_file(path, agent="rl2")["iteration"] == 1  # iteration 0's, kept
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        pytest.raises(NonFiniteError, match=r"iteration 1: non-finite PPO loss"),
+    ):
+        mp.setattr(rl2.RL2, "iteration", diverge)
+        rl2.train(cfg, tmp_path / "run")
+    assert load_checkpoint_file(tmp_path / "run" / "checkpoint.pt", agent="rl2")["iteration"] == 1
     tally("numerical fault stopped the run, checkpoint kept", agent="rl2", fault="loss")
 
 

@@ -74,6 +74,15 @@ def test_normalize_advantages_ignores_masked_entries() -> None:
     assert vals.mean().abs().item() < 1e-6
     assert vals.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-5)
     assert out[1, 1].item() == 0
+    # Over some dimensions only: each slice along the others normalised on its own, exactly
+    # as if normalised alone.
+    g = torch.Generator().manual_seed(0)
+    adv3 = torch.randn(5, 3, 4, generator=g)
+    mask3 = (torch.rand(5, 3, 4, generator=g) > 0.2).float()
+    per_task = normalize_advantages(adv3, mask3, dims=(0, 2))
+    for i in range(3):
+        alone = normalize_advantages(adv3[:, i], mask3[:, i])
+        torch.testing.assert_close(per_task[:, i], alone, rtol=0, atol=1e-6)
 
 
 def test_linear_baseline_fits_a_linear_target_exactly_per_task() -> None:

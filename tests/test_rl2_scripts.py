@@ -115,12 +115,14 @@ def test_mdp_diagnostics_reference_values_and_a_checkpoint(tmp_path, capsys):
     # The oracle here always takes action 1 then action 2: its most common action has 27/30.
     assert diag.oracle_modal_share([TabularMDPTask.from_arrays(p, r)], 3, 2, 0) == 0.9
 
-    agent = rl2.RL2(rl2.RL2Config(env_id=diag.ENV, episodes_per_trial=3, num_trials=8,
-                                  hidden_size=8, num_minibatches=2, num_iterations=1))  # fmt: skip
-    agent.train(checkpoint=tmp_path / "c.pt")
-    assert diag.main([str(tmp_path / "c.pt"), "--trials", "1"]) == 0
+    cfg = rl2.RL2Config(env_id=diag.ENV, episodes_per_trial=3, num_trials=8, hidden_size=8,
+                        num_minibatches=2, num_iterations=25, update_epochs=1,
+                        tensorboard=False)  # fmt: skip
+    run = rl2.train(cfg, tmp_path / "run")
+    assert diag.main([str(run.path), "--trials", "1"]) == 0
     out = capsys.readouterr().out
     assert "oracle" in out and "held-out return per episode" in out
+    assert "it   25: trial return" in out  # the training curve, from metrics.csv
     with pytest.raises(SystemExit):
-        diag.main([str(tmp_path / "missing.pt")])
-    assert "no checkpoint file" in capsys.readouterr().err
+        diag.main([str(tmp_path / "missing")])
+    assert "no checkpoint in" in capsys.readouterr().err
