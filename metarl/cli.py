@@ -282,11 +282,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:
     """Refuse a run whose family is not registered, with the ``--import`` it records; the
-    run directory itself never makes metarl import anything. ``command`` is how the run is
-    named again, e.g. ``"evaluate {}"``."""
+    run directory itself never makes metarl import anything. ``command`` is the command to
+    show, with ``{}`` for the ``--import`` options and then for the run, e.g. ``"evaluate {}
+    {}"``."""
     from metarl import registry
 
-    env_id = record.get("config", {}).get("env_id") if isinstance(record, dict) else None
+    config = record.get("config")
+    env_id = config.get("env_id") if isinstance(config, dict) else None
     if not isinstance(env_id, str) or registry.is_registered(env_id):
         return
     hint = registry.import_hint(env_id, record.get("imports"), record.get("env_source"))

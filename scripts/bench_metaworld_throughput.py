@@ -162,8 +162,8 @@ def _markdown(data: dict[str, Any]) -> str:
         f"`{data['command']}` — {data['rows']} envs × one {data['steps']}-step episode of random "
         f"actions per timing, median of {data['repeats']} interleaved timings; {data['cpus']} "
         f"CPUs, 1-minute load average {data['load_avg_1min_before_after'][0]:.1f} before and "
-        f"{data['load_avg_1min_before_after'][1]:.1f} after (a shared machine: other work "
-        f"ran beside it); MuJoCo {data['mujoco']}, Gymnasium {data['gymnasium']}, Meta-World "
+        f"{data['load_avg_1min_before_after'][1]:.1f} after (timings are indicative at such a "
+        f"load); MuJoCo {data['mujoco']}, Gymnasium {data['gymnasium']}, Meta-World "
         f"{data['metaworld']}.",
         "",
         "Env steps per second (higher is better); the ratios divide by Meta-World's own vector "
