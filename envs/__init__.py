@@ -13,8 +13,8 @@ metarl/TabularMDP-S10A5-v0     10×5 transitions and rewards         Duan et al.
 =============================  ===================================  ===========================
 
 The MuJoCo families (``metarl/HalfCheetahVel-v0``, ``AntGoal``, ``HopperRandParams``...) are in
-:mod:`metarl.envs.mujoco`; Meta-World's benchmarks register on
-``metarl.envs.meta_world.register()`` (an optional extra).
+:mod:`metarl.envs.mujoco`; Meta-World's benchmarks (an optional extra) register on first use
+of one of their ids, or on ``metarl.envs.meta_world.register()``.
 """
 
 from __future__ import annotations
@@ -56,5 +56,17 @@ register_family(
 
 # The MuJoCo families register themselves (string entry points: models load on make).
 from metarl.envs import mujoco  # noqa: E402
+
+# Meta-World's ids register on first use (importing Meta-World takes seconds), when the
+# optional extra is installed; `metarl envs` lists them.
+from metarl.envs.meta_world import INSTALL as _MW_INSTALL  # noqa: E402
+from metarl.registry import register_lazy  # noqa: E402
+
+register_lazy(
+    "metarl/MetaWorld-",
+    "metarl.envs.meta_world:register",
+    requires="metaworld",
+    install=_MW_INSTALL,
+)
 
 __all__ += ["mujoco"]

@@ -20,13 +20,16 @@ registration argument); ``info["success"]`` and ``info["is_success"]`` say wheth
 was solved at that step. Each env builds Meta-World's env of a task's type on first use, and
 sets the task before every reset (Meta-World needs it before ``reset``).
 
-Registration is explicit, so that ``import metarl`` does not import Meta-World (about a
-second, plus building benchmarks): call :func:`register` first.
+Registration is lazy, so that ``import metarl`` does not import Meta-World (about a second,
+plus building benchmarks): the first use of one of these ids (``metarl.make``,
+``metarl.family``, any ``metarl`` command) calls :func:`register`, which may also be called
+directly.
 
 Example:
+    >>> import metarl
+    >>> env = metarl.make("metarl/MetaWorld-ML1-reach-v3-v0")  # doctest: +SKIP
     >>> from metarl.envs import meta_world          # doctest: +SKIP
-    >>> meta_world.register()                       # doctest: +SKIP
-    >>> env = gym.make("metarl/MetaWorld-ML1-reach-v3-v0")  # doctest: +SKIP
+    >>> meta_world.register()  # all 52 ids, then gym.make works too  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -241,6 +244,21 @@ def register(benchmarks: tuple[str, ...] = BENCHMARKS) -> list[str]:
                     max_episode_steps=HORIZON,
                     kwargs=kwargs,
                     paper="Yu et al. 2019, Meta-World",
+                    listing=_listing(name, kwargs["env_name"]),
                 )
             ids.append(env_id)
     return ids
+
+
+#: (train task types, test task types) of the multi-task benchmarks; 50 variations each.
+_TYPES = {"ML10": (10, 5), "ML45": (45, 5)}
+
+
+def _listing(benchmark: str, env_name: str | None) -> dict[str, Any]:
+    """What ``metarl envs`` shows without building the benchmark (that takes seconds)."""
+    if benchmark == "ML1":
+        return {"varies": f"goal/object positions of {env_name}", "num_train": 50,
+                "num_test": 50, "splits_disjoint": True}  # fmt: skip
+    train, test = _TYPES[benchmark]
+    return {"varies": f"{train} train / {test} test task types", "num_train": 50 * train,
+            "num_test": 50 * test, "splits_disjoint": True}  # fmt: skip

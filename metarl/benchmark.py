@@ -313,11 +313,42 @@ def _meta_train_cost(run_dir: Path) -> dict[str, Any]:
     return {"iterations": len(rows), "env_steps": env_steps, "wall_clock_s": total("iteration_s")}
 
 
+def _resolve_family(env_id: str, runs_dir: Path) -> str:
+    """The registered id of ``env_id`` (``MODULE:ENV_ID`` imports ``MODULE``); for one that
+    is unknown, the ``--import`` its earlier runs under ``runs_dir`` recorded (only shown)."""
+    from metarl.registry import PluginError, import_hint, resolve_env_id
+    from metarl.runs import Run
+
+    try:
+        return resolve_env_id(env_id)
+    except PluginError as e:
+        raise BenchmarkError(str(e)) from e
+    except KeyError as e:
+        imports: Any = None
+        source: Any = None
+        for config in sorted(runs_dir.glob("*/*/config.json")):
+            try:
+                record = Run.read_record(config.parent)
+            except (OSError, ValueError):
+                continue
+            if record["config"].get("env_id") == env_id:
+                imports, source = record.get("imports"), record.get("env_source")
+                break
+        if imports or source:
+            raise BenchmarkError(
+                f"unknown task family {env_id!r}; its runs in {runs_dir} were trained with it "
+                f"registered: {import_hint(env_id, imports, source)}"
+            ) from e
+        raise BenchmarkError(f"unknown task family {env_id!r}: {e.args[0]}") from e
+
+
 def _space_reason(env_id: str) -> str | None:
     """Why the registry's policies (MLP, GRU) cannot act in ``env_id``, or None."""
     import gymnasium as gym
 
-    env = gym.make(env_id)
+    from metarl.registry import make
+
+    env = make(env_id)
     try:
         spaces = (("observations", env.observation_space), ("actions", env.action_space))
     finally:
@@ -510,7 +541,6 @@ def run_benchmark(
         note: a sentence for the report and the plot (schedules, a shared machine...).
     """
     from metarl.agents import agent_names, get_agent
-    from metarl.registry import family_ids
 
     agents, envs, seeds = list(agents), list(envs), [int(s) for s in seeds]
     if not agents or not envs or not seeds:
@@ -518,15 +548,11 @@ def run_benchmark(
     for name, values in (("agent", agents), ("family", envs), ("seed", seeds)):
         if len(set(values)) != len(values):
             raise BenchmarkError(f"a {name} is given twice: {values}")
-    known_agents, known_envs = agent_names(), family_ids()
+    known_agents = agent_names()
     for a in agents:
         if a not in known_agents:
             raise BenchmarkError(f"unknown agent {a!r}; agents: {', '.join(known_agents)}")
-    for env_id in envs:
-        if env_id not in known_envs:
-            raise BenchmarkError(
-                f"unknown task family {env_id!r}; `metarl envs` lists them: {', '.join(known_envs)}"
-            )
+    envs = [_resolve_family(env_id, Path(runs_dir)) for env_id in envs]
     if any(s < 0 for s in seeds):
         raise BenchmarkError(f"seeds must be >= 0, got {seeds}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:

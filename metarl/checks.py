@@ -22,10 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import sys
 import traceback
 import warnings
 from collections.abc import Callable
@@ -54,35 +51,32 @@ class CheckResult:
 
 
 def load_target(spec: str) -> Any:
-    """What ``MODULE:ATTR`` (or ``path/to/file.py:ATTR``, or a registered env id) names."""
-    if ":" not in spec:
-        if spec in gym.registry:
-            return spec
-        raise ValueError(
-            f"{spec!r} is neither MODULE:ATTR nor a registered env id; e.g. "
-            "`metarl check-env mypkg.envs:MyTaskEnv`, `metarl check-env my_env.py:MyTaskEnv` "
-            "or `metarl check-env metarl/HalfCheetahVel-v0`"
-        )
-    module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py") or os.sep in module_name:
-        path = Path(module_name)
-        if not path.is_file():
-            raise FileNotFoundError(f"no file {path} (from {spec!r})")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert mod_spec is not None and mod_spec.loader is not None
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[path.stem] = module
-        mod_spec.loader.exec_module(module)
-    else:
-        if os.getcwd() not in sys.path:  # like `python -m`: modules of the current directory
-            sys.path.insert(0, os.getcwd())
+    """What ``MODULE:ATTR`` (or ``path/to/file.py:ATTR``) or an env id names.
+
+    An env id may be registered (``metarl/HalfCheetahVel-v0``, one from ``--import`` or an
+    entry point) or given as ``MODULE:ENV_ID``, which imports ``MODULE`` first; a file's
+    folder goes on the import path, as running the file would.
+    """
+    from metarl import registry
+
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep and spec in gym.registry:  # a Gymnasium id that is no metarl family
+        return spec
+    if not sep or "/" in attr:  # an env id, bare or MODULE:ENV_ID
         try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
+            return registry.resolve_env_id(spec)
+        except KeyError as e:
+            if sep or "/" in spec:  # an id: the registry's message says how to register it
+                raise
             raise ValueError(
-                f"cannot import {module_name!r} ({e}); run from the directory that contains it "
-                "or give a file path, `path/to/file.py:ATTR`"
+                f"{spec!r} is neither MODULE:ATTR nor a registered env id; e.g. "
+                "`metarl check-env mypkg.envs:MyTaskEnv`, `metarl check-env my_env.py:MyTaskEnv`, "
+                "`metarl check-env mypkg.envs:mine/MyEnv-v0` or `metarl check-env "
+                "metarl/HalfCheetahVel-v0`"
             ) from e
+    if (module_name.endswith(".py") or os.sep in module_name) and not Path(module_name).is_file():
+        raise FileNotFoundError(f"no file {module_name} (from {spec!r})")
+    module = registry.import_plugin(module_name)
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ValueError(f"{module_name} has no attribute {attr!r}; it has: {', '.join(names)}")
@@ -97,15 +91,23 @@ def _env_fn(target: Any) -> tuple[EnvFn | None, TaskDistribution[Any] | None, di
         from metarl import registry
 
         backends: dict[str, Any] = {}
+        if ":" in target or target not in gym.registry:  # MODULE:ENV_ID, or registered lazily
+            target = registry.resolve_env_id(target)
         if target in registry.family_ids():
             fam = registry.family(target)
             # Approximate backends (another physics engine) cannot equal the single env.
             backends = {k: v for k, v in fam.batched.items() if k in fam.exact_backends}
-        return (lambda: gym.make(target)), None, backends
+        env_id = target
+        return (lambda: gym.make(env_id)), None, backends
     if isinstance(target, gym.Env):
         raise TypeError(
             "check-env needs fresh envs: pass the env class or a function that builds one, "
             f"not an instance of {type(target).__name__}"
+        )
+    if isinstance(target, type) and not issubclass(target, gym.Env):
+        raise TypeError(
+            f"{target.__name__} is a class but not a gymnasium.Env: pass a task env class, a "
+            "function returning a task env, a registered env id or a metarl TaskDistribution"
         )
     if callable(target):
         return target, None, {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,19 +25,23 @@ def _envs(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import metarl
+    from metarl import registry
 
     rows: list[dict[str, Any]] = []
-    for env_id in metarl.family_ids():
+    # Installed packages' entry points and the optional families (Meta-World) too.
+    for env_id in registry.load_plugins(optional=True):
         fam = metarl.family(env_id)
-        dist = metarl.task_distribution(env_id)
+        # A family slow to build (a Meta-World benchmark) says what it is without building.
+        described = fam.listing or metarl.task_distribution(env_id).describe()
         spec = gym.spec(env_id)
         rows.append(
             {
                 "id": env_id,
-                **{k: v for k, v in dist.describe().items() if k != "name"},
+                **{k: v for k, v in described.items() if k != "name"},
                 "horizon": spec.max_episode_steps,
                 "backends": fam.backends + (["torch"] if fam.torch is not None else []),
                 "paper": fam.paper,
+                "source": registry.family_source(env_id),
             }
         )
     if args.json:
@@ -66,7 +71,8 @@ def _check_env_parser(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "target",
         help="MODULE:ATTR or path/to/file.py:ATTR naming a task env class, a function that "
-        "builds one, or a TaskDistribution; or a registered env id (metarl/HalfCheetahVel-v0)",
+        "builds one, or a TaskDistribution (the file's folder goes on the import path); or an "
+        "env id: registered (metarl/HalfCheetahVel-v0) or MODULE:ENV_ID",
     )
     sub.add_argument("--steps", type=int, default=50, help="steps per checking rollout")
     sub.add_argument("--seed", type=int, default=0, help="seed of the checking rollouts")
@@ -112,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     saved: dict[str, Any] = {}
     if args.resume:
         record = Run.read_record(args.resume)
+        _require_family(record, args.resume, "train {} --resume {}")
         if agent is not None and agent != record["agent"]:
             raise ValueError(
                 f"{args.resume} was made by agent {record['agent']!r}, not {agent!r}; drop "
@@ -140,6 +147,10 @@ def _train(args: argparse.Namespace) -> int:
             f"unrecognized option(s) for {agent}: {' '.join(unknown)} "
             f"(`metarl train --agent {agent} --help` lists them)"
         )
+    if getattr(opts, "env_id", None):  # MODULE:ENV_ID imports MODULE; the config keeps ENV_ID
+        from metarl.registry import resolve_env_id
+
+        opts.env_id = resolve_env_id(opts.env_id)
     if args.resume:
         explicit = {k: v for k, v in vars(opts).items() if k != "preset"}
         base = dict(saved)
@@ -157,8 +168,11 @@ def _train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         log=lambda m: print(m, flush=True),
     )
+    from metarl.registry import run_record
+
+    imports = "".join(f"--import {shlex.quote(i)} " for i in run_record(cfg.env_id)["imports"])
     print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt)")
-    print(f"evaluate it on the held-out tasks with: metarl evaluate {run.path}")
+    print(f"evaluate it on the held-out tasks with: metarl evaluate {imports}{run.path}")
     return 0
 
 
@@ -224,6 +238,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.lrs is not None and not all(math.isfinite(x) and x > 0 for x in args.lrs):
         raise ValueError(f"--lrs must be positive finite numbers, got {args.lrs}")
     record = Run.read_record(args.run_dir)
+    _require_family(record, args.run_dir, "evaluate {} {}")
     module = get_agent(record["agent"])
     extra: dict[str, Any] = {} if args.steps is None else {"num_steps": args.steps}
     if args.lrs is not None:
@@ -248,12 +263,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{record['agent']} on {curve.env_id}{at_text}, {curve.returns.shape[1]} "
           f"{args.tasks} tasks × {curve.returns.shape[0]} seeds: mean return (95% CI) "
           f"after k {curve.unit}")  # fmt: skip
+    success = None
+    if curve.success is not None:  # the family reports info["is_success"]
+        from metarl.evaluation import mean_ci95
+
+        success = mean_ci95(curve.success.reshape(-1, curve.success.shape[-1]))
     for k in range(len(mean)):
-        print(f"  k={k}: {mean[k]:9.3f} ± {half[k]:.3f}")
+        rate = "" if success is None else f"   success {success[0][k]:.2f} ± {success[1][k]:.2f}"
+        print(f"  k={k}: {mean[k]:9.3f} ± {half[k]:.3f}{rate}")
     gain, gain_half = curve.improvement(1) if curve.num_units else (0.0, 0.0)
     print(f"  gain after 1 unit ({curve.unit}): {gain:.3f} ± {gain_half:.3f}")
+    if success is not None:
+        print("  success: the share of episodes in which the env reported info['is_success']")
     print(f"results: {json_path}\nplot:    {png_path}")
     return 0
+
+
+def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:
+    """Refuse a run whose family is not registered, with the ``--import`` it records; the
+    run directory itself never makes metarl import anything. ``command`` is the command to
+    show, with ``{}`` for the ``--import`` options and then for the run, e.g. ``"evaluate {}
+    {}"``."""
+    from metarl import registry
+
+    config = record.get("config")
+    env_id = config.get("env_id") if isinstance(config, dict) else None
+    if not isinstance(env_id, str) or registry.is_registered(env_id):
+        return
+    hint = registry.import_hint(env_id, record.get("imports"), record.get("env_source"))
+    example = ""
+    if hint.startswith("pass --import"):
+        example = f": metarl {command.format(hint[5:], shlex.quote(str(run_dir)))}"
+    raise ValueError(
+        f"{run_dir} was trained on {env_id!r}, which no module imported here registers; "
+        f"{hint}{example} (a run directory never makes metarl import anything itself)"
+    )
 
 
 def _benchmark_parser(sub: argparse.ArgumentParser) -> None:
@@ -409,6 +453,23 @@ COMMANDS: dict[
 }
 
 
+#: the commands that take task families, and so ``--import``
+_TAKE_FAMILIES = ("envs", "check-env", "train", "evaluate", "benchmark")
+
+
+def _with_imports(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``run`` after importing the ``--import`` modules, in the order given."""
+
+    def run_with_imports(args: argparse.Namespace) -> int:
+        from metarl.registry import import_plugin
+
+        for spec in getattr(args, "imports", None) or []:
+            import_plugin(spec)
+        return run(args)
+
+    return run_with_imports
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metarl import __version__
 
@@ -422,6 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_arguments, run) in COMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
         add_arguments(sub)
+        if name in _TAKE_FAMILIES:
+            sub.add_argument(
+                "--import",
+                dest="imports",
+                action="append",
+                default=[],
+                metavar="MODULE_OR_FILE.py",
+                help="import a module (my_pkg.families) or a file (path/to/families.py) that "
+                "registers task families, before anything else; repeatable",
+            )
+            run = _with_imports(run)
         sub.set_defaults(run=run)
     return parser
 

@@ -265,14 +265,28 @@ def _check_device(value: str) -> str | None:
     return "must be auto, cpu, cuda or cuda:N"
 
 
+def _check_env_id(value: str) -> str | None:
+    # A config is also read from run directories, which must never make metarl import: the
+    # command line resolves MODULE:ENV_ID to ENV_ID before a config is built.
+    if ":" in value:
+        module, _, env_id = value.rpartition(":")
+        return (
+            f"a config holds the bare id ({env_id!r}): import {module} first (`--import "
+            f"{module}` on the command line, `import {module}` in Python)"
+        )
+    return None
+
+
 @dataclass
 class RunConfig(Config):
     """Settings every training run has; agents' configs derive from it."""
 
     env_id: str = option(
         "metarl/Navigation2D-v0",
-        "the task family to meta-train on (`metarl envs` lists them)",
+        "the task family to meta-train on (`metarl envs` lists them); MODULE:ENV_ID "
+        "imports MODULE first, as gymnasium.make does",
         aliases=("--env",),
+        check=_check_env_id,
     )
     seed: int = option(0, "seed of every random number generator of the run", low=0)
     device: str = option(

@@ -107,7 +107,7 @@ class TaskEnv(gym.Env[ObsT, ActT], Generic[ObsT, ActT, TaskT]):
 def make_task_env(
     env_cls: type[gym.Env[Any, Any]],
     task_distribution: TaskDistribution[Any],
-    apply_task: Callable[[Any, Any], None],
+    apply_task: Callable[[Any, Any], None] | None = None,
     *,
     name: str | None = None,
 ) -> type[gym.Env[Any, Any]]:
@@ -122,8 +122,15 @@ def make_task_env(
         task_distribution: the tasks it accepts.
         apply_task: ``apply_task(env, task)`` writes a task into the env, e.g.
             ``lambda env, task: setattr(env, "g", task.gravity)``. It is called on
-            ``set_task`` and must make every later episode follow the task.
+            ``set_task`` and must make every later episode follow the task. None: the env
+            has a ``set_task(task)`` of its own, which is called with the (validated) task.
         name: the new class's name (default ``env_cls.__name__ + "Task"``).
+
+    An env that already owns ``set_task`` keeps it: it is what ``apply_task=None`` calls, and
+    an ``apply_task`` that calls ``env.set_task(task)`` reaches it too (not the ``set_task``
+    added here, so nothing recurses). An env that assigns ``self.task`` itself must assign a
+    task of the distribution (it becomes the current task); any other value is refused with
+    what to rename.
 
     Example:
         >>> from dataclasses import dataclass
@@ -147,12 +154,37 @@ def make_task_env(
         raise TypeError(
             f"task_distribution must be a metarl TaskDistribution, got {task_distribution!r}"
         )
+    own_set_task = getattr(env_cls, "set_task", None)
+    if own_set_task is not None and not callable(own_set_task):
+        own_set_task = None
+    if apply_task is None:
+        if own_set_task is None:
+            raise TypeError(
+                f"{env_cls.__name__} has no set_task of its own: pass apply_task, a function "
+                "(env, task) -> None that writes a task into the env"
+            )
+        apply_task = own_set_task
     if not callable(apply_task):
         raise TypeError("apply_task must be a function (env, task) -> None")
+    write_task = apply_task
+    task_type = task_distribution.task_type.__name__
 
     def set_task(self: Any, task: Any) -> None:
+        if getattr(self, "_applying_task", False):
+            # apply_task called env.set_task: that means the env's own setter.
+            if own_set_task is None:
+                raise TypeError(
+                    f"apply_task called env.set_task, and {env_cls.__name__} has none of its "
+                    "own: write the task into the env's attributes in apply_task instead"
+                )
+            own_set_task(self, task)
+            return
         task = task_distribution.validate(task)
-        apply_task(self, task)
+        self._applying_task = True
+        try:
+            write_task(self, task)
+        finally:
+            self._applying_task = False
         self._task = task
 
     def task(self: Any) -> Any:
@@ -162,6 +194,18 @@ def make_task_env(
                 "reset(options={'task': task})"
             )
         return self._task
+
+    def assign_task(self: Any, value: Any) -> None:
+        # The env's own code assigns self.task (in __init__ or its own set_task).
+        if value is None or isinstance(value, task_distribution.task_type):
+            self._task = None if value is None else task_distribution.validate(value)
+            return
+        raise TypeError(
+            f"{env_cls.__name__} assigns self.task = {value!r}, but in a task env `task` is "
+            f"the current {task_type} of {task_distribution.name}: store that value under "
+            f"another name in {env_cls.__name__} (e.g. self.task_params), or assign a "
+            f"{task_type}"
+        )
 
     def reset(self: Any, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
         task = resolve_task_options(options)
@@ -178,7 +222,7 @@ def make_task_env(
     namespace = {
         "task_distribution": task_distribution,
         "set_task": set_task,
-        "task": property(task),
+        "task": property(task, assign_task),
         "reset": reset,
         "__doc__": f"{env_cls.__name__} with tasks from {task_distribution!r}.",
         "__module__": env_cls.__module__,

@@ -114,8 +114,9 @@ class LinearFeatureBaseline:
     returns its predictions, all tasks in one batched solve.
 
     Args:
-        reg_coeff: the ridge term; multiplied by 10 (up to 5 times) while the solve is not
-            finite, as in the reference implementation of rllab.
+        reg_coeff: the ridge term; multiplied by 10 (up to 5 times) while the matrix is
+            singular or the solve is not finite, as in the reference implementation of rllab;
+            then the least-squares solution (see :meth:`solve`).
     """
 
     def __init__(self, reg_coeff: float = 1e-5) -> None:
@@ -155,15 +156,26 @@ class LinearFeatureBaseline:
 
     def solve(self, xtx: Tensor, xty: Tensor) -> Tensor:
         """Ridge solution(s) ``(XᵀX + r I)⁻¹ Xᵀy`` (batched over leading dimensions); ``r``
-        grows tenfold, up to 5 times, while the solution is not finite (rllab)."""
+        grows tenfold, up to 5 times, while the matrix is singular or the solution is not
+        finite (rllab); if it still is, the minimum-norm least-squares solution.
+
+        A degenerate design (constant observation dimensions, one episode, zero rewards) makes
+        ``XᵀX`` singular, and with large features the ridge term is lost in float32 rounding.
+        """
         eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype, device=xtx.device)
         reg = self.reg_coeff
         for _ in range(5):
-            coeffs = torch.linalg.solve(xtx + reg * eye, xty)
+            try:
+                coeffs = torch.linalg.solve(xtx + reg * eye, xty)
+            except torch.linalg.LinAlgError:  # exactly singular: a larger ridge, as rllab does
+                reg *= 10
+                continue
             if torch.isfinite(coeffs).all():
-                break
+                return coeffs
             reg *= 10
-        return coeffs
+        # XᵀX is symmetric positive semi-definite: its pseudo-inverse exists on any device.
+        pinv = torch.linalg.pinv(xtx, hermitian=True)
+        return (pinv @ xty.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
     def _unpack(pred: Tensor, returns: Tensor, mask: Tensor, num_tasks: int) -> Tensor:

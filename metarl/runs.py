@@ -247,6 +247,11 @@ class Run:
             "config": config.to_dict(),
             "metarl_version": _version(),
         }
+        env_id = getattr(config, "env_id", None)
+        if isinstance(env_id, str):  # the --import its family needs (shown, never imported)
+            from metarl.registry import run_record
+
+            record.update(run_record(env_id))
         _atomic_write_bytes(path / CONFIG_FILE, json.dumps(record, indent=2).encode())
         return cls(path, agent, config)
 

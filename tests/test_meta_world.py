@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -86,3 +87,54 @@ def test_missing_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.undo()
         meta_world.import_metaworld.cache_clear()
         meta_world.import_metaworld()
+
+
+# -- from the metarl command -------------------------------------------------------------------
+REACH = "metarl/MetaWorld-ML1-reach-v3-v0"
+# Real training cut to seconds: one iteration of tiny batches on 20-step episodes.
+TINY_CLI = {
+    "maml-trpo": ["--num-iterations", "1", "--meta-batch-size", "2", "--episodes-per-task", "2",
+                  "--hidden-sizes", "8", "--horizon", "20"],
+    "reptile-rl": ["--num-iterations", "1", "--meta-batch-size", "2", "--episodes-per-task", "2",
+                   "--hidden-sizes", "8", "--horizon", "20"],
+    "rl2": ["--num-iterations", "1", "--num-trials", "4", "--episodes-per-trial", "2",
+            "--hidden-size", "8", "--max-episode-steps", "20", "--num-minibatches", "1"],
+}  # fmt: skip
+
+
+def _metarl(*args: str, cwd) -> str:
+    out = subprocess.run([sys.executable, "-m", "metarl.cli", *args], cwd=cwd,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def _train_and_evaluate(agent: str, env_id: str, cwd) -> str:
+    _metarl("train", "--agent", agent, "--env", env_id, *TINY_CLI[agent], "--device", "cpu",
+            "--no-tensorboard", "--run-dir", "run", cwd=cwd)  # fmt: skip
+    return _metarl("evaluate", "run", "--max-tasks", "2", "--episodes", "2", "--seeds", "0",
+                   "--steps", "1", cwd=cwd)  # fmt: skip
+
+
+def test_ml1_reach_from_the_command_line(tmp_path) -> None:
+    rows = json.loads(_metarl("envs", "--json", cwd=tmp_path))
+    ids = {r["id"]: r for r in rows}
+    assert ids[REACH]["num_train"] == 50 and "metarl/MetaWorld-ML10-v0" in ids
+    out = _train_and_evaluate("maml-trpo", REACH, tmp_path)
+    assert "k=1:" in out and "success" in out  # the success rate, printed
+    _metarl("benchmark", "--agents", "rl2", "--envs", REACH, "--seeds", "0", "--preset",
+            "none", "--steps", "1", "--max-tasks", "2", "--episodes", "2", "--set",
+            *(f"rl2.{k.lstrip('-').replace('-', '_')}={v}"
+              for k, v in zip(TINY_CLI["rl2"][::2], TINY_CLI["rl2"][1::2], strict=True)),
+            "rl2.device=cpu", "rl2.tensorboard=false", "--out", "rep", cwd=tmp_path)  # fmt: skip
+    entry = json.loads((tmp_path / "rep" / "report.json").read_text())["entries"][0]
+    assert entry["env_id"] == REACH and len(entry["success_rate"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("agent", ["maml-trpo", "reptile-rl", "rl2"])
+@pytest.mark.parametrize("env_id", [REACH, "metarl/MetaWorld-ML1-push-v3-v0",
+                                    "metarl/MetaWorld-ML1-pick-place-v3-v0",
+                                    "metarl/MetaWorld-ML10-v0"])  # fmt: skip
+def test_every_agent_on_ml1_and_ml10_from_the_command_line(tmp_path, agent, env_id) -> None:
+    assert "success" in _train_and_evaluate(agent, env_id, tmp_path)

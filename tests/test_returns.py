@@ -186,3 +186,59 @@ def test_previous_task_baseline_refuses_a_wrong_feature_size() -> None:
         PreviousTaskBaseline(8, coeffs=torch.zeros(3))
     with pytest.raises(ValueError, match="do not split"):
         PreviousTaskBaseline(8).fit_predict(obs, returns, mask, 3)
+
+
+def _old_solve(xtx: torch.Tensor, xty: torch.Tensor, reg: float) -> torch.Tensor:
+    # The solve as it was before singular matrices were handled: the reference for inputs
+    # it could solve.
+    eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype)
+    for _ in range(5):
+        coeffs = torch.linalg.solve(xtx + reg * eye, xty)
+        if torch.isfinite(coeffs).all():
+            break
+        reg *= 10
+    return coeffs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_linear_baseline_solve_is_unchanged_on_regular_designs(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    obs = torch.randn(50, 6, 5, generator=gen, dtype=dtype)
+    returns = torch.randn(50, 6, generator=gen, dtype=dtype)
+    mask = torch.ones(50, 6, dtype=dtype)
+    base = LinearFeatureBaseline()
+    x, y = base.design(obs, returns, mask, num_tasks=3)
+    xt = x.transpose(1, 2)
+    xtx, xty = xt @ x, (xt @ y.unsqueeze(-1)).squeeze(-1)
+    assert torch.equal(base.solve(xtx, xty), _old_solve(xtx, xty, base.reg_coeff))
+
+
+@pytest.mark.parametrize(
+    "case", ["constant-dims-1", "constant-dims-10", "one-step", "all-masked", "all-constant"]
+)
+def test_linear_baseline_survives_degenerate_designs(case: str) -> None:
+    # Meta-World: 17 of 39 observation dimensions constant; with values of 1 or 10 the
+    # columns o, o² and the bias coincide (or the ridge term vanishes in float32 rounding),
+    # so XᵀX + rI is exactly singular and torch.linalg.solve raises.
+    gen = torch.Generator().manual_seed(1)
+    num_steps, batch = 500, 2
+    obs = torch.randn(num_steps, batch, 39, generator=gen)
+    mask = torch.ones(num_steps, batch)
+    returns = torch.zeros(num_steps, batch)  # all-zero rewards
+    if case == "constant-dims-1":
+        obs[..., 10:27] = 1.0
+    elif case == "constant-dims-10":
+        obs[..., 10:27] = 10.0
+    elif case == "one-step":
+        mask[1:] = 0
+    elif case == "all-masked":
+        mask[:] = 0
+    else:
+        obs[:] = 10.0
+        returns = torch.ones(num_steps, batch)
+    base = LinearFeatureBaseline()
+    pred = base.fit_predict(obs, returns, mask, num_tasks=batch)  # one episode per task
+    assert pred.shape == (num_steps, batch) and torch.isfinite(pred).all()
+    assert (pred[mask == 0] == 0).all()
+    if case == "all-constant":  # a constant return is fitted exactly by the bias term
+        torch.testing.assert_close(pred, returns, atol=1e-2, rtol=0)

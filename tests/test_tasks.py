@@ -203,3 +203,52 @@ def test_make_task_env_turns_any_env_into_a_task_env() -> None:
     assert gym.spec("test/PendulumGravity-v0").max_episode_steps == 50
     with pytest.raises(TypeError, match=r"gymnasium\.Env subclass"):
         metarl.make_task_env(dict, gravity_dist(), lambda e, t: None)  # type: ignore[arg-type]
+
+
+def _pendulum_with_own_setter(store: str) -> type:
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+    class OwnSetter(PendulumEnv):
+        """An env written before metarl: it already has task/set_task of its own."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[GravityTask] = []
+            self.task = GravityTask(10.0) if store == "task" else {"gravity": 10.0}
+
+        def set_task(self, task: GravityTask) -> None:
+            self.calls.append(task)
+            self.g = task.gravity
+            self.task = task if store == "task" else {"gravity": task.gravity}
+
+    return OwnSetter
+
+
+@pytest.mark.parametrize("how", ["own", "lambda"])
+def test_make_task_env_calls_an_envs_own_set_task(how: str) -> None:
+    own = _pendulum_with_own_setter("task")
+    apply = None if how == "own" else (lambda env, task: env.set_task(task))
+    cls = metarl.make_task_env(own, gravity_dist(), apply)
+    env = cls()
+    assert env.task == GravityTask(10.0)  # what the env's __init__ set
+    env.reset(seed=0, options={"task": GravityTask(12.0)})
+    assert env.g == 12.0 and env.task == GravityTask(12.0)
+    assert env.calls == [GravityTask(12.0)]  # the env's own setter, once: no recursion
+    with pytest.raises(TaskError, match="outside"):
+        env.set_task(GravityTask(30.0))
+    assert env.calls == [GravityTask(12.0)]  # refused before it reached the env
+
+
+def test_make_task_env_says_what_to_change_when_the_env_uses_task_otherwise() -> None:
+    from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+    own = _pendulum_with_own_setter("dict")
+    with pytest.raises(TypeError, match=r"store that value under another name .*self\.task_"):
+        metarl.make_task_env(own, gravity_dist())()
+    with pytest.raises(TypeError, match="has no set_task of its own: pass apply_task"):
+        metarl.make_task_env(PendulumEnv, gravity_dist())
+    calls_itself = metarl.make_task_env(
+        PendulumEnv, gravity_dist(), lambda env, task: env.set_task(task)
+    )
+    with pytest.raises(TypeError, match="write the task into the env's attributes"):
+        calls_itself().set_task(GravityTask(6.0))
