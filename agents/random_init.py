@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +81,6 @@ def train(
     A resumed run already holds its initialisation and is left as it is.
     """
     run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
     if cfg.env_id not in family_ids():
         task_distribution(cfg.env_id)  # raises the registry's clear error
     if resume:
@@ -94,7 +91,7 @@ def train(
     seed_everything(cfg.seed)
     policy = _policy(cfg, torch.device("cpu"))
     params = {k: v.detach().clone() for k, v in named_params(policy).items()}
-    run = Run.create(run_dir, AGENT, cfg)
+    run = Run.create(run_dir, AGENT, cfg, overwrite=overwrite)
     try:
         norm = torch.sqrt(sum((v**2).sum() for v in params.values()))  # type: ignore[arg-type]
         run.log(0, {"num_params": float(sum(v.numel() for v in params.values())),

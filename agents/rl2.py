@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -881,8 +880,6 @@ def train(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
     # Python's and NumPy's global generators too (RL² draws from its own), so that the RNG
     # states a checkpoint saves are a function of the seed: a resumed run equals a fresh one.
     seed_everything(cfg.seed)
@@ -899,7 +896,7 @@ def train(
         agent.iteration = int(ckpt["iteration"])
     else:
         agent = RL2(cfg)
-        run = Run.create(run_dir, AGENT, cfg)
+        run = Run.create(run_dir, AGENT, cfg, overwrite=overwrite)
     start = agent.iteration
     if log:
         log(f"{AGENT} on {cfg.env_id}: iterations {start}..{cfg.num_iterations}, "

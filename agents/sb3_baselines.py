@@ -35,7 +35,6 @@ Stable-Baselines3 is imported inside the functions that use it.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -477,8 +476,6 @@ def train_ppo(
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
     if cfg.env_id not in family_ids():
         task_distribution(cfg.env_id)  # raises the registry's clear error
     seed_everything(cfg.seed)
@@ -498,7 +495,7 @@ def train_ppo(
         total_steps = int(ckpt["state"]["num_timesteps"])
         start = int(ckpt["iteration"])
     else:
-        run = Run.create(run_dir, agent, cfg)
+        run = Run.create(run_dir, agent, cfg, overwrite=overwrite)
     if log:
         log(f"{agent} on {cfg.env_id}: PPO iterations {start}..{cfg.num_iterations} of "
             f"{cfg.n_envs * cfg.n_steps} env steps, run dir {run_dir}")  # fmt: skip

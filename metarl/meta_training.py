@@ -10,7 +10,6 @@ or checkpointed (the last checkpoint stays the last good one).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,6 @@ def meta_train(
     if c.num_threads:
         torch.set_num_threads(c.num_threads)
     run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
     if c.env_id not in family_ids():
         task_distribution(c.env_id)  # raises the registry's clear error
     seed_everything(c.seed)
@@ -119,7 +116,7 @@ def meta_train(
         _restore_extra(learned, ckpt["state"], run.checkpoint_path)
         start = int(ckpt["iteration"])
     else:
-        run = Run.create(run_dir, agent, cfg)
+        run = Run.create(run_dir, agent, cfg, overwrite=overwrite)
     if log:
         log(f"{agent} on {c.env_id}: iterations {start}..{c.num_iterations}, run dir {run_dir}")
     bar = progress(range(start, c.num_iterations), total=c.num_iterations, initial=start,

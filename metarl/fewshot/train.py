@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from metarl.config import Config, option
+from metarl.config import MAX_SEED, Config, option
 from metarl.fewshot.baseline import PretrainFinetune
 from metarl.fewshot.data import (
     EpisodeSampler,
@@ -48,7 +48,7 @@ from metarl.fewshot.metasgd import MetaSGD
 from metarl.fewshot.models import MLP, Conv4
 from metarl.fewshot.protonet import ProtoNet
 from metarl.fewshot.reptile import Reptile
-from metarl.numerics import NonFiniteError, at_iteration, check_finite
+from metarl.numerics import NEW_RUN_ADVICE, NonFiniteError, at_iteration, check_finite
 from metarl.runs import Run, progress, resolve_device
 from metarl.seeding import seed_everything
 
@@ -127,7 +127,7 @@ class FewShotConfig(Config):
         "vectorise the meta-batch (Conv4: the tasks folded into grouped convolutions, other "
         "models: vmap; False: a Python loop over tasks)",
     )
-    seed: int = option(0, "seed of every random number generator of the run", low=0)
+    seed: int = option(0, "seed of every random number generator of the run", low=0, high=MAX_SEED)
     device: str = option(
         "auto", "auto, cpu, cuda or cuda:N", check=_check_device, may_change_on_resume=True
     )
@@ -346,8 +346,10 @@ def train(
     run_dir: str | Path,
     resume: bool = False,
     num_eval_episodes: int = 600,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Meta-train (or resume) a run, then evaluate it on held-out episodes.
+    """Meta-train (or resume) a run, then evaluate it on held-out episodes (``overwrite``:
+    replace a run already in ``run_dir``).
 
     Returns the evaluation result (also written to ``<run_dir>/eval.json``).
     """
@@ -359,7 +361,10 @@ def train(
     shape = None if train_data is None else train_data.image_shape
     ntrain = 0 if train_data is None else train_data.num_classes
     learner = build_learner(cfg, shape, ntrain).to(device)
-    run = Run.resume(run_dir, AGENT, cfg) if resume else Run.create(run_dir, AGENT, cfg)
+    if resume:
+        run = Run.resume(run_dir, AGENT, cfg)
+    else:
+        run = Run.create(run_dir, AGENT, cfg, overwrite=overwrite)
     start = 0
     if resume:
         ckpt = run.load_checkpoint(generators={"episodes": rng})
@@ -384,7 +389,7 @@ def train(
                 )
                 raise NonFiniteError(
                     f"iteration {it}: non-finite {', '.join(bad)} ({metrics}); lower the "
-                    f"learning rates or check the data{kept}",
+                    f"learning rates or check the data{kept}{NEW_RUN_ADVICE}",
                     bad[0],
                     it,
                 )
