@@ -241,6 +241,7 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl.agents import get_agent
+    from metarl.rundir import check_writable
     from metarl.runs import Run
 
     if args.steps is not None and args.steps < 0:
@@ -253,7 +254,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
     _check_seeds("--seeds", args.seeds)
     record = Run.read_record(args.run_dir)
-    _check_writable(args.run_dir)  # before the work, not after it
+    check_writable(args.run_dir)  # before the work, not after it
     module = get_agent(record["agent"])
     extra: dict[str, Any] = {} if args.steps is None else {"num_steps": args.steps}
     if args.lrs is not None:
@@ -470,19 +471,6 @@ def _check_seeds(flag: str, seeds: Sequence[int]) -> None:
         raise ValueError(f"{flag} must be integers from 0 to {MAX_SEED}, got {bad[0]}")
 
 
-def _check_writable(run_dir: str) -> None:
-    """Fail now, in one line, if results cannot be written into ``run_dir``."""
-    import os
-    import tempfile
-
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=run_dir)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, run_dir) from e
-    os.close(fd)
-    os.unlink(tmp)
-
-
 def _interrupted(args: argparse.Namespace) -> str:
     """The Ctrl-C line: what was kept and how to continue."""
     from pathlib import Path
@@ -506,8 +494,8 @@ def _os_error(e: OSError) -> str:
     advice = {
         errno.EROFS: "the file system is read-only: choose a writable directory (copy the run "
         "there first)",
-        errno.ENOSPC: "the disk is full: free some space, then resume (the last checkpoint is "
-        "kept)",
+        errno.ENOSPC: "the disk is full: free some space and run it again (a run resumes "
+        "from its last checkpoint, which is kept)",
         errno.EDQUOT: "the disk quota is exhausted: free some space, then resume",
         errno.EACCES: "permission denied: choose a directory you can write",
         errno.EPERM: "permission denied: choose a directory you can write",

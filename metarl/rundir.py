@@ -43,6 +43,7 @@ __all__ = [
     "RunLockedError",
     "UnsafeRunDirError",
     "append",
+    "check_writable",
     "check_written_names",
     "read_bytes",
     "write_atomic",
@@ -111,6 +112,23 @@ def check_written_names(run_dir: str | Path, names: Iterable[str] = WRITTEN_NAME
         )
     for name in names:
         _check_name(run_dir / name, directory=name in _DIRS)
+
+
+def check_writable(directory: str | Path) -> None:
+    """Raise the ``OSError`` (read-only file system, no space, permission denied) that
+    writing into ``directory`` would meet, before any work is done (a temporary file is
+    created and removed)."""
+    import tempfile
+
+    directory = Path(directory)
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent  # what the write would create lies below this one
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-check.", dir=directory)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(directory)) from e
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _open_dir(directory: Path) -> int:

@@ -5,7 +5,11 @@ A run directory holds
 * ``config.json`` — the agent's name, the resolved config and the metarl version;
 * ``metrics.csv`` — one row per logged iteration (``tensorboard/`` too when the
   ``tensorboard`` package is installed);
-* ``checkpoint.pt`` — the latest good checkpoint.
+* ``checkpoint.pt`` — the latest good checkpoint;
+* ``.lock`` — locked by the one process writing the run (:class:`metarl.rundir.RunLock`).
+
+Every write goes through :mod:`metarl.rundir` (never through a link; a directory from
+elsewhere may be crafted), and checkpoint loads are bounded (:func:`max_checkpoint_bytes`).
 
 Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts) and are read with
 ``torch.load(weights_only=True)``, so a crafted pickle is refused instead of executed. They

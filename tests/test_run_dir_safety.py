@@ -251,12 +251,16 @@ def test_bombs_stay_within_bounded_memory(tmp_path: Path) -> None:
     whose payload expands to 3.4 GB, a 2 GB sparse file, a deflate bomb of 256 MB; peak
     memory measured (a process that only imports metarl and torch is the baseline)."""
     baseline, _ = _peak_mb("import metarl.runs")
-    cases = {}
     _stride0_envelope(tmp_path / "stride0.pt", 3_400_000_000)
     with open(tmp_path / "sparse.pt", "wb") as f:
         f.truncate(2 << 30)
     _deflated(tmp_path / "deflate.pt", 256 << 20)
-    for name in ("stride0", "sparse", "deflate"):
+    kinds = {
+        "stride0": "stride-0 payload a copy expands to 3.4 GB",
+        "sparse": "2 GB sparse file",
+        "deflate": "deflated archive entry of 256 MB",
+    }
+    for name, kind in kinds.items():
         path = tmp_path / f"{name}.pt"
         peak, out = _peak_mb("""
             import sys
@@ -268,8 +272,7 @@ def test_bombs_stay_within_bounded_memory(tmp_path: Path) -> None:
         """, str(path))  # fmt: skip
         assert "refused:" in out, out
         assert peak < baseline + 64, (name, peak, baseline)
-        cases[name] = peak
-        tally("bomb checkpoint peak memory", kind=name, file_mb=path.stat().st_size / 2**20,
+        tally("bomb checkpoint peak memory", kind=kind, file_mb=path.stat().st_size / 2**20,
               peak_mb=round(peak, 1), baseline_mb=round(baseline, 1))  # fmt: skip
 
 
@@ -444,11 +447,15 @@ def test_evaluate_on_a_read_only_disk_fails_before_the_work(
     err = capsys.readouterr().err
     _one_line(err)
     assert "read-only" in err, err
+    assert main(["fewshot", "evaluate", str(d), "--num-episodes", "1"]) == 1
+    err = capsys.readouterr().err
+    _one_line(err)
+    assert "read-only" in err, err
     assert main(["train", "--resume", str(d), "--num-iterations", "3"]) == 1
     err = capsys.readouterr().err
     _one_line(err)
     assert "read-only" in err, err
-    tally("read-only disk: one line, before the work", 2)
+    tally("read-only disk: one line, before the work", 3)
 
 
 def test_a_full_disk_keeps_the_last_checkpoint(
@@ -461,7 +468,7 @@ def test_a_full_disk_keeps_the_last_checkpoint(
     assert main(["train", "--resume", str(d), "--num-iterations", "3"]) == 1
     err = capsys.readouterr().err
     _one_line(err)
-    assert "disk is full" in err and "resume" in err, err
+    assert "disk is full" in err and "resumes" in err, err
     assert (d / "checkpoint.pt").read_bytes() == ckpt
     assert not [p for p in d.iterdir() if p.name.endswith(".tmp")]
     (tiny_disk / "filler").unlink()

@@ -101,6 +101,15 @@ def run_fewshot(args: argparse.Namespace) -> int:
     if cmd == "evaluate":
         if args.num_episodes < 1:
             raise ValueError(f"--num-episodes must be >= 1, got {args.num_episodes}")
+        for flag in ("num_ways", "eval_query"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+        from metarl.rundir import check_writable
+        from metarl.runs import Run
+
+        Run.read_record(args.run_dir)  # a run directory, holding no link where it writes
+        check_writable(args.out.parent if args.out else args.run_dir)  # before the work
         result = evaluate_run(
             args.run_dir,
             args.num_episodes,
