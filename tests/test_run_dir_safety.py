@@ -353,8 +353,17 @@ def test_a_reader_leaves_a_live_runs_metrics(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_two_processes_resuming_one_run(maml_run: Path, tmp_path: Path) -> None:
     d = _copy(maml_run, tmp_path / "run")
-    cmd = [sys.executable, "-m", "metarl.cli", "train", "--resume", str(d),
-           "--num-iterations", "12"]  # fmt: skip
+    # 28 iterations: long enough for the second process to arrive while the first writes.
+    cmd = [
+        sys.executable,
+        "-m",
+        "metarl.cli",
+        "train",
+        "--resume",
+        str(d),
+        "--num-iterations",
+        "30",
+    ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]  # fmt: skip
     results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in procs]
@@ -363,7 +372,7 @@ def test_two_processes_resuming_one_run(maml_run: Path, tmp_path: Path) -> None:
     err = next(e for code, e in results if code == 1)
     assert "in use by another metarl process" in err and "Traceback" not in err
     its = [r["iteration"] for r in Run(d, "maml-trpo", Cfg()).metrics()]
-    assert its == [str(i) for i in range(12)], its
+    assert its == [str(i) for i in range(30)], its
     tally("concurrent writers: one ran, one refused, log intact")
 
 
