@@ -261,11 +261,12 @@ def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
             "the command line only",
         ),
         (
-            "a read-only disk (`evaluate`, `train --resume`) and a full one (a 1 MB tmpfs)",
+            "a read-only disk (`evaluate`, `fewshot evaluate`, `train --resume`) and a full "
+            "one (`train --resume` on a full 1 MB tmpfs)",
             n("read-only disk: one line, before the work")
             + n("full disk: one line, last checkpoint kept"),
-            "one line (exit 1); evaluate fails before the work; the last checkpoint kept byte "
-            "for byte, no temporary file left",
+            "one line (exit 1); the evaluations fail before the work; the last checkpoint kept "
+            "byte for byte, no temporary file left",
         ),
     ]
     lines = [
