@@ -209,12 +209,14 @@ class MAMLTRPOConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
         "mjx give the same episodes for the same seed (mjx: close, another physics engine)",
         choices=SAMPLERS,
         may_change_on_resume=True,
+        command_line_only=True,  # ray connects to a cluster
     )
     ray_workers: int = option(2, "Ray actors for --sampler ray", low=1, may_change_on_resume=True)
     ray_address: str = option(
         "",
         "Ray cluster for --sampler ray ('auto' or host:port); empty: a local Ray instance",
         may_change_on_resume=True,
+        command_line_only=True,
     )
 
     presets: ClassVar[dict[str, dict[str, Any]]] = {

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from metarl.evaluation import AdaptationCurve
+from metarl.rundir import read_bytes, write_atomic
 
 __all__ = ["BenchmarkEntry", "BenchmarkError", "BenchmarkReport", "run_benchmark"]
 
@@ -436,17 +437,15 @@ def _evaluate_cached(module: Any, run_dir: Path, settings: dict[str, Any]) -> Ad
     key = {**settings, "checkpoint": None if stat is None else [stat.st_size, stat.st_mtime_ns]}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = run_dir / "benchmark_eval.json"
-    if cache.exists():
+    if os.path.lexists(cache):
         try:
-            data = json.loads(cache.read_text())
+            data = json.loads(read_bytes(cache, 1 << 30))
             if data.get("key") == digest:
                 return _curve_from_json(data["curve"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             pass  # a damaged cache is recomputed
     curve, _, _ = module.evaluate(run_dir, **settings)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": digest, "curve": curve.to_json()}))
-    os.replace(tmp, cache)
+    write_atomic(cache, json.dumps({"key": digest, "curve": curve.to_json()}).encode())
     return curve
 
 

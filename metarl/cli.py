@@ -83,6 +83,7 @@ def _check_env(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    _check_seeds("--seed", [args.seed])
     results = check_env(load_target(args.target), steps=args.steps, seed=args.seed)
     print(format_report(args.target, results))
     return 1 if any(r.ok is False for r in results) else 0
@@ -154,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         explicit = {k: v for k, v in vars(opts).items() if k != "preset"}
         base = dict(saved)
+        _refuse_handed_fields(args.resume, module.CONFIG, base, explicit)
         if getattr(opts, "preset", None):
             base.update(module.CONFIG.presets[opts.preset])
         cfg = module.CONFIG.from_dict({**base, **explicit})
@@ -161,6 +163,8 @@ def _train(args: argparse.Namespace) -> int:
     else:
         cfg = from_args(module.CONFIG, opts)
         run_dir = args.run_dir or (f"runs/{agent}/{cfg.env_id.split('/')[-1]}-seed{cfg.seed}")
+    args.resume_hint = f"metarl train --resume {run_dir}"  # for the Ctrl-C line
+    args.run_path = run_dir
     run = module.train(
         cfg,
         run_dir,
@@ -174,6 +178,27 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt)")
     print(f"evaluate it on the held-out tasks with: metarl evaluate {imports}{run.path}")
     return 0
+
+
+def _refuse_handed_fields(
+    run_dir: str, cls: Any, saved: dict[str, Any], explicit: dict[str, Any]
+) -> None:
+    """Where a resumed run connects (Ray) comes from this command line, never from the run
+    directory: drop those fields from ``saved``, and refuse when the run asked for other
+    values than this command line gives."""
+    from metarl.config import _flag, command_line_only_fields
+
+    wanted = []
+    for name, default in command_line_only_fields(cls).items():
+        value = saved.pop(name, default)
+        if name not in explicit and value != default:
+            wanted.append(f"{_flag(name)} {value}")
+    if wanted:
+        raise ValueError(
+            f"{run_dir}/config.json asks for {' '.join(wanted)}, which decide where this "
+            "process connects; they are never taken from a run directory: give them on the "
+            "command line to use them (or other values)"
+        )
 
 
 def _train_help(cfg_parser: argparse.ArgumentParser | None) -> None:
@@ -229,6 +254,7 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl.agents import get_agent
+    from metarl.rundir import check_writable
     from metarl.runs import Run
 
     if args.steps is not None and args.steps < 0:
@@ -237,8 +263,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.lrs is not None and not all(math.isfinite(x) and x > 0 for x in args.lrs):
         raise ValueError(f"--lrs must be positive finite numbers, got {args.lrs}")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    _check_seeds("--seeds", args.seeds)
     record = Run.read_record(args.run_dir)
     _require_family(record, args.run_dir, "evaluate {} {}")
+    check_writable(args.run_dir)  # before the work, not after it
     module = get_agent(record["agent"])
     extra: dict[str, Any] = {} if args.steps is None else {"num_steps": args.steps}
     if args.lrs is not None:
@@ -362,6 +392,12 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.max_tasks is not None and args.max_tasks < 1:
         raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.num_threads < 0:
+        raise ValueError(f"--num-threads must be >= 0, got {args.num_threads}")
+    _check_seeds("--seeds", args.seeds)
+    _check_seeds("--eval-seeds", args.eval_seeds)
     default: str | None = None
     per_agent: dict[str, str | None] = {}
     for item in args.preset:
@@ -498,6 +534,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_seeds(flag: str, seeds: Sequence[int]) -> None:
+    from metarl.config import MAX_SEED
+
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"{flag} must be integers from 0 to {MAX_SEED}, got {bad[0]}")
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """The Ctrl-C line: what was kept and how to continue."""
+    from pathlib import Path
+
+    run_path = getattr(args, "run_path", None)
+    if run_path is None:
+        return "interrupted"
+    ckpt = Path(run_path) / "checkpoint.pt"
+    if ckpt.is_file():
+        return (
+            f"interrupted; the last checkpoint ({ckpt}) is kept: continue with `{args.resume_hint}`"
+        )
+    return f"interrupted before the first checkpoint; start {run_path} again with --overwrite"
+
+
+def _os_error(e: OSError) -> str:
+    """One line for a failed file operation: what, where, and what to do."""
+    import errno
+
+    where = f" ({e.filename})" if e.filename else ""
+    advice = {
+        errno.EROFS: "the file system is read-only: choose a writable directory (copy the run "
+        "there first)",
+        errno.ENOSPC: "the disk is full: free some space and run it again (a run resumes "
+        "from its last checkpoint, which is kept)",
+        errno.EDQUOT: "the disk quota is exhausted: free some space, then resume",
+        errno.EACCES: "permission denied: choose a directory you can write",
+        errno.EPERM: "permission denied: choose a directory you can write",
+    }.get(e.errno or 0, "check the path and the disk")
+    return f"{e.strerror or e}{where}; {advice}"
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(
+        w in text
+        for w in ("out of memory", "not enough memory", "can't allocate", "cannot allocate")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -508,21 +592,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    import os
+
     from metarl.numerics import NonFiniteError
-    from metarl.runs import CheckpointError
+    from metarl.runs import CheckpointError, RunLockedError, UnsafeRunDirError
     from metarl.workers import EnvWorkerError
 
+    def fail(msg: object, code: int) -> int:
+        print(f"metarl {args.command}: error: {msg}", file=sys.stderr)
+        return code
+
+    # Every failure is one line: exit 2 for bad input, 1 for a run that could not go on, 130
+    # for Ctrl-C. METARL_TRACEBACK=1 shows the traceback of an unexpected one.
     try:
         return int(args.run(args))
-    except (CheckpointError, NonFiniteError, EnvWorkerError) as e:
+    except KeyboardInterrupt:
+        print(f"metarl {args.command}: {_interrupted(args)}", file=sys.stderr)
+        return 130
+    except (CheckpointError, NonFiniteError, EnvWorkerError, RunLockedError) as e:
         # A run that had to stop: the message says why, where, and what was kept.
-        print(f"metarl {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        return fail(e, 1)
+    except (ValueError, KeyError, TypeError, FileNotFoundError, UnsafeRunDirError) as e:
         # Bad input: one clear line, no traceback.
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"metarl {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        return fail(e.args[0] if isinstance(e, KeyError) and e.args else e, 2)
+    except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        return fail(e if e.filename is None else _os_error(e), 2)
+    except OSError as e:
+        return fail(_os_error(e), 1)
+    except Exception as e:
+        if os.environ.get("METARL_TRACEBACK"):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        if _out_of_memory(e):
+            return fail(
+                f"ran out of memory ({first or type(e).__name__}); lower the batch sizes "
+                "(--meta-batch-size, episodes or trials per task)",
+                1,
+            )
+        return fail(f"{type(e).__name__}: {first} (unexpected: METARL_TRACEBACK=1 shows where)", 1)
 
 
 if __name__ == "__main__":

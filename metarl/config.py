@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "MAX_SEED",
     "Config",
     "ConfigError",
     "EnvOptions",
@@ -43,6 +44,7 @@ __all__ = [
     "ReturnOptions",
     "RunConfig",
     "add_arguments",
+    "command_line_only_fields",
     "from_args",
     "num_workers_option",
     "option",
@@ -56,6 +58,10 @@ class ConfigError(ValueError):
     """A configuration value is out of range, of the wrong type, or unknown."""
 
 
+#: Seeds go to NumPy's legacy generator and torch, which take at most 32 and 64 bits.
+MAX_SEED = 2**32 - 1
+
+
 def option(
     default: Any,
     help: str,
@@ -66,6 +72,7 @@ def option(
     choices: Sequence[Any] | None = None,
     check: Callable[[Any], str | None] | None = None,
     may_change_on_resume: bool = False,
+    command_line_only: bool = False,
     aliases: Sequence[str] = (),
 ) -> Any:
     """A config field with its help text and constraints.
@@ -78,6 +85,9 @@ def option(
         check: ``value -> error message or None`` for anything else.
         may_change_on_resume: the value may differ when a run is resumed (the number of
             iterations, the device); every other field must match the run's config.
+        command_line_only: the value decides where the process connects or what it imports
+            (a Ray address): ``metarl train --resume`` never takes it from a run directory,
+            which may come from someone else (see :func:`command_line_only_fields`).
     """
     meta = {
         "help": help,
@@ -87,11 +97,21 @@ def option(
         "choices": tuple(choices) if choices is not None else None,
         "check": check,
         "may_change_on_resume": may_change_on_resume,
+        "command_line_only": command_line_only,
         "aliases": tuple(aliases),
     }
     if isinstance(default, list | dict | set):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def command_line_only_fields(cls: type[Config]) -> dict[str, Any]:
+    """``{name: default}`` of the fields marked ``command_line_only``."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.metadata.get("command_line_only"):
+            out[f.name] = f.default if f.default is not dataclasses.MISSING else None
+    return out
 
 
 def num_workers_option() -> Any:
@@ -288,7 +308,7 @@ class RunConfig(Config):
         aliases=("--env",),
         check=_check_env_id,
     )
-    seed: int = option(0, "seed of every random number generator of the run", low=0)
+    seed: int = option(0, "seed of every random number generator of the run", low=0, high=MAX_SEED)
     device: str = option(
         "auto",
         "where the learner runs: auto (CUDA if available), cpu, cuda or cuda:N",

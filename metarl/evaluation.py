@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from metarl.rundir import write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -165,9 +168,7 @@ class AdaptationCurve:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(self.to_json(), indent=2).encode())
         return path
 
     @classmethod
@@ -205,8 +206,10 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()  # savefig would open the path itself, following a link
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
+    write_atomic(path, buf.getvalue())
     return path
 
 

@@ -6,7 +6,8 @@ losses, gradients, the update step, the new parameters) and turns a failure insi
 iteration into a :class:`NonFiniteError` naming that iteration with :func:`at_iteration`.
 Because the loops save a checkpoint only after a finished, checked iteration (and
 :mod:`metarl.runs` refuses to write non-finite values anyway), the last good checkpoint is
-never overwritten: resume from it with a smaller step size.
+never overwritten. Step sizes are part of a run's settings, which ``--resume`` keeps: the
+message says to try other values in a new run directory.
 
 Example:
     >>> import torch
@@ -27,7 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["NonFiniteError", "at_iteration", "check_finite"]
+__all__ = ["NEW_RUN_ADVICE", "NonFiniteError", "at_iteration", "check_finite"]
+
+#: A run resumes only under its own settings, so other step sizes need a new run directory.
+NEW_RUN_ADVICE = (
+    " (a run resumes only under its own settings: try other values in a new run directory)"
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -89,5 +95,5 @@ def at_iteration(error: BaseException, iteration: int, checkpoint: str = "") -> 
     env's failure: :meth:`metarl.batched.EnvError.at_iteration`)."""
     msg = f"iteration {iteration}: {error}"
     if checkpoint:
-        msg += f"; the last good checkpoint ({checkpoint}) is kept — resume from it"
-    return msg
+        msg += f"; the last good checkpoint ({checkpoint}) is kept"
+    return msg + NEW_RUN_ADVICE

@@ -5,7 +5,11 @@ A run directory holds
 * ``config.json`` — the agent's name, the resolved config and the metarl version;
 * ``metrics.csv`` — one row per logged iteration (``tensorboard/`` too when the
   ``tensorboard`` package is installed);
-* ``checkpoint.pt`` — the latest good checkpoint.
+* ``checkpoint.pt`` — the latest good checkpoint;
+* ``.lock`` — locked by the one process writing the run (:class:`metarl.rundir.RunLock`).
+
+Every write goes through :mod:`metarl.rundir` (never through a link; a directory from
+elsewhere may be crafted), and checkpoint loads are bounded (:func:`max_checkpoint_bytes`).
 
 Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts) and are read with
 ``torch.load(weights_only=True)``, so a crafted pickle is refused instead of executed. They
@@ -31,6 +35,7 @@ Example:
     >>> run = Run.create(d + "/run", "my-agent", RunConfig(num_iterations=2))
     >>> run.log(0, {"return": -1.0})
     >>> path = run.save_checkpoint(1, {"params": {"w": torch.zeros(2)}})
+    >>> run.close()  # releases the directory's lock
     >>> run2 = Run.resume(d + "/run", "my-agent", RunConfig(num_iterations=4))
     >>> run2.load_checkpoint()["iteration"]
     1
@@ -48,10 +53,11 @@ import math
 import os
 import pickle
 import random
+import shutil
 import signal
 import sys
-import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,13 +65,18 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from metarl import rundir
 from metarl.config import Config
+from metarl.numerics import NEW_RUN_ADVICE
+from metarl.rundir import RunLock, RunLockedError, UnsafeRunDirError
 from metarl.torch_batched import resolve_device
 
 __all__ = [
     "CheckpointError",
     "Run",
+    "RunLockedError",
     "RunMismatchError",
+    "UnsafeRunDirError",
     "capture_rng_state",
     "load_checkpoint_file",
     "progress",
@@ -91,6 +102,15 @@ _KIND = "metarl-checkpoint"
 #: writing its N-th checkpoint file, after the first half of the bytes reached the disk.
 _KILL_IN_WRITE_ENV = "METARL_TEST_KILL_IN_CHECKPOINT_WRITE"
 _writes = 0
+#: The largest checkpoint file metarl reads (checked before reading; real ones are kB to a few
+#: MB), and the most its tensors may expand to once loaded. ``METARL_MAX_CHECKPOINT_MB`` raises
+#: both for a genuinely larger model.
+MAX_CHECKPOINT_MB = 256
+#: A checkpoint's pickled structure (tensors are stored beside it): small for every agent.
+_MAX_PICKLE_BYTES = 64 << 20
+#: config.json, metrics.csv and resumes.jsonl are read whole; far above any real one.
+_MAX_RECORD_BYTES = 16 << 20
+_MAX_METRICS_BYTES = 1 << 30
 
 T = TypeVar("T")
 
@@ -227,33 +247,47 @@ class Run:
         self._columns: list[str] | None = None
         self._tb: Any = None
         self._resuming = False  # set by resume(): load_checkpoint records what changed
+        self._lock: RunLock | None = None  # held by create() and resume(): the one writer
         if getattr(config, "tensorboard", False):
+            rundir.check_written_names(path, ["tensorboard"])
             self._tb = _tensorboard_writer(path / "tensorboard")
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, agent: str, config: Config) -> Run:
-        """A fresh run directory; refuses one that already holds a run."""
+    def create(cls, path: str | Path, agent: str, config: Config, overwrite: bool = False) -> Run:
+        """A fresh run directory, locked for this process; refuses one that already holds a
+        run unless ``overwrite`` (then its contents are deleted first, under the lock, so a
+        live run in it is never deleted from under its writer)."""
         path = Path(path)
-        if (path / CONFIG_FILE).exists() or (path / CHECKPOINT_FILE).exists():
-            raise FileExistsError(
-                f"{path} already holds a run; continue it with --resume {path} or choose "
-                "another run directory"
-            )
-        path.mkdir(parents=True, exist_ok=True)
-        record = {
-            "agent": agent,
-            "config_class": type(config).__name__,
-            "config": config.to_dict(),
-            "metarl_version": _version(),
-        }
-        env_id = getattr(config, "env_id", None)
-        if isinstance(env_id, str):  # the --import its family needs (shown, never imported)
-            from metarl.registry import run_record
+        _make_run_dir(path)
+        lock = RunLock(path)
+        try:
+            if overwrite:
+                _clear_run_dir(path)
+            if os.path.lexists(path / CONFIG_FILE) or os.path.lexists(path / CHECKPOINT_FILE):
+                raise FileExistsError(
+                    f"{path} already holds a run; continue it with --resume, replace it with "
+                    "--overwrite, or choose another run directory"
+                )
+            rundir.check_written_names(path)
+            record = {
+                "agent": agent,
+                "config_class": type(config).__name__,
+                "config": config.to_dict(),
+                "metarl_version": _version(),
+            }
+            env_id = getattr(config, "env_id", None)
+            if isinstance(env_id, str):  # the --import its family needs (shown, never imported)
+                from metarl.registry import run_record
 
-            record.update(run_record(env_id))
-        _atomic_write_bytes(path / CONFIG_FILE, json.dumps(record, indent=2).encode())
-        return cls(path, agent, config)
+                record.update(run_record(env_id))
+            _atomic_write_bytes(path / CONFIG_FILE, json.dumps(record, indent=2).encode())
+            run = cls(path, agent, config)
+        except BaseException:
+            lock.release()
+            raise
+        run._lock = lock
+        return run
 
     @classmethod
     def resume(
@@ -269,6 +303,19 @@ class Run:
         """
         path = Path(path)
         record = cls.read_record(path)
+        lock = RunLock(path)
+        try:
+            run = cls._resume_locked(path, record, agent, config)
+        except BaseException:
+            lock.release()
+            raise
+        run._lock = lock
+        return run
+
+    @classmethod
+    def _resume_locked(
+        cls, path: Path, record: dict[str, Any], agent: str | None, config: Config | None
+    ) -> Run:
         if agent is not None and record["agent"] != agent:
             raise RunMismatchError(
                 f"{path} was made by agent {record['agent']!r}, not {agent!r}; resume it with "
@@ -303,13 +350,16 @@ class Run:
         """The run's ``config.json`` (agent, config class, config, version)."""
         path = Path(path)
         file = path / CONFIG_FILE
+        # Every name metarl may write is checked here, before any work: evaluate and resume
+        # both read the record first.
+        rundir.check_written_names(path)
         if not file.exists():
             raise FileNotFoundError(
                 f"{path} is not a run directory (no {CONFIG_FILE}); pass the directory "
                 "`metarl train` printed"
             )
         try:
-            record = json.loads(file.read_text())
+            record = json.loads(rundir.read_bytes(file, _MAX_RECORD_BYTES))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(
                 f"{file} is corrupted ({e}); it is rewritten only when a run is created, so "
@@ -328,7 +378,8 @@ class Run:
         if not file.exists():
             return []
         out = []
-        for n, line in enumerate(file.read_text().splitlines(), 1):
+        text = rundir.read_bytes(file, _MAX_RECORD_BYTES).decode(errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -348,26 +399,19 @@ class Run:
         """Append one row to metrics.csv (and TensorBoard scalars)."""
         row = {"iteration": iteration, **{k: _scalar(v) for k, v in metrics.items()}}
         file = self.path / METRICS_FILE
-        if self._columns is None and file.exists():
-            with file.open(newline="") as f:
-                header = next(csv.reader(f), None)
+        if self._columns is None and os.path.lexists(file):
+            text = rundir.read_bytes(file, _MAX_METRICS_BYTES).decode()
+            header = next(csv.reader(io.StringIO(text)), None)
             self._columns = list(header) if header else None
         if self._columns is None:
             self._columns = list(row)
-            with file.open("w", newline="") as f:
-                csv.writer(f).writerow(self._columns)
+            rundir.write_atomic(file, _csv_text(self._columns, []))
         new = [k for k in row if k not in self._columns]
         if new:  # a metric appeared: rewrite the file with the wider header
             rows = self.metrics()
             self._columns += new
-            tmp = file.with_suffix(".tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, self._columns)
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, file)
-        with file.open("a", newline="") as f:
-            csv.DictWriter(f, self._columns).writerow(row)
+            rundir.write_atomic(file, _csv_text(self._columns, rows))
+        rundir.append(file, _csv_text(self._columns, [row], header=False))
         if self._tb is not None:
             for k, v in row.items():
                 if k != "iteration" and isinstance(v, int | float):
@@ -377,10 +421,10 @@ class Run:
     def metrics(self) -> list[dict[str, str]]:
         """The rows of metrics.csv (strings, as read)."""
         file = self.path / METRICS_FILE
-        if not file.exists():
+        if not os.path.lexists(file):
             return []
-        with file.open(newline="") as f:
-            return list(csv.DictReader(f))
+        text = rundir.read_bytes(file, _MAX_METRICS_BYTES).decode()
+        return list(csv.DictReader(io.StringIO(text, newline="")))
 
     def _truncate_metrics(self, after: int) -> None:
         """Drop rows logged after ``after`` (work lost with an interruption, redone now)."""
@@ -390,13 +434,7 @@ class Run:
         keep = [r for r in rows if int(r["iteration"]) <= after]
         if len(keep) == len(rows):
             return
-        file = self.path / METRICS_FILE
-        tmp = file.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, list(rows[0]))
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, file)
+        rundir.write_atomic(self.path / METRICS_FILE, _csv_text(list(rows[0]), keep))
 
     # -- checkpoints -----------------------------------------------------------------------
     @property
@@ -421,7 +459,7 @@ class Run:
             raise CheckpointError(
                 f"refusing to checkpoint iteration {iteration}: non-finite values in "
                 f"{', '.join(bad[:5])}; the last good checkpoint ({self.checkpoint_path}) is "
-                "kept — lower the learning rate or check the loss"
+                "kept — lower the learning rate or check the loss" + NEW_RUN_ADVICE
             )
         payload = {
             "iteration": int(iteration),
@@ -468,7 +506,8 @@ class Run:
             self._record_resume(payload)
         restore_rng_state(payload["rng"], generators)
         payload["state"] = _unplain(payload["state"])
-        self._truncate_metrics(int(payload["iteration"]) - 1)
+        if self._resuming:  # only the writer: a reader (evaluate) leaves a live run's log alone
+            self._truncate_metrics(int(payload["iteration"]) - 1)
         return payload
 
     def _check_config(self, payload: Mapping[str, Any]) -> None:
@@ -522,13 +561,16 @@ class Run:
             "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "changed": {k: list(v) for k, v in changed.items()},
         }
-        with (self.path / RESUMES_FILE).open("a") as f:
-            f.write(json.dumps(line) + "\n")
+        rundir.append(self.path / RESUMES_FILE, (json.dumps(line) + "\n").encode())
 
     def close(self) -> None:
+        """Close the TensorBoard writer and release the run directory's lock."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def save_checkpoint_file(
@@ -555,7 +597,7 @@ def save_checkpoint_file(
     if bad:
         raise CheckpointError(
             f"refusing to write {path}: non-finite values in {', '.join(bad[:5])}; the last "
-            "good checkpoint is kept — lower the learning rate or check the loss"
+            "good checkpoint is kept — lower the learning rate or check the loss" + NEW_RUN_ADVICE
         )
     not_plain = _not_plain(payload)
     if not_plain:
@@ -607,11 +649,25 @@ def load_checkpoint_file(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is not a file (a directory or a device); point to a checkpoint file"
+        )
+    limit = max_checkpoint_bytes()
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(
             f"{path} is empty (its write never finished); use an earlier copy or start over"
         )
-    envelope = _safe_load(path, path.read_bytes(), "cpu")
+    if size > limit:
+        raise CheckpointError(_too_large(path, f"{size} bytes", limit))
+    with open(path, "rb") as f:  # path is a regular file: no FIFO can block this read
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise CheckpointError(_too_large(path, "growing", limit))
+    _check_archive(path, raw, limit)
+    envelope = _safe_load(path, raw, "cpu")
+    del raw
     if not isinstance(envelope, dict) or envelope.get("kind") != _KIND:
         if isinstance(envelope, dict) and "iteration" in envelope and "state" in envelope:
             raise CheckpointError(
@@ -641,16 +697,89 @@ def load_checkpoint_file(
     data = envelope.get("payload")
     if not isinstance(data, torch.Tensor) or data.dtype != torch.uint8 or data.dim() != 1:
         raise CheckpointError(f"{path} is not a metarl checkpoint (its payload is missing)")
+    if data.numel() > data.untyped_storage().nbytes() or not data.is_contiguous():
+        # A view (stride 0...) over a small storage would expand on copying.
+        raise CheckpointError(_too_large(path, f"a payload of {data.numel()} bytes", limit))
     inner = data.numpy().tobytes()
-    if hashlib.sha256(inner).hexdigest() != envelope.get("sha256"):
+    expected = envelope.get("sha256")
+    del envelope, data
+    if hashlib.sha256(inner).hexdigest() != expected:
         raise CheckpointError(
             f"{path} is corrupted: its payload does not match the SHA-256 recorded when it was "
             "written (a damaged disk or copy); use an earlier copy or start a new run"
         )
+    _check_archive(path, inner, limit)
     payload = _safe_load(path, inner, map_location)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} is not a metarl checkpoint (its payload is not a dict)")
+    expanded = _tensor_bytes(payload)
+    if expanded > limit:
+        raise CheckpointError(_too_large(path, f"tensors of {expanded} bytes", limit))
     return payload
+
+
+def max_checkpoint_bytes() -> int:
+    """The size cap of a checkpoint file and of its loaded tensors, in bytes
+    (:data:`MAX_CHECKPOINT_MB`, or ``METARL_MAX_CHECKPOINT_MB``)."""
+    raw = os.environ.get("METARL_MAX_CHECKPOINT_MB")
+    try:
+        mb = float(raw) if raw else MAX_CHECKPOINT_MB
+    except ValueError:
+        mb = MAX_CHECKPOINT_MB
+    return int(mb * (1 << 20))
+
+
+def _too_large(path: Path, what: str, limit: int) -> str:
+    return (
+        f"{path} is too large for a metarl checkpoint ({what}; the cap is {limit >> 20} MB); "
+        "it is not one this metarl wrote — if it is a genuine larger model, raise the cap with "
+        "METARL_MAX_CHECKPOINT_MB"
+    )
+
+
+def _check_archive(path: Path, data: bytes, limit: int) -> None:
+    """Refuse, before unpickling, what torch.save never writes: a bare pickle, a compressed
+    or oversized archive entry (what a decompression bomb needs)."""
+    if not data.startswith(b"PK"):
+        if data.startswith(b"\x80"):  # a pickle: another program's file, or crafted
+            raise CheckpointError(
+                f"refusing to load {path}: it is a bare pickle, not a metarl checkpoint (made "
+                "by another program or crafted); nothing was loaded or run"
+            )
+        raise CheckpointError(
+            f"{path} is corrupted (it is not a checkpoint archive; it starts with "
+            f"{data[:8].hex(' ')}); use an earlier copy or start a new run"
+        )
+    try:
+        entries = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as e:
+        raise CheckpointError(
+            f"{path} is truncated or corrupted ({type(e).__name__}: {str(e)[:200]}); use an "
+            "earlier copy or start a new run"
+        ) from e
+    total = 0
+    for entry in entries:
+        total += entry.file_size
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(
+                f"{path} is corrupted or not a metarl checkpoint (its entry {entry.filename!r} "
+                "is compressed, which torch.save never does); use an earlier copy"
+            )
+        if entry.filename.endswith(".pkl") and entry.file_size > _MAX_PICKLE_BYTES:
+            raise CheckpointError(_too_large(path, f"a {entry.file_size}-byte pickle", limit))
+    if total > limit:
+        raise CheckpointError(_too_large(path, f"entries of {total} bytes", limit))
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """What the tensors in ``obj`` take once copied (views counted at their full size)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def _safe_load(path: Path, data: bytes, map_location: MapLocation) -> Any:
@@ -709,28 +838,55 @@ def _not_plain(obj: Any, path: str = "") -> str | None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes, checkpoint: bool = False) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``
-    and fsync the directory: a reader sees the old file or the new one, never a mix."""
-    global _writes
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if checkpoint and os.environ.get(_KILL_IN_WRITE_ENV):
-                _writes += 1
-                if _writes == int(os.environ[_KILL_IN_WRITE_ENV]):
-                    f.write(data[: len(data) // 2])
-                    f.flush()
-                    os.fsync(f.fileno())
-                    os.kill(os.getpid(), signal.SIGKILL)
-            f.write(data)
+    """Write ``data`` as ``path`` through :func:`metarl.rundir.write_atomic` (a fresh
+    temporary file, fsynced, renamed over ``path``; never through a link)."""
+
+    def kill_halfway(f: Any, data: bytes) -> None:
+        global _writes
+        _writes += 1
+        if _writes == int(os.environ[_KILL_IN_WRITE_ENV]):
+            f.write(data[: len(data) // 2])
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
+            os.kill(os.getpid(), signal.SIGKILL)
+        f.write(data)
+
+    hook = kill_halfway if checkpoint and os.environ.get(_KILL_IN_WRITE_ENV) else None
+    rundir.write_atomic(path, data, writer=hook)
+
+
+def _csv_text(columns: list[str], rows: Iterable[Mapping[str, Any]], header: bool = True) -> bytes:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, columns)
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _make_run_dir(path: Path) -> None:
+    """``mkdir -p path`` with one clear line when a file is in the way."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a directory; choose another run directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as e:
+        raise NotADirectoryError(
+            f"cannot make run directory {path}: a file is in the way ({e.filename}); choose "
+            "another run directory"
+        ) from e
+
+
+def _clear_run_dir(path: Path) -> None:
+    """Delete what ``path`` holds, except the lock this process holds (links themselves,
+    never what they point to)."""
+    for entry in os.scandir(path):
+        if entry.name == rundir.LOCK_FILE:
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
 
 
 def _fsync_dir(path: Path) -> None:

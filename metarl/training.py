@@ -3,10 +3,11 @@
 An agent supplies a :class:`Trainer` — its algorithm's iteration and the state a checkpoint
 keeps — and the loop owns everything around it, once for all agents:
 
-1. ``overwrite``: delete the run directory first; check the task family exists;
+1. check the task family exists;
 2. seed every global generator from the config's seed, then build the trainer;
-3. create the run directory, or resume it: the checkpoint's state and generator states go
-   back into the trainer, so the resumed run continues exactly as an uninterrupted one;
+3. create the run directory (``overwrite``: clearing an earlier run in it, under the run's
+   lock), or resume it: the checkpoint's state and generator states go back into the trainer,
+   so the resumed run continues exactly as an uninterrupted one;
 4. per iteration: the trainer's step; a NaN/inf or an env failure stops the run with an error
    naming the iteration and the last good checkpoint, before anything of that iteration is
    logged or saved; then the metrics row, the progress line and, every ``checkpoint_every``
@@ -31,7 +32,6 @@ Example (a trainer that learns nothing, to show the contract)::
 
 from __future__ import annotations
 
-import shutil
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -128,8 +128,6 @@ def train_loop(
     if getattr(c, "num_threads", 0):
         torch.set_num_threads(c.num_threads)
     run_dir = Path(run_dir)
-    if overwrite and not resume and run_dir.exists():
-        shutil.rmtree(run_dir)
     if check_env and c.env_id not in family_ids():
         task_distribution(c.env_id)  # raises the registry's clear error
     seed_everything(c.seed)
@@ -143,7 +141,7 @@ def train_loop(
             trainer.load_state(ckpt["state"])
             start = int(ckpt["iteration"])
         else:
-            run = Run.create(run_dir, agent, cfg)
+            run = Run.create(run_dir, agent, cfg, overwrite=overwrite)
         trainer.begin(run, start)
         _loop(trainer, run, c, agent, start, log, log_every)
     finally:

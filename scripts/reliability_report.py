@@ -1,7 +1,8 @@
-"""Run every reliability test of issue #7 once (fast and slow) and write what was tried.
+"""Run every reliability test of issues #7 and #20 once (fast and slow) and write what was tried.
 
 The tests record each case they try (a kill, a malicious or damaged file, a faulty env, a
-generated bad input, the soak's memory) through ``metarl.testing.tally``; this script runs
+generated bad input, the soak's memory, a symlink planted in a run directory, a bomb
+checkpoint's peak memory, a second writer...) through ``metarl.testing.tally``; this script runs
 them with the tally on, checks that every test passed, and writes
 
 * ``benchmarks/reliability.md`` — the counts, the soak's memory and iteration times, the
@@ -36,6 +37,7 @@ TESTS = [
     "tests/test_properties.py",
     "tests/test_bad_input.py",
     "tests/test_soak.py",
+    "tests/test_run_dir_safety.py",
 ]
 COMMAND = "python scripts/reliability_report.py"
 
@@ -98,6 +100,13 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         ),
         "bad_command_lines": counts["bad command line refused"],
         "soak": soak,
+        "bombs": [r for r in records if r["what"] == "bomb checkpoint peak memory"],
+        "symlink_names": sorted(
+            {r["name"] for r in records if r["what"] == "symlink at a written name refused"}
+        ),
+        "symlink_commands": sorted(
+            {r["command"] for r in records if r["what"] == "symlink at a written name refused"}
+        ),
     }
 
 
@@ -119,7 +128,8 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
 
     c = summary["counts"]
     lines = [
-        "# Reliability (issue #7): what was tried, and that nothing was lost or hung",
+        "# Reliability (issues #7, #20): what was tried, and that nothing was lost, hung or "
+        "written outside its run directory",
         "",
         f"Made by `{COMMAND}` at commit `{commit}` on {machine}, in {seconds:.0f} s. It runs "
         "the fast and the slow reliability tests once with a tally on "
@@ -181,15 +191,106 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
         )
     lines += [
         "",
-        f"Machine load when the report started and ended (`/proc/loadavg`): "
-        f"{summary.get('load_start', '?')} / {summary.get('load_end', '?')} — the 2 cores were "
-        "shared with other engineers' training runs, so the wall-clock figures (seconds "
-        "per iteration, the run's duration) are inflated by that load; the memory figures "
-        "are not.",
+        f"Load average when the report started and ended (`/proc/loadavg`): "
+        f"{summary.get('load_start', '?')} / {summary.get('load_end', '?')}; the wall-clock "
+        "figures (seconds per iteration, the run's duration) grow with it, the memory figures "
+        "do not.",
     ]
+    lines += _run_dir_section(summary, ok)
     lines += ["", "## Every tallied case", "", "| case | count |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in c.items()]
     (out / "reliability.md").write_text("\n".join(lines) + "\n")
+
+
+def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
+    """Issue #20: run directories from elsewhere, one writer, one-line failures."""
+    c = summary["counts"]
+    held = "held" if ok else "NOT HELD (see the failures)"
+
+    def n(what: str) -> int:
+        return int(c.get(what, 0))
+
+    rows = [
+        (
+            f"a symlink (to a file outside) planted at each of the {len(summary['symlink_names'])} "
+            f"names metarl writes ({', '.join(f'`{x}`' for x in summary['symlink_names'])}), "
+            f"opened by {', '.join(f'`metarl {x}`' for x in summary['symlink_commands'])}",
+            n("symlink at a written name refused"),
+            "refused in one line naming the link (exit 2); the file outside unchanged",
+        ),
+        (
+            "links at the temporary names earlier versions wrote (`metrics.tmp`, "
+            "`eval_test.json.tmp`, `benchmark_eval.tmp`, `.eval.json.PID.tmp`) while metrics "
+            "are truncated and rewritten, an evaluation, the benchmark cache and eval.json saved",
+            n("stale temporary name not written through"),
+            "written around them (fresh random temporary names); the file outside unchanged",
+        ),
+        (
+            "a symlink, a hard link or a FIFO at metrics.csv and resumes.jsonl, appended to",
+            n("append through a link or FIFO refused"),
+            "refused in one line; nothing written, nothing blocked",
+        ),
+        (
+            "Hypothesis-generated run directories (files of random sizes and bytes, empty "
+            "files, directories, symlinks to files, directories and missing paths outside, "
+            "hard links, FIFOs at written and temporary names), then create/overwrite, resume "
+            "+ log + checkpoint, evaluation saves, the benchmark cache, loads",
+            n("generated run directory: no write outside"),
+            "no file outside the run directory created, changed or touched",
+        ),
+        (
+            "oversize checkpoints (a sparse file over the cap; a genuine one over it) and "
+            "decompression bombs (a stride-0 payload, a deflated archive entry)",
+            n("oversize checkpoint refused") + n("decompression-bomb checkpoint refused"),
+            "refused before reading or unpacking: too large for a metarl checkpoint; peak "
+            "memory below",
+        ),
+        (
+            "a second writer (`train --resume`, `train --overwrite`) beside a live run, two "
+            "`train --resume` processes started together, resume after the holder was SIGKILLed",
+            n("second writer refused naming the holder")
+            + n("concurrent writers: one ran, one refused, log intact")
+            + n("stale lock of a killed process did not block resume"),
+            "the second gets one line naming the holder's pid (exit 1), metrics.csv intact "
+            "(each iteration once); a killed holder's lock never blocks the resume",
+        ),
+        (
+            "a handed config.json asking for `--sampler ray --ray-address attacker:port`",
+            n("hostile config.json field refused"),
+            "`train --resume` refuses, naming what the file asked for; the values come from "
+            "the command line only",
+        ),
+        (
+            "a read-only disk (`evaluate`, `fewshot evaluate`, `train --resume`) and a full "
+            "one (`train --resume` on a full 1 MB tmpfs)",
+            n("read-only disk: one line, before the work")
+            + n("full disk: one line, last checkpoint kept"),
+            "one line (exit 1); the evaluations fail before the work; the last checkpoint kept "
+            "byte for byte, no temporary file left",
+        ),
+    ]
+    lines = [
+        "",
+        "## Run directories from elsewhere, one writer, one-line failures (issue #20)",
+        "",
+        "| attack | tried | outcome | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {a} | {t} | {o} | {held} ({t}/{t}) |" for a, t, o in rows]
+    if summary["bombs"]:
+        lines += [
+            "",
+            "Peak resident memory (`VmHWM`) of a fresh process loading each bomb (refused); "
+            "a process that only imports metarl needs the baseline:",
+            "",
+            "| bomb | file (MB) | peak (MB) | baseline (MB) |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {b['kind']} | {b['file_mb']:.3f} | {b['peak_mb']:.1f} | {b['baseline_mb']:.1f} |"
+            for b in summary["bombs"]
+        ]
+    return lines
 
 
 def _load() -> str:

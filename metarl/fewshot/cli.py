@@ -28,6 +28,9 @@ def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     train.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in --run-dir"
+    )
+    train.add_argument(
         "--num-eval-episodes", type=int, default=600, help="held-out episodes (default 600)"
     )
     add_arguments(train, FewShotConfig)
@@ -82,12 +85,31 @@ def run_fewshot(args: argparse.Namespace) -> int:
         if run_dir is None:
             run_dir = Path("runs") / f"fewshot-{cfg.learner}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"run directory: {run_dir}")
-        result = train(cfg, run_dir, resume=args.resume, num_eval_episodes=args.num_eval_episodes)
+        args.run_path = run_dir  # for the Ctrl-C line
+        args.resume_hint = f"metarl fewshot train --run-dir {run_dir} --resume"
+        if args.resume and args.overwrite:
+            raise ValueError("--resume continues the run and --overwrite replaces it: pick one")
+        result = train(
+            cfg,
+            run_dir,
+            resume=args.resume,
+            num_eval_episodes=args.num_eval_episodes,
+            overwrite=args.overwrite,
+        )
         print(summary_line(result))
         return 0
     if cmd == "evaluate":
         if args.num_episodes < 1:
             raise ValueError(f"--num-episodes must be >= 1, got {args.num_episodes}")
+        for flag in ("num_ways", "eval_query"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+        from metarl.rundir import check_writable
+        from metarl.runs import Run
+
+        Run.read_record(args.run_dir)  # a run directory, holding no link where it writes
+        check_writable(args.out.parent if args.out else args.run_dir)  # before the work
         result = evaluate_run(
             args.run_dir,
             args.num_episodes,

@@ -9,7 +9,6 @@ mean over episodes.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from metarl.evaluation import mean_ci95
 from metarl.fewshot.data import EpisodeBatch
 from metarl.fewshot.learner import Learner, accuracy, is_classification
+from metarl.rundir import write_atomic
 
 __all__ = ["evaluate", "evaluate_episodes", "write_json"]
 
@@ -97,6 +97,4 @@ def write_json(path: str | Path, result: dict[str, Any]) -> None:
     """Write ``result`` atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from metarl.config import Config, option
+from metarl.config import MAX_SEED, Config, option
 from metarl.fewshot.baseline import PretrainFinetune
 from metarl.fewshot.data import (
     EpisodeSampler,
@@ -129,7 +129,7 @@ class FewShotConfig(Config):
         "vectorise the meta-batch (Conv4: the tasks folded into grouped convolutions, other "
         "models: vmap; False: a Python loop over tasks)",
     )
-    seed: int = option(0, "seed of every random number generator of the run", low=0)
+    seed: int = option(0, "seed of every random number generator of the run", low=0, high=MAX_SEED)
     device: str = option(
         "auto", "auto, cpu, cuda or cuda:N", check=_check_device, may_change_on_resume=True
     )
@@ -397,6 +397,7 @@ def train(
     run_dir: str | Path,
     resume: bool = False,
     num_eval_episodes: int = 600,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Meta-train (or resume) a run through :func:`metarl.training.train_loop`, then
     evaluate it on held-out episodes.
@@ -409,8 +410,8 @@ def train(
         trainers.append(_FewShotTrainer(cfg, device))
         return trainers[0]
 
-    run = train_loop(cfg, run_dir, AGENT, make, resume=resume, log_every=cfg.log_every,
-                     check_env=False)  # fmt: skip
+    run = train_loop(cfg, run_dir, AGENT, make, resume=resume, overwrite=overwrite,
+                     log_every=cfg.log_every, check_env=False)  # fmt: skip
     return evaluate_run(run.path, num_eval_episodes, learner=trainers[0].learner, cfg=cfg)
 
 
