@@ -79,7 +79,8 @@ from metarl.returns import (
     discounted_returns,
 )
 from metarl.runs import Run
-from metarl.sampler import SAMPLERS, BatchedSampler, Episodes, make_sampler
+from metarl.sampler import BatchedSampler, Episodes
+from metarl.sampling import SAMPLERS, make_sampler
 from metarl.trpo import axpy, line_search, trust_region_step
 
 __all__ = [

@@ -47,7 +47,8 @@ from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
 from metarl.runs import Run
-from metarl.sampler import BatchedSampler, Episodes, make_sampler
+from metarl.sampler import BatchedSampler, Episodes
+from metarl.sampling import make_sampler
 
 __all__ = [
     "AGENT",

@@ -86,6 +86,8 @@ class TaskFamily:
         torch: ``factory(num_envs, device=..., **env_kwargs)`` returning a
             :class:`~metarl.torch_batched.TorchBatchedTaskEnv` that lives on a torch
             device, or None.
+        on_device: other named on-device backends, ``name -> factory`` as ``torch`` (the
+            MuJoCo families' ``"mjx"``: physics on JAX's device, handed to torch).
         paper: where the family comes from.
         approximate: the names among ``batched`` whose rows equal the single env only within
             a stated tolerance, not to the bit (another physics engine: ``"mjx"``).
@@ -100,6 +102,7 @@ class TaskFamily:
     paper: str = ""
     approximate: frozenset[str] = frozenset()
     listing: Mapping[str, Any] | None = None
+    on_device: dict[str, Callable[..., TorchBatchedTaskEnv]] = field(default_factory=dict)
 
     @property
     def backends(self) -> list[str]:
@@ -137,6 +140,7 @@ def register_family(
     paper: str = "",
     approximate: tuple[str, ...] = (),
     listing: Mapping[str, Any] | None = None,
+    on_device: dict[str, Callable[..., TorchBatchedTaskEnv]] | None = None,
 ) -> TaskFamily:
     """Register a task family under ``env_id`` with Gymnasium and with metarl.
 
@@ -160,6 +164,7 @@ def register_family(
         paper=paper,
         approximate=frozenset(approximate),
         listing=None if listing is None else dict(listing),
+        on_device=dict(on_device or {}),
     )
     _FAMILIES[env_id] = fam
     caller = _caller_source()
@@ -470,14 +475,23 @@ def make_batched(
 
 
 def make_torch_batched(
-    env_id: str, num_envs: int, *, device: str = "cpu", **kwargs: Any
+    env_id: str, num_envs: int, *, device: str = "cpu", backend: str = "torch", **kwargs: Any
 ) -> TorchBatchedTaskEnv:
     """A batched env of ``num_envs`` rows for ``env_id`` whose tensors live on ``device``.
 
     Available for the families registered with a ``torch`` factory (``metarl envs`` shows
-    ``torch`` among the backends); ``device`` may be ``"auto"``.
+    ``torch`` among the backends); ``device`` may be ``"auto"``. ``backend`` names another
+    on-device backend the family registered (``"mjx"`` for the MuJoCo families).
     """
     fam = family(env_id)
+    if backend != "torch":
+        if backend not in fam.on_device:
+            have = [i for i in family_ids() if backend in _FAMILIES[i].on_device]
+            raise ValueError(
+                f"{env_id} has no {backend!r} backend (on-device); families that do: "
+                f"{', '.join(have) or 'none'}"
+            )
+        return fam.on_device[backend](num_envs, device=device, **kwargs)
     if fam.torch is None:
         have = [i for i in family_ids() if _FAMILIES[i].torch is not None]
         raise ValueError(

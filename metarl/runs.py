@@ -919,6 +919,9 @@ def _tensorboard_writer(path: Path) -> Any:
 
 
 def _version() -> str:
-    from metarl import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("metarl")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "0+unknown"

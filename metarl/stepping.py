@@ -6,7 +6,7 @@ or context-based agent) opens its env here, so the backend is chosen one way for
 * ``"auto"``: the family's on-device torch env where it has one, else its fastest host env;
 * ``"torch"``: the on-device torch env (on the GPU with ``device="cuda"``);
 * ``"mjx"``: the MuJoCo families on MJX on JAX's device, handed to torch through DLPack
-  (optional extra ``mjx``, see :mod:`metarl.envs.mujoco.mjx_batched`);
+  (optional extra ``mjx``), or any other on-device backend a family registers;
 * ``"numpy"``: the family's NumPy env, or its fastest host env where it registers none by that
   name (the MuJoCo families' native ``mujoco`` rollout, which also speaks NumPy arrays);
 * ``"subprocess"``: the rows in ``num_workers`` worker processes, each answer awaited at most
@@ -87,11 +87,9 @@ class TensorBatchedEnv:
             backend == "auto" and fam.torch is not None
         )
         self.batched: Any
-        if backend == "mjx":
-            from metarl.envs.mujoco.mjx_batched import make_mjx_torch_batched
-
-            self.batched = make_mjx_torch_batched(
-                env_id, self.num_envs, device=self.device, **kwargs
+        if backend in fam.on_device:  # a family's own on-device backend (MuJoCo's "mjx")
+            self.batched = make_torch_batched(
+                env_id, self.num_envs, device=str(self.device), backend=backend, **kwargs
             )
         elif self.on_device:
             self.batched = make_torch_batched(

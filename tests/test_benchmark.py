@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.benchmark import BenchmarkError, run_benchmark
 from metarl.cli import main
+from metarl.cli.benchmark import BenchmarkError, run_benchmark
 
 NAV = "metarl/Navigation2D-v0"
 AGENTS = ["maml-trpo", "reptile-rl", "rl2"]

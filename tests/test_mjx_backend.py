@@ -162,7 +162,7 @@ def test_torch_face_hands_over_the_same_numbers_by_dlpack() -> None:
 def test_sampler_runs_maml_episodes_on_mjx_close_to_native() -> None:
     from metarl.functional import named_params
     from metarl.policies import GaussianMLPPolicy
-    from metarl.sampler import make_sampler
+    from metarl.sampling import make_sampler
 
     env_id = "metarl/HalfCheetahVel-v0"
     torch.manual_seed(0)

@@ -180,7 +180,7 @@ def test_maml_trained_with_ray_equals_trained_in_process(ray_local: Any, tmp_pat
 
 
 def test_make_sampler_picks_each_backend() -> None:
-    from metarl.sampler import make_sampler
+    from metarl.sampling import make_sampler
 
     nav = "metarl/Navigation2D-v0"
     assert make_sampler(nav, 2, 2, sampler="native").on_device is False
@@ -191,3 +191,17 @@ def test_make_sampler_picks_each_backend() -> None:
         make_sampler(HOPPER, 2, 2, sampler="torch")
     with pytest.raises(ValueError, match="must be one of"):
         make_sampler(nav, 2, 2, sampler="mpi")
+
+
+def test_every_sampler_keeps_the_sampler_interface() -> None:
+    from metarl.sampling import Sampler, make_sampler
+
+    sampler = make_sampler("metarl/Navigation2D-v0", 2, 2, sampler="native")
+    try:
+        assert isinstance(sampler, Sampler)
+    finally:
+        sampler.close()
+    from metarl.ray_sampler import RaySampler
+
+    for cls in (RaySampler,):
+        assert all(hasattr(cls, name) for name in ("collect", "close")), cls

@@ -111,7 +111,7 @@ def test_stale_temporary_names_are_never_written_through(tmp_path: Path) -> None
     """The names older versions wrote (``metrics.tmp``, ``eval_test.json.tmp``,
     ``benchmark_eval.tmp``) are links to a victim: truncating metrics, saving an evaluation
     and the benchmark cache write around them."""
-    from metarl.benchmark import _evaluate_cached
+    from metarl.cli.benchmark import _evaluate_cached
     from metarl.evaluation import AdaptationCurve
     from metarl.fewshot.evaluate import write_json
 
@@ -659,7 +659,7 @@ def test_generated_run_directories_never_write_outside() -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    from metarl.benchmark import _evaluate_cached
+    from metarl.cli.benchmark import _evaluate_cached
     from metarl.evaluation import AdaptationCurve
     from metarl.fewshot.evaluate import write_json
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import metarl
-from metarl.benchmark import BenchmarkEntry, BenchmarkReport
+from metarl.cli.benchmark import BenchmarkEntry, BenchmarkReport
 from metarl.envs.navigation import GoalTask
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation
 from metarl.policies import make_policy

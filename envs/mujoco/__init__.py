@@ -10,6 +10,7 @@ from typing import Any
 
 from metarl.batched import BatchedTaskEnv
 from metarl.registry import register_family
+from metarl.torch_batched import TorchBatchedTaskEnv
 
 __all__ = ["FAMILIES", "HORIZON"]
 
@@ -43,12 +44,20 @@ def _mjx_batched(name: str, num_envs: int, **kwargs: Any) -> BatchedTaskEnv:
     return MjxBatchedEnv(name, num_envs, **kwargs)
 
 
+def _mjx_on_device(name: str, num_envs: int, **kwargs: Any) -> TorchBatchedTaskEnv:
+    from metarl.envs.mujoco.mjx_batched import MjxTorchBatchedEnv, import_mjx
+
+    import_mjx()  # the install hint first, before any model loads
+    return MjxTorchBatchedEnv(name, num_envs, **kwargs)
+
+
 for _name, _paper in FAMILIES.items():
     register_family(
         f"metarl/{_name}-v0",
         f"metarl.envs.mujoco.locomotion:{_name}",
         max_episode_steps=HORIZON,
         batched={"mujoco": partial(_batched, _name), "mjx": partial(_mjx_batched, _name)},
+        on_device={"mjx": partial(_mjx_on_device, _name)},
         paper=_paper,
         approximate=("mjx",),
     )

@@ -489,17 +489,10 @@ class MjxTorchBatchedEnv(TorchBatchedTaskEnv):
 def make_mjx_torch_batched(
     env_id: str, num_envs: int, *, device: str | torch.device = "cpu", **kwargs: Any
 ) -> MjxTorchBatchedEnv:
-    """The torch face of the MJX backend for a registered MuJoCo family (``env_id``)."""
-    import gymnasium as gym
+    """The torch face of the MJX backend for a registered MuJoCo family (``env_id``): what
+    ``metarl.make_torch_batched(env_id, n, backend="mjx")`` builds."""
+    from metarl.registry import make_torch_batched
 
-    from metarl.registry import family, family_ids
-
-    if "mjx" not in family(env_id).batched:
-        have = [i for i in family_ids() if "mjx" in family(i).batched]
-        raise ValueError(
-            f"{env_id} has no 'mjx' backend (MJX steps the MuJoCo families); families that "
-            f"do: {', '.join(have)}"
-        )
-    import_mjx()  # the install hint first, before any model loads
-    entry = str(gym.spec(env_id).entry_point)
-    return MjxTorchBatchedEnv(entry.rsplit(":", 1)[-1], num_envs, device=device, **kwargs)
+    env = make_torch_batched(env_id, num_envs, device=device, backend="mjx", **kwargs)  # type: ignore[arg-type]
+    assert isinstance(env, MjxTorchBatchedEnv)
+    return env

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -384,7 +385,7 @@ def _benchmark_parser(sub: argparse.ArgumentParser) -> None:
 def _benchmark(args: argparse.Namespace) -> int:
     import torch
 
-    from metarl.benchmark import BenchmarkError, format_command, run_benchmark
+    from metarl.cli.benchmark import BenchmarkError, format_command, run_benchmark
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -446,13 +447,13 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _fewshot_parser(sub: argparse.ArgumentParser) -> None:
-    from metarl.fewshot.cli import add_fewshot_arguments
+    from metarl.cli.fewshot import add_fewshot_arguments
 
     add_fewshot_arguments(sub)
 
 
 def _fewshot(args: argparse.Namespace) -> int:
-    from metarl.fewshot.cli import run_fewshot
+    from metarl.cli.fewshot import run_fewshot
 
     return run_fewshot(args)
 
@@ -592,7 +593,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    import os
 
     from metarl.numerics import NonFiniteError
     from metarl.runs import CheckpointError, RunLockedError, UnsafeRunDirError
@@ -617,6 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(e.args[0] if isinstance(e, KeyError) and e.args else e, 2)
     except (NotADirectoryError, IsADirectoryError, FileExistsError) as e:
         return fail(e if e.filename is None else _os_error(e), 2)
+    except BrokenPipeError:  # `metarl envs | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         return fail(_os_error(e), 1)
     except Exception as e:
@@ -630,7 +633,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                 1,
             )
         return fail(f"{type(e).__name__}: {first} (unexpected: METARL_TRACEBACK=1 shows where)", 1)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

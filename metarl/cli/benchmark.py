@@ -17,7 +17,7 @@ number of iterations is reused as is, one that stopped earlier is resumed, and o
 other settings is refused (``retrain=True`` starts it again).
 
 Example:
-    >>> from metarl.benchmark import run_benchmark
+    >>> from metarl.cli.benchmark import run_benchmark
     >>> report = run_benchmark(["maml-trpo", "rl2"], ["metarl/Navigation2D-v0"],
     ...                        seeds=[0, 1, 2], preset="quick", runs_dir="runs/bench",
     ...                        out="benchmarks/report_nav2d")  # doctest: +SKIP
@@ -624,7 +624,7 @@ def run_benchmark(
         "max_tasks": max_tasks,
         "split": split,
         "device": device,
-        "command": command or "metarl.benchmark.run_benchmark(...) from Python",
+        "command": command or "metarl.cli.benchmark.run_benchmark(...) from Python",
         "note": note,
         "machine": _machine(),
         "python": sys.version.split()[0],
