@@ -11,9 +11,10 @@ on first use. Every agent keeps one contract, :class:`metarl.agent.Agent`:
 * ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> metarl.runs.Run`` —
   a :class:`metarl.training.Trainer` (one iteration of the algorithm and the state a
   checkpoint keeps) run by :func:`metarl.training.train_loop`, which owns the rest;
-* ``evaluate(run_dir, *, split, num_steps, seeds, episodes_per_step, device, max_tasks)``
-  (and ``lrs`` when it adapts by gradient steps) returning ``(AdaptationCurve, json_path,
-  png_path)``: the one evaluation protocol of :mod:`metarl.evaluation`.
+* ``evaluate(run_dir, settings=None, **overrides)`` with
+  :class:`metarl.evaluation.EvalSettings` (split, K, seeds, episodes, device, max tasks,
+  inner rates) returning ``(AdaptationCurve, json_path, png_path)``: the one evaluation
+  protocol of :mod:`metarl.evaluation`.
 
 Adding an agent is one file here plus one line in ``_AGENTS`` (or :func:`register_agent`);
 ``tests/test_agent_contract.py`` checks every registered agent against the contract.

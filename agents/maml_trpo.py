@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -57,7 +57,11 @@ from metarl.config import (
     RunConfig,
     option,
 )
-from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    evaluate_run_policy,
+)
 from metarl.functional import Params, forward, load_params
 from metarl.meta_training import meta_train
 from metarl.numerics import check_finite
@@ -778,54 +782,29 @@ def inner_step_fn(
 
 
 def evaluate(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    num_steps: int | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    episodes_per_step: int | None = None,
-    device: str = "cpu",
-    max_tasks: int | None = None,
-    lrs: Sequence[float] | None = None,
+    run_dir: str | Path, settings: EvalSettings | None = None, **overrides: Any
 ) -> tuple[AdaptationCurve, Path, Path]:
-    """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`);
-    writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory.
+    """Held-out evaluation (:class:`metarl.evaluation.EvalSettings`: ``settings`` and/or its
+    fields by name); writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run
+    directory.
 
     Inner steps use ``inner_lr`` then ``inner_lr / 2`` (Finn et al. 2017); a run trained with
     ``learn_inner_lr`` adapts with its learned per-entry rates ``α`` at every step instead
     (Li et al. 2017), recorded in the JSON's ``meta.inner_lr``. ``lrs``: other rates for
     steps 1, 2, … (the last repeats), e.g. ``(0.5, 0.25)`` for Finn et al.'s released test
     script; for a Meta-SGD run they multiply ``α``."""
-    loaded: dict[str, Any] = {}
-    policy, params, cfg, rates = load_inner_lrs(run_dir, device, loaded)
-    if lrs is None:
-        lrs = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
-    curve = evaluate_policy_adaptation(
-        policy,
-        params,
-        cfg.env_id,
-        inner_step_fn(policy, cfg, rates),
-        agent=AGENT,
-        split=split,
-        num_steps=num_steps,
-        lrs=lrs,
-        episodes_per_step=episodes_per_step,
-        seeds=seeds,
-        device=device,
-        backend=cfg.backend,
-        env_kwargs=cfg.env_kwargs(),
-        max_tasks=max_tasks,
-        num_workers=cfg.num_workers,
-        worker_timeout=cfg.worker_timeout,
-    )
-    curve.meta["config"] = cfg.to_dict()
-    curve.meta["run_dir"] = str(run_dir)
-    curve.meta.update(loaded)  # the evaluated checkpoint's iteration
+    s = EvalSettings.of(settings, **overrides)
+    loaded: dict[str, Any] = {}  # the evaluated checkpoint's iteration
+    policy, params, cfg, rates = load_inner_lrs(run_dir, s.device, loaded)
+    meta: dict[str, Any] = dict(loaded)
     if rates is not None:
-        curve.meta["inner_lr"] = {
+        meta["inner_lr"] = {
             "learned": True,
             "protocol": "Meta-SGD (Li et al. 2017): every inner step uses the learned "
             "per-entry rates α (lrs are multipliers of α; 1 at every step by default)",
             **inner_lr_summary(rates),
         }
-    return save_run_curve(curve, run_dir, split)
+    default = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
+    return evaluate_run_policy(run_dir, AGENT, policy, params, cfg,
+                               inner_step_fn(policy, cfg, rates), s, default_lrs=default,
+                               meta=meta)  # fmt: skip

@@ -38,7 +38,12 @@ from metarl.agents.sb3_baselines import (
     task_features,
     train_ppo,
 )
-from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    evaluate_policy_adaptation,
+    save_run_curve,
+)
 from metarl.functional import Params
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.registry import make, task_distribution
@@ -106,40 +111,30 @@ def _no_adaptation(params: Mapping[str, Tensor], eps: Episodes, lr: float, per: 
 
 
 def evaluate(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    num_steps: int | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    episodes_per_step: int | None = None,
-    device: str = "cpu",
-    max_tasks: int | None = None,
+    run_dir: str | Path, settings: EvalSettings | None = None, **overrides: Any
 ) -> tuple[AdaptationCurve, Path, Path]:
-    """The oracle's return on each task of ``split`` (MAML's protocol at 0 steps), repeated
-    for k = 1..K (a flat line: it does not adapt); writes ``eval_<split>.json``/``.png``."""
-    num_steps = 3 if num_steps is None else num_steps
-    if num_steps < 0:
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    """The oracle's return on each task of the split (MAML's protocol at 0 steps), repeated
+    for k = 1..K (a flat line: it does not adapt); :class:`metarl.evaluation.EvalSettings`
+    (``settings`` and/or its fields by name; no ``lrs``); writes ``eval_<split>.json``/
+    ``.png``."""
+    s = EvalSettings.of(settings, **overrides).without_lrs(AGENT)
+    num_steps = 3 if s.num_steps is None else s.num_steps
     loaded: dict[str, Any] = {}
-    _, params, cfg = load_policy(run_dir, device, loaded)
+    _, params, cfg = load_policy(run_dir, s.device, loaded)
     dist = task_distribution(cfg.env_id, **cfg.env_kwargs())
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    tasks = list(dist.split(split))[:max_tasks]  # type: ignore[arg-type]
-    if not tasks:
-        raise ValueError(f"no tasks to evaluate: max_tasks must be >= 1, got {max_tasks}")
+    tasks = list(dist.split(s.split))[: s.max_tasks]  # type: ignore[arg-type]
     env = make(cfg.env_id, **cfg.env_kwargs())
     plain = make_policy(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
-    ).to(resolve_device(device))
+    ).to(resolve_device(s.device))
     env.close()
     features = torch.as_tensor(np.stack([task_features(dist, t) for t in tasks]))
     per_task = oracle_task_params(params, plain, features)
     at0 = evaluate_policy_adaptation(
-        plain, per_task, cfg.env_id, _no_adaptation, agent=AGENT, split=split, num_steps=0,
-        lrs=(cfg.inner_lr,), episodes_per_step=episodes_per_step, seeds=seeds, device=device,
-        env_kwargs=cfg.env_kwargs(), max_tasks=max_tasks, per_task_params=True,
-        backend=cfg.backend, num_workers=cfg.num_workers, worker_timeout=cfg.worker_timeout,
+        plain, per_task, cfg.env_id, _no_adaptation, agent=AGENT,
+        **{**s.protocol(), "num_steps": 0}, lrs=(cfg.inner_lr,), env_kwargs=cfg.env_kwargs(),
+        per_task_params=True, backend=cfg.backend, num_workers=cfg.num_workers,
+        worker_timeout=cfg.worker_timeout,
     )  # fmt: skip
     curve = AdaptationCurve(
         agent=AGENT,
@@ -149,7 +144,7 @@ def evaluate(
         success=None if at0.success is None else np.repeat(at0.success, num_steps + 1, axis=2),
         env_steps=[0] * (num_steps + 1),
         wall_clock_s=[at0.wall_clock_s[0]] * (num_steps + 1),
-        split=split,
+        split=s.split,
         meta={
             **at0.meta,
             "config": cfg.to_dict(),
@@ -160,4 +155,4 @@ def evaluate(
             "flat": True,
         },
     )
-    return save_run_curve(curve, run_dir, split)
+    return save_run_curve(curve, run_dir, s.split)

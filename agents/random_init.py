@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,7 +24,7 @@ import torch
 from metarl.agent import Capabilities
 from metarl.agents.sb3_baselines import FineTuneConfig, evaluate_finetuning
 from metarl.config import option
-from metarl.evaluation import AdaptationCurve
+from metarl.evaluation import AdaptationCurve, EvalSettings
 from metarl.functional import Params, named_params
 from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.registry import make
@@ -118,26 +118,11 @@ def load_policy(
 
 
 def evaluate(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    num_steps: int | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    episodes_per_step: int | None = None,
-    device: str = "cpu",
-    max_tasks: int | None = None,
-    lrs: Sequence[float] | None = None,
+    run_dir: str | Path, settings: EvalSettings | None = None, **overrides: Any
 ) -> tuple[AdaptationCurve, Path, Path]:
-    """Fine-tune the random initialisation on each task of ``split`` for 0..K steps (MAML's
-    protocol; ``lrs``: the rates of steps 1, 2, …, default ``inner_lr`` then ``inner_lr/2``);
-    writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
-    loaded: dict[str, Any] = {}
-    policy, params, cfg = load_policy(run_dir, device, loaded)
-    note = ("fine-tuning from a random initialisation (no training): MAML's inner step "
-            "(VPG + linear baseline), rates ")  # fmt: skip
-    note += "inner_lr then inner_lr/2" if lrs is None else " then ".join(map(str, lrs))
-    return evaluate_finetuning(
-        AGENT, policy, params, cfg, run_dir, split=split, num_steps=num_steps, seeds=seeds,
-        episodes_per_step=episodes_per_step, device=device, max_tasks=max_tasks, note=note,
-        meta=loaded, lrs=lrs,
-    )  # fmt: skip
+    """Fine-tune the random initialisation on each task of the split for 0..K steps (MAML's
+    protocol; :class:`metarl.evaluation.EvalSettings`: ``settings`` and/or its fields by
+    name); writes ``eval_<split>.json`` and ``eval_<split>.png`` into the run directory."""
+    note = "fine-tuning from a random initialisation (no training)"
+    return evaluate_finetuning(AGENT, run_dir, load_policy, EvalSettings.of(settings, **overrides),
+                               note)  # fmt: skip

@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,12 +40,16 @@ from torch import Tensor
 
 from metarl.agent import Capabilities
 from metarl.config import EnvOptions, PolicyOptions, ReturnOptions, RunConfig, option
-from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    evaluate_run_policy,
+)
 from metarl.functional import Params, load_params, reptile_update
 from metarl.meta_training import meta_train
 from metarl.numerics import check_finite
 from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.policy_gradient import adapt_policy, advantages
+from metarl.policy_gradient import adapt_policy, advantages, vpg_adapt_fn
 from metarl.runs import Run
 from metarl.sampler import BatchedSampler, Episodes
 from metarl.sampling import make_sampler
@@ -250,50 +254,17 @@ def inner_step_fn(
     policy: Policy, cfg: ReptileRLConfig
 ) -> Callable[[Mapping[str, Tensor], Episodes, float, bool], Params]:
     """The inner step as the evaluation protocol wants it (the one used in training)."""
-
-    def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
-        adv = advantages(eps, cfg.gamma, cfg.gae_lambda)
-        return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
-                            per_task_params=per_task)  # fmt: skip
-
-    return step
+    return vpg_adapt_fn(policy, cfg.gamma, cfg.gae_lambda)
 
 
 def evaluate(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    num_steps: int | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    episodes_per_step: int | None = None,
-    device: str = "cpu",
-    max_tasks: int | None = None,
-    lrs: Sequence[float] | None = None,
+    run_dir: str | Path, settings: EvalSettings | None = None, **overrides: Any
 ) -> tuple[AdaptationCurve, Path, Path]:
-    """Held-out evaluation (see :func:`metarl.evaluation.evaluate_policy_adaptation`) with the
-    training inner rate ``α`` at every step (``lrs``: other rates for steps 1, 2, …, the last
-    repeating); writes ``eval_<split>.json`` and ``.png``."""
-    loaded: dict[str, Any] = {}
-    policy, params, cfg = load_policy(run_dir, device, loaded)
-    curve = evaluate_policy_adaptation(
-        policy,
-        params,
-        cfg.env_id,
-        inner_step_fn(policy, cfg),
-        agent=AGENT,
-        split=split,
-        num_steps=num_steps,
-        lrs=(cfg.inner_lr,) if lrs is None else lrs,
-        episodes_per_step=episodes_per_step,
-        seeds=seeds,
-        device=device,
-        backend=cfg.backend,
-        env_kwargs=cfg.env_kwargs(),
-        max_tasks=max_tasks,
-        num_workers=cfg.num_workers,
-        worker_timeout=cfg.worker_timeout,
-    )
-    curve.meta["config"] = cfg.to_dict()
-    curve.meta["run_dir"] = str(run_dir)
-    curve.meta.update(loaded)  # the evaluated checkpoint's iteration
-    return save_run_curve(curve, run_dir, split)
+    """Held-out evaluation (:class:`metarl.evaluation.EvalSettings`: ``settings`` and/or its
+    fields by name) with the training inner rate ``α`` at every step (``lrs``: other rates for
+    steps 1, 2, …, the last repeating); writes ``eval_<split>.json`` and ``.png``."""
+    s = EvalSettings.of(settings, **overrides)
+    loaded: dict[str, Any] = {}  # the evaluated checkpoint's iteration
+    policy, params, cfg = load_policy(run_dir, s.device, loaded)
+    return evaluate_run_policy(run_dir, AGENT, policy, params, cfg, inner_step_fn(policy, cfg),
+                               s, default_lrs=(cfg.inner_lr,), meta=loaded)  # fmt: skip

@@ -66,7 +66,12 @@ from metarl.config import (
     option,
     worker_timeout_option,
 )
-from metarl.evaluation import AdaptationCurve, default_episodes_per_step, save_run_curve
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    default_episodes_per_step,
+    save_run_curve,
+)
 from metarl.numerics import check_finite
 from metarl.returns import normalize_advantages
 from metarl.runs import Run, load_checkpoint_file
@@ -775,49 +780,33 @@ def load_agent(run_dir: str | Path, device: str = "cpu") -> RL2:
 
 
 def evaluate(
-    run_dir: str | Path,
-    *,
-    split: str = "test",
-    num_steps: int | None = None,
-    seeds: tuple[int, ...] = (0, 1, 2),
-    episodes_per_step: int | None = None,
-    device: str = "cpu",
-    max_tasks: int | None = None,
+    run_dir: str | Path, settings: EvalSettings | None = None, **overrides: Any
 ) -> tuple[AdaptationCurve, Path, Path]:
-    """Held-out evaluation of a run: the return of episode 1, 2, ..., n of trials on the
-    tasks of ``split``, the memory starting from zero at each trial (the unit is the
+    """Held-out evaluation of a run (:class:`metarl.evaluation.EvalSettings`: ``settings``
+    and/or its fields by name; no ``lrs``): the return of episode 1, 2, ..., n of trials on
+    the tasks of the split, the memory starting from zero at each trial (the unit is the
     *episode*: point ``k`` is after ``k`` episodes of adaptation).
 
-    Args:
-        num_steps: ``n - 1``; None: the trial length the run was trained with (a longer one
-            asks the policy to keep adapting past what it was trained on).
-        seeds: one batch of trials per seed; the CI is over (seed, task) pairs as for the
-            gradient-based agents.
-        episodes_per_step: trials per task and seed whose returns are averaged (default 40
-            for 2D navigation, 20 otherwise, as the gradient agents' episodes per step).
-        max_tasks: only the first tasks of the split.
+    ``num_steps`` is ``n - 1`` (None: the trial length the run was trained with; a longer
+    one asks the policy to keep adapting past what it was trained on); each seed is one batch
+    of trials, the CI over (seed, task) pairs as for the gradient-based agents;
+    ``episodes_per_step`` trials per task and seed are averaged.
 
     ``env_steps[k]`` counts the steps one trial per task spends to reach episode ``k + 1``,
     summed over the tasks (the other trials only estimate the mean), and ``wall_clock_s[k]``
     the seconds of the first seed's batch, spread evenly over its episodes.
     Writes ``eval_<split>.json`` and ``eval_<split>.png`` in the run directory.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    if not seeds:
-        raise ValueError("give at least one evaluation seed")
-    agent = load_agent(run_dir, device)
+    s = EvalSettings.of(settings, **overrides).without_lrs(AGENT)
+    split, num_steps, seeds = s.split, s.num_steps, s.seeds
+    agent = load_agent(run_dir, s.device)
     cfg = agent.config
     n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
-    trials = episodes_per_step or default_episodes_per_step(cfg.env_id)
-    tasks = list(agent.dist.split("test" if split == "test" else "train"))[:max_tasks]
+    trials = s.episodes_per_step or default_episodes_per_step(cfg.env_id)
+    tasks = list(agent.dist.split("test" if split == "test" else "train"))[: s.max_tasks]
     per_seed = [
-        agent.evaluate(
-            tasks, trials_per_task=trials, seed=int(s), split=split, episodes_per_trial=n
-        )
-        for s in seeds
+        agent.evaluate(tasks, trials_per_task=trials, seed=seed, split=split, episodes_per_trial=n)
+        for seed in seeds
     ]
     first = per_seed[0]
     curve = AdaptationCurve(

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,11 +50,15 @@ from torch import Tensor
 from metarl.batched import EnvError
 from metarl.config import ConfigError, EnvOptions, PolicyOptions, RunConfig, option
 from metarl.env import resolve_task_options
-from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, save_run_curve
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    evaluate_run_policy,
+)
 from metarl.functional import Params, named_params
 from metarl.numerics import NonFiniteError, check_finite
 from metarl.policies import Policy, make_policy
-from metarl.policy_gradient import adapt_policy, advantages
+from metarl.policy_gradient import vpg_adapt_fn
 from metarl.registry import make
 from metarl.runs import Run
 from metarl.sampler import Episodes
@@ -545,57 +549,29 @@ def finetune_step_fn(
 ) -> Callable[[Mapping[str, Tensor], Episodes, float, bool], Params]:
     """MAML's inner step (Finn et al. 2017, Sec. 3.2): vanilla policy gradient with the
     per-task linear baseline, as the evaluation protocol wants it."""
-
-    def step(params: Mapping[str, Tensor], eps: Episodes, lr: float, per_task: bool) -> Params:
-        adv = advantages(eps, cfg.gamma, cfg.inner_gae_lambda)
-        return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
-                            per_task_params=per_task)  # fmt: skip
-
-    return step
+    return vpg_adapt_fn(policy, cfg.gamma, cfg.inner_gae_lambda)
 
 
 def evaluate_finetuning(
     agent: str,
-    policy: Policy,
-    params: Mapping[str, Tensor],
-    cfg: FineTuneConfig,
     run_dir: str | Path,
-    *,
-    split: str,
-    num_steps: int | None,
-    seeds: tuple[int, ...],
-    episodes_per_step: int | None,
-    device: str,
-    max_tasks: int | None,
+    load: Callable[..., tuple[Policy, Params, FineTuneConfig]],
+    settings: EvalSettings,
     note: str,
-    meta: Mapping[str, Any] | None = None,
-    lrs: Sequence[float] | None = None,
 ) -> tuple[AdaptationCurve, Path, Path]:
-    """MAML's held-out protocol from ``params``: return after 0..K fine-tuning steps (rates
-    ``α`` then ``α/2`` as MAML-TRPO's evaluation, or ``lrs``); writes ``eval_<split>.json``/
-    ``.png``.
-    ``meta``: more entries for the curve's metadata (the evaluated checkpoint's iteration)."""
-    curve = evaluate_policy_adaptation(
-        policy,
-        params,
-        cfg.env_id,
-        finetune_step_fn(policy, cfg),
-        agent=agent,
-        split=split,
-        num_steps=num_steps,
-        lrs=(cfg.inner_lr, cfg.inner_lr / 2) if lrs is None else lrs,
-        episodes_per_step=episodes_per_step,
-        seeds=seeds,
-        device=device,
-        backend=cfg.backend,
-        env_kwargs=cfg.env_kwargs(),
-        max_tasks=max_tasks,
-        num_workers=cfg.num_workers,
-        worker_timeout=cfg.worker_timeout,
-    )
-    curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), "adaptation": note,
-                       **(meta or {})})  # fmt: skip
-    return save_run_curve(curve, run_dir, split)
+    """MAML's held-out protocol from a baseline's trained (or initial) policy, ``load(run_dir,
+    device, loaded)``: return after 0..K fine-tuning steps (rates ``α`` then ``α/2`` as
+    MAML-TRPO's evaluation, or ``settings.lrs``); writes ``eval_<split>.json``/``.png``.
+    ``note`` says where the policy comes from, in the curve's metadata."""
+    loaded: dict[str, Any] = {}  # the evaluated checkpoint's iteration
+    policy, params, cfg = load(run_dir, settings.device, loaded)
+    rates = "inner_lr then inner_lr/2" if settings.lrs is None else " then ".join(
+        map(str, settings.lrs))  # fmt: skip
+    meta = {**loaded, "adaptation": f"{note}: MAML's inner step (VPG + linear baseline), "
+            f"rates {rates}"}  # fmt: skip
+    return evaluate_run_policy(run_dir, agent, policy, params, cfg, finetune_step_fn(policy, cfg),
+                               settings, default_lrs=(cfg.inner_lr, cfg.inner_lr / 2),
+                               meta=meta)  # fmt: skip
 
 
 def oracle_task_params(params: Mapping[str, Tensor], policy: Policy, features: Tensor) -> Params:

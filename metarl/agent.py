@@ -12,10 +12,10 @@ provides
 * ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> Run`` — usually a
   :class:`metarl.training.Trainer` (one iteration of its algorithm, the state a checkpoint
   keeps) handed to :func:`metarl.training.train_loop`, which owns everything else;
-* ``evaluate(run_dir, *, split, num_steps, seeds, episodes_per_step, device, max_tasks)
-  -> (AdaptationCurve, json_path, png_path)`` — the one evaluation protocol
-  (:mod:`metarl.evaluation`) on the run's last checkpoint; an agent that adapts by gradient
-  steps also takes ``lrs``, the inner learning rates of steps 1, 2, ….
+* ``evaluate(run_dir, settings=None, **overrides) -> (AdaptationCurve, json_path,
+  png_path)`` — the one evaluation protocol (:mod:`metarl.evaluation`) on the run's last
+  checkpoint, with :class:`metarl.evaluation.EvalSettings` (or its fields by name); an agent
+  that does not adapt by gradient steps refuses ``lrs``.
 
 :class:`Agent` states this as a :class:`typing.Protocol`; ``tests/test_agent_contract.py``
 checks every registered agent against it.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from metarl.evaluation import AdaptationCurve
+    from metarl.evaluation import AdaptationCurve, EvalSettings
     from metarl.runs import Run
 
 __all__ = ["ADAPTS_BY", "Agent", "Capabilities"]
@@ -88,13 +88,5 @@ class Agent(Protocol):
     ) -> Run: ...
 
     def evaluate(
-        self,
-        run_dir: str | Path,
-        *,
-        split: str = "test",
-        num_steps: int | None = None,
-        seeds: tuple[int, ...] = (0, 1, 2),
-        episodes_per_step: int | None = None,
-        device: str = "cpu",
-        max_tasks: int | None = None,
+        self, run_dir: str | Path, settings: EvalSettings | None = None, **overrides: Any
     ) -> tuple[AdaptationCurve, Path, Path]: ...

@@ -21,7 +21,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,8 +37,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AdaptationCurve",
+    "EvalSettings",
     "default_episodes_per_step",
     "evaluate_policy_adaptation",
+    "evaluate_run_policy",
     "mean_ci95",
     "plot_curves",
     "save_run_curve",
@@ -217,6 +219,85 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
 AdaptFn = Callable[[Mapping[str, "torch.Tensor"], "Episodes", float, bool], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How a run is evaluated on held-out tasks: what every agent's ``evaluate``, ``metarl
+    evaluate`` and ``metarl benchmark`` take, checked here once.
+
+    Attributes:
+        split: the tasks: ``"test"`` (held out) or ``"train"``.
+        num_steps: adaptation units K after the first point (gradient steps, or for agents
+            that adapt by episodes the episodes after the first); None: the agent's own
+            default (3 gradient steps; RL²: its trained trial length).
+        seeds: evaluation seeds; the 95% CI is over (seed, task) pairs.
+        episodes_per_step: episodes (RL²: trials) per task at each point; None:
+            :func:`default_episodes_per_step`.
+        device: where the policy runs.
+        max_tasks: only the first tasks of the split.
+        lrs: inner learning rates of adaptation steps 1, 2, … (the last repeats), for the
+            agents that adapt by gradient steps; None: the run's own.
+
+    Example:
+        >>> EvalSettings.of(num_steps=1, seeds=[0]).seeds
+        (0,)
+    """
+
+    split: str = "test"
+    num_steps: int | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    episodes_per_step: int | None = None
+    device: str = "cpu"
+    max_tasks: int | None = None
+    lrs: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(x) for x in self.seeds))
+        if self.lrs is not None:
+            object.__setattr__(self, "lrs", tuple(float(x) for x in self.lrs))
+        if self.split not in ("train", "test"):
+            raise ValueError(f"split (--tasks) must be 'train' or 'test', got {self.split!r}")
+        for name, flag, low in (("num_steps", "--steps", 0), ("episodes_per_step", "--episodes",
+                                1), ("max_tasks", "--max-tasks", 1)):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < low):
+                raise ValueError(f"{name} ({flag}) must be an integer >= {low}, got {value}")
+        if not self.seeds or not all(0 <= x < 2**32 for x in self.seeds):
+            raise ValueError(
+                f"seeds (--seeds) must be one or more integers from 0 to {2**32 - 1}, got "
+                f"{list(self.seeds)}"
+            )
+        if self.lrs is not None and not (
+            self.lrs and all(math.isfinite(x) and x > 0 for x in self.lrs)
+        ):
+            raise ValueError(f"lrs (--lrs) must be positive finite numbers, got {list(self.lrs)}")
+
+    @classmethod
+    def of(cls, settings: EvalSettings | None = None, **overrides: Any) -> EvalSettings:
+        """``settings`` (default: the defaults) with ``overrides`` by field name."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(
+                f"unknown evaluation setting(s) {unknown}; the settings are "
+                f"{[f.name for f in fields(cls)]}"
+            )
+        return replace(settings or cls(), **overrides)
+
+    def without_lrs(self, agent: str) -> EvalSettings:
+        """These settings for an agent that does not adapt by gradient steps: ``lrs`` refused."""
+        if self.lrs is not None:
+            raise ValueError(
+                f"lrs (--lrs) sets inner learning rates, and {agent} does not adapt by gradient "
+                "steps; drop them"
+            )
+        return self
+
+    def protocol(self) -> dict[str, Any]:
+        """The keywords of :func:`evaluate_policy_adaptation` these settings fill."""
+        return {"split": self.split, "num_steps": self.num_steps, "seeds": self.seeds,
+                "episodes_per_step": self.episodes_per_step, "device": self.device,
+                "max_tasks": self.max_tasks}  # fmt: skip
+
+
 def default_episodes_per_step(env_id: str) -> int:
     """Episodes averaged per task at each point of an evaluation curve, unless asked otherwise:
     40 for 2D navigation and 20 for the others, the trajectories per task of Finn et al. 2017's
@@ -339,6 +420,34 @@ def evaluate_policy_adaptation(
             "seeds": list(map(int, seeds)),
         },
     )
+
+
+def evaluate_run_policy(
+    run_dir: str | Path,
+    agent: str,
+    policy: Policy,
+    params: Mapping[str, torch.Tensor],
+    cfg: Any,
+    adapt_fn: AdaptFn,
+    settings: EvalSettings,
+    *,
+    default_lrs: Sequence[float],
+    meta: Mapping[str, Any] | None = None,
+) -> tuple[AdaptationCurve, Path, Path]:
+    """:func:`evaluate_policy_adaptation` of a run's policy under its config ``cfg`` (env,
+    backend, episode length, workers), written into the run directory with the config in
+    the curve's metadata: what the gradient-based agents' ``evaluate`` do.
+
+    ``default_lrs``: the inner rates when ``settings.lrs`` is None; ``meta``: more metadata
+    (the evaluated checkpoint's iteration, how the policy adapts)."""
+    curve = evaluate_policy_adaptation(
+        policy, params, cfg.env_id, adapt_fn, agent=agent, **settings.protocol(),
+        lrs=default_lrs if settings.lrs is None else settings.lrs, backend=cfg.backend,
+        env_kwargs=cfg.env_kwargs(), num_workers=cfg.num_workers,
+        worker_timeout=cfg.worker_timeout,
+    )  # fmt: skip
+    curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), **(meta or {})})
+    return save_run_curve(curve, run_dir, settings.split)
 
 
 def save_run_curve(

@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -62,6 +62,7 @@ __all__ = [
     "reinforce_loss",
     "task_chunks",
     "task_log_probs",
+    "vpg_adapt_fn",
 ]
 
 
@@ -156,6 +157,22 @@ def adapt_policy(
     in_dims = (0 if per_task_params else None, 0, 0, 0, 0)
     out: Params = vmap(one_task, in_dims=in_dims)(dict(params), *data)
     return out
+
+
+def vpg_adapt_fn(
+    policy: Policy, gamma: float = 0.99, gae_lambda: float = 1.0
+) -> Callable[[Mapping[str, Tensor], Episodes, LearningRate, bool], Params]:
+    """MAML's inner step (Finn et al. 2017, Sec. 3.2) as the evaluation protocol takes it,
+    ``(params, episodes, lr, per_task) -> adapted``: vanilla policy gradient with the per-task
+    linear baseline and normalised GAE(γ, λ) advantages, first order."""
+
+    def step(params: Mapping[str, Tensor], eps: Episodes, lr: LearningRate, per_task: bool
+             ) -> Params:  # fmt: skip
+        adv = advantages(eps, gamma, gae_lambda)
+        return adapt_policy(policy, params, eps, adv, lr=lr, first_order=True,
+                            per_task_params=per_task)  # fmt: skip
+
+    return step
 
 
 #: Steps (rows) per chunk of tasks in the vmapped passes of the outer step on a CPU. The

@@ -12,7 +12,6 @@ from metarl.agent import ADAPTS_BY, Agent, Capabilities
 from metarl.agents import agent_names, get_agent, register_agent
 from metarl.config import RunConfig
 
-EVALUATE = ("split", "num_steps", "seeds", "episodes_per_step", "device", "max_tasks")
 TRAIN = ("resume", "overwrite", "log")
 
 
@@ -28,13 +27,14 @@ def test_every_registered_agent_keeps_the_contract(name: str) -> None:
     assert list(train)[:2] == ["cfg", "run_dir"]
     assert all(train[k].kind is inspect.Parameter.KEYWORD_ONLY for k in TRAIN), name
     evaluate = inspect.signature(module.evaluate).parameters
-    assert next(iter(evaluate)) == "run_dir"
-    for k in EVALUATE:
-        assert evaluate[k].kind is inspect.Parameter.KEYWORD_ONLY, (name, k)
-    # Gradient-step agents take inner learning rates; the others do not pretend to.
-    assert ("lrs" in evaluate) == module.CAPABILITIES.takes_lrs, name
-    # The num_steps default is the agent's own (None), the same for every agent.
-    assert evaluate["num_steps"].default is None, name
+    assert list(evaluate) == ["run_dir", "settings", "overrides"], name
+    assert evaluate["overrides"].kind is inspect.Parameter.VAR_KEYWORD
+    # An agent that does not adapt by gradient steps refuses inner rates before any work.
+    if not module.CAPABILITIES.takes_lrs:
+        with pytest.raises(ValueError, match="does not adapt by gradient steps"):
+            module.evaluate("no-such-run", lrs=(0.1,))
+    with pytest.raises(TypeError, match="unknown evaluation setting"):
+        module.evaluate("no-such-run", steps=3)
 
 
 def test_a_module_that_breaks_the_contract_is_refused_with_what_it_lacks() -> None:

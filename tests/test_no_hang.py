@@ -442,6 +442,7 @@ def test_fine_tuning_evaluation_on_a_hanging_env_is_bounded(agent: str, tmp_path
     workers too: a held-out task whose env hangs becomes an error within the timeout."""
     from metarl.agents import get_agent
     from metarl.agents.sb3_baselines import evaluate_finetuning
+    from metarl.evaluation import EvalSettings
     from metarl.policies import load_run_policy
 
     module = get_agent(agent)
@@ -455,12 +456,14 @@ def test_fine_tuning_evaluation_on_a_hanging_env_is_bounded(agent: str, tmp_path
     module.train(module.CONFIG.from_preset("quick", **base), run_dir)
     policy, params, cfg = load_run_policy(run_dir, agent, module.CONFIG, "cpu")
     cfg = cfg.replace(env_id=env_id, backend="subprocess", num_workers=2, worker_timeout=2.0)
+
+    def load(*_: object) -> tuple:  # the trained policy, evaluated on the faulty family
+        return policy, params, cfg
+
     before = _live_children()
+    settings = EvalSettings(num_steps=1, seeds=(0,), episodes_per_step=2, max_tasks=4)
     with pytest.raises(EnvWorkerError) as info:
-        evaluate_finetuning(
-            agent, policy, params, cfg, run_dir, split="test", num_steps=1, seeds=(0,),
-            episodes_per_step=2, device="cpu", max_tasks=4, note="test",
-        )  # fmt: skip
+        evaluate_finetuning(agent, run_dir, load, settings, "test")
     text = str(info.value)
     assert env_id in text and "did not answer within 2 s" in text and "GoalTask(goal=(" in text
     assert not _live_children() - before, "a worker outlived the failed evaluation"

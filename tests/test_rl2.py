@@ -344,7 +344,7 @@ def test_registry_run_directory_resumes_exactly_and_evaluates_held_out(tmp_path)
     assert json_path.exists() and png_path.exists()
     # The trained trial length by default; the split's tasks only.
     assert rl2.evaluate(whole.path, seeds=(0,), episodes_per_step=1, max_tasks=2)[0].num_units == 1
-    with pytest.raises(ValueError, match="split must be"):
+    with pytest.raises(ValueError, match=r"split \(--tasks\) must be"):
         rl2.evaluate(whole.path, split="val")
     with pytest.raises(ValueError, match="is a rl2 run, not"):
         from metarl.agents import reptile_rl

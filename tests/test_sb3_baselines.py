@@ -281,7 +281,7 @@ def test_training_changes_the_policy_and_logs_ppo(tmp_path: Path) -> None:
     initial = sb3_policy_params(model.policy, policy)
     for name, value in params.items():  # PPO moved every parameter
         assert not torch.allclose(value, initial[name], rtol=0, atol=1e-6), name
-    with pytest.raises(ValueError, match="no tasks"):
+    with pytest.raises(ValueError, match=r"max_tasks \(--max-tasks\) must be an integer >= 1"):
         oracle.evaluate(run.path, max_tasks=0)
 
 

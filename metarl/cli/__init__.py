@@ -255,6 +255,7 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl.agents import get_agent
+    from metarl.evaluation import EvalSettings
     from metarl.rundir import check_writable
     from metarl.runs import Run
 
@@ -271,23 +272,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     _require_family(record, args.run_dir, "evaluate {} {}")
     check_writable(args.run_dir)  # before the work, not after it
     module = get_agent(record["agent"])
-    extra: dict[str, Any] = {} if args.steps is None else {"num_steps": args.steps}
-    if args.lrs is not None:
-        if not module.CAPABILITIES.takes_lrs:
-            raise ValueError(
-                f"--lrs sets inner learning rates, and {record['agent']} does not adapt by "
-                "gradient steps; drop --lrs"
-            )
-        extra["lrs"] = tuple(args.lrs)
-    curve, json_path, png_path = module.evaluate(
-        args.run_dir,
-        split=args.tasks,
-        **extra,
-        seeds=tuple(args.seeds),
-        episodes_per_step=args.episodes,
-        device=args.device,
-        max_tasks=args.max_tasks,
-    )
+    if args.lrs is not None and not module.CAPABILITIES.takes_lrs:
+        raise ValueError(
+            f"--lrs sets inner learning rates, and {record['agent']} does not adapt by "
+            "gradient steps; drop --lrs"
+        )
+    settings = EvalSettings(
+        split=args.tasks, num_steps=args.steps, seeds=tuple(args.seeds),
+        episodes_per_step=args.episodes, device=args.device, max_tasks=args.max_tasks,
+        lrs=None if args.lrs is None else tuple(args.lrs),
+    )  # fmt: skip
+    curve, json_path, png_path = module.evaluate(args.run_dir, settings)
     mean, half = curve.mean(), curve.ci95()
     at = curve.meta.get("iterations")
     at_text = "" if at is None else f" (checkpoint of iteration {at})"
