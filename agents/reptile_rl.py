@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -48,6 +48,9 @@ from metarl.policies import Policy, load_run_policy, make_policy
 from metarl.policy_gradient import adapt_policy, advantages
 from metarl.runs import Run
 from metarl.sampler import BatchedSampler, Episodes, make_sampler
+
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
 
 __all__ = [
     "AGENT",
@@ -296,3 +299,13 @@ def evaluate(
     curve.meta["run_dir"] = str(run_dir)
     curve.meta.update(loaded)  # the evaluated checkpoint's iteration
     return save_run_curve(curve, run_dir, split)
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: it adapts by :func:`evaluate`'s inner step
+    and rate."""
+    from metarl.agents.trained import GradientTrainedPolicy
+
+    policy, params, cfg = load_policy(run_dir, device)
+    return GradientTrainedPolicy(AGENT, cfg, policy, params, inner_step_fn(policy, cfg),
+                                 (cfg.inner_lr,), device)  # fmt: skip

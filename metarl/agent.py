@@ -17,6 +17,13 @@ provides
   (:mod:`metarl.evaluation`) on the run's last checkpoint; an agent that adapts by gradient
   steps also takes ``lrs``, the inner learning rates of steps 1, 2, ….
 
+and, optionally,
+
+* ``trained_policy(run_dir, device="cpu")`` — the run's policy as a
+  ``metarl.agents.trained.TrainedPolicy`` (adapt to a task the agent's own way, act,
+  evaluate, export): what ``metarl.load(run_dir)`` returns. Every agent in the registry
+  provides it.
+
 :class:`Agent` states this as a :class:`typing.Protocol`; ``tests/test_agent_contract.py``
 checks every registered agent against it.
 """

@@ -35,6 +35,9 @@ def test_every_registered_agent_keeps_the_contract(name: str) -> None:
     assert ("lrs" in evaluate) == module.CAPABILITIES.takes_lrs, name
     # The num_steps default is the agent's own (None), the same for every agent.
     assert evaluate["num_steps"].default is None, name
+    # metarl.load's hook: the run's policy, to adapt, act with and export.
+    hook = inspect.signature(module.trained_policy).parameters
+    assert list(hook) == ["run_dir", "device"] and hook["device"].default == "cpu", name
 
 
 def test_a_module_that_breaks_the_contract_is_refused_with_what_it_lacks() -> None:
