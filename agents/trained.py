@@ -655,3 +655,58 @@ class AdaptedPolicy:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, buf.getvalue())
         return path
+
+
+# -- watching it adapt ---------------------------------------------------------------------
+def render_episode(adapted: AdaptedPolicy, env_kwargs: Mapping[str, Any], seed: int = 0) -> list:
+    """The frames of one episode of ``adapted`` on its task, acting deterministically."""
+    from metarl.registry import make
+    from metarl.video import headless_gl
+
+    headless_gl()
+    env = make(adapted.env_id, render_mode="rgb_array", **dict(env_kwargs))
+    try:
+        obs, _ = env.reset(seed=seed, options={"task": adapted.task})
+        frames = [env.render()]
+        done = False
+        while not done:
+            obs, _, terminated, truncated, _ = env.step(adapted.act(obs))
+            frames.append(env.render())
+            done = terminated or truncated
+    finally:
+        env.close()
+    return [np.asarray(f, dtype=np.uint8) for f in frames if f is not None]
+
+
+def record_videos(
+    policy: TrainedPolicy,
+    out_dir: str | Path,
+    *,
+    steps: int = 1,
+    num_tasks: int = 3,
+    episodes: int | None = None,
+    seed: int = 0,
+    split: str = "test",
+) -> list[Path]:
+    """For each of the first ``num_tasks`` tasks of ``split``: one video of an episode of the
+    policy before adaptation and after 1..``steps`` units, side by side; MP4 where imageio's
+    ffmpeg is installed, else GIF. Returns the files written (``task<i>.mp4`` or ``.gif``)."""
+    from metarl.video import check_renders, side_by_side, write_video
+
+    check_renders(policy.env_id, **policy._env_kwargs())
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks must be an integer >= 1, got {num_tasks!r}")
+    steps = policy._check_steps(steps, 1)
+    kw = {} if policy.adapts_by != "gradient steps" else {"episodes": episodes}
+    unit = {"gradient steps": "step", "episodes": "episode"}.get(policy.adapts_by, "unit")
+    env_kwargs = policy._env_kwargs()
+    fps = 20
+    paths = []
+    for i, task in enumerate(policy.tasks(split)[:num_tasks]):
+        clips, labels = [], []
+        for k in range(steps + 1):
+            adapted = policy.adapt(task, steps=k, seed=seed, **kw)
+            clips.append(render_episode(adapted, env_kwargs, seed))
+            labels.append("before" if k == 0 else f"after {k} {unit}{'s' * (k > 1)}")
+        paths.append(write_video(Path(out_dir) / f"task{i}.mp4", side_by_side(clips, labels), fps))
+    return paths
