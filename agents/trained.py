@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from metarl.evaluation import AdaptationCurve, default_episodes_per_step, evaluate_policy_adaptation
 from metarl.functional import Params, load_params
 from metarl.policies import Policy
-from metarl.registry import task_distribution
+from metarl.registry import make
 from metarl.rundir import write_atomic
 from metarl.runs import resolve_device
 from metarl.sampler import BatchedSampler, Episodes
@@ -120,7 +120,10 @@ class TrainedPolicy(ABC):
         self.agent, self.config = agent, config
         self.env_id: str = config.env_id
         self.device = resolve_device(device)
-        self.task_distribution = task_distribution(self.env_id, **self._env_kwargs())
+        env = make(self.env_id, **self._env_kwargs())
+        self.task_distribution = env.unwrapped.task_distribution  # type: ignore[attr-defined]
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+        env.close()
 
     def _env_kwargs(self) -> dict[str, Any]:
         kwargs = getattr(self.config, "env_kwargs", None)
@@ -133,7 +136,7 @@ class TrainedPolicy(ABC):
         """The family's fixed ``"test"`` (held-out) or ``"train"`` tasks."""
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        return tuple(self.task_distribution.split(split))  # type: ignore[arg-type]
+        return tuple(self.task_distribution.split(split))
 
     def task_of(self, task_or_env: Any) -> Any:
         """The task ``task_or_env`` names (a task, or an env of the family with its task set),
@@ -286,7 +289,7 @@ class GradientTrainedPolicy(TrainedPolicy):
             finally:
                 sampler.close()
         single = {k: v[0] for k, v in current.items()} if per_task else dict(current)
-        module = _MeanAction(self.policy, single, _action_space(self))
+        module = _MeanAction(self.policy, single, self.action_space)
         return AdaptedPolicy(self, task, steps, module, self.policy, single, returns)
 
     def evaluate(
@@ -350,7 +353,7 @@ class TaskConditionedPolicy(TrainedPolicy):
         self._check_steps(steps, 0)
         policy, per_task = self._for_tasks([task])
         single = {k: v[0] for k, v in per_task.items()}
-        module = _MeanAction(policy, single, _action_space(self))
+        module = _MeanAction(policy, single, self.action_space)
         return AdaptedPolicy(self, task, 0, module, policy, single, [])
 
     def evaluate(
@@ -386,6 +389,10 @@ class RecurrentTrainedPolicy(TrainedPolicy):
         super().__init__("rl2", rl2.config, rl2.device)
         self.rl2, self._curve = rl2, curve
 
+    def _env_kwargs(self) -> dict[str, Any]:
+        steps = self.config.max_episode_steps  # RL²'s one env setting
+        return {} if steps is None else {"max_episode_steps": steps}
+
     def adapt(
         self,
         task: Any,
@@ -418,7 +425,7 @@ class RecurrentTrainedPolicy(TrainedPolicy):
             memory = {"hidden": torch.zeros(1, policy.state_size, device=self.device),
                       "prev_action": torch.zeros(1, policy.act_size, device=self.device),
                       "prev_reward": z, "done": z}  # fmt: skip
-        module = _RecurrentAction(policy, memory, _action_space(self))
+        module = _RecurrentAction(policy, memory, self.action_space)
         return AdaptedPolicy(self, task, n, module, None, None, returns)
 
     def evaluate(
@@ -439,16 +446,6 @@ class RecurrentTrainedPolicy(TrainedPolicy):
 
 
 # -- the adapted policy --------------------------------------------------------------------
-def _action_space(trained: TrainedPolicy) -> gym.Space[Any]:
-    """The family's action space (and its observation space, kept on ``trained``)."""
-    from metarl.registry import make
-
-    env = make(trained.env_id, **trained._env_kwargs())
-    trained.observation_space, trained.action_space = env.observation_space, env.action_space
-    env.close()
-    return trained.action_space
-
-
 class _Clip(nn.Module):
     """Clamps actions into a Box's finite bounds, as the sampler does before the env."""
 
@@ -660,7 +657,6 @@ class AdaptedPolicy:
 # -- watching it adapt ---------------------------------------------------------------------
 def render_episode(adapted: AdaptedPolicy, env_kwargs: Mapping[str, Any], seed: int = 0) -> list:
     """The frames of one episode of ``adapted`` on its task, acting deterministically."""
-    from metarl.registry import make
     from metarl.video import headless_gl
 
     headless_gl()
