@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -87,6 +87,9 @@ from metarl.sampler import BatchedSampler, Episodes
 from metarl.sampling import SAMPLERS, make_sampler
 from metarl.trpo import axpy, line_search, trust_region_step
 
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
 __all__ = [
     "AGENT",
     "CAPABILITIES",
@@ -101,6 +104,7 @@ __all__ = [
     "meta_step",
     "shared_baseline",
     "train",
+    "trained_policy",
 ]
 
 AGENT = "maml-trpo"
@@ -808,3 +812,14 @@ def evaluate(
     return evaluate_run_policy(run_dir, AGENT, policy, params, cfg,
                                inner_step_fn(policy, cfg, rates), s, default_lrs=default,
                                meta=meta)  # fmt: skip
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: it adapts by :func:`evaluate`'s inner step
+    and rates (a Meta-SGD run: its learned rates, ``lr`` multiplying them)."""
+    from metarl.agents.trained import GradientTrainedPolicy
+
+    policy, params, cfg, rates = load_inner_lrs(run_dir, device)
+    lrs = (cfg.inner_lr, cfg.inner_lr / 2) if rates is None else (1.0,)
+    step = inner_step_fn(policy, cfg, rates)
+    return GradientTrainedPolicy(AGENT, cfg, policy, params, step, lrs, device)

@@ -20,10 +20,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,7 +51,20 @@ from metarl.runs import Run, resolve_device
 from metarl.sampler import Episodes
 from metarl.tasks import TaskError
 
-__all__ = ["AGENT", "CONFIG", "OracleConfig", "evaluate", "load_policy", "train"]
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
+__all__ = [
+    "AGENT",
+    "CONFIG",
+    "OracleConfig",
+    "evaluate",
+    "evaluate_tasks",
+    "load_policy",
+    "task_policy",
+    "train",
+    "trained_policy",
+]
 
 AGENT = "oracle"
 
@@ -123,20 +136,54 @@ def evaluate(
     _, params, cfg = load_policy(run_dir, s.device, loaded)
     dist = task_distribution(cfg.env_id, **cfg.env_kwargs())
     tasks = list(dist.split(s.split))[: s.max_tasks]  # type: ignore[arg-type]
+    curve = evaluate_tasks(params, cfg, tasks, split=s.split, num_steps=num_steps,
+                           seeds=s.seeds, episodes_per_step=s.episodes_per_step,
+                           device=s.device)  # fmt: skip
+    curve.meta.update({"run_dir": str(run_dir), **loaded})
+    return save_run_curve(curve, run_dir, s.split)
+
+
+def task_policy(
+    params: Mapping[str, Tensor], cfg: OracleConfig, tasks: Sequence[Any], device: str = "cpu"
+) -> tuple[Policy, Params]:
+    """The plain policy over the family's observations and, for each of ``tasks``, its
+    params with that task's features folded into the first layer's bias (leading dimension
+    ``len(tasks)``; :func:`~metarl.agents.sb3_baselines.oracle_task_params`)."""
+    dist = task_distribution(cfg.env_id, **cfg.env_kwargs())
     env = make(cfg.env_id, **cfg.env_kwargs())
     plain = make_policy(
         env.observation_space, env.action_space, cfg.hidden_sizes, cfg.nonlinearity, cfg.init_std
-    ).to(resolve_device(s.device))
+    ).to(resolve_device(device))
     env.close()
-    features = torch.as_tensor(np.stack([task_features(dist, t) for t in tasks]))
-    per_task = oracle_task_params(params, plain, features)
+    features = torch.as_tensor(np.stack([task_features(dist, dist.validate(t)) for t in tasks]))
+    return plain, oracle_task_params(params, plain, features)
+
+
+def evaluate_tasks(
+    params: Mapping[str, Tensor],
+    cfg: OracleConfig,
+    tasks: Sequence[Any],
+    *,
+    split: str = "test",
+    num_steps: int | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes_per_step: int | None = None,
+    device: str = "cpu",
+) -> AdaptationCurve:
+    """:func:`evaluate`'s curve on ``tasks`` (``split`` only recorded), written nowhere."""
+    num_steps = 3 if num_steps is None else num_steps
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if not tasks:
+        raise ValueError("no tasks to evaluate: max_tasks must be >= 1")
+    plain, per_task = task_policy(params, cfg, tasks, device)
     at0 = evaluate_policy_adaptation(
-        plain, per_task, cfg.env_id, _no_adaptation, agent=AGENT,
-        **{**s.protocol(), "num_steps": 0}, lrs=(cfg.inner_lr,), env_kwargs=cfg.env_kwargs(),
-        per_task_params=True, backend=cfg.backend, num_workers=cfg.num_workers,
-        worker_timeout=cfg.worker_timeout,
+        plain, per_task, cfg.env_id, _no_adaptation, agent=AGENT, split=split, num_steps=0,
+        lrs=(cfg.inner_lr,), episodes_per_step=episodes_per_step, seeds=seeds, device=device,
+        env_kwargs=cfg.env_kwargs(), tasks=tasks, per_task_params=True,
+        backend=cfg.backend, num_workers=cfg.num_workers, worker_timeout=cfg.worker_timeout,
     )  # fmt: skip
-    curve = AdaptationCurve(
+    return AdaptationCurve(
         agent=AGENT,
         env_id=cfg.env_id,
         unit=at0.unit,
@@ -144,15 +191,27 @@ def evaluate(
         success=None if at0.success is None else np.repeat(at0.success, num_steps + 1, axis=2),
         env_steps=[0] * (num_steps + 1),
         wall_clock_s=[at0.wall_clock_s[0]] * (num_steps + 1),
-        split=s.split,
+        split=split,
         meta={
             **at0.meta,
             "config": cfg.to_dict(),
-            "run_dir": str(run_dir),
-            **loaded,
             "adaptation": "none: the oracle is given the task parameters; the return after "
             "k > 0 steps repeats the 0-step return (a flat line), no env steps spent adapting",
             "flat": True,
         },
     )
-    return save_run_curve(curve, run_dir, s.split)
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: ``adapt(task)`` folds the task's features in
+    (no episodes, no adaptation); ``evaluate`` is :func:`evaluate`'s flat curve."""
+    from metarl.agents.trained import TaskConditionedPolicy
+
+    _, params, cfg = load_policy(run_dir, device)
+
+    def curve(tasks: Sequence[Any], **kw: Any) -> AdaptationCurve:
+        return evaluate_tasks(params, cfg, tasks, device=device, **kw)
+
+    return TaskConditionedPolicy(
+        AGENT, cfg, lambda tasks: task_policy(params, cfg, tasks, device), curve, device
+    )

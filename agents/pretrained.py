@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from metarl.agent import Capabilities
 from metarl.agents.sb3_baselines import (
@@ -37,7 +37,18 @@ from metarl.functional import Params
 from metarl.policies import Policy, load_run_policy
 from metarl.runs import Run
 
-__all__ = ["AGENT", "CONFIG", "PretrainedConfig", "evaluate", "load_policy", "train"]
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
+__all__ = [
+    "AGENT",
+    "CONFIG",
+    "PretrainedConfig",
+    "evaluate",
+    "load_policy",
+    "train",
+    "trained_policy",
+]
 
 AGENT = "pretrained"
 
@@ -83,3 +94,14 @@ def evaluate(
     note = "fine-tuning of a policy pretrained with PPO on the training tasks"
     return evaluate_finetuning(AGENT, run_dir, load_policy, EvalSettings.of(settings, **overrides),
                                note)  # fmt: skip
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: fine-tuned by :func:`evaluate`'s step (MAML's
+    inner step) and rates."""
+    from metarl.agents.sb3_baselines import finetune_step_fn
+    from metarl.agents.trained import GradientTrainedPolicy
+
+    policy, params, cfg = load_policy(run_dir, device)
+    return GradientTrainedPolicy(AGENT, cfg, policy, params, finetune_step_fn(policy, cfg),
+                                 (cfg.inner_lr, cfg.inner_lr / 2), device)  # fmt: skip

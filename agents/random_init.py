@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -31,7 +31,18 @@ from metarl.registry import make
 from metarl.runs import Run
 from metarl.training import Trainer, train_loop
 
-__all__ = ["AGENT", "CONFIG", "RandomInitConfig", "evaluate", "load_policy", "train"]
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
+__all__ = [
+    "AGENT",
+    "CONFIG",
+    "RandomInitConfig",
+    "evaluate",
+    "load_policy",
+    "train",
+    "trained_policy",
+]
 
 AGENT = "random-init"
 
@@ -126,3 +137,14 @@ def evaluate(
     note = "fine-tuning from a random initialisation (no training)"
     return evaluate_finetuning(AGENT, run_dir, load_policy, EvalSettings.of(settings, **overrides),
                                note)  # fmt: skip
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: fine-tuned by :func:`evaluate`'s step (MAML's
+    inner step) and rates."""
+    from metarl.agents.sb3_baselines import finetune_step_fn
+    from metarl.agents.trained import GradientTrainedPolicy
+
+    policy, params, cfg = load_policy(run_dir, device)
+    return GradientTrainedPolicy(AGENT, cfg, policy, params, finetune_step_fn(policy, cfg),
+                                 (cfg.inner_lr, cfg.inner_lr / 2), device)  # fmt: skip

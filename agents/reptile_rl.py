@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -53,6 +53,9 @@ from metarl.policy_gradient import adapt_policy, advantages, vpg_adapt_fn
 from metarl.runs import Run
 from metarl.sampler import BatchedSampler, Episodes
 from metarl.sampling import make_sampler
+
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
 
 __all__ = [
     "AGENT",
@@ -268,3 +271,13 @@ def evaluate(
     policy, params, cfg = load_policy(run_dir, s.device, loaded)
     return evaluate_run_policy(run_dir, AGENT, policy, params, cfg, inner_step_fn(policy, cfg),
                                s, default_lrs=(cfg.inner_lr,), meta=loaded)  # fmt: skip
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: it adapts by :func:`evaluate`'s inner step
+    and rate."""
+    from metarl.agents.trained import GradientTrainedPolicy
+
+    policy, params, cfg = load_policy(run_dir, device)
+    return GradientTrainedPolicy(AGENT, cfg, policy, params, inner_step_fn(policy, cfg),
+                                 (cfg.inner_lr,), device)  # fmt: skip

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -80,6 +80,9 @@ from metarl.stepping import TensorBatchedEnv
 from metarl.torch_batched import resolve_device
 from metarl.training import Generators, Trainer, train_loop
 
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
 __all__ = [
     "AGENT",
     "CONFIG",
@@ -90,8 +93,10 @@ __all__ = [
     "Trials",
     "collect_trials",
     "evaluate",
+    "evaluate_tasks",
     "load_agent",
     "train",
+    "trained_policy",
     "trial_gae",
 ]
 
@@ -387,9 +392,15 @@ def collect_trials(
     episodes_per_trial: int,
     seed: int | None,
     generator: torch.Generator | None = None,
+    memory: dict[str, Tensor] | None = None,
 ) -> Trials:
     """Run one trial per task (``len(tasks)`` = the env's rows), the hidden state kept across
-    the trial's episodes and starting from zero; returns the :class:`Trials`."""
+    the trial's episodes and starting from zero; returns the :class:`Trials`.
+
+    ``memory``: if given, receives what the policy carries into the trial's next step — the
+    hidden state ``"hidden"`` ``(B, state_size)`` and the inputs ``"prev_action"`` (encoded),
+    ``"prev_reward"``, ``"done"`` — so a trial can be continued (an adapted policy acts from
+    it)."""
     device = env.device
     batch = len(tasks)
     h = torch.zeros(batch, policy.state_size, device=device)  # a new trial: zero memory
@@ -443,6 +454,9 @@ def collect_trials(
         episode_returns.append(ep_return)
         if ep_success is not None:
             episode_success.append(ep_success.float())
+    if memory is not None:
+        memory.update(hidden=h, prev_action=prev_action, prev_reward=prev_reward,
+                      done=done_flag)  # fmt: skip
     return Trials(
         **{k: torch.stack(v) for k, v in buf.items()},
         episode_returns=torch.stack(episode_returns),
@@ -671,18 +685,23 @@ class RL2(Trainer):
 
     # -- evaluation ----------------------------------------------------------------------
     def collect(
-        self, tasks: Sequence[Any], episodes_per_trial: int | None = None, seed: int = 1
+        self,
+        tasks: Sequence[Any],
+        episodes_per_trial: int | None = None,
+        seed: int = 1,
+        memory: dict[str, Tensor] | None = None,
     ) -> Trials:
         """One trial of ``episodes_per_trial`` episodes (default: the config's ``n``) on each
         of ``tasks`` (a task repeated gives it more trials), the memory starting from zero,
-        in an env of its own; seeded by ``seed``."""
+        in an env of its own; seeded by ``seed``. ``memory``: receives the memory the trials
+        end with (see :func:`collect_trials`)."""
         n = self.config.episodes_per_trial if episodes_per_trial is None else episodes_per_trial
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"episodes_per_trial must be an integer >= 1, got {n!r}")
         gen = torch.Generator(device=self.device).manual_seed(seed)
         env = self._env(len(tasks))
         try:
-            return collect_trials(self.policy, env, tasks, n, seed, gen)
+            return collect_trials(self.policy, env, tasks, n, seed, gen, memory)
         finally:
             env.close()
 
@@ -797,19 +816,35 @@ def evaluate(
     the seconds of the first seed's batch, spread evenly over its episodes.
     Writes ``eval_<split>.json`` and ``eval_<split>.png`` in the run directory.
     """
-    s = EvalSettings.of(settings, **overrides).without_lrs(AGENT)
-    split, num_steps, seeds = s.split, s.num_steps, s.seeds
+    s = EvalSettings.of(settings, **overrides).without_lrs(AGENT)  # before loading anything
     agent = load_agent(run_dir, s.device)
+    tasks = list(agent.dist.split("test" if s.split == "test" else "train"))[: s.max_tasks]
+    curve = evaluate_tasks(agent, tasks, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
+                           episodes_per_step=s.episodes_per_step)  # fmt: skip
+    curve.meta["run_dir"] = str(run_dir)
+    return save_run_curve(curve, run_dir, s.split)
+
+
+def evaluate_tasks(
+    agent: RL2,
+    tasks: Sequence[Any],
+    *,
+    split: str = "test",
+    num_steps: int | None = None,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    episodes_per_step: int | None = None,
+) -> AdaptationCurve:
+    """:func:`evaluate`'s curve on ``tasks`` (``split`` only recorded), written nowhere."""
+    _check_eval(num_steps, seeds)
     cfg = agent.config
     n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
-    trials = s.episodes_per_step or default_episodes_per_step(cfg.env_id)
-    tasks = list(agent.dist.split("test" if split == "test" else "train"))[: s.max_tasks]
+    trials = episodes_per_step or default_episodes_per_step(cfg.env_id)
     per_seed = [
         agent.evaluate(tasks, trials_per_task=trials, seed=seed, split=split, episodes_per_trial=n)
         for seed in seeds
     ]
     first = per_seed[0]
-    curve = AdaptationCurve(
+    return AdaptationCurve(
         agent=AGENT,
         env_id=cfg.env_id,
         unit="episodes",
@@ -822,7 +857,6 @@ def evaluate(
         split=split,
         meta={
             "config": cfg.to_dict(),
-            "run_dir": str(run_dir),
             "iterations": agent.iterations,
             "meta_train_env_steps": agent.env_steps,
             "trials_per_task": trials,
@@ -831,4 +865,18 @@ def evaluate(
             "seeds": list(map(int, seeds)),
         },
     )
-    return save_run_curve(curve, run_dir, split)
+
+
+def _check_eval(num_steps: int | None, seeds: Sequence[int]) -> None:
+    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if not seeds:
+        raise ValueError("give at least one evaluation seed")
+
+
+def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """The run's policy for :func:`metarl.load`: it adapts by running episodes of the task,
+    its memory carried through them; ``evaluate`` is :func:`evaluate`'s curve."""
+    from metarl.agents.trained import RecurrentTrainedPolicy
+
+    return RecurrentTrainedPolicy(load_agent(run_dir, device), evaluate_tasks)

@@ -8,6 +8,9 @@ the move. An episode ends when the agent is within 0.01 of the goal in both coor
 (terminated, as in the paper's rllab environment) or after 100 steps (the registration's time
 limit).
 
+``render_mode="rgb_array"`` draws the square of goals, the goal (green), the path so far
+and the agent (blue) as a ``(RENDER_SIZE, RENDER_SIZE, 3)`` image, headless.
+
 Version history:
     v0: the paper's setting; ``info["distance"]`` and ``info["is_success"]``.
 """
@@ -29,6 +32,7 @@ __all__ = ["GoalTask", "Navigation2D", "Navigation2DBatched", "navigation_distri
 HORIZON = 100
 MAX_SPEED = 0.1
 GOAL_TOLERANCE = 0.01
+RENDER_SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,17 @@ class Navigation2D(TaskEnv[np.ndarray, np.ndarray, GoalTask]):
 
     Args:
         goal_range: goals are uniform in ``[-goal_range, goal_range]²`` (paper: 0.5).
+        render_mode: None or ``"rgb_array"`` (drawn: goal, path, agent).
     """
 
-    def __init__(self, goal_range: float = 0.5) -> None:
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}  # noqa: RUF012
+
+    def __init__(self, goal_range: float = 0.5, render_mode: str | None = None) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self._view = 2 * goal_range  # the drawn half-width: the goal square and some room
+        self._path: list[np.ndarray] = []
         self.task_distribution = navigation_distribution(goal_range)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Box(-MAX_SPEED, MAX_SPEED, shape=(2,), dtype=np.float32)
@@ -82,13 +94,45 @@ class Navigation2D(TaskEnv[np.ndarray, np.ndarray, GoalTask]):
 
     def _reset_episode(self) -> tuple[np.ndarray, dict[str, Any]]:
         self._state = np.zeros(2)
+        self._path = [self._state]
         return self._state.astype(np.float32), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         self._require_task()
         self._state, reward, reached, distance = _move(self._state, np.asarray(action), self._goal)
+        if self.render_mode is not None:
+            self._path.append(self._state)
         info = {"distance": float(distance), "is_success": bool(reached)}
         return self._state.astype(np.float32), float(reward), bool(reached), False, info
+
+    def render(self) -> np.ndarray | None:
+        """The scene as an RGB image (``render_mode="rgb_array"``), else None."""
+        if self.render_mode is None:
+            return None
+        n = RENDER_SIZE
+        img = np.full((n, n, 3), 255, dtype=np.uint8)
+
+        def pixel(p: np.ndarray) -> tuple[int, int]:  # y up, as in a plot
+            u = (np.clip(np.asarray(p, dtype=np.float64), -self._view, self._view) / self._view
+                 + 1) / 2 * (n - 1)  # fmt: skip
+            return int(np.rint(u[0])), int(np.rint((n - 1) - u[1]))
+
+        def disc(p: np.ndarray, r: int, color: tuple[int, int, int]) -> None:
+            x, y = pixel(p)
+            yy, xx = np.ogrid[:n, :n]
+            img[(xx - x) ** 2 + (yy - y) ** 2 <= r * r] = color
+
+        half = self._view / 2  # the square goals come from
+        lo, hi = pixel(np.array([-half, -half])), pixel(np.array([half, half]))
+        img[hi[1] : lo[1] + 1, [lo[0], hi[0]]] = 200
+        img[[hi[1], lo[1]], lo[0] : hi[0] + 1] = 200
+        disc(self._goal, 6, (40, 170, 60))
+        for a, b in zip(self._path, self._path[1:], strict=False):
+            for t in np.linspace(0.0, 1.0, 8):
+                x, y = pixel(a + t * (b - a))
+                img[max(y - 1, 0) : y + 1, max(x - 1, 0) : x + 1] = (120, 120, 220)
+        disc(self._state, 4, (30, 60, 200))
+        return img
 
 
 class Navigation2DBatched(BatchedTaskEnv):

@@ -1,12 +1,14 @@
 """metarl: meta-reinforcement learning on Gymnasium, MuJoCo and PyTorch.
 
 Importing the package registers every task family with Gymnasium, so that
-``gymnasium.make("metarl/Navigation2D-v0")`` works.
+``gymnasium.make("metarl/Navigation2D-v0")`` works. ``metarl.load(run_dir)`` gives a
+meta-trained policy to adapt, act with, evaluate and export (:mod:`metarl.agents.trained`).
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
 from metarl.env import TaskEnv, make_task_env
@@ -34,6 +36,20 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from metarl import envs  # registers the task families
 
+if TYPE_CHECKING:
+    from metarl.agents.trained import load
+
+
+def __getattr__(name: str) -> Any:
+    # metarl.load lives with the agents (it reads their registry): imported on first use, so
+    # that `import metarl` stays light and the core never imports an agent.
+    if name == "load":
+        from metarl.agents.trained import load
+
+        return load
+    raise AttributeError(f"module 'metarl' has no attribute {name!r}")
+
+
 __all__ = [
     "BatchedTaskEnv",
     "BoxTaskDistribution",
@@ -46,6 +62,7 @@ __all__ = [
     "envs",
     "family",
     "family_ids",
+    "load",
     "make",
     "make_batched",
     "make_task_env",

@@ -17,6 +17,13 @@ provides
   checkpoint, with :class:`metarl.evaluation.EvalSettings` (or its fields by name); an agent
   that does not adapt by gradient steps refuses ``lrs``.
 
+and, optionally,
+
+* ``trained_policy(run_dir, device="cpu")`` — the run's policy as a
+  ``metarl.agents.trained.TrainedPolicy`` (adapt to a task the agent's own way, act,
+  evaluate, export): what ``metarl.load(run_dir)`` returns. Every agent in the registry
+  provides it.
+
 :class:`Agent` states this as a :class:`typing.Protocol`; ``tests/test_agent_contract.py``
 checks every registered agent against it.
 """

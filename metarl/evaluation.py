@@ -324,6 +324,7 @@ def evaluate_policy_adaptation(
     per_task_params: bool = False,
     num_workers: int = 2,
     worker_timeout: float = 60.0,
+    tasks: Sequence[Any] | None = None,
 ) -> AdaptationCurve:
     """The held-out protocol of Finn et al. 2017 for gradient-based meta-RL.
 
@@ -343,6 +344,8 @@ def evaluate_policy_adaptation(
         backend, num_workers, worker_timeout: how the envs are stepped
             (:class:`~metarl.sampler.BatchedSampler`); ``"subprocess"`` bounds a crashing or
             hanging env by ``worker_timeout`` seconds per step.
+        tasks: evaluate these tasks of the family instead of ``split``'s (``split`` is then
+            only recorded); ``max_tasks`` still keeps the first ones.
     """
 
     from metarl.registry import task_distribution
@@ -355,7 +358,13 @@ def evaluate_policy_adaptation(
         raise ValueError("lrs needs at least one learning rate")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    tasks = list(task_distribution(env_id, **dict(env_kwargs or {})).split(split))  # type: ignore[arg-type]
+    dist = task_distribution(env_id, **dict(env_kwargs or {}))
+    if tasks is None:
+        tasks = list(dist.split(split))  # type: ignore[arg-type]
+    else:
+        tasks = [dist.validate(t) for t in tasks]
+        if not tasks:
+            raise ValueError("tasks is empty: give at least one task to evaluate on")
     if max_tasks is not None:
         tasks = tasks[:max_tasks]
     if per_task_params:

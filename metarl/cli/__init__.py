@@ -251,6 +251,16 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
         "random init: inner_lr then inner_lr/2 as in Finn et al. 2017; Reptile: inner_lr; "
         "for a Meta-SGD run they multiply the learned rates, default 1)",
     )
+    sub.add_argument(
+        "--video",
+        metavar="DIR",
+        default=None,
+        help="also write into DIR, for the first 3 tasks (fewer with --max-tasks), a video of "
+        "an episode before adaptation and after 1..K units side by side (K: --steps, "
+        "default 1; the first --seeds seed): MP4 with pip install 'metarl[video]', else GIF. "
+        "Headless: MuJoCo renders off-screen through EGL (MUJOCO_GL=egl, the default without "
+        "a display) or OSMesa (MUJOCO_GL=osmesa)",
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -271,6 +281,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     record = Run.read_record(args.run_dir)
     _require_family(record, args.run_dir, "evaluate {} {}")
     check_writable(args.run_dir)  # before the work, not after it
+    if args.video is not None:
+        from metarl.video import check_renders
+
+        check_renders(record["config"]["env_id"])
     module = get_agent(record["agent"])
     if args.lrs is not None and not module.CAPABILITIES.takes_lrs:
         raise ValueError(
@@ -302,7 +316,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     if success is not None:
         print("  success: the share of episodes in which the env reported info['is_success']")
     print(f"results: {json_path}\nplot:    {png_path}")
+    if args.video is not None:
+        _videos(args)
     return 0
+
+
+def _videos(args: argparse.Namespace) -> None:
+    """``evaluate --video DIR``: the policy before and after adaptation, side by side."""
+    from metarl.agents.trained import load, record_videos
+
+    paths = record_videos(
+        load(args.run_dir, args.device), args.video, steps=1 if args.steps is None else args.steps,
+        num_tasks=min(3, args.max_tasks or 3), episodes=args.episodes, seed=args.seeds[0],
+        split=args.tasks,
+    )  # fmt: skip
+    print("videos:  " + "\n         ".join(map(str, paths)))
 
 
 def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:

@@ -1,0 +1,206 @@
+"""metarl.load: every registered agent's run adapts, acts, evaluates and exports the same way,
+and its evaluation is `metarl evaluate`'s, number for number."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import metarl
+from metarl.agents import agent_names
+from metarl.cli import main
+from metarl.evaluation import AdaptationCurve
+
+NAV = "metarl/Navigation2D-v0"
+_MAML = ["--preset", "quick", "--num-iterations", "1", "--meta-batch-size", "2",
+         "--episodes-per-task", "2", "--hidden-sizes", "8"]  # fmt: skip
+_PPO = ["--preset", "quick", "--num-iterations", "1", "--n-envs", "2", "--n-steps", "50",
+        "--batch-size", "50", "--n-epochs", "1", "--hidden-sizes", "8"]  # fmt: skip
+
+#: name -> `metarl train` arguments of a tiny 2D-navigation run (a second or two each)
+RUNS: dict[str, list[str]] = {
+    "maml-trpo": ["--agent", "maml-trpo", *_MAML],
+    "meta-sgd": ["--agent", "maml-trpo", *_MAML, "--learn-inner-lr"],
+    "reptile-rl": ["--agent", "reptile-rl", *_MAML],
+    "rl2": ["--agent", "rl2", "--preset", "quick", "--num-iterations", "1", "--num-trials", "4"],
+    "pretrained": ["--agent", "pretrained", *_PPO],
+    "random-init": ["--agent", "random-init", "--preset", "quick", "--hidden-sizes", "8"],
+    "oracle": ["--agent", "oracle", *_PPO],
+}
+
+
+def test_every_registered_agent_has_a_tiny_run_here() -> None:
+    assert {args[1] for args in RUNS.values()} == set(agent_names())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("trained")
+    out = {}
+    for name, args in RUNS.items():
+        assert main(["train", *args, "--run-dir", str(root / name)]) == 0, name
+        out[name] = root / name
+    return out
+
+
+def _adapt_kwargs(name: str) -> dict[str, int]:
+    return {} if name == "rl2" else {"episodes": 2}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_load_adapt_act(runs: dict[str, Path], name: str) -> None:
+    policy = metarl.load(runs[name])
+    assert policy.env_id == NAV
+    task = policy.tasks("test")[0]
+    adapted = policy.adapt(task, steps=1, **_adapt_kwargs(name))
+    one = adapted.act(np.array([0.1, -0.2], dtype=np.float32))
+    batch = adapted.act(np.zeros((5, 2)))
+    assert one.shape == (2,) and batch.shape == (5, 2)
+    assert np.all(np.abs(batch) <= 0.1 + 1e-7)  # clipped to the action space, as the env gets it
+    # Deterministic: the same action for the same observation, in a batch or alone.
+    np.testing.assert_allclose(adapted.act(np.zeros(2)), batch[0], rtol=0, atol=1e-6)
+    sampled = adapted.act(np.zeros((5, 2)), deterministic=False)
+    assert sampled.shape == (5, 2)
+    if name == "oracle":
+        assert adapted.steps == 0 and adapted.returns == []  # it is told the task
+    else:
+        assert adapted.steps == 1 and len(adapted.returns) == 1
+    # An env of the family with its task set names the same task.
+    env = metarl.make(NAV)
+    env.reset(options={"task": task})
+    assert policy.adapt(env, steps=0).task == task
+    env.close()
+
+
+@pytest.mark.parametrize("name", ["maml-trpo", "meta-sgd", "reptile-rl", "pretrained"])
+def test_gradient_adaptation_is_the_evaluation_step(runs: dict[str, Path], name: str) -> None:
+    """One step changes the policy; zero steps leave it as trained; the same seed gives the
+    same adapted policy."""
+    policy = metarl.load(runs[name])
+    task = policy.tasks("test")[1]
+    obs = np.random.default_rng(0).uniform(-0.5, 0.5, (8, 2))
+    before = policy.adapt(task, steps=0).act(obs)
+    after = policy.adapt(task, steps=1, episodes=2, seed=3).act(obs)
+    again = policy.adapt(task, steps=1, episodes=2, seed=3).act(obs)
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(after, again)
+    bigger = policy.adapt(task, steps=1, episodes=2, seed=3, lr=0.5).act(obs)
+    assert not np.allclose(after, bigger)
+
+
+def test_rl2_adapts_its_memory(runs: dict[str, Path]) -> None:
+    policy = metarl.load(runs["rl2"])
+    task = policy.tasks("test")[0]
+    obs = np.zeros((3, 2))
+    blank = policy.adapt(task, steps=0)
+    assert blank.steps == 0 and blank.returns == []
+    adapted = policy.adapt(task, steps=2)
+    assert len(adapted.returns) == 2
+    assert not np.allclose(blank.act(obs), adapted.act(obs))  # acts from what it remembers
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_policy_evaluate_is_metarl_evaluate(runs: dict[str, Path], name: str, capsys) -> None:
+    d = runs[name]
+    args = ["--steps", "1", "--seeds", "0", "1", "--max-tasks", "2", "--episodes", "2"]
+    assert main(["evaluate", str(d), *args]) == 0
+    capsys.readouterr()
+    cli = AdaptationCurve.load(d / "eval_test.json")
+    policy = metarl.load(d)
+    curve = policy.evaluate(steps=1, seeds=(0, 1), max_tasks=2, episodes=2)
+    assert isinstance(curve, AdaptationCurve)
+    assert curve.unit == cli.unit and curve.agent == cli.agent
+    np.testing.assert_array_equal(curve.returns, cli.returns)
+    # Given tasks explicitly: the same numbers for the same tasks.
+    given = policy.evaluate(policy.tasks("test")[:2], steps=1, seeds=(0, 1), episodes=2)
+    np.testing.assert_array_equal(given.returns, cli.returns)
+
+
+@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "oracle", "random-init"])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_gives_the_same_actions(runs: dict[str, Path], name: str, fmt: str, tmp_path):
+    policy = metarl.load(runs[name])
+    adapted = policy.adapt(policy.tasks("test")[0], steps=1, **_adapt_kwargs(name))
+    obs = np.random.default_rng(1).uniform(-0.5, 0.5, (7, 2)).astype(np.float32)
+    expected = adapted.act(obs)
+    if fmt == "torchscript":
+        path = adapted.export(tmp_path / "policy.pt")
+        got = torch.jit.load(str(path))(torch.as_tensor(obs)).numpy()
+    else:
+        onnx = pytest.importorskip("onnx")
+        from onnx.reference import ReferenceEvaluator
+
+        path = adapted.export(tmp_path / "policy.onnx", format="onnx")
+        got = ReferenceEvaluator(onnx.load(str(path))).run(None, {"obs": obs})[0]
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_bad_input_gets_one_clear_line(runs: dict[str, Path], tmp_path) -> None:
+    maml = metarl.load(runs["maml-trpo"])
+    task = maml.tasks("test")[0]
+    adapted = maml.adapt(task, steps=0)
+    with pytest.raises(ValueError, match=r"observations have shape \(2,\).*got shape \(3,\)"):
+        adapted.act(np.zeros(3))
+    with pytest.raises(ValueError, match=r"got shape \(4, 3\)"):
+        adapted.act(np.zeros((4, 3)))
+    from metarl.envs.mujoco.locomotion import VelocityTask
+
+    with pytest.raises(ValueError, match=r"trained on metarl/Navigation2D-v0.*VelocityTask"):
+        maml.adapt(VelocityTask(velocity=1.0))
+    with pytest.raises(ValueError, match="env is metarl/BernoulliBandit-K5-v0"):
+        maml.adapt(metarl.make("metarl/BernoulliBandit-K5-v0"))
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        maml.adapt(task, steps=-1)
+    with pytest.raises(ValueError, match="episodes must be an integer >= 1"):
+        maml.adapt(task, episodes=0)
+    with pytest.raises(ValueError, match="format must be one of torchscript, onnx"):
+        adapted.export(tmp_path / "x", format="tflite")
+    rl2 = metarl.load(runs["rl2"])
+    with pytest.raises(ValueError, match="rl2 adapts by episodes, not gradient steps; drop lr"):
+        rl2.adapt(task, lr=0.1)
+    with pytest.raises(ValueError, match="give their number as steps="):
+        rl2.adapt(task, episodes=5)
+    with pytest.raises(ValueError, match="drop lrs"):
+        metarl.load(runs["oracle"]).evaluate(lrs=(0.1,))
+    with pytest.raises(FileNotFoundError):
+        metarl.load(tmp_path / "no-run")
+
+
+def test_import_metarl_stays_light_and_load_is_lazy() -> None:
+    """`import metarl` imports no agent; `metarl.load` imports its module on first use."""
+    import subprocess
+
+    code = ("import sys, metarl; assert 'metarl.agents' not in sys.modules; metarl.load; "
+            "assert 'metarl.agents.trained' in sys.modules")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    with pytest.raises(AttributeError, match="no attribute 'lod'"):
+        metarl.lod  # type: ignore[attr-defined]  # noqa: B018
+
+
+def _readme_example() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("## Using a meta-trained policy", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_readme_example_runs_for_every_agent(
+    runs: dict[str, Path], name: str, tmp_path, monkeypatch
+):
+    """The README's block, as written, on each agent's run (its evaluation made small)."""
+    code = _readme_example()
+    small = "policy.evaluate(steps=1, seeds=(0,), max_tasks=2, episodes=2)"
+    assert "policy.evaluate(steps=3)" in code and '"runs/quick"' in code
+    code = code.replace("policy.evaluate(steps=3)", small)
+    code = code.replace('"runs/quick"', repr(str(runs[name])))
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["action"].shape == (2,)  # type: ignore[attr-defined]
+    assert (tmp_path / "nav-adapted.pt").is_file()
+    assert isinstance(scope["curve"], AdaptationCurve)
