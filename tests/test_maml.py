@@ -237,7 +237,8 @@ def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
      {"first_order": True}],
     ids=["exact", "half-the-episodes", "half-the-tasks", "first-order"],
 )  # fmt: skip
-def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None:
+@pytest.mark.parametrize("curvature", ["gauss-newton", "exact"])
+def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict, curvature: str) -> None:
     """TRPO's curvature product against ``torch.func.hessian`` of the mean KL as a function of
     the flat meta-parameters, through the inner step (closed form, float64). The subsampled
     variants are the Hessians of the KL their docs name: on the first half of every task's
@@ -245,7 +246,7 @@ def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None
     the adapted policies), or on every episode of the first half of the tasks."""
     n, e, lr = 4, 4, 0.1
     cfg = MAMLTRPOConfig(meta_batch_size=n, episodes_per_task=e, hidden_sizes=(5,), horizon=8,
-                         inner_lr=lr, cg_damping=0.0, **variant)  # fmt: skip
+                         inner_lr=lr, cg_damping=0.0, curvature=curvature, **variant)  # fmt: skip
     sampler = BatchedSampler(NAV, n, e, env_kwargs=cfg.env_kwargs())
     torch.manual_seed(1)
     env = metarl.make(NAV)
