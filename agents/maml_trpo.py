@@ -163,12 +163,12 @@ class MAMLTRPOConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
     cg_damping: float = option(1e-5, "damping added to the KL Hessian in CG", low=0.0)
     curvature: str = option(
         "gauss-newton",
-        "how CG's KL Hessian-vector products are computed: gauss-newton (Jᵀ F J with F the "
+        "how CG's KL Hessian-vector products are computed: gauss-newton (Jᵀ M J, M the "
         "adapted policies' Fisher in closed form in the network's outputs, TRPO's App. C.1: "
-        "one forward-mode and one backward pass through the network, no second-order graph "
-        "of the KL) or exact (double backward through the KL's gradient). The same matrix: "
-        "the KL's gradient is zero at the current parameters; the two differ only by float "
-        "round-off, so they may change on --resume",
+        "two first-order backward passes through the network, no second-order graph of the "
+        "KL) or exact (double backward through the KL's gradient, the reference). The same "
+        "matrix, as the KL's gradient is zero at the current parameters: the choice changes "
+        "numbers only at round-off level, and may change on --resume",
         choices=("gauss-newton", "exact"),
         may_change_on_resume=True,
     )
