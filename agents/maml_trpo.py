@@ -168,7 +168,8 @@ class MAMLTRPOConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
         "two first-order backward passes through the network, no second-order graph of the "
         "KL) or exact (double backward through the KL's gradient, the reference). The same "
         "matrix, as the KL's gradient is zero at the current parameters: the choice changes "
-        "numbers only at round-off level, and may change on --resume",
+        "numbers only at round-off level (which conjugate gradient amplifies in float32, so "
+        "two runs drift apart as after any reordering of sums), and may change on --resume",
         choices=("gauss-newton", "exact"),
         may_change_on_resume=True,
     )
