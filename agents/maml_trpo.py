@@ -19,8 +19,11 @@ of the inner step ``J_i = I − α H_i`` (``H_i`` the Hessian of task ``i``'s in
 is symmetric). The KL has zero gradient at the current parameters, so its Hessian is exactly
 ``Σ_i J_i F_i J_i`` (``F_i`` the Hessian of the KL in the adapted parameters, i.e. the Fisher
 matrix of the adapted policy); conjugate gradient uses that product: two inner-loss
-Hessian-vector products and one KL one per CG iteration, each a single backward pass for all
-tasks at once. ``first_order=True`` (FOMAML) sets ``J_i = I``.
+Hessian-vector products and one product with ``F_i`` per CG iteration, each a single backward
+pass for all tasks at once. ``F_i`` is taken in Gauss–Newton form, ``J_netᵀ M J_net`` with ``M``
+the Fisher in the network's outputs in closed form (TRPO's App. C.1), or with
+``curvature="exact"`` by double backward through the KL: the same matrix, to round-off.
+``first_order=True`` (FOMAML) sets ``J_i = I``.
 
 ``learn_inner_lr=True`` is Meta-SGD (Li, Zhou, Chen, Li 2017, "Meta-SGD: Learning to Learn
 Quickly for Few-Shot Learning", Sec. 3): ``θ'_i = θ − α ∘ ∇L_i(θ)`` with a rate per parameter
@@ -167,6 +170,18 @@ class MAMLTRPOConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
                            low_open=True)  # fmt: skip
     cg_iters: int = option(10, "conjugate-gradient iterations", low=1)
     cg_damping: float = option(1e-5, "damping added to the KL Hessian in CG", low=0.0)
+    curvature: str = option(
+        "gauss-newton",
+        "how CG's KL Hessian-vector products are computed: gauss-newton (Jᵀ M J, M the "
+        "adapted policies' Fisher in closed form in the network's outputs, TRPO's App. C.1: "
+        "two first-order backward passes through the network, no second-order graph of the "
+        "KL) or exact (double backward through the KL's gradient, the reference). The same "
+        "matrix, as the KL's gradient is zero at the current parameters: the choice changes "
+        "numbers only at round-off level (which conjugate gradient amplifies in float32, so "
+        "two runs drift apart as after any reordering of sums), and may change on --resume",
+        choices=("gauss-newton", "exact"),
+        may_change_on_resume=True,
+    )
     cg_subsample: float = option(
         1.0,
         "fraction of each task's episodes used for the KL Hessian-vector products in CG "
@@ -429,6 +444,78 @@ def _back_to_theta(
     return {k: v.sum(0) for k, v in w.items()}
 
 
+def _fisher_product(policy: Policy, adapted: Params, data: TaskData) -> Callable[[Params], Params]:
+    """``u ↦ F u`` per task, ``F`` the Hessian of the mean KL in the adapted parameters
+    (``u`` and the result have the leading task dimension) in Gauss–Newton form
+    ``J_netᵀ M J_net``: ``J_net`` the Jacobian of the distribution's parameters in the network's
+    parameters, ``M`` the Fisher in those outputs (:meth:`Policy.fisher_diagonal`), weighted
+    per row by the mean KL's mask and counts. Equal to the KL's Hessian at ``new = old``, where
+    the KL's gradient vanishes (Schulman et al. 2015, App. C.1; Martens 2020, "New insights
+    and perspectives on the natural gradient method", Sec. 9). A product is two backward
+    passes through graphs kept from one forward pass (``J_net u`` by double backward,
+    ``J_netᵀ`` by backward)."""
+    n = data.obs.shape[0]
+
+    def task_dist(p: Params, o: Tensor) -> tuple[Tensor, ...]:
+        return tuple(forward(policy, p, o))
+
+    parts = []
+    for c in data.chunks():
+        d = data.chunk(c)
+        leaves = {k: v[c].detach().requires_grad_(True) for k, v in adapted.items()}
+        dist = vmap(task_dist)(leaves, d.obs)
+        # The mean KL's weight of each row: its task's mask over its count, over the tasks
+        # (in the policy's dtype: the sampler's float32 mask would round 1/count in a
+        # float64 policy).
+        mask = d.mask.to(dist[0].dtype)
+        w = (mask / mask.sum(1, keepdim=True).clamp_min(1.0) / n).unsqueeze(-1)
+        m = tuple((f * w).detach() for f in policy.fisher_diagonal(dist))
+        # J_net u by the double-backward trick: the VJP y ↦ J_netᵀ y is linear in y, so
+        # the gradient of ⟨J_netᵀ y, u⟩ in y is J_net u; its graph is built once and reused
+        # by every product (one backward pass each, no second forward pass).
+        y = tuple(torch.zeros_like(x, requires_grad=True) for x in dist)
+        jt_y = torch.autograd.grad(dist, list(leaves.values()), y, create_graph=True)
+        parts.append((c, leaves, dist, m, y, jt_y))
+
+    def product(u: Params) -> Params:
+        out = []
+        for c, leaves, dist, m, y, jt_y in parts:
+            names = list(leaves)
+            jv = torch.autograd.grad(jt_y, y, [u[k][c] for k in names], retain_graph=True)
+            cot = tuple(mi * ji for mi, ji in zip(m, jv, strict=True))
+            g = torch.autograd.grad(dist, [leaves[k] for k in names], cot, retain_graph=True)
+            out.append(dict(zip(names, g, strict=True)))
+        return cat_chunks(out)
+
+    return product
+
+
+def _kl_double_backward(
+    policy: Policy,
+    adapted: Params,
+    valid: Episodes,
+    valid_adv: Tensor,
+    exact: tuple[Tensor, list[Params], list[slice]] | None,
+) -> Callable[[Params], Params]:
+    """``u ↦ F u`` per task by double backward through the mean KL's gradient (the
+    ``exact`` curvature; the reference of :func:`_fisher_product`)."""
+    if exact is None:
+        data = TaskData.of(valid, valid_adv)
+        kl_chunks = data.chunks()
+        kl_leaves = chunk_leaves(adapted, kl_chunks)
+        _, kl, _ = _outer_terms(policy, kl_leaves, data)
+    else:
+        kl, kl_leaves, kl_chunks = exact
+    kl_grad = grad_by_chunk(kl, kl_leaves, create_graph=True)
+
+    def fisher(u: Params) -> Params:
+        gu = sum(torch.stack([(g[k] * u[k][c]).sum() for k in g]).sum()
+                 for g, c in zip(kl_grad, kl_chunks, strict=True))  # fmt: skip
+        return cat_chunks(grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
+
+    return fisher
+
+
 def kl_hessian_product(
     policy: Policy,
     steps: list[InnerStep],
@@ -465,19 +552,10 @@ def kl_hessian_product(
                 eps_c, adv_c = cut(step.episodes, step.adv)
                 curv_steps.append(InnerStep(policy, step.start, eps_c, adv_c, lr, True))
         exact = None
-    if exact is None:
-        data = TaskData.of(valid, valid_adv)
-        kl_chunks = data.chunks()
-        kl_leaves = chunk_leaves(adapted, kl_chunks)
-        _, kl, _ = _outer_terms(policy, kl_leaves, data)
+    if cfg.curvature == "gauss-newton":
+        fisher = _fisher_product(policy, adapted, TaskData.of(valid, valid_adv))
     else:
-        kl, kl_leaves, kl_chunks = exact
-    kl_grad = grad_by_chunk(kl, kl_leaves, create_graph=True)
-
-    def fisher(u: Params) -> Params:
-        gu = sum(torch.stack([(g[k] * u[k][c]).sum() for k in g]).sum()
-                 for g, c in zip(kl_grad, kl_chunks, strict=True))  # fmt: skip
-        return cat_chunks(grad_by_chunk(gu, kl_leaves, retain_graph=True))  # type: ignore[arg-type]
+        fisher = _kl_double_backward(policy, adapted, valid, valid_adv, exact)
 
     def kl_hvp(v: Params) -> Params:
         if rates is not None:  # v on (θ, α): forward through every step with the same α part

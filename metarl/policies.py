@@ -82,6 +82,13 @@ class Policy(nn.Module):
         """``KL(old || new)`` per row."""
         raise NotImplementedError
 
+    def fisher_diagonal(self, dist: Dist) -> Dist:
+        """The Fisher information of each row's distribution in the coordinates of ``dist``
+        (one tensor per entry of ``dist``, its shape): diagonal there, so that the Hessian of
+        the mean KL at ``new = old`` is ``Jᵀ diag(F) J`` with ``J`` the Jacobian of ``dist``
+        in the parameters (Schulman et al. 2015, App. C.1)."""
+        raise NotImplementedError
+
     def entropy(self, dist: Dist) -> Tensor:
         raise NotImplementedError
 
@@ -178,6 +185,11 @@ class GaussianMLPPolicy(Policy):
         var0, var1 = torch.exp(2 * ls0), torch.exp(2 * ls1)
         return (ls1 - ls0 + (var0 + (m0 - m1) ** 2) / (2 * var1) - 0.5).sum(-1)
 
+    def fisher_diagonal(self, dist: Dist) -> Dist:
+        # The KL's second derivatives at new = old: 1/σ² in μ, 2 in log σ, none mixed.
+        log_std = dist[1]
+        return torch.exp(-2 * log_std), torch.full_like(log_std, 2.0)
+
     def entropy(self, dist: Dist) -> Tensor:
         return (dist[1] + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
 
@@ -211,7 +223,10 @@ class CategoricalMLPPolicy(Policy):
         self.logits = _mlp(self.obs_dim, hidden_sizes, self.num_actions, nonlinearity)
 
     def forward(self, obs: Tensor) -> Dist:
-        return (torch.log_softmax(self.logits(self._features(obs)), -1),)
+        # Cast to the parameters' dtype as the Gaussian policy does (float64 in the exactness
+        # tests of the curvature products).
+        dtype = next(self.logits.parameters()).dtype
+        return (torch.log_softmax(self.logits(self._features(obs).to(dtype)), -1),)
 
     def sample(self, dist: Dist, generator: torch.Generator | None = None) -> Tensor:
         logp = dist[0]
@@ -226,6 +241,11 @@ class CategoricalMLPPolicy(Policy):
 
     def kl(self, old: Dist, new: Dist) -> Tensor:
         return (old[0].exp() * (old[0] - new[0])).sum(-1)
+
+    def fisher_diagonal(self, dist: Dist) -> Dist:
+        # In the log-probabilities l = z − logsumexp(z): ∂l/∂z = I − 1pᵀ, and
+        # (I − p1ᵀ) diag(p) (I − 1pᵀ) = diag(p) − ppᵀ, the Fisher in the logits z.
+        return (dist[0].exp(),)
 
     def entropy(self, dist: Dist) -> Tensor:
         return -(dist[0].exp() * dist[0]).sum(-1)

@@ -3,7 +3,9 @@
 The 2D-navigation paper preset of Finn et al. 2017: 20 tasks × 20 episodes × horizon 100 for
 the inner step, as many validation episodes with the adapted policies, and the TRPO step
 (10 CG iterations on the exact second-order KL Hessian-vector product, backtracking line
-search, max-KL 0.01), 2×100 ReLU policy. Measured in one run, side by side:
+search, max-KL 0.01), 2×100 ReLU policy. The products use the default ``--curvature``
+(``scripts/bench_maml_curvature_speed.py`` compares ``exact`` with ``gauss-newton``).
+Measured in one run, side by side:
 
 * ``ours`` — ``agents/maml_trpo.py`` as trained: on-device torch env, every task at once
   (vmap over tasks for the inner step, the rollouts and the Hessian-vector products);

@@ -237,7 +237,8 @@ def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
      {"first_order": True}],
     ids=["exact", "half-the-episodes", "half-the-tasks", "first-order"],
 )  # fmt: skip
-def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None:
+@pytest.mark.parametrize("curvature", ["gauss-newton", "exact"])
+def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict, curvature: str) -> None:
     """TRPO's curvature product against ``torch.func.hessian`` of the mean KL as a function of
     the flat meta-parameters, through the inner step (closed form, float64). The subsampled
     variants are the Hessians of the KL their docs name: on the first half of every task's
@@ -245,7 +246,7 @@ def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict) -> None
     the adapted policies), or on every episode of the first half of the tasks."""
     n, e, lr = 4, 4, 0.1
     cfg = MAMLTRPOConfig(meta_batch_size=n, episodes_per_task=e, hidden_sizes=(5,), horizon=8,
-                         inner_lr=lr, cg_damping=0.0, **variant)  # fmt: skip
+                         inner_lr=lr, cg_damping=0.0, curvature=curvature, **variant)  # fmt: skip
     sampler = BatchedSampler(NAV, n, e, env_kwargs=cfg.env_kwargs())
     torch.manual_seed(1)
     env = metarl.make(NAV)
@@ -567,16 +568,17 @@ def test_resume_with_changed_curvature_settings_is_recorded(tmp_path: Path) -> N
     train(_tiny(num_iterations=1, cg_subsample=0.5), d)
     assert not (d / "resumes.jsonl").exists()
     args = ["train", "--resume", str(d), "--num-iterations", "2", "--cg-subsample", "1.0",
-            "--ls-backtrack-ratio", "0.8"]  # fmt: skip
+            "--ls-backtrack-ratio", "0.8", "--curvature", "exact"]  # fmt: skip
     assert main(args) == 0
     lines = Run.read_resumes(d)
     assert len(lines) == 1 and lines[0]["iteration"] == 1
     assert lines[0]["changed"] == {"num_iterations": [1, 2], "cg_subsample": [0.5, 1.0],
-                                   "ls_backtrack_ratio": [0.5, 0.8]}  # fmt: skip
+                                   "ls_backtrack_ratio": [0.5, 0.8],
+                                   "curvature": ["gauss-newton", "exact"]}  # fmt: skip
     assert json.loads((d / "config.json").read_text())["config"]["cg_subsample"] == 0.5
     # The next resume compares with the last checkpoint's settings: only what changes again.
     assert main(["train", "--resume", str(d), "--num-iterations", "3", "--cg-subsample", "1.0",
-                 "--ls-backtrack-ratio", "0.8"]) == 0  # fmt: skip
+                 "--ls-backtrack-ratio", "0.8", "--curvature", "exact"]) == 0  # fmt: skip
     lines = Run.read_resumes(d)
     assert lines[1] == {**lines[1], "iteration": 2, "changed": {"num_iterations": [2, 3]}}
     assert len(_rows(d)) == 3

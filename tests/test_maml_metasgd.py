@@ -76,9 +76,10 @@ def _flat(d: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([d[k].flatten() for k in names])
 
 
+@pytest.mark.parametrize("curvature", ["gauss-newton", "exact"])
 @pytest.mark.parametrize("num_adapt_steps", [1, 2])
 def test_meta_gradient_and_kl_hessian_on_theta_and_rates_equal_brute_force(
-    num_adapt_steps: int, monkeypatch: pytest.MonkeyPatch
+    num_adapt_steps: int, curvature: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The structured products of the outer step on ``(θ, α)`` against autograd on the flat
     function of the concatenated ``(θ, α)``: the meta-gradient (CG's right-hand side) and the
@@ -91,7 +92,7 @@ def test_meta_gradient_and_kl_hessian_on_theta_and_rates_equal_brute_force(
         n, e = 3, 3
         cfg = _tiny(meta_batch_size=n, episodes_per_task=e, horizon=8, hidden_sizes=(5,),
                     nonlinearity="tanh", num_adapt_steps=num_adapt_steps,
-                    cg_damping=0.0)  # fmt: skip
+                    cg_damping=0.0, curvature=curvature)  # fmt: skip
         torch.manual_seed(0)
         policy = GaussianMLPPolicy(2, 2, hidden_sizes=(5,), nonlinearity="tanh", init_std=0.5)
         theta = {k: v.detach().clone() for k, v in policy.named_parameters()}
