@@ -121,12 +121,12 @@ def _paired(res: dict[str, Any], key: str) -> list[float]:
 def _markdown(meta: dict[str, Any], res: dict[str, Any]) -> str:
     lb, la = meta["load_before"], meta["load_after"]
     t, n = res["torch"]["median"], res["native"]["median"]
-    gpu = "measured" if meta["device"].startswith("cuda") else "not measured: no GPU lent"
+    gpu = "measured" if meta["device"].startswith("cuda") else "not measured: no GPU"
     lines = [
         "# MAML-TRPO meta-iteration: `--sampler torch` vs `--sampler native`",
         "",
         f"`{meta['command'].strip()}` — device `{meta['device']}`, torch threads "
-        f"{meta['threads']}, {meta['cores']} cores **shared with other engineers' jobs** (load "
+        f"{meta['threads']}, {meta['cores']} cores (load "
         f"average {lb[0]:.1f} {lb[1]:.1f} {lb[2]:.1f} before, {la[0]:.1f} {la[1]:.1f} "
         f"{la[2]:.1f} after), torch {meta['torch']}, {meta['cpu']}.",
         "",

@@ -306,7 +306,7 @@ def _markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
         f"`{meta['command'].strip()}` — JAX device **{meta['jax_device']}** "
         f"({'float64' if meta['jax_x64'] else 'float32'}), `XLA_FLAGS={meta['xla_flags']}`; "
         f"native `mujoco.rollout` on {meta['native_threads']} thread(s){pin}. "
-        f"{meta['cores']} cores **shared with other engineers' jobs**: load average "
+        f"{meta['cores']} cores: load average "
         f"{lb[0]:.1f} {lb[1]:.1f} {lb[2]:.1f} before, {la[0]:.1f} {la[1]:.1f} {la[2]:.1f} after; "
         f"the run took {meta['wall_s']:.0f} s (limit {meta['max_seconds']:.0f} s). "
         f"JAX {v['jax']}, MuJoCo {v['mujoco']}, mujoco-mjx {v['mujoco_mjx']}.",

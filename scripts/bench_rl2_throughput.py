@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "`numpy` its vectorised NumPy env with one host transfer per step; on a CPU both live in",
         "host memory, so their gap is the per-step conversion and checking. 2D-navigation",
         "episodes end early at the goal, so its steps per iteration vary. GPU numbers are not",
-        "here: no GPU was lent to this session (`--device cuda` measures them, where the",
+        "here: no GPU was available (`--device cuda` measures them, where the",
         "torch backend saves a host round trip per step).",
     ]
     (out / "rl2_throughput.md").write_text("\n".join(lines) + "\n")

@@ -258,8 +258,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "note": args.note,
         "baseline_eval_s": eval_s,
         "baseline_eval_load_before_after": [load_before, _loadavg()],
-        "machine": f"{os.cpu_count()} CPUs shared with other engineers' jobs, "
-        f"torch {torch.__version__}, {platform.machine()}",
+        "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}",
         "commands": list(args.commands),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "curves": {c.agent: c.to_json() for c in curves},
@@ -383,7 +382,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         "",
         "Written by `python scripts/maml_learning.py report` from `benchmarks/maml_learning/"
         "*.json`; every comparison below is computed from those files. The machine has 2 CPU "
-        "cores shared with other engineers' jobs (load figures per section).",
+        "cores (load figures per section).",
         "",
     ]
     order = {"nav2d": 0, "halfcheetah-vel": 1, "halfcheetah-dir": 2}

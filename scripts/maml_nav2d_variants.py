@@ -46,7 +46,7 @@ def variant(name: str, run: Path) -> dict[str, Any]:
         if k not in _NOT_SETTINGS and k in preset and preset[k] != v and k != "seed"
     }
     rows = list(csv.DictReader((run / "metrics.csv").open()))
-    # The checkpoint the evaluation read (recorded since session 6): a run may have trained on.
+    # The checkpoint the evaluation read (recorded since round 6): a run may have trained on.
     rows = rows[: int(curve.meta.get("iterations", len(rows)))]
     its = [float(r["iteration_s"]) for r in rows]
     post = [float(r["post_adapt_return"]) for r in rows[-20:]]

@@ -207,7 +207,7 @@ def write_tables(results: dict[str, Any], out: Path, command: str) -> None:
         "# RL² and the classic baselines beside Duan et al. 2016, Tables 1–2",
         "",
         "Made by these commands, in this order (CPU, one thread, on a 2-core machine **shared",
-        "with other engineers' jobs**; the load of each RL² run is in the last table):",
+        "**; the load of each RL² run is in the last table):",
         "",
         *[f"    {c}" for c in commands],
         "",
