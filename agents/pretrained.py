@@ -30,6 +30,7 @@ from metarl.agents.sb3_baselines import (
     PPO_BASELINE_PRESETS,
     PPOBaselineConfig,
     evaluate_finetuning,
+    finetuned_policy,
     train_ppo,
 )
 from metarl.evaluation import AdaptationCurve, EvalSettings
@@ -99,9 +100,4 @@ def evaluate(
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
     """The run's policy for :func:`metarl.load`: fine-tuned by :func:`evaluate`'s step (MAML's
     inner step) and rates."""
-    from metarl.agents.sb3_baselines import finetune_step_fn
-    from metarl.agents.trained import GradientTrainedPolicy
-
-    policy, params, cfg = load_policy(run_dir, device)
-    return GradientTrainedPolicy(AGENT, cfg, policy, params, finetune_step_fn(policy, cfg),
-                                 (cfg.inner_lr, cfg.inner_lr / 2), device)  # fmt: skip
+    return finetuned_policy(AGENT, load_policy(run_dir, device), device)

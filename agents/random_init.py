@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from metarl.agent import Capabilities
-from metarl.agents.sb3_baselines import FineTuneConfig, evaluate_finetuning
+from metarl.agents.sb3_baselines import FineTuneConfig, evaluate_finetuning, finetuned_policy
 from metarl.config import option
 from metarl.evaluation import AdaptationCurve, EvalSettings
 from metarl.functional import Params, named_params
@@ -142,9 +142,4 @@ def evaluate(
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
     """The run's policy for :func:`metarl.load`: fine-tuned by :func:`evaluate`'s step (MAML's
     inner step) and rates."""
-    from metarl.agents.sb3_baselines import finetune_step_fn
-    from metarl.agents.trained import GradientTrainedPolicy
-
-    policy, params, cfg = load_policy(run_dir, device)
-    return GradientTrainedPolicy(AGENT, cfg, policy, params, finetune_step_fn(policy, cfg),
-                                 (cfg.inner_lr, cfg.inner_lr / 2), device)  # fmt: skip
+    return finetuned_policy(AGENT, load_policy(run_dir, device), device)

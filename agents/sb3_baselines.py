@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -65,6 +65,9 @@ from metarl.sampler import Episodes
 from metarl.tasks import BoxTaskDistribution, TaskDistribution, TaskError, task_to_dict
 from metarl.training import Trainer, train_loop
 
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
 __all__ = [
     "PPO_BASELINE_PRESETS",
     "FineTuneConfig",
@@ -72,6 +75,7 @@ __all__ = [
     "PPOBaselineConfig",
     "evaluate_finetuning",
     "finetune_step_fn",
+    "finetuned_policy",
     "make_model",
     "oracle_task_params",
     "sb3_policy_kwargs",
@@ -550,6 +554,18 @@ def finetune_step_fn(
     """MAML's inner step (Finn et al. 2017, Sec. 3.2): vanilla policy gradient with the
     per-task linear baseline, as the evaluation protocol wants it."""
     return vpg_adapt_fn(policy, cfg.gamma, cfg.inner_gae_lambda)
+
+
+def finetuned_policy(
+    agent: str, loaded: tuple[Policy, Params, FineTuneConfig], device: str
+) -> TrainedPolicy:
+    """A baseline's policy for :func:`metarl.load` (``loaded``: its ``load_policy``):
+    fine-tuned by MAML's inner step at the evaluation's rates, ``α`` then ``α/2``."""
+    from metarl.agents.trained import GradientTrainedPolicy
+
+    policy, params, cfg = loaded
+    return GradientTrainedPolicy(agent, cfg, policy, params, finetune_step_fn(policy, cfg),
+                                 (cfg.inner_lr, cfg.inner_lr / 2), device)  # fmt: skip
 
 
 def evaluate_finetuning(

@@ -48,7 +48,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from metarl.evaluation import AdaptationCurve, default_episodes_per_step, evaluate_policy_adaptation
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    default_episodes_per_step,
+    evaluate_policy_adaptation,
+)
 from metarl.functional import Params, load_params
 from metarl.policies import Policy
 from metarl.registry import make
@@ -178,7 +183,6 @@ class TrainedPolicy(ABC):
             seed: seeds the episodes' action and env noise.
         """
 
-    @abstractmethod
     def evaluate(
         self,
         tasks: Sequence[Any] | None = None,
@@ -193,6 +197,18 @@ class TrainedPolicy(ABC):
         """The evaluation protocol of ``metarl evaluate`` on ``tasks`` (default: the tasks of
         ``split``, the first ``max_tasks``): the same :class:`AdaptationCurve`, the same
         numbers for the same arguments; written nowhere."""
+        if max_tasks is not None and max_tasks < 1:
+            raise ValueError(f"max_tasks must be >= 1, got {max_tasks}")
+        settings = EvalSettings(
+            split=split, num_steps=steps, seeds=tuple(seeds), episodes_per_step=episodes,
+            device=str(self.device), max_tasks=max_tasks,
+            lrs=None if lrs is None else tuple(lrs),
+        )  # fmt: skip
+        return self._evaluate(tasks, settings)
+
+    @abstractmethod
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        """:meth:`evaluate` with its arguments checked."""
 
     def _check_steps(self, steps: int | None, default: int) -> int:
         steps = default if steps is None else steps
@@ -292,25 +308,14 @@ class GradientTrainedPolicy(TrainedPolicy):
         module = _MeanAction(self.policy, single, self.action_space)
         return AdaptedPolicy(self, task, steps, module, self.policy, single, returns)
 
-    def evaluate(
-        self,
-        tasks: Sequence[Any] | None = None,
-        *,
-        steps: int | None = None,
-        split: str = "test",
-        seeds: Sequence[int] = (0, 1, 2),
-        episodes: int | None = None,
-        max_tasks: int | None = None,
-        lrs: Sequence[float] | None = None,
-    ) -> AdaptationCurve:
-        cfg = self.config
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        cfg, s = self.config, settings
         return evaluate_policy_adaptation(
-            self.policy, self.params, self.env_id, self.step, agent=self.agent, split=split,
-            num_steps=steps, lrs=self.lrs if lrs is None else tuple(lrs),
-            episodes_per_step=episodes, seeds=tuple(seeds), device=str(self.device),
-            backend=cfg.backend, env_kwargs=self._env_kwargs(),
-            max_tasks=max_tasks, num_workers=cfg.num_workers, worker_timeout=cfg.worker_timeout,
-            tasks=None if tasks is None else self._eval_tasks(tasks, split, None),
+            self.policy, self.params, self.env_id, self.step, agent=self.agent, **s.protocol(),
+            lrs=self.lrs if s.lrs is None else s.lrs, backend=cfg.backend,
+            env_kwargs=self._env_kwargs(), num_workers=cfg.num_workers,
+            worker_timeout=cfg.worker_timeout,
+            tasks=None if tasks is None else self._eval_tasks(tasks, s.split, None),
         )  # fmt: skip
 
 
@@ -356,21 +361,12 @@ class TaskConditionedPolicy(TrainedPolicy):
         module = _MeanAction(policy, single, self.action_space)
         return AdaptedPolicy(self, task, 0, module, policy, single, [])
 
-    def evaluate(
-        self,
-        tasks: Sequence[Any] | None = None,
-        *,
-        steps: int | None = None,
-        split: str = "test",
-        seeds: Sequence[int] = (0, 1, 2),
-        episodes: int | None = None,
-        max_tasks: int | None = None,
-        lrs: Sequence[float] | None = None,
-    ) -> AdaptationCurve:
-        self._no_lr(lrs, "lrs")
-        chosen = self._eval_tasks(tasks, split, max_tasks)
-        return self._curve(chosen, split=split, num_steps=steps, seeds=tuple(seeds),
-                           episodes_per_step=episodes)  # fmt: skip
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        s = settings
+        self._no_lr(s.lrs, "lrs")
+        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
+        return self._curve(chosen, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
+                           episodes_per_step=s.episodes_per_step)  # fmt: skip
 
 
 class RecurrentTrainedPolicy(TrainedPolicy):
@@ -428,21 +424,12 @@ class RecurrentTrainedPolicy(TrainedPolicy):
         module = _RecurrentAction(policy, memory, self.action_space)
         return AdaptedPolicy(self, task, n, module, None, None, returns)
 
-    def evaluate(
-        self,
-        tasks: Sequence[Any] | None = None,
-        *,
-        steps: int | None = None,
-        split: str = "test",
-        seeds: Sequence[int] = (0, 1, 2),
-        episodes: int | None = None,
-        max_tasks: int | None = None,
-        lrs: Sequence[float] | None = None,
-    ) -> AdaptationCurve:
-        self._no_lr(lrs, "lrs")
-        chosen = self._eval_tasks(tasks, split, max_tasks)
-        return self._curve(self.rl2, chosen, split=split, num_steps=steps, seeds=tuple(seeds),
-                           episodes_per_step=episodes)  # fmt: skip
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        s = settings
+        self._no_lr(s.lrs, "lrs")
+        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
+        return self._curve(self.rl2, chosen, split=s.split, num_steps=s.num_steps,
+                           seeds=s.seeds, episodes_per_step=s.episodes_per_step)  # fmt: skip
 
 
 # -- the adapted policy --------------------------------------------------------------------
