@@ -260,8 +260,8 @@ class Run:
         live run in it is never deleted from under its writer)."""
         path = Path(path)
         _make_run_dir(path)
-        lock = RunLock(path)
-        try:
+
+        def fill() -> Run:
             if overwrite:
                 _clear_run_dir(path)
             if os.path.lexists(path / CONFIG_FILE) or os.path.lexists(path / CHECKPOINT_FILE):
@@ -282,12 +282,9 @@ class Run:
 
                 record.update(run_record(env_id))
             _atomic_write_bytes(path / CONFIG_FILE, json.dumps(record, indent=2).encode())
-            run = cls(path, agent, config)
-        except BaseException:
-            lock.release()
-            raise
-        run._lock = lock
-        return run
+            return cls(path, agent, config)
+
+        return cls._locked(path, fill)
 
     @classmethod
     def resume(
@@ -303,9 +300,15 @@ class Run:
         """
         path = Path(path)
         record = cls.read_record(path)
+        return cls._locked(path, lambda: cls._resume_locked(path, record, agent, config))
+
+    @classmethod
+    def _locked(cls, path: Path, open_run: Callable[[], Run]) -> Run:
+        """``open_run()`` under the run directory's lock, which the returned run then holds
+        (released again if opening fails)."""
         lock = RunLock(path)
         try:
-            run = cls._resume_locked(path, record, agent, config)
+            run = open_run()
         except BaseException:
             lock.release()
             raise
