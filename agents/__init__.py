@@ -3,14 +3,14 @@
 The registry maps an agent's name (``metarl train --agent NAME``) to its module, imported
 on first use. Every agent keeps one contract, :class:`metarl.agent.Agent`:
 
-* ``AGENT`` — its name; ``CONFIG`` — its :class:`metarl.config.RunConfig` subclass (fields
+* ``AGENT`` — its name; ``CONFIG`` — its :class:`metarl.runs.config.RunConfig` subclass (fields
   → ``--options``, ``presets``);
 * ``CAPABILITIES`` — a :class:`metarl.agent.Capabilities`: how it adapts (gradient steps,
   episodes, none), which families and devices it takes; read by the command line, the
   evaluation and ``metarl benchmark``, never guessed;
 * ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> metarl.runs.Run`` —
-  a :class:`metarl.training.Trainer` (one iteration of the algorithm and the state a
-  checkpoint keeps) run by :func:`metarl.training.train_loop`, which owns the rest;
+  a :class:`metarl.runs.training.Trainer` (one iteration of the algorithm and the state a
+  checkpoint keeps) run by :func:`metarl.runs.training.train_loop`, which owns the rest;
 * ``evaluate(run_dir, settings=None, **overrides)`` with
   :class:`metarl.evaluation.EvalSettings` (split, K, seeds, episodes, device, max tasks,
   inner rates) returning ``(AdaptationCurve, json_path, png_path)``: the one evaluation

@@ -51,25 +51,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metarl.agent import Capabilities
-from metarl.config import (
-    ConfigError,
-    EnvOptions,
-    PolicyOptions,
-    ReturnOptions,
-    RunConfig,
-    option,
-)
-from metarl.evaluation import (
-    AdaptationCurve,
-    EvalSettings,
-    evaluate_run_policy,
-)
-from metarl.functional import Params, forward, load_params
-from metarl.meta_training import meta_train
-from metarl.numerics import check_finite
-from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.policy_gradient import (
+from metarl.adaptation.meta_training import meta_train
+from metarl.adaptation.policy_gradient import (
     InnerStep,
     TaskData,
     advantages,
@@ -78,17 +61,34 @@ from metarl.policy_gradient import (
     expand_tasks,
     grad_by_chunk,
 )
-from metarl.returns import (
+from metarl.agent import Capabilities
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    evaluate_run_policy,
+)
+from metarl.learning.functional import Params, forward, load_params
+from metarl.learning.policies import Policy, make_policy
+from metarl.learning.returns import (
     BASELINES,
     LinearFeatureBaseline,
     PreviousTaskBaseline,
     ZeroBaseline,
     discounted_returns,
 )
-from metarl.runs import Run
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.learning.trpo import axpy, line_search, trust_region_step
+from metarl.numerics import check_finite
+from metarl.runs import Run, load_run_policy
+from metarl.runs.config import (
+    ConfigError,
+    EnvOptions,
+    PolicyOptions,
+    ReturnOptions,
+    RunConfig,
+    option,
+)
 from metarl.sampling import SAMPLERS, make_sampler
-from metarl.trpo import axpy, line_search, trust_region_step
+from metarl.sampling.native import BatchedSampler, Episodes
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy
@@ -366,7 +366,7 @@ def _inner_advantages(
     """The inner (adaptation) step's advantages, in meta-training and in evaluation.
 
     ``shared``: with ``inner_baseline="previous-task"`` in meta-training, the meta-batch's
-    shared baseline (:class:`metarl.returns.PreviousTaskBaseline`; its carried fit is used
+    shared baseline (:class:`metarl.learning.returns.PreviousTaskBaseline`; its carried fit is used
     and updated). Evaluation passes none: each held-out task adapts alone, as in Finn et
     al.'s test scripts (a fresh baseline per goal), so the task's own fit (``linear``)."""
     if cfg.inner_baseline == "previous-task":

@@ -44,11 +44,11 @@ from metarl.evaluation import (
     evaluate_policy_adaptation,
     save_run_curve,
 )
-from metarl.functional import Params
-from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.registry import make, task_distribution
-from metarl.runs import Run, resolve_device
-from metarl.sampler import Episodes
+from metarl.learning.functional import Params
+from metarl.learning.policies import Policy, make_policy
+from metarl.runs import Run, load_run_policy, resolve_device
+from metarl.sampling.native import Episodes
+from metarl.stepping.registry import make, task_distribution
 from metarl.tasks import TaskError
 
 if TYPE_CHECKING:

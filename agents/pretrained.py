@@ -34,9 +34,9 @@ from metarl.agents.sb3_baselines import (
     train_ppo,
 )
 from metarl.evaluation import AdaptationCurve, EvalSettings
-from metarl.functional import Params
-from metarl.policies import Policy, load_run_policy
-from metarl.runs import Run
+from metarl.learning.functional import Params
+from metarl.learning.policies import Policy
+from metarl.runs import Run, load_run_policy
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy

@@ -23,13 +23,13 @@ import torch
 
 from metarl.agent import Capabilities
 from metarl.agents.sb3_baselines import FineTuneConfig, evaluate_finetuning, finetuned_policy
-from metarl.config import option
 from metarl.evaluation import AdaptationCurve, EvalSettings
-from metarl.functional import Params, named_params
-from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.registry import make
-from metarl.runs import Run
-from metarl.training import Trainer, train_loop
+from metarl.learning.functional import Params, named_params
+from metarl.learning.policies import Policy, make_policy
+from metarl.runs import Run, load_run_policy
+from metarl.runs.config import option
+from metarl.runs.training import Trainer, train_loop
+from metarl.stepping.registry import make
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy
@@ -114,7 +114,7 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Draw the initial policy from ``cfg.seed`` and record it (no training): one iteration
-    of :func:`metarl.training.train_loop`. A resumed run already holds its initialisation
+    of :func:`metarl.runs.training.train_loop`. A resumed run already holds its initialisation
     and is left as it is."""
     return train_loop(cfg.replace(num_iterations=1), run_dir, AGENT,
                       lambda cfg, device, resume: _InitTrainer(cfg), resume=resume,

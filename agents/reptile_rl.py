@@ -38,21 +38,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor
 
+from metarl.adaptation.meta_training import meta_train
+from metarl.adaptation.policy_gradient import adapt_policy, advantages, vpg_adapt_fn
 from metarl.agent import Capabilities
-from metarl.config import EnvOptions, PolicyOptions, ReturnOptions, RunConfig, option
 from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
     evaluate_run_policy,
 )
-from metarl.functional import Params, load_params, reptile_update
-from metarl.meta_training import meta_train
+from metarl.learning.functional import Params, load_params, reptile_update
+from metarl.learning.policies import Policy, make_policy
 from metarl.numerics import check_finite
-from metarl.policies import Policy, load_run_policy, make_policy
-from metarl.policy_gradient import adapt_policy, advantages, vpg_adapt_fn
-from metarl.runs import Run
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.runs import Run, load_run_policy
+from metarl.runs.config import EnvOptions, PolicyOptions, ReturnOptions, RunConfig, option
 from metarl.sampling import make_sampler
+from metarl.sampling.native import BatchedSampler, Episodes
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy

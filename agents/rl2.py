@@ -58,7 +58,16 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.agent import Capabilities
-from metarl.config import (
+from metarl.evaluation import (
+    AdaptationCurve,
+    EvalSettings,
+    default_episodes_per_step,
+    save_run_curve,
+)
+from metarl.learning.returns import normalize_advantages
+from metarl.numerics import check_finite
+from metarl.runs import Run, load_checkpoint_file
+from metarl.runs.config import (
     ConfigError,
     RunConfig,
     _check_device,
@@ -66,19 +75,10 @@ from metarl.config import (
     option,
     worker_timeout_option,
 )
-from metarl.evaluation import (
-    AdaptationCurve,
-    EvalSettings,
-    default_episodes_per_step,
-    save_run_curve,
-)
-from metarl.numerics import check_finite
-from metarl.returns import normalize_advantages
-from metarl.runs import Run, load_checkpoint_file
-from metarl.spaces import FlatEncoder
+from metarl.runs.training import Generators, Trainer, train_loop
 from metarl.stepping import TensorBatchedEnv
-from metarl.torch_batched import resolve_device
-from metarl.training import Generators, Trainer, train_loop
+from metarl.stepping.torch_batched import resolve_device
+from metarl.tasks.spaces import FlatEncoder
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy
@@ -486,7 +486,7 @@ def trial_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: 
 
 
 class RL2(Trainer):
-    """An RL² agent: the :class:`metarl.training.Trainer` that :func:`train` drives (one PPO
+    """An RL² agent: the :class:`metarl.runs.training.Trainer` that :func:`train` drives (one PPO
     iteration per :meth:`iteration`), and :meth:`evaluate` on held-out tasks.
 
     Args:
@@ -763,7 +763,7 @@ def train(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Run:
-    """Meta-train RL² in a run directory through :func:`metarl.training.train_loop`:
+    """Meta-train RL² in a run directory through :func:`metarl.runs.training.train_loop`:
     config.json, metrics.csv (one row per PPO iteration: trial return, returns of the trial's
     first and last episodes, losses, env steps, seconds) and checkpoint.pt.
 

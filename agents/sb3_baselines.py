@@ -14,7 +14,8 @@ Networks", Sec. 5.2-5.3, Fig. 4-5) compare MAML with
 Here the two trained ones are Stable-Baselines3 PPO (Schulman et al. 2017, "Proximal Policy
 Optimization Algorithms") on a :class:`MultiTaskEnv`: every episode a task drawn from the
 family's **training split only**, so no held-out task is ever seen before evaluation. The
-SB3 policy's actor is an MLP of exactly our :func:`metarl.policies.make_policy` architecture
+SB3 policy's actor is an MLP of exactly our :func:`metarl.learning.policies.make_policy`
+architecture
 (hidden widths, ReLU or tanh, a state-independent log-std), so its weights *are* a params
 dict of our policy (:func:`sb3_policy_params`, the same action distribution bit for bit) and
 the evaluation is MAML's protocol, :func:`metarl.evaluation.evaluate_policy_adaptation`:
@@ -47,23 +48,23 @@ import torch
 from gymnasium import spaces
 from torch import Tensor
 
-from metarl.batched import EnvError
-from metarl.config import ConfigError, EnvOptions, PolicyOptions, RunConfig, option
-from metarl.env import resolve_task_options
+from metarl.adaptation.policy_gradient import vpg_adapt_fn
 from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
     evaluate_run_policy,
 )
-from metarl.functional import Params, named_params
+from metarl.learning.functional import Params, named_params
+from metarl.learning.policies import Policy, make_policy
 from metarl.numerics import NonFiniteError, check_finite
-from metarl.policies import Policy, make_policy
-from metarl.policy_gradient import vpg_adapt_fn
-from metarl.registry import make
 from metarl.runs import Run
-from metarl.sampler import Episodes
+from metarl.runs.config import ConfigError, EnvOptions, PolicyOptions, RunConfig, option
+from metarl.runs.training import Trainer, train_loop
+from metarl.sampling.native import Episodes
+from metarl.stepping.batched import EnvError
+from metarl.stepping.registry import make
 from metarl.tasks import BoxTaskDistribution, TaskDistribution, TaskError, task_to_dict
-from metarl.training import Trainer, train_loop
+from metarl.tasks.env import resolve_task_options
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy
@@ -118,7 +119,7 @@ def task_features(dist: TaskDistribution[Any], task: Any) -> np.ndarray:
 
 
 def _encode_obs(space: spaces.Space[Any], obs: Any) -> np.ndarray:
-    from metarl.spaces import FlatEncoder
+    from metarl.tasks.spaces import FlatEncoder
 
     return FlatEncoder(space).numpy(obs)
 
@@ -355,7 +356,8 @@ def sb3_policy_params(sb3_policy: Any, policy: Policy) -> Params:
     SB3's actor is ``action_net(policy_net(flatten(obs)))`` — Linear and activation layers,
     Discrete observations one-hot — with ``log_std`` for Box actions (a diagonal Gaussian)
     or logits for Discrete ones, exactly the distribution of our
-    :class:`~metarl.policies.GaussianMLPPolicy` / :class:`~metarl.policies.CategoricalMLPPolicy`
+    :class:`~metarl.learning.policies.GaussianMLPPolicy` /
+    :class:`~metarl.learning.policies.CategoricalMLPPolicy`
     (ours clamps ``log σ`` below at −6, far below anything PPO reaches). The Linear layers are
     copied in order; the shapes are checked against ``policy``.
 
@@ -410,7 +412,8 @@ def make_model(cfg: PPOBaselineConfig, with_task: bool, device: torch.device | s
     """SB3 PPO on ``cfg.n_envs`` :class:`MultiTaskEnv` copies (training split), seeded by
     ``cfg.seed``, with an actor of our policy's architecture. The envs step in-process
     (SB3's ``DummyVecEnv``) or, with ``backend="subprocess"``, in ``cfg.num_workers`` worker
-    processes with a timeout (:class:`metarl.sb3_vec_env.WorkerVecEnv`; the same results)."""
+    processes with a timeout (:class:`metarl.stepping.sb3_vec_env.WorkerVecEnv`; the same
+    results)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
@@ -423,7 +426,7 @@ def make_model(cfg: PPOBaselineConfig, with_task: bool, device: torch.device | s
 
     venv: VecEnv
     if cfg.backend == "subprocess":
-        from metarl.sb3_vec_env import WorkerVecEnv
+        from metarl.stepping.sb3_vec_env import WorkerVecEnv
 
         venv = WorkerVecEnv([make_env] * cfg.n_envs, env_id, num_workers=cfg.num_workers,
                             timeout=cfg.worker_timeout)  # fmt: skip
@@ -452,7 +455,7 @@ def make_model(cfg: PPOBaselineConfig, with_task: bool, device: torch.device | s
 
 
 class _PPOTrainer(Trainer):
-    """SB3 PPO on the training tasks as :func:`metarl.training.train_loop` drives it."""
+    """SB3 PPO on the training tasks as :func:`metarl.runs.training.train_loop` drives it."""
 
     def __init__(self, cfg: PPOBaselineConfig, device: torch.device, with_task: bool) -> None:
         from stable_baselines3.common.logger import Logger
@@ -537,7 +540,7 @@ def train_ppo(
     log: Callable[[str], None] | None = None,
 ) -> Run:
     """Train one policy with SB3 PPO on the training tasks (with the task parameters in the
-    observation when ``with_task``) through :func:`metarl.training.train_loop`; the run
+    observation when ``with_task``) through :func:`metarl.runs.training.train_loop`; the run
     directory gets config.json, metrics.csv and checkpoints holding ``params`` (our
     policy's), the SB3 policy and Adam state."""
 

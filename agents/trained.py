@@ -54,12 +54,12 @@ from metarl.evaluation import (
     default_episodes_per_step,
     evaluate_policy_adaptation,
 )
-from metarl.functional import Params, load_params
-from metarl.policies import Policy
-from metarl.registry import make
-from metarl.rundir import write_atomic
+from metarl.learning.functional import Params, load_params
+from metarl.learning.policies import Policy
 from metarl.runs import resolve_device
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.runs.rundir import write_atomic
+from metarl.sampling.native import BatchedSampler, Episodes
+from metarl.stepping.registry import make
 
 __all__ = [
     "AdaptedPolicy",
@@ -85,9 +85,9 @@ def load(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
             registered here (the message names the ``--import`` it needs).
         TypeError: the run's agent provides no ``trained_policy`` hook.
     """
-    from metarl import registry
     from metarl.agents import get_agent
     from metarl.runs import Run
+    from metarl.stepping import registry
 
     record = Run.read_record(run_dir)
     env_id = record["config"].get("env_id") if isinstance(record.get("config"), dict) else None
@@ -644,7 +644,7 @@ class AdaptedPolicy:
 # -- watching it adapt ---------------------------------------------------------------------
 def render_episode(adapted: AdaptedPolicy, env_kwargs: Mapping[str, Any], seed: int = 0) -> list:
     """The frames of one episode of ``adapted`` on its task, acting deterministically."""
-    from metarl.video import headless_gl
+    from metarl.evaluation.video import headless_gl
 
     headless_gl()
     env = make(adapted.env_id, render_mode="rgb_array", **dict(env_kwargs))
@@ -674,7 +674,7 @@ def record_videos(
     """For each of the first ``num_tasks`` tasks of ``split``: one video of an episode of the
     policy before adaptation and after 1..``steps`` units, side by side; MP4 where imageio's
     ffmpeg is installed, else GIF. Returns the files written (``task<i>.mp4`` or ``.gif``)."""
-    from metarl.video import check_renders, side_by_side, write_video
+    from metarl.evaluation.video import check_renders, side_by_side, write_video
 
     check_renders(policy.env_id, **policy._env_kwargs())
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:

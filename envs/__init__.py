@@ -22,7 +22,7 @@ from __future__ import annotations
 from functools import partial
 
 from metarl.envs import bandits, navigation, tabular_mdp, torch_envs
-from metarl.registry import register_family
+from metarl.stepping.registry import register_family
 
 __all__ = ["bandits", "navigation", "tabular_mdp", "torch_envs"]
 
@@ -60,7 +60,7 @@ from metarl.envs import mujoco  # noqa: E402
 # Meta-World's ids register on first use (importing Meta-World takes seconds), when the
 # optional extra is installed; `metarl envs` lists them.
 from metarl.envs.meta_world import INSTALL as _MW_INSTALL  # noqa: E402
-from metarl.registry import register_lazy  # noqa: E402
+from metarl.stepping.registry import register_lazy  # noqa: E402
 
 register_lazy(
     "metarl/MetaWorld-",

@@ -10,7 +10,7 @@ agent learns about the task comes from its rewards. An episode is one trial of `
 gap to the best arm.
 
 Randomness: reward noise comes from ``np_random`` in chunks of 64 steps
-(:class:`metarl.batched.NoiseStream`), which lets the batched env reproduce it exactly.
+(:class:`metarl.stepping.batched.NoiseStream`), which lets the batched env reproduce it exactly.
 
 Version history:
     v0: K ∈ {5, 10, 50}.
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from metarl.batched import BatchedNoiseStream, BatchedTaskEnv, NoiseStream
-from metarl.env import TaskEnv
+from metarl.stepping.batched import BatchedNoiseStream, BatchedTaskEnv, NoiseStream
 from metarl.tasks import BoxTaskDistribution
+from metarl.tasks.env import TaskEnv
 
 __all__ = ["BanditTask", "BernoulliBandit", "BernoulliBanditBatched", "bandit_distribution"]
 

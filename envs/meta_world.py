@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from metarl.env import TaskEnv
 from metarl.tasks import TaskDistribution, TaskError
+from metarl.tasks.env import TaskEnv
 
 __all__ = [
     "BENCHMARKS",
@@ -224,7 +224,7 @@ def register(benchmarks: tuple[str, ...] = BENCHMARKS) -> list[str]:
 
     ML1 is registered once per task type (``metarl/MetaWorld-ML1-reach-v3-v0``...).
     """
-    from metarl.registry import family_ids, register_family
+    from metarl.stepping.registry import family_ids, register_family
 
     metaworld = import_metaworld()
     ids = []

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from metarl.batched import BatchedTaskEnv
-from metarl.env import TaskEnv
+from metarl.stepping.batched import BatchedTaskEnv
 from metarl.tasks import BoxTaskDistribution
+from metarl.tasks.env import TaskEnv
 
 __all__ = ["GoalTask", "Navigation2D", "Navigation2DBatched", "navigation_distribution"]
 

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from metarl.batched import BatchedNoiseStream, BatchedTaskEnv, NoiseStream
-from metarl.env import TaskEnv
+from metarl.stepping.batched import BatchedNoiseStream, BatchedTaskEnv, NoiseStream
 from metarl.tasks import TaskDistribution, TaskError
+from metarl.tasks.env import TaskEnv
 
 __all__ = [
     "TabularMDP",

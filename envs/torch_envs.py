@@ -16,7 +16,7 @@ from torch import Tensor
 from metarl.envs.bandits import bandit_distribution
 from metarl.envs.navigation import GOAL_TOLERANCE, MAX_SPEED, navigation_distribution
 from metarl.envs.tabular_mdp import TabularMDPDistribution
-from metarl.torch_batched import TorchBatchedTaskEnv
+from metarl.stepping.torch_batched import TorchBatchedTaskEnv
 
 __all__ = ["BernoulliBanditTorch", "Navigation2DTorch", "TabularMDPTorch"]
 

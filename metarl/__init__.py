@@ -10,9 +10,9 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
-from metarl.env import TaskEnv, make_task_env
-from metarl.registry import (
+from metarl.runs.seeding import seed_everything
+from metarl.stepping.batched import BatchedTaskEnv, GenericBatchedEnv
+from metarl.stepping.registry import (
     family,
     family_ids,
     make,
@@ -21,13 +21,13 @@ from metarl.registry import (
     register_family,
     task_distribution,
 )
-from metarl.seeding import seed_everything
 from metarl.tasks import (
     BoxTaskDistribution,
     FiniteTaskDistribution,
     TaskDistribution,
     TaskError,
 )
+from metarl.tasks.env import TaskEnv, make_task_env
 
 try:
     __version__ = version("metarl")

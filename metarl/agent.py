@@ -4,14 +4,14 @@ An agent is one module in ``metarl.agents`` plus one line in its registry. The m
 provides
 
 * ``AGENT`` — its registry name (``metarl train --agent NAME``);
-* ``CONFIG`` — its :class:`metarl.config.RunConfig` subclass: fields are the command's
+* ``CONFIG`` — its :class:`metarl.runs.config.RunConfig` subclass: fields are the command's
   ``--options`` (with their help and defaults), ``presets`` hold papers' settings;
 * ``CAPABILITIES`` — a :class:`Capabilities`: how its policy adapts to a task (gradient
   steps, episodes of context, or not at all), and which task families and devices it takes;
   the command line, the evaluation and ``metarl benchmark`` read these instead of guessing;
 * ``train(cfg, run_dir, *, resume=False, overwrite=False, log=None) -> Run`` — usually a
-  :class:`metarl.training.Trainer` (one iteration of its algorithm, the state a checkpoint
-  keeps) handed to :func:`metarl.training.train_loop`, which owns everything else;
+  :class:`metarl.runs.training.Trainer` (one iteration of its algorithm, the state a checkpoint
+  keeps) handed to :func:`metarl.runs.training.train_loop`, which owns everything else;
 * ``evaluate(run_dir, settings=None, **overrides) -> (AdaptationCurve, json_path,
   png_path)`` — the one evaluation protocol (:mod:`metarl.evaluation`) on the run's last
   checkpoint, with :class:`metarl.evaluation.EvalSettings` (or its fields by name); an agent

@@ -92,7 +92,7 @@ def check_finite(quantity: str, *values: Any, hint: str = "") -> None:
 def at_iteration(error: BaseException, iteration: int, checkpoint: str = "") -> str:
     """The message of ``error`` prefixed with the iteration (and where the last good
     checkpoint is), for re-raising: ``raise NonFiniteError(at_iteration(e, it), ...)`` (an
-    env's failure: :meth:`metarl.batched.EnvError.at_iteration`)."""
+    env's failure: :meth:`metarl.stepping.batched.EnvError.at_iteration`)."""
     msg = f"iteration {iteration}: {error}"
     if checkpoint:
         msg += f"; the last good checkpoint ({checkpoint}) is kept"

@@ -122,7 +122,7 @@ def register_faulty_family(fault: str | None = None, **kwargs: Any) -> str:
     ``fault=``, ``at_step=``, ``min_goal_x=``, ``from_episode=``. With them: an id of its own
     with those settings fixed (for agents that build their envs from an id alone).
     """
-    from metarl.registry import _FAMILIES, register_family
+    from metarl.stepping.registry import _FAMILIES, register_family
 
     env_id = FAULTY_ID
     if fault is not None:

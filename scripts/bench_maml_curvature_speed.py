@@ -110,7 +110,7 @@ def captured_products(preset: str, curvature: str, dtype: torch.dtype) -> tuple[
 def agreement() -> float:
     """Max relative difference of the TRPO direction (10 CG iterations), exact vs
     Gauss–Newton, float64, on the nav2d preset's first meta-iteration."""
-    from metarl.trpo import conjugate_gradient
+    from metarl.learning.trpo import conjugate_gradient
 
     torch.set_num_threads(1)
     mvp_e, grad = captured_products("nav2d-paper", "exact", torch.float64)

@@ -43,12 +43,12 @@ import numpy as np
 import torch
 
 import metarl
+from metarl.adaptation.policy_gradient import advantages
 from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
-from metarl.functional import Params, forward, load_params
-from metarl.policies import Policy
-from metarl.policy_gradient import advantages
-from metarl.sampler import BatchedSampler, Episodes
-from metarl.trpo import conjugate_gradient
+from metarl.learning.functional import Params, forward, load_params
+from metarl.learning.policies import Policy
+from metarl.learning.trpo import conjugate_gradient
+from metarl.sampling.native import BatchedSampler, Episodes
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 import metarl
-from metarl.functional import named_params
-from metarl.policies import make_policy
-from metarl.ray_sampler import RaySampler, native_backend
-from metarl.sampler import BatchedSampler
+from metarl.learning.functional import named_params
+from metarl.learning.policies import make_policy
+from metarl.sampling.distributed import RaySampler, native_backend
+from metarl.sampling.native import BatchedSampler
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = "metarl/HalfCheetahVel-v0"

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/torch_envs.md")
     args = parser.parse_args()
-    device = metarl.torch_batched.resolve_device(args.device)
+    device = metarl.stepping.torch_batched.resolve_device(args.device)
     train = metarl.task_distribution(ENV_ID).split("train")
     tasks = [train[i % len(train)] for i in range(args.rows)]
     net = policy(device)

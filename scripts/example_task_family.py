@@ -25,7 +25,7 @@ import numpy as np
 from gymnasium.envs.classic_control.pendulum import PendulumEnv
 
 import metarl
-from metarl.checks import check_env, format_report
+from metarl.stepping.checks import check_env, format_report
 
 
 # 1. The task: the parameters that vary, as a frozen dataclass.

@@ -43,10 +43,10 @@ import torch
 from metarl.agents import get_agent
 from metarl.agents.maml_trpo import MAMLTRPOConfig, inner_step_fn
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, mean_ci95
-from metarl.functional import load_params
-from metarl.policies import make_policy
-from metarl.registry import make
+from metarl.learning.functional import load_params
+from metarl.learning.policies import make_policy
 from metarl.runs import Run
+from metarl.stepping.registry import make
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "maml_learning"

@@ -19,13 +19,13 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from metarl.adaptation.policy_gradient import advantages
 from metarl.agents.maml_trpo import MAMLTRPOConfig
-from metarl.functional import Params, forward, load_params
+from metarl.learning.functional import Params, forward, load_params
+from metarl.learning.policies import Policy
+from metarl.learning.returns import BASELINES
 from metarl.numerics import check_finite
-from metarl.policies import Policy
-from metarl.policy_gradient import advantages
-from metarl.returns import BASELINES
-from metarl.sampler import BatchedSampler, Episodes, per_task
+from metarl.sampling.native import BatchedSampler, Episodes, per_task
 
 
 # -- flat-vector helpers for conjugate gradient ---------------------------------------------

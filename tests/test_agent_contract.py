@@ -10,7 +10,7 @@ import pytest
 
 from metarl.agent import ADAPTS_BY, Agent, Capabilities
 from metarl.agents import agent_names, get_agent, register_agent
-from metarl.config import RunConfig
+from metarl.runs.config import RunConfig
 
 TRAIN = ("resume", "overwrite", "log")
 
@@ -78,7 +78,7 @@ def test_lrs_refused_for_an_agent_that_does_not_adapt_by_gradient_steps(tmp_path
 
 
 def test_no_agent_keeps_a_training_loop_of_its_own() -> None:
-    """Run directories are created, resumed and checkpointed by metarl.training alone: no
+    """Run directories are created, resumed and checkpointed by metarl.runs.training alone: no
     agent file (nor the few-shot trainer) does it itself."""
     from pathlib import Path
 

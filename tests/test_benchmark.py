@@ -121,7 +121,7 @@ class _DictObsNav(gym.Wrapper):
 
 
 def test_bad_input_is_refused_before_anything_trains(tmp_path):
-    from metarl.registry import _FAMILIES, register_family
+    from metarl.stepping.registry import _FAMILIES, register_family
 
     def bench(agents=("rl2",), envs=(NAV,), **kw):
         return run_benchmark(list(agents), list(envs), [0], runs_dir=tmp_path / "runs", **kw)

@@ -26,7 +26,6 @@ import torch
 
 from metarl import runs
 from metarl.agents import rl2
-from metarl.config import RunConfig, option
 from metarl.runs import (
     CheckpointError,
     Run,
@@ -34,6 +33,7 @@ from metarl.runs import (
     load_checkpoint_file,
     save_checkpoint_file,
 )
+from metarl.runs.config import RunConfig, option
 from metarl.testing import bit_flips, malicious_checkpoints, tally, truncations
 
 BANDIT = "metarl/BernoulliBandit-K5-v0"

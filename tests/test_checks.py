@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from metarl.checks import CheckResult, check_env, load_target
 from metarl.cli import main
+from metarl.stepping.checks import CheckResult, check_env, load_target
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "scripts" / "example_task_family.py"

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from metarl.config import Config, ConfigError, RunConfig, add_arguments, from_args, option
+from metarl.runs.config import Config, ConfigError, RunConfig, add_arguments, from_args, option
 
 
 @dataclass

@@ -23,9 +23,9 @@ from torch import Tensor
 import metarl
 from metarl.agents.maml_trpo import MAMLTRPOConfig, initial_inner_lrs, meta_step, shared_baseline
 from metarl.cli import main
-from metarl.policies import Policy, make_policy
+from metarl.learning.policies import Policy, make_policy
 from metarl.runs import load_checkpoint_file
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.sampling.native import BatchedSampler, Episodes
 
 NAV = "metarl/Navigation2D-v0"
 DEVICES = [

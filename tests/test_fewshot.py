@@ -177,8 +177,8 @@ def test_omniglot_lake_protocol_halves(tmp_path: Path) -> None:
     ev = omniglot(OMNIGLOT, "evaluation", max_characters=2, cache_dir=tmp_path)
     assert all(n.startswith("images_background/") for n in bg.names)
     assert all(n.startswith("images_evaluation/") for n in ev.names)
-    from metarl.config import ConfigError
     from metarl.fewshot.train import FewShotConfig
+    from metarl.runs.config import ConfigError
 
     with pytest.raises(ConfigError, match="omniglot_split"):
         FewShotConfig(omniglot_split="lakes")

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from metarl.functional import (
+from metarl.learning.functional import (
     adapt,
     adapt_func,
     forward,

@@ -3,8 +3,14 @@
     face      metarl/cli/            the metarl command, benchmark, few-shot command
     learners  agents/, metarl/fewshot/   algorithms, each on the agent/learner contract
     envs      envs/                  task families, declaring their backends to the registry
-    core      metarl/*.py (the rest) task API, stepping, sampling, learning maths, runs,
-                                     evaluation
+    core      metarl/ (the rest), one folder per concern, each importing only the ones
+              before it (CORE_ORDER): numerics.py · tasks/ (the task API a family
+              implements) · stepping/ (the family registry and the batched backends) ·
+              learning/ (policies, functional parameters, returns, the TRPO solver) ·
+              sampling/ (one Sampler: native, torch, subprocess, Ray) · runs/ (configs, run
+              directories, checkpoints, the one training loop) · adaptation/ (the policy-gradient
+              inner step, the meta-trainer) · evaluation/ (the protocol, plots, video) ·
+              agent.py (the agent contract)
 
 A module may import from its own layer and the layers below; the core imports no env family
 (families register themselves with the core's registry). Two modules are above the core by
@@ -98,13 +104,36 @@ def _imported(name: str, path: Path) -> set[str]:
 
 GRAPH = {name: _imported(name, path) for name, path in MODULES.items()}
 
+#: The core's folders (and its two single-file modules), lowest first.
+CORE_ORDER = ("numerics", "tasks", "stepping", "learning", "sampling", "runs", "adaptation",
+              "evaluation", "agent")  # fmt: skip
+
+
+def _core_group(name: str) -> str | None:
+    """The core folder (or single module) ``name`` lives in; None outside the core."""
+    if _layer(name) != "core" or name in ABOVE or name == "metarl":
+        return None
+    return name.split(".")[1]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _core_group(n)))
+def test_core_folders_import_down(name: str) -> None:
+    """Within the core, a module imports from its own folder and the folders before it."""
+    group = _core_group(name)
+    assert group in CORE_ORDER, f"{name}: metarl/{group} is not one of the core's folders"
+    mine = CORE_ORDER.index(group)
+    up = sorted(d for d in GRAPH[name]
+                if (g := _core_group(d)) and CORE_ORDER.index(g) > mine)  # fmt: skip
+    assert not up, f"{name} (metarl/{group}) imports from a core folder above it: {up}"
+
 
 def test_the_layout_is_read() -> None:
     """Not vacuous: the known modules are there, with their imports."""
-    assert {"metarl.cli", "metarl.training", "metarl.agents.maml_trpo", "metarl.envs.navigation",
-            "metarl.fewshot.train", "metarl.cli.benchmark"} <= set(MODULES)  # fmt: skip
-    assert "metarl.training" in GRAPH["metarl.agents.maml_trpo"] or (
-        "metarl.meta_training" in GRAPH["metarl.agents.maml_trpo"]
+    assert {"metarl.cli", "metarl.runs.training", "metarl.agents.maml_trpo",
+            "metarl.envs.navigation", "metarl.fewshot.train", "metarl.cli.benchmark"} <= set(
+        MODULES)  # fmt: skip
+    assert "metarl.runs.training" in GRAPH["metarl.agents.maml_trpo"] or (
+        "metarl.adaptation.meta_training" in GRAPH["metarl.agents.maml_trpo"]
     )
     assert "metarl.agents" in GRAPH["metarl.cli"]
 
@@ -164,3 +193,10 @@ def test_the_check_catches_an_upward_import(tmp_path: Path) -> None:
         assert "metarl.agents" in deps and RANK[_layer("metarl.agents")] > RANK["core"]
     finally:
         del MODULES["metarl.bad"]
+
+
+def test_the_core_order_catches_an_upward_import() -> None:
+    """The folder check can fail: the task API importing the training loop is above it."""
+    assert CORE_ORDER.index(_core_group("metarl.runs.training") or "") > CORE_ORDER.index(
+        _core_group("metarl.tasks.env") or ""
+    )

@@ -17,6 +17,7 @@ import torch
 from torch.distributions import Categorical, Independent, Normal, kl_divergence
 
 import metarl
+from metarl.adaptation.policy_gradient import InnerStep, adapt_policy, advantages, reinforce_loss
 from metarl.agents import agent_names, get_agent
 from metarl.agents.maml_trpo import (
     MAMLTRPOConfig,
@@ -28,11 +29,10 @@ from metarl.agents.maml_trpo import (
 )
 from metarl.cli import main
 from metarl.evaluation import evaluate_policy_adaptation
-from metarl.functional import forward, named_params
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
-from metarl.policy_gradient import InnerStep, adapt_policy, advantages, reinforce_loss
+from metarl.learning.functional import forward, named_params
+from metarl.learning.policies import CategoricalMLPPolicy, GaussianMLPPolicy, make_policy
 from metarl.runs import Run
-from metarl.sampler import BatchedSampler, per_task, per_task_rows
+from metarl.sampling.native import BatchedSampler, per_task, per_task_rows
 
 NAV = "metarl/Navigation2D-v0"
 
@@ -184,7 +184,7 @@ def test_advantages_are_normalised_per_task() -> None:
 def test_zero_baseline_advantages_are_the_normalised_returns() -> None:
     """``inner_baseline='zero'``: the inner step's advantages are each task's discounted
     returns, centred and scaled, not returns minus the fitted linear baseline."""
-    from metarl.returns import ZeroBaseline, discounted_returns, normalize_advantages
+    from metarl.learning.returns import ZeroBaseline, discounted_returns, normalize_advantages
 
     _, eps = _episodes()
     adv = per_task(advantages(eps, 0.99, 1.0, ZeroBaseline()), 3)
@@ -199,7 +199,7 @@ def test_zero_baseline_advantages_are_the_normalised_returns() -> None:
                             lr=0.1, first_order=True)  # fmt: skip
     got = inner_step_fn(policy, cfg)(params, eps, 0.1, False)
     assert all(torch.allclose(got[k], expected[k]) for k in got)
-    with pytest.raises(metarl.config.ConfigError, match="inner_baseline"):
+    with pytest.raises(metarl.runs.config.ConfigError, match="inner_baseline"):
         MAMLTRPOConfig.from_preset("quick", inner_baseline="mlp")
 
 
@@ -346,7 +346,7 @@ def test_meta_step_equals_the_implementation_before(
     spec.loader.exec_module(reference)
     meta_step_before = reference.meta_step_before
 
-    from metarl import policy_gradient
+    from metarl.adaptation import policy_gradient
     from metarl.agents.maml_trpo import meta_step
 
     if chunk_rows is not None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metarl import policy_gradient
+from metarl.adaptation import policy_gradient
+from metarl.adaptation.policy_gradient import InnerStep, advantages, expand_tasks, reinforce_loss
 from metarl.agents.maml_trpo import _RATE, MAMLTRPOConfig, kl_hessian_product
-from metarl.functional import forward
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
-from metarl.policy_gradient import InnerStep, advantages, expand_tasks, reinforce_loss
-from metarl.sampler import Episodes, per_task_rows
+from metarl.learning.functional import forward
+from metarl.learning.policies import CategoricalMLPPolicy, GaussianMLPPolicy, Policy
+from metarl.sampling.native import Episodes, per_task_rows
 
 N, E, T = 3, 4, 6  # tasks, episodes per task, horizon
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import metarl
-from metarl import trpo
+from metarl.adaptation.policy_gradient import adapt_policy, advantages, reinforce_loss
 from metarl.agents import maml_trpo
 from metarl.agents.maml_trpo import (
     MAMLTRPOConfig,
@@ -27,13 +27,13 @@ from metarl.agents.maml_trpo import (
     train,
 )
 from metarl.cli import main
-from metarl.config import ConfigError
-from metarl.functional import forward, named_params
+from metarl.learning import trpo
+from metarl.learning.functional import forward, named_params
+from metarl.learning.policies import GaussianMLPPolicy
 from metarl.numerics import NonFiniteError
-from metarl.policies import GaussianMLPPolicy
-from metarl.policy_gradient import adapt_policy, advantages, reinforce_loss
 from metarl.runs import CheckpointError, load_checkpoint_file, save_checkpoint_file
-from metarl.sampler import BatchedSampler, Episodes, per_task_rows
+from metarl.runs.config import ConfigError
+from metarl.sampling.native import BatchedSampler, Episodes, per_task_rows
 
 NAV = "metarl/Navigation2D-v0"
 RATE = "α:"
@@ -341,7 +341,7 @@ def test_meta_sgd_learns_to_adapt_on_held_out_tasks(tmp_path: Path) -> None:
     with the initial rates by a wide margin, and the step helps. Fails if the outer step on
     ``(θ, α)`` or the evaluation with the learned rates breaks."""
     from metarl.evaluation import evaluate_policy_adaptation
-    from metarl.policies import make_policy
+    from metarl.learning.policies import make_policy
 
     cfg = MAMLTRPOConfig.from_preset("quick", num_iterations=12, tensorboard=False,
                                      checkpoint_every=100, learn_inner_lr=True)  # fmt: skip

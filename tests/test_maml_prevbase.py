@@ -1,7 +1,7 @@
 """MAML-TRPO with rllab's previous-task baseline (``--inner-baseline previous-task``,
 ``--outer-baseline previous-task``): one predict-then-fit linear baseline shared by the tasks
 of a meta-batch, its fit carried from round to round, across meta-iterations and through
-checkpoints (:class:`metarl.returns.PreviousTaskBaseline` has the shift itself)."""
+checkpoints (:class:`metarl.learning.returns.PreviousTaskBaseline` has the shift itself)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import metarl
+from metarl.adaptation.policy_gradient import advantages
 from metarl.agents import maml_trpo
 from metarl.agents.maml_trpo import (
     MAMLTRPOConfig,
@@ -24,12 +25,11 @@ from metarl.agents.maml_trpo import (
     train,
 )
 from metarl.cli import main
-from metarl.config import ConfigError
-from metarl.policies import GaussianMLPPolicy
-from metarl.policy_gradient import advantages
-from metarl.returns import LinearFeatureBaseline, PreviousTaskBaseline
+from metarl.learning.policies import GaussianMLPPolicy
+from metarl.learning.returns import LinearFeatureBaseline, PreviousTaskBaseline
 from metarl.runs import load_checkpoint_file
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.runs.config import ConfigError
+from metarl.sampling.native import BatchedSampler, Episodes
 
 NAV = "metarl/Navigation2D-v0"
 

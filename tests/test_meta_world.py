@@ -16,8 +16,8 @@ pytest.importorskip(
     "pip install --no-deps metaworld==3.1.1",
 )
 
-from metarl.checks import check_env
 from metarl.envs import meta_world
+from metarl.stepping.checks import check_env
 from metarl.tasks import TaskError
 
 # Registration happens in a subprocess: registered here, the 52 ids would join every test

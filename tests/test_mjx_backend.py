@@ -81,7 +81,7 @@ def test_without_the_extra_the_backend_says_what_to_install(
     monkeypatch.setitem(sys.modules, "mujoco.mjx", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[mjx\]"'):
         metarl.make_batched("metarl/HalfCheetahVel-v0", 2, backend="mjx")
-    from metarl.sampler import BatchedSampler
+    from metarl.sampling.native import BatchedSampler
 
     with pytest.raises(ImportError, match="backend 'mujoco'"):
         BatchedSampler("metarl/HalfCheetahVel-v0", 1, 2, backend="mjx")
@@ -160,8 +160,8 @@ def test_torch_face_hands_over_the_same_numbers_by_dlpack() -> None:
 
 @needs_mjx
 def test_sampler_runs_maml_episodes_on_mjx_close_to_native() -> None:
-    from metarl.functional import named_params
-    from metarl.policies import GaussianMLPPolicy
+    from metarl.learning.functional import named_params
+    from metarl.learning.policies import GaussianMLPPolicy
     from metarl.sampling import make_sampler
 
     env_id = "metarl/HalfCheetahVel-v0"

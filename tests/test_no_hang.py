@@ -22,10 +22,10 @@ import pytest
 import torch
 
 import metarl
-from metarl.batched import EnvError
 from metarl.runs import load_checkpoint_file
+from metarl.stepping.batched import EnvError
+from metarl.stepping.workers import EnvWorkerError, SubprocessBatchedEnv
 from metarl.testing import faulty_task, register_faulty_family, tally
-from metarl.workers import EnvWorkerError, SubprocessBatchedEnv
 
 FAULTY = register_faulty_family()
 #: Two tasks behave, two misbehave (goal x > 0.2): the error must name a misbehaving one.
@@ -146,7 +146,7 @@ _ORPHAN_SCRIPT_SB3 = textwrap.dedent(
     import numpy as np
     from stable_baselines3.common.monitor import Monitor
     from metarl.agents.sb3_baselines import MultiTaskEnv
-    from metarl.sb3_vec_env import WorkerVecEnv
+    from metarl.stepping.sb3_vec_env import WorkerVecEnv
     from metarl.testing import register_faulty_family
     eid = register_faulty_family()
     make = lambda: Monitor(MultiTaskEnv(eid, fault="hang", min_goal_x=-1.0))
@@ -296,7 +296,7 @@ def _sb3_faulty_venv(fault: str, min_goal_x: float = 0.2, timeout: float = 2.0) 
     from stable_baselines3.common.monitor import Monitor
 
     from metarl.agents.sb3_baselines import MultiTaskEnv
-    from metarl.sb3_vec_env import WorkerVecEnv
+    from metarl.stepping.sb3_vec_env import WorkerVecEnv
 
     def make_env() -> Monitor:
         env = MultiTaskEnv(FAULTY, "train", fault=fault, min_goal_x=min_goal_x)
@@ -314,7 +314,7 @@ def test_a_faulty_env_in_an_sb3_worker_vec_env_becomes_an_error_and_every_worker
     (in step or reset), exits, is killed or hangs stops stepping with an EnvWorkerError naming
     the env, the failing env's task (goal x > 0.2: the faulty ones) and the original traceback
     or exit signal; every worker is reaped."""
-    from metarl.sb3_vec_env import WorkerVecEnv
+    from metarl.stepping.sb3_vec_env import WorkerVecEnv
 
     venv = _sb3_faulty_venv(fault)
     assert isinstance(venv, WorkerVecEnv)
@@ -443,7 +443,7 @@ def test_fine_tuning_evaluation_on_a_hanging_env_is_bounded(agent: str, tmp_path
     from metarl.agents import get_agent
     from metarl.agents.sb3_baselines import evaluate_finetuning
     from metarl.evaluation import EvalSettings
-    from metarl.policies import load_run_policy
+    from metarl.runs import load_run_policy
 
     module = get_agent(agent)
     env_id = register_faulty_family("hang", at_step=2, from_episode=1, min_goal_x=0.0)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from metarl import registry
+from metarl.stepping import registry
 
 FAMILY = """
 from gymnasium import spaces
@@ -316,7 +316,7 @@ def test_lazy_families_say_what_is_missing() -> None:
 
 
 def test_a_config_never_holds_a_module() -> None:
-    from metarl.config import ConfigError, RunConfig
+    from metarl.runs.config import ConfigError, RunConfig
 
     with pytest.raises(ConfigError, match="import my_pkg first"):
         RunConfig(env_id="my_pkg:mine/X-v0")

@@ -5,7 +5,7 @@
   replaced by an arbitrary value (NaN, inf, huge, wrong type, wrong length, None...) is either
   accepted — and then works — or refused with a :class:`metarl.TaskError` by the
   distribution, the single env and the batched env alike. No other exception is allowed.
-* Every typed config class on main (:class:`metarl.config.Config` subclasses, RL²'s config):
+* Every typed config class on main (:class:`metarl.runs.config.Config` subclasses, RL²'s config):
   any single field set to an arbitrary value is accepted — with its declared type and bounds
   holding, and a lossless round trip — or refused with a ConfigError/ValueError that names it.
 * Unknown env ids get a KeyError that lists the registered ones.
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import metarl
-from metarl.config import Config, ConfigError, RunConfig, _flag, _unwrap_optional
+from metarl.runs.config import Config, ConfigError, RunConfig, _flag, _unwrap_optional
 from metarl.tasks import TaskError
 from metarl.testing import tally
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import metarl
-from metarl.functional import named_params
-from metarl.policies import Policy, make_policy
-from metarl.ray_sampler import ShardSampler, native_backend, shard_bounds
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.learning.functional import named_params
+from metarl.learning.policies import Policy, make_policy
+from metarl.sampling.distributed import ShardSampler, native_backend, shard_bounds
+from metarl.sampling.native import BatchedSampler, Episodes
 from metarl.tasks import TaskError
 
 HOPPER = "metarl/HopperRandParams-v0"  # falls early: rows and whole shards end at different steps
@@ -106,7 +106,7 @@ def ray_local() -> Iterator[Any]:
 
 
 def test_ray_sampler_gives_the_in_process_episodes(ray_local: Any) -> None:
-    from metarl.ray_sampler import RaySampler
+    from metarl.sampling.distributed import RaySampler
 
     full, policy, tasks = _setup(HOPPER, 4, 2)
     with RaySampler(HOPPER, 4, 2, num_workers=2) as sampler:
@@ -131,7 +131,7 @@ def test_ray_sampler_gives_the_in_process_episodes(ray_local: Any) -> None:
 
 
 def test_a_dead_worker_is_replaced_or_reported_and_a_stuck_one_times_out(ray_local: Any) -> None:
-    from metarl.ray_sampler import RaySampler, SamplerWorkerError
+    from metarl.sampling.distributed import RaySampler, SamplerWorkerError
 
     full, policy, tasks = _setup(HOPPER, 4, 2)
     params = named_params(policy)
@@ -155,7 +155,7 @@ def test_a_dead_worker_is_replaced_or_reported_and_a_stuck_one_times_out(ray_loc
 
 
 def test_ray_sampler_refuses_bad_settings(ray_local: Any) -> None:
-    from metarl.ray_sampler import RaySampler
+    from metarl.sampling.distributed import RaySampler
 
     with pytest.raises(ValueError, match="--sampler torch"):
         RaySampler("metarl/Navigation2D-v0", 2, 2, backend="torch")
@@ -201,7 +201,7 @@ def test_every_sampler_keeps_the_sampler_interface() -> None:
         assert isinstance(sampler, Sampler)
     finally:
         sampler.close()
-    from metarl.ray_sampler import RaySampler
+    from metarl.sampling.distributed import RaySampler
 
     for cls in (RaySampler,):
         assert all(hasattr(cls, name) for name in ("collect", "close")), cls

@@ -21,8 +21,8 @@ from metarl.agents.reptile_rl import (
 )
 from metarl.cli import main
 from metarl.evaluation import evaluate_policy_adaptation
-from metarl.functional import Params, adapt_func, named_params
-from metarl.policies import make_policy
+from metarl.learning.functional import Params, adapt_func, named_params
+from metarl.learning.policies import make_policy
 from metarl.runs import load_checkpoint_file
 
 NAV = "metarl/Navigation2D-v0"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.returns import (
+from metarl.learning.returns import (
     LinearFeatureBaseline,
     PreviousTaskBaseline,
     discounted_returns,

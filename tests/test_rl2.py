@@ -10,9 +10,9 @@ import torch
 
 import metarl
 from metarl.agents import rl2
-from metarl.returns import gae
+from metarl.learning.returns import gae
 from metarl.runs import RunMismatchError, save_checkpoint_file
-from metarl.training import train_loop
+from metarl.runs.training import train_loop
 
 MDP = "metarl/TabularMDP-S10A5-v0"
 

@@ -26,17 +26,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarl import rundir
 from metarl.cli import main
-from metarl.config import RunConfig, option
 from metarl.runs import (
     CheckpointError,
     Run,
     RunLockedError,
     UnsafeRunDirError,
     load_checkpoint_file,
+    rundir,
     save_checkpoint_file,
 )
+from metarl.runs.config import RunConfig, option
 from metarl.testing import tally
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +300,8 @@ def test_checkpoint_that_is_a_directory(
 @contextlib.contextmanager
 def _holder(d: Path) -> Iterator[subprocess.Popen[str]]:
     """Another process holding ``d``'s lock, as a live run does."""
-    code = ("import sys, time\nfrom metarl.rundir import RunLock\nlock = RunLock(sys.argv[1])\n"
+    code = ("import sys, time\nfrom metarl.runs.rundir import RunLock\n"
+            "lock = RunLock(sys.argv[1])\n"
             "print('locked', flush=True)\ntime.sleep(120)\n")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", code, str(d)], stdout=subprocess.PIPE,
                             text=True)  # fmt: skip
@@ -642,8 +643,8 @@ def _plant(d: Path, name: str, kind: str, outside: Path, size: int) -> None:
 
 
 def _attempt(op: object) -> None:
-    from metarl.config import ConfigError
     from metarl.runs import RunMismatchError
+    from metarl.runs.config import ConfigError
 
     expected = (UnsafeRunDirError, CheckpointError, RunMismatchError, RunLockedError,
                 ConfigError, ValueError, KeyError, FileExistsError, FileNotFoundError,

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from metarl.config import RunConfig, option
 from metarl.runs import (
     CheckpointError,
     Run,
@@ -22,6 +21,7 @@ from metarl.runs import (
     resolve_device,
     restore_rng_state,
 )
+from metarl.runs.config import RunConfig, option
 from metarl.testing import tally
 
 

@@ -26,12 +26,12 @@ from metarl.agents.sb3_baselines import (
     task_features,
 )
 from metarl.cli import main
-from metarl.config import ConfigError
 from metarl.evaluation import evaluate_policy_adaptation
-from metarl.functional import forward, named_params
+from metarl.learning.functional import forward, named_params
+from metarl.learning.policies import make_policy
 from metarl.numerics import NonFiniteError
-from metarl.policies import make_policy
 from metarl.runs import load_checkpoint_file
+from metarl.runs.config import ConfigError
 from metarl.tasks import FiniteTaskDistribution, TaskDistribution, TaskError
 from metarl.testing import register_faulty_family
 

@@ -57,7 +57,7 @@ def soak(agent: str, iterations: int, run_dir: Path) -> dict[str, list[float]]:
             setattr(module, "meta_step", inner)  # noqa: B010
     elif agent == "rl2":
         from metarl.agents import rl2
-        from metarl.training import train_loop
+        from metarl.runs.training import train_loop
 
         rl2_cfg = rl2.RL2Config(env_id="metarl/BernoulliBandit-K5-v0", max_episode_steps=10,
                                 num_trials=16, hidden_size=16, num_minibatches=2,

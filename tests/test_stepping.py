@@ -1,4 +1,4 @@
-"""The stepping seam (metarl.stepping) and the flat space encodings (metarl.spaces)."""
+"""The stepping seam (metarl.stepping) and the flat space encodings (metarl.tasks.spaces)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from gymnasium import spaces
 
 import metarl
-from metarl.spaces import FlatEncoder
 from metarl.stepping import TensorBatchedEnv
+from metarl.tasks.spaces import FlatEncoder
 
 NAV = "metarl/Navigation2D-v0"
 

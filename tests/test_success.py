@@ -12,8 +12,8 @@ import metarl
 from metarl.cli.benchmark import BenchmarkEntry, BenchmarkReport
 from metarl.envs.navigation import GoalTask
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation
-from metarl.policies import make_policy
-from metarl.sampler import BatchedSampler
+from metarl.learning.policies import make_policy
+from metarl.sampling.native import BatchedSampler
 
 NAV = "metarl/Navigation2D-v0"
 # From the origin, an action of (0.05, 0) reaches the first goal (within the tolerance 0.01)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import metarl
-from metarl.batched import BatchedNoiseStream
+from metarl.stepping.batched import BatchedNoiseStream
 
 TORCH_IDS = [i for i in metarl.family_ids() if metarl.family(i).torch is not None]
 

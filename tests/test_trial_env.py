@@ -8,7 +8,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import metarl
-from metarl.trial_env import RL2TrialEnv
+from metarl.stepping.trial_env import RL2TrialEnv
 
 MDP = "metarl/TabularMDP-S10A5-v0"
 

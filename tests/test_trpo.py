@@ -1,5 +1,5 @@
-"""The TRPO solver (metarl.trpo): conjugate gradient, step scaling, backtracking line search,
-checked against closed-form answers on quadratics."""
+"""The TRPO solver (metarl.learning.trpo): conjugate gradient, step scaling, backtracking line
+search, checked against closed-form answers on quadratics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from metarl.trpo import conjugate_gradient, dot, line_search, trust_region_step
+from metarl.learning.trpo import conjugate_gradient, dot, line_search, trust_region_step
 
 
 def _spd(n: int, seed: int = 0) -> torch.Tensor:

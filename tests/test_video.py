@@ -10,7 +10,7 @@ import pytest
 import metarl
 from metarl.cli import main
 from metarl.envs.navigation import RENDER_SIZE, GoalTask
-from metarl.video import can_write_mp4, side_by_side, write_video
+from metarl.evaluation.video import can_write_mp4, side_by_side, write_video
 
 
 def _num_frames(path: Path) -> int:
@@ -56,7 +56,7 @@ def test_side_by_side_video_has_the_longest_clip_length(tmp_path: Path, suffix: 
 
 def test_mujoco_renders_off_screen_into_a_video(tmp_path: Path) -> None:
     """HalfCheetahDir renders headless (EGL unless MUJOCO_GL says otherwise)."""
-    from metarl.video import headless_gl
+    from metarl.evaluation.video import headless_gl
 
     headless_gl()
     env = metarl.make("metarl/HalfCheetahDir-v0", render_mode="rgb_array", width=64, height=48)

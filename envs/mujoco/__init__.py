@@ -8,9 +8,9 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from metarl.batched import BatchedTaskEnv
-from metarl.registry import register_family
-from metarl.torch_batched import TorchBatchedTaskEnv
+from metarl.stepping.batched import BatchedTaskEnv
+from metarl.stepping.registry import register_family
+from metarl.stepping.torch_batched import TorchBatchedTaskEnv
 
 __all__ = ["FAMILIES", "HORIZON"]
 

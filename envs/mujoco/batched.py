@@ -28,8 +28,8 @@ import mujoco
 import numpy as np
 from mujoco import rollout as mj_rollout
 
-from metarl.batched import BatchedTaskEnv
 from metarl.envs.mujoco import HORIZON, locomotion
+from metarl.stepping.batched import BatchedTaskEnv
 
 __all__ = ["MujocoBatchedEnv", "default_threads", "family_class"]
 

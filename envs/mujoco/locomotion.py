@@ -59,8 +59,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
-from metarl.env import TaskEnv, resolve_task_options
 from metarl.tasks import BoxTaskDistribution, FiniteTaskDistribution, TaskDistribution, TaskError
+from metarl.tasks.env import TaskEnv, resolve_task_options
 
 __all__ = [
     "ROBOTS",

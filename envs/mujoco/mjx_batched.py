@@ -13,11 +13,11 @@ every row with its own dynamics.
 
 Two faces on the same engine:
 
-* :class:`MjxBatchedEnv`, the NumPy interface of :class:`~metarl.batched.BatchedTaskEnv`
+* :class:`MjxBatchedEnv`, the NumPy interface of :class:`~metarl.stepping.batched.BatchedTaskEnv`
   (``metarl.make_batched(env_id, B, backend="mjx")``): one device → host copy of the
   step's outputs per step;
 * :class:`MjxTorchBatchedEnv`, the torch interface of
-  :class:`~metarl.torch_batched.TorchBatchedTaskEnv` (``BatchedSampler(backend="mjx")``,
+  :class:`~metarl.stepping.torch_batched.TorchBatchedTaskEnv` (``BatchedSampler(backend="mjx")``,
   ``--sampler mjx``): observations, rewards and masks reach torch through DLPack with no
   copy (``torch.from_dlpack`` of the JAX arrays, on the CPU or the same GPU), and the
   policy's actions go back the same way.
@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.batched import BatchedTaskEnv, row_seeds
 from metarl.envs.mujoco import HORIZON, locomotion
-from metarl.torch_batched import TorchBatchedTaskEnv
+from metarl.stepping.batched import BatchedTaskEnv, row_seeds
+from metarl.stepping.torch_batched import TorchBatchedTaskEnv
 
 __all__ = [
     "MjxBatchedEnv",
@@ -491,7 +491,7 @@ def make_mjx_torch_batched(
 ) -> MjxTorchBatchedEnv:
     """The torch face of the MJX backend for a registered MuJoCo family (``env_id``): what
     ``metarl.make_torch_batched(env_id, n, backend="mjx")`` builds."""
-    from metarl.registry import make_torch_batched
+    from metarl.stepping.registry import make_torch_batched
 
     env = make_torch_batched(env_id, num_envs, device=device, backend="mjx", **kwargs)  # type: ignore[arg-type]
     assert isinstance(env, MjxTorchBatchedEnv)

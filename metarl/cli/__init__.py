@@ -26,7 +26,7 @@ def _envs(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import metarl
-    from metarl import registry
+    from metarl.stepping import registry
 
     rows: list[dict[str, Any]] = []
     # Installed packages' entry points and the optional families (Meta-World) too.
@@ -80,7 +80,7 @@ def _check_env_parser(sub: argparse.ArgumentParser) -> None:
 
 
 def _check_env(args: argparse.Namespace) -> int:
-    from metarl.checks import check_env, format_report, load_target
+    from metarl.stepping.checks import check_env, format_report, load_target
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -113,8 +113,8 @@ def _train_parser(sub: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from metarl.agents import agent_names, get_agent
-    from metarl.config import add_arguments, from_args
     from metarl.runs import Run
+    from metarl.runs.config import add_arguments, from_args
 
     agent = args.agent
     saved: dict[str, Any] = {}
@@ -150,7 +150,7 @@ def _train(args: argparse.Namespace) -> int:
             f"(`metarl train --agent {agent} --help` lists them)"
         )
     if getattr(opts, "env_id", None):  # MODULE:ENV_ID imports MODULE; the config keeps ENV_ID
-        from metarl.registry import resolve_env_id
+        from metarl.stepping.registry import resolve_env_id
 
         opts.env_id = resolve_env_id(opts.env_id)
     if args.resume:
@@ -173,7 +173,7 @@ def _train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         log=lambda m: print(m, flush=True),
     )
-    from metarl.registry import run_record
+    from metarl.stepping.registry import run_record
 
     imports = "".join(f"--import {shlex.quote(i)} " for i in run_record(cfg.env_id)["imports"])
     print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt)")
@@ -187,7 +187,7 @@ def _refuse_handed_fields(
     """Where a resumed run connects (Ray) comes from this command line, never from the run
     directory: drop those fields from ``saved``, and refuse when the run asked for other
     values than this command line gives."""
-    from metarl.config import _flag, command_line_only_fields
+    from metarl.runs.config import _flag, command_line_only_fields
 
     wanted = []
     for name, default in command_line_only_fields(cls).items():
@@ -266,8 +266,8 @@ def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl.agents import get_agent
     from metarl.evaluation import EvalSettings
-    from metarl.rundir import check_writable
     from metarl.runs import Run
+    from metarl.runs.rundir import check_writable
 
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
@@ -282,7 +282,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _require_family(record, args.run_dir, "evaluate {} {}")
     check_writable(args.run_dir)  # before the work, not after it
     if args.video is not None:
-        from metarl.video import check_renders
+        from metarl.evaluation.video import check_renders
 
         check_renders(record["config"]["env_id"])
     module = get_agent(record["agent"])
@@ -338,7 +338,7 @@ def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:
     run directory itself never makes metarl import anything. ``command`` is the command to
     show, with ``{}`` for the ``--import`` options and then for the run, e.g. ``"evaluate {}
     {}"``."""
-    from metarl import registry
+    from metarl.stepping import registry
 
     config = record.get("config")
     env_id = config.get("env_id") if isinstance(config, dict) else None
@@ -521,7 +521,7 @@ def _with_imports(run: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     """``run`` after importing the ``--import`` modules, in the order given."""
 
     def run_with_imports(args: argparse.Namespace) -> int:
-        from metarl.registry import import_plugin
+        from metarl.stepping.registry import import_plugin
 
         for spec in getattr(args, "imports", None) or []:
             import_plugin(spec)
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_seeds(flag: str, seeds: Sequence[int]) -> None:
-    from metarl.config import MAX_SEED
+    from metarl.runs.config import MAX_SEED
 
     bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
     if bad:
@@ -619,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from metarl.numerics import NonFiniteError
     from metarl.runs import CheckpointError, RunLockedError, UnsafeRunDirError
-    from metarl.workers import EnvWorkerError
+    from metarl.stepping.workers import EnvWorkerError
 
     def fail(msg: object, code: int) -> int:
         print(f"metarl {args.command}: error: {msg}", file=sys.stderr)

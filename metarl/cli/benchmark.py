@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from metarl.evaluation import AdaptationCurve
-from metarl.rundir import read_bytes, write_atomic
+from metarl.runs.rundir import read_bytes, write_atomic
 
 __all__ = ["BenchmarkEntry", "BenchmarkError", "BenchmarkReport", "run_benchmark"]
 
@@ -317,8 +317,8 @@ def _meta_train_cost(run_dir: Path) -> dict[str, Any]:
 def _resolve_family(env_id: str, runs_dir: Path) -> str:
     """The registered id of ``env_id`` (``MODULE:ENV_ID`` imports ``MODULE``); for one that
     is unknown, the ``--import`` its earlier runs under ``runs_dir`` recorded (only shown)."""
-    from metarl.registry import PluginError, import_hint, resolve_env_id
     from metarl.runs import Run
+    from metarl.stepping.registry import PluginError, import_hint, resolve_env_id
 
     try:
         return resolve_env_id(env_id)
@@ -347,7 +347,7 @@ def _space_reason(env_id: str) -> str | None:
     """Why the registry's policies (MLP, GRU) cannot act in ``env_id``, or None."""
     import gymnasium as gym
 
-    from metarl.registry import make
+    from metarl.stepping.registry import make
 
     env = make(env_id)
     try:
@@ -375,7 +375,7 @@ def _build_config(
     module: Any, agent: str, preset: str | None, env_id: str, seed: int,
     overrides: Mapping[str, Any], device: str,
 ) -> Any:  # fmt: skip
-    from metarl.config import ConfigError
+    from metarl.runs.config import ConfigError
 
     cls = module.CONFIG
     if preset is not None and preset not in cls.presets:

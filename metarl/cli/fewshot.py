@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from metarl.config import add_arguments, from_args
+from metarl.runs.config import add_arguments, from_args
 
 __all__ = ["add_fewshot_arguments", "run_fewshot"]
 
@@ -105,8 +105,8 @@ def run_fewshot(args: argparse.Namespace) -> int:
             value = getattr(args, flag)
             if value is not None and value < 1:
                 raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-        from metarl.rundir import check_writable
         from metarl.runs import Run
+        from metarl.runs.rundir import check_writable
 
         Run.read_record(args.run_dir)  # a run directory, holding no link where it writes
         check_writable(args.out.parent if args.out else args.run_dir)  # before the work

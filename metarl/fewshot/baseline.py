@@ -23,7 +23,7 @@ from torch.func import vmap
 
 from metarl.fewshot.data import EpisodeBatch
 from metarl.fewshot.learner import Learner, is_classification, num_ways, task_loss
-from metarl.functional import Params, adapt_func, forward, named_params
+from metarl.learning.functional import Params, adapt_func, forward, named_params
 
 __all__ = ["PretrainFinetune"]
 

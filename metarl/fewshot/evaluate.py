@@ -20,7 +20,7 @@ import torch
 from metarl.evaluation import mean_ci95
 from metarl.fewshot.data import EpisodeBatch
 from metarl.fewshot.learner import Learner, accuracy, is_classification
-from metarl.rundir import write_atomic
+from metarl.runs.rundir import write_atomic
 
 __all__ = ["evaluate", "evaluate_episodes", "write_json"]
 

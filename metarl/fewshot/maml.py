@@ -33,7 +33,7 @@ from torch.func import vmap
 
 from metarl.fewshot.data import EpisodeBatch
 from metarl.fewshot.learner import Learner, task_loss
-from metarl.functional import (
+from metarl.learning.functional import (
     LearningRate,
     Params,
     adapt,

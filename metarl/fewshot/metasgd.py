@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from metarl.fewshot.maml import MAML
-from metarl.functional import LearningRate
+from metarl.learning.functional import LearningRate
 
 __all__ = ["MetaSGD"]
 

@@ -28,7 +28,7 @@ from torch.func import grad, vmap
 
 from metarl.fewshot.data import EpisodeBatch
 from metarl.fewshot.learner import Learner, task_loss
-from metarl.functional import Params, forward, load_params, named_params, reptile_update
+from metarl.learning.functional import Params, forward, load_params, named_params, reptile_update
 
 __all__ = ["Reptile"]
 

@@ -31,7 +31,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from metarl.config import MAX_SEED, Config, option
 from metarl.fewshot.baseline import PretrainFinetune
 from metarl.fewshot.data import (
     EpisodeSampler,
@@ -52,7 +51,8 @@ from metarl.fewshot.protonet import ProtoNet
 from metarl.fewshot.reptile import Reptile
 from metarl.numerics import NonFiniteError, check_finite
 from metarl.runs import Run, resolve_device
-from metarl.training import Generators, Trainer, train_loop
+from metarl.runs.config import MAX_SEED, Config, option
+from metarl.runs.training import Generators, Trainer, train_loop
 
 __all__ = ["LEARNERS", "FewShotConfig", "build_learner", "evaluate_run", "train"]
 
@@ -237,14 +237,14 @@ class FewShotConfig(Config):
     def validate(self) -> None:
         super().validate()
         if self.dataset == "sinusoid" and self.learner in ("protonet", "matching", "mann"):
-            from metarl.config import ConfigError
+            from metarl.runs.config import ConfigError
 
             raise ConfigError(
                 f"{self.learner} is a classifier; sinusoid regression works with maml, "
                 "fomaml, metasgd, reptile and baseline"
             )
         if self.pool is not None and self.pool not in ("max", "stride"):
-            from metarl.config import ConfigError
+            from metarl.runs.config import ConfigError
 
             raise ConfigError(f"FewShotConfig.pool (--pool) must be max or stride, got {self.pool}")
 
@@ -344,7 +344,7 @@ def build_learner(
 
 
 class _FewShotTrainer(Trainer):
-    """A few-shot learner's meta-training as :func:`metarl.training.train_loop` drives it:
+    """A few-shot learner's meta-training as :func:`metarl.runs.training.train_loop` drives it:
     one meta-batch of episodes per iteration."""
 
     outer_step = "update"
@@ -399,7 +399,7 @@ def train(
     num_eval_episodes: int = 600,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Meta-train (or resume) a run through :func:`metarl.training.train_loop`, then
+    """Meta-train (or resume) a run through :func:`metarl.runs.training.train_loop`, then
     evaluate it on held-out episodes.
 
     Returns the evaluation result (also written to ``<run_dir>/eval.json``).

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.config import RunConfig
-from metarl.functional import load_params
-from metarl.policies import Policy
+from metarl.learning.functional import load_params
+from metarl.learning.policies import Policy
 from metarl.runs import CheckpointError, Run
-from metarl.sampler import BatchedSampler
-from metarl.training import Generators, Trainer, train_loop
+from metarl.runs.config import RunConfig
+from metarl.runs.training import Generators, Trainer, train_loop
+from metarl.sampling.native import BatchedSampler
 
 __all__ = ["ExtraState", "meta_train", "policy_state"]
 
@@ -126,7 +126,7 @@ def meta_train(
     extra_state: Callable[[Policy], ExtraState] | None = None,
 ) -> Run:
     """Run (or ``resume``) the meta-training of ``agent`` in ``run_dir`` through
-    :func:`metarl.training.train_loop`.
+    :func:`metarl.runs.training.train_loop`.
 
     Args:
         build: ``(cfg, device) -> (policy, sampler)``.

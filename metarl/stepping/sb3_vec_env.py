@@ -1,10 +1,11 @@
 """A Stable-Baselines3 ``VecEnv`` whose envs step in worker processes with a timeout: an env
 that raises, dies (segfault, ``os._exit``, SIGKILL) or never returns stops SB3's training with
-an :class:`~metarl.workers.EnvWorkerError` in bounded time, never a hang.
+an :class:`~metarl.stepping.workers.EnvWorkerError` in bounded time, never a hang.
 
 SB3's own ``SubprocVecEnv`` waits for its workers without a deadline (a hung env blocks PPO
 forever) and turns a dead worker into a bare ``EOFError``; :class:`WorkerVecEnv` runs on
-:class:`metarl.workers.WorkerPool`, like ``metarl.make_batched(..., backend="subprocess")``:
+:class:`metarl.stepping.workers.WorkerPool`, like
+``metarl.make_batched(..., backend="subprocess")``:
 the ``num_envs`` envs are split over ``num_workers`` processes, every answer is awaited at most
 ``timeout`` seconds, and any failure kills and reaps every worker and raises an error that
 names the env, the failing worker's envs and their current tasks (``info["task"]``, or the
@@ -44,8 +45,8 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 from stable_baselines3.common.vec_env.util import dict_to_obs, obs_space_info
 
-from metarl.batched import EnvError
-from metarl.workers import DEFAULT_TIMEOUT, WorkerPool
+from metarl.stepping.batched import EnvError
+from metarl.stepping.workers import DEFAULT_TIMEOUT, WorkerPool
 
 __all__ = ["WorkerVecEnv"]
 
@@ -166,7 +167,7 @@ class WorkerVecEnv(VecEnv):
         num_workers: processes (at most ``len(env_fns)``); envs are split as evenly as
             possible.
         timeout: seconds a worker may take to answer one reset, step or call (to start: at
-            least :data:`metarl.workers.START_TIMEOUT`).
+            least :data:`metarl.stepping.workers.START_TIMEOUT`).
         context: multiprocessing start method; default ``fork`` where available.
 
     Raises:

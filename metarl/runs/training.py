@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.batched import EnvError
-from metarl.config import Config
+from metarl.stepping.batched import EnvError
+from metarl.runs.config import Config
 from metarl.numerics import NonFiniteError, at_iteration, check_finite
-from metarl.registry import family_ids, task_distribution
+from metarl.stepping.registry import family_ids, task_distribution
 from metarl.runs import Run, resolve_device
-from metarl.seeding import seed_everything
+from metarl.runs.seeding import seed_everything
 
 __all__ = ["Generators", "Trainer", "train_loop"]
 

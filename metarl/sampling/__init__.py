@@ -1,13 +1,14 @@
 """Choosing a sampler: one interface, several ways to step a meta-batch's envs.
 
 Every sampler takes a policy, its parameters (shared, or one set per task) and the tasks, and
-returns :class:`metarl.sampler.Episodes` — the same episodes for the same seeds whichever
+returns :class:`metarl.sampling.native.Episodes` — the same episodes for the same seeds whichever
 steps them (MJX aside: another physics engine). :func:`make_sampler` builds the one
 ``--sampler`` names; :class:`Sampler` is what the agents rely on.
 
 The modules stand in one line, without a circle: this one imports
-:mod:`metarl.sampler` (in-process :class:`~metarl.sampler.BatchedSampler`) and, when asked
-for, :mod:`metarl.ray_sampler` (which builds on :mod:`metarl.sampler` in its actors).
+:mod:`metarl.sampling.native` (in-process :class:`~metarl.sampling.native.BatchedSampler`)
+and, when asked for, :mod:`metarl.sampling.distributed` (which builds on
+:mod:`metarl.sampling.native` in its actors).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import torch
 
-from metarl.policies import Policy
-from metarl.registry import family
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.learning.policies import Policy
+from metarl.sampling.native import BatchedSampler, Episodes
+from metarl.stepping.registry import family
 from metarl.tasks import TaskDistribution
 
 __all__ = ["SAMPLERS", "Sampler", "make_sampler"]
@@ -28,8 +29,8 @@ __all__ = ["SAMPLERS", "Sampler", "make_sampler"]
 
 @runtime_checkable
 class Sampler(Protocol):
-    """What every sampler provides (:class:`~metarl.sampler.BatchedSampler`,
-    :class:`~metarl.ray_sampler.RaySampler`)."""
+    """What every sampler provides (:class:`~metarl.sampling.native.BatchedSampler`,
+    :class:`~metarl.sampling.distributed.RaySampler`)."""
 
     observation_space: gym.Space[Any]
     action_space: gym.Space[Any]
@@ -78,7 +79,7 @@ def make_sampler(
     * ``"native"``: :class:`BatchedSampler` on the family's fastest host backend (native
       ``mujoco.rollout`` for the MuJoCo families, vectorised NumPy for the fast ones);
     * ``"torch"``: :class:`BatchedSampler` on the on-device torch envs (``device``);
-    * ``"ray"``: :class:`metarl.ray_sampler.RaySampler`, the tasks spread over
+    * ``"ray"``: :class:`metarl.sampling.distributed.RaySampler`, the tasks spread over
       ``ray_workers`` Ray actors stepping the native backend (a local Ray instance, or the
       cluster at ``ray_address``); the episodes come back to ``device``;
     * ``"mjx"``: :class:`BatchedSampler` on the MuJoCo families' MJX backend, physics and
@@ -95,7 +96,7 @@ def make_sampler(
             "(or use --sampler auto with --backend)"
         )
     if sampler == "ray":
-        from metarl.ray_sampler import RaySampler
+        from metarl.sampling.distributed import RaySampler
 
         return RaySampler(
             env_id,

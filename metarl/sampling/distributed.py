@@ -1,7 +1,7 @@
 """Distributed sampling on Ray: the tasks of a meta-batch spread over Ray actors.
 
-:class:`RaySampler` has the interface of :class:`metarl.sampler.BatchedSampler` (``collect``
-returns the same :class:`~metarl.sampler.Episodes`) and gives the **same episodes** for the
+:class:`RaySampler` has the interface of :class:`metarl.sampling.native.BatchedSampler` (``collect``
+returns the same :class:`~metarl.sampling.native.Episodes`) and gives the **same episodes** for the
 same seeds: the ``N`` tasks are cut into contiguous shards, one per worker (a Ray actor),
 and each worker steps its shard's ``tasks × episodes`` rows with the family's native batched
 backend (``mujoco.rollout`` for the MuJoCo families). A worker is a :class:`ShardSampler`:
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.policies import Policy
-from metarl.registry import family
-from metarl.sampler import BatchedSampler, Episodes
+from metarl.learning.policies import Policy
+from metarl.sampling.native import BatchedSampler, Episodes
+from metarl.stepping.registry import family
 
 __all__ = [
     "RaySampler",
@@ -151,7 +151,7 @@ class ShardSampler(BatchedSampler):
             env_kwargs=env_kwargs,
         )
         if nthread is not None and backend == "mujoco":
-            from metarl.registry import make_batched
+            from metarl.stepping.registry import make_batched
 
             self.env.close()
             self.env.batched = make_batched(
@@ -325,7 +325,7 @@ class RaySampler:
                 self.ray.init(address=address, log_to_driver=False)
             self._owns_ray = True
         # The learner's view: spaces, task distribution, horizon (one cheap local env).
-        from metarl.registry import make
+        from metarl.stepping.registry import make
 
         probe = make(env_id, **dict(env_kwargs or {}))
         self.observation_space = probe.observation_space

@@ -6,9 +6,9 @@ A run directory holds
 * ``metrics.csv`` — one row per logged iteration (``tensorboard/`` too when the
   ``tensorboard`` package is installed);
 * ``checkpoint.pt`` — the latest good checkpoint;
-* ``.lock`` — locked by the one process writing the run (:class:`metarl.rundir.RunLock`).
+* ``.lock`` — locked by the one process writing the run (:class:`metarl.runs.rundir.RunLock`).
 
-Every write goes through :mod:`metarl.rundir` (never through a link; a directory from
+Every write goes through :mod:`metarl.runs.rundir` (never through a link; a directory from
 elsewhere may be crafted), and checkpoint loads are bounded (:func:`max_checkpoint_bytes`).
 
 Checkpoints hold plain data only (tensors, numbers, strings, lists, dicts) and are read with
@@ -30,7 +30,7 @@ it, so a resumed run on the CPU continues bit for bit like an uninterrupted one.
 
 Example:
     >>> import tempfile
-    >>> from metarl.config import RunConfig
+    >>> from metarl.runs.config import RunConfig
     >>> d = tempfile.mkdtemp()
     >>> run = Run.create(d + "/run", "my-agent", RunConfig(num_iterations=2))
     >>> run.log(0, {"return": -1.0})
@@ -60,16 +60,19 @@ import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
 
-from metarl import rundir
-from metarl.config import Config
+from metarl.runs import rundir
+from metarl.runs.config import Config
 from metarl.numerics import NEW_RUN_ADVICE
-from metarl.rundir import RunLock, RunLockedError, UnsafeRunDirError
-from metarl.torch_batched import resolve_device
+from metarl.runs.rundir import RunLock, RunLockedError, UnsafeRunDirError
+from metarl.stepping.torch_batched import resolve_device
+
+if TYPE_CHECKING:
+    from metarl.learning.policies import Policy
 
 __all__ = [
     "CheckpointError",
@@ -79,6 +82,7 @@ __all__ = [
     "UnsafeRunDirError",
     "capture_rng_state",
     "load_checkpoint_file",
+    "load_run_policy",
     "progress",
     "resolve_device",
     "restore_rng_state",
@@ -278,7 +282,7 @@ class Run:
             }
             env_id = getattr(config, "env_id", None)
             if isinstance(env_id, str):  # the --import its family needs (shown, never imported)
-                from metarl.registry import run_record
+                from metarl.stepping.registry import run_record
 
                 record.update(run_record(env_id))
             _atomic_write_bytes(path / CONFIG_FILE, json.dumps(record, indent=2).encode())
@@ -841,7 +845,7 @@ def _not_plain(obj: Any, path: str = "") -> str | None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes, checkpoint: bool = False) -> None:
-    """Write ``data`` as ``path`` through :func:`metarl.rundir.write_atomic` (a fresh
+    """Write ``data`` as ``path`` through :func:`metarl.runs.rundir.write_atomic` (a fresh
     temporary file, fsynced, renamed over ``path``; never through a link)."""
 
     def kill_halfway(f: Any, data: bytes) -> None:
@@ -928,3 +932,58 @@ def _version() -> str:
         return version("metarl")
     except PackageNotFoundError:  # a source tree that was not installed
         return "0+unknown"
+
+
+def load_run_policy(
+    run_dir: Any,
+    agent: str,
+    config_cls: Any,
+    device: str = "cpu",
+    spaces_env: Any = None,
+    loaded: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Policy, dict[str, torch.Tensor], Any]:
+    """The policy of a run directory written by ``agent`` (its last checkpoint's ``params``
+    through the safe envelope, checked against the agent and task family), its params on
+    ``device`` and the run's config (a ``config_cls``).
+
+    The config must have ``env_id``, ``env_kwargs()``, ``hidden_sizes``, ``nonlinearity`` and
+    ``init_std``. ``spaces_env(cfg)`` gives the env whose spaces the policy maps (default: the
+    family's env). ``loaded``: if given, receives ``{"iterations": N}``, the iteration of the
+    checkpoint read (what an evaluation records: a run still training moves on meanwhile).
+    ``extra``: if given, receives the checkpoint's other state entries, saved beside the
+    policy's parameters (e.g. MAML-TRPO's learned inner rates under ``"inner_lr"``), on
+    ``device``.
+    """
+    from metarl.learning.functional import load_params
+    from metarl.learning.policies import make_policy
+    from metarl.stepping.registry import make
+
+    record = Run.read_record(run_dir)
+    if record["agent"] != agent:
+        raise ValueError(f"{run_dir} is a {record['agent']} run, not {agent}")
+    cfg = config_cls.from_dict(record["config"])
+    payload = load_checkpoint_file(
+        Path(run_dir) / "checkpoint.pt", agent=agent, task_family=cfg.env_id
+    )
+    if loaded is not None:
+        loaded["iterations"] = int(payload["iteration"])
+    dev = resolve_device(device)
+    env = spaces_env(cfg) if spaces_env is not None else make(cfg.env_id, **cfg.env_kwargs())
+    policy = make_policy(
+        env.observation_space,
+        env.action_space,
+        cfg.hidden_sizes,
+        cfg.nonlinearity,
+        cfg.init_std,
+        normalize_actions=bool(getattr(cfg, "normalize_actions", False)),
+    ).to(dev)
+    env.close()
+    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
+    load_params(policy, params)
+    if extra is not None:
+        for name, value in payload["state"].items():
+            if name != "params" and isinstance(value, dict):
+                extra[name] = {k: v.to(dev) if isinstance(v, torch.Tensor) else v
+                               for k, v in value.items()}  # fmt: skip
+    return policy, params, cfg

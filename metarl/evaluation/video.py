@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metarl.rundir import write_atomic
+from metarl.runs.rundir import write_atomic
 
 __all__ = ["can_write_mp4", "check_renders", "headless_gl", "side_by_side", "write_video"]
 
@@ -44,7 +44,7 @@ def headless_gl() -> str | None:
 
 def check_renders(env_id: str, **env_kwargs: object) -> None:
     """Raise a ValueError unless ``env_id`` renders ``rgb_array`` frames."""
-    from metarl.registry import make
+    from metarl.stepping.registry import make
 
     env = make(env_id, **env_kwargs)
     modes = list(env.unwrapped.metadata.get("render_modes", []))

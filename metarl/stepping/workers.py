@@ -47,7 +47,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from metarl.batched import BatchedTaskEnv, EnvError
+from metarl.stepping.batched import BatchedTaskEnv, EnvError
 
 __all__ = ["EnvWorkerError", "SubprocessBatchedEnv", "WorkerPool"]
 
@@ -129,7 +129,7 @@ def _worker(conn: Connection, parent_conn: Connection, env_fn: Callable[[], Any]
 class WorkerPool:
     """Worker processes that each hold one env object and answer commands over a pipe, every
     answer awaited with a deadline; what :class:`SubprocessBatchedEnv` and
-    :class:`metarl.sb3_vec_env.WorkerVecEnv` are built on.
+    :class:`metarl.stepping.sb3_vec_env.WorkerVecEnv` are built on.
 
     Any failure — an exception in the env (its traceback comes back), a dead process, no
     answer within ``timeout`` seconds — kills and reaps every worker and raises

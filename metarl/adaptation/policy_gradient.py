@@ -9,9 +9,9 @@ parameters stay differentiable functions of ``θ`` (second-order MAML).
 
 Example:
     >>> import metarl, torch
-    >>> from metarl.functional import named_params
-    >>> from metarl.policies import GaussianMLPPolicy
-    >>> from metarl.sampler import BatchedSampler
+    >>> from metarl.learning.functional import named_params
+    >>> from metarl.learning.policies import GaussianMLPPolicy
+    >>> from metarl.sampling.native import BatchedSampler
     >>> sampler = BatchedSampler("metarl/Navigation2D-v0", num_tasks=2, episodes_per_task=4)
     >>> policy = GaussianMLPPolicy(2, 2, hidden_sizes=(16,))
     >>> tasks = metarl.task_distribution("metarl/Navigation2D-v0").split("train")[:2]
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metarl.functional import (
+from metarl.learning.functional import (
     LearningRate,
     Params,
     adapt_func,
@@ -39,16 +39,16 @@ from metarl.functional import (
     gradient_step,
     step_lr,
 )
-from metarl.policies import Policy
-from metarl.returns import (
+from metarl.learning.policies import Policy
+from metarl.learning.returns import (
     LinearFeatureBaseline,
     ZeroBaseline,
     discounted_returns,
     gae,
     normalize_advantages,
 )
-from metarl.sampler import Episodes, per_task_rows
-from metarl.trpo import dot
+from metarl.learning.trpo import dot
+from metarl.sampling.native import Episodes, per_task_rows
 
 __all__ = [
     "InnerStep",
@@ -213,7 +213,7 @@ def cat_chunks(parts: list[Params]) -> Params:
 
 class TaskData(NamedTuple):
     """A meta-batch's episodes and advantages in the ``(N, T·E, ...)`` layout of
-    :func:`metarl.sampler.per_task_rows`, made once per meta-iteration."""
+    :func:`metarl.sampling.native.per_task_rows`, made once per meta-iteration."""
 
     obs: Tensor
     actions: Tensor

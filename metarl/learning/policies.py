@@ -1,12 +1,12 @@
 """Stochastic policies with a functional interface, for batched meta-RL.
 
 A policy is an ``nn.Module`` whose parameters are also handled as a ``dict[str, Tensor]``
-(:func:`metarl.functional.named_params`). Everything the samplers and the losses need goes
+(:func:`metarl.learning.functional.named_params`). Everything the samplers and the losses need goes
 through four methods that take the distribution's parameters as a tuple of tensors, so that
 ``torch.func.vmap`` can run one task's parameters on that task's rows:
 
 * ``dist_params(obs)`` — ``forward``; with given parameters, call it through
-  :func:`metarl.functional.forward` (``functional_call``);
+  :func:`metarl.learning.functional.forward` (``functional_call``);
 * ``sample(dist, generator)`` — draws actions outside any ``vmap`` (random draws from an
   explicit generator keep runs reproducible);
 * ``log_prob(dist, actions)`` and ``kl(old, new)`` — closed forms.
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from metarl.spaces import FlatEncoder
+from metarl.tasks.spaces import FlatEncoder
 
-__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "load_run_policy", "make_policy"]
+__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "make_policy"]
 
 Dist = tuple[Tensor, ...]
 
@@ -292,60 +292,3 @@ def make_policy(
             obs_dim, int(action_space.n), hidden_sizes, nonlinearity, discrete_obs
         )
     raise TypeError(f"policies take Box or Discrete actions, not {type(action_space).__name__}")
-
-
-def load_run_policy(
-    run_dir: Any,
-    agent: str,
-    config_cls: Any,
-    device: str = "cpu",
-    spaces_env: Any = None,
-    loaded: dict[str, Any] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> tuple[Policy, dict[str, Tensor], Any]:
-    """The policy of a run directory written by ``agent`` (its last checkpoint's ``params``
-    through the safe envelope, checked against the agent and task family), its params on
-    ``device`` and the run's config (a ``config_cls``).
-
-    The config must have ``env_id``, ``env_kwargs()``, ``hidden_sizes``, ``nonlinearity`` and
-    ``init_std``. ``spaces_env(cfg)`` gives the env whose spaces the policy maps (default: the
-    family's env). ``loaded``: if given, receives ``{"iterations": N}``, the iteration of the
-    checkpoint read (what an evaluation records: a run still training moves on meanwhile).
-    ``extra``: if given, receives the checkpoint's other state entries, saved beside the
-    policy's parameters (e.g. MAML-TRPO's learned inner rates under ``"inner_lr"``), on
-    ``device``.
-    """
-    from pathlib import Path
-
-    from metarl.functional import load_params
-    from metarl.registry import make
-    from metarl.runs import Run, load_checkpoint_file, resolve_device
-
-    record = Run.read_record(run_dir)
-    if record["agent"] != agent:
-        raise ValueError(f"{run_dir} is a {record['agent']} run, not {agent}")
-    cfg = config_cls.from_dict(record["config"])
-    payload = load_checkpoint_file(
-        Path(run_dir) / "checkpoint.pt", agent=agent, task_family=cfg.env_id
-    )
-    if loaded is not None:
-        loaded["iterations"] = int(payload["iteration"])
-    dev = resolve_device(device)
-    env = spaces_env(cfg) if spaces_env is not None else make(cfg.env_id, **cfg.env_kwargs())
-    policy = make_policy(
-        env.observation_space,
-        env.action_space,
-        cfg.hidden_sizes,
-        cfg.nonlinearity,
-        cfg.init_std,
-        normalize_actions=bool(getattr(cfg, "normalize_actions", False)),
-    ).to(dev)
-    env.close()
-    params = {k: v.to(dev) for k, v in payload["state"]["params"].items()}
-    load_params(policy, params)
-    if extra is not None:
-        for name, value in payload["state"].items():
-            if name != "params" and isinstance(value, dict):
-                extra[name] = {k: v.to(dev) if isinstance(v, Tensor) else v
-                               for k, v in value.items()}  # fmt: skip
-    return policy, params, cfg

@@ -21,7 +21,7 @@ meta-episode is over, nothing is bootstrapped past it.
 Example (needs ``pip install 'metarl[sb3]'``)::
 
     from sb3_contrib import RecurrentPPO
-    from metarl.trial_env import RL2TrialEnv
+    from metarl.stepping.trial_env import RL2TrialEnv
 
     env = RL2TrialEnv("metarl/BernoulliBandit-K5-v0", episodes_per_trial=1,
                       max_episode_steps=10)
@@ -40,10 +40,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from metarl.env import resolve_task_options
-from metarl.registry import make
-from metarl.spaces import FlatEncoder
+from metarl.stepping.registry import make
 from metarl.tasks import TaskError
+from metarl.tasks.env import resolve_task_options
+from metarl.tasks.spaces import FlatEncoder
 
 __all__ = ["RL2TrialEnv"]
 

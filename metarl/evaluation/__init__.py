@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from metarl.rundir import write_atomic
+from metarl.runs.rundir import write_atomic
 
 if TYPE_CHECKING:
     import torch
 
-    from metarl.policies import Policy
-    from metarl.sampler import Episodes
+    from metarl.learning.policies import Policy
+    from metarl.sampling.native import Episodes
 
 __all__ = [
     "AdaptationCurve",
@@ -342,14 +342,14 @@ def evaluate_policy_adaptation(
             order, after ``max_tasks``) on a leading dimension, e.g. a task-conditioned
             policy's (the oracle baseline's).
         backend, num_workers, worker_timeout: how the envs are stepped
-            (:class:`~metarl.sampler.BatchedSampler`); ``"subprocess"`` bounds a crashing or
+            (:class:`~metarl.sampling.native.BatchedSampler`); ``"subprocess"`` bounds a crashing or
             hanging env by ``worker_timeout`` seconds per step.
         tasks: evaluate these tasks of the family instead of ``split``'s (``split`` is then
             only recorded); ``max_tasks`` still keeps the first ones.
     """
 
-    from metarl.registry import task_distribution
-    from metarl.sampler import BatchedSampler
+    from metarl.sampling.native import BatchedSampler
+    from metarl.stepping.registry import task_distribution
 
     num_steps = 3 if num_steps is None else num_steps  # Finn et al.'s three steps
     if num_steps < 0:

@@ -22,7 +22,7 @@ Example:
     >>> MyConfig(lr=-1.0)
     Traceback (most recent call last):
     ...
-    metarl.config.ConfigError: MyConfig.lr (--lr) must be > 0.0, got -1.0
+    metarl.runs.config.ConfigError: MyConfig.lr (--lr) must be > 0.0, got -1.0
 """
 
 from __future__ import annotations
@@ -340,7 +340,7 @@ class RunConfig(Config):
 # -- option groups that several agents share (each written once) ---------------------------
 @dataclass
 class PolicyOptions:
-    """The policy network (:func:`metarl.policies.make_policy`): an MLP with a Gaussian head
+    """The policy network (:func:`metarl.learning.policies.make_policy`): an MLP with a Gaussian head
     and a state-independent log-std, or a categorical head for discrete actions."""
 
     hidden_sizes: tuple[int, ...] = option(

@@ -249,7 +249,7 @@ class GenericBatchedEnv(BatchedTaskEnv):
         if not hasattr(first.unwrapped, "set_task"):
             raise TypeError(
                 f"{type(first.unwrapped).__name__} is not a task env (no set_task); build it with "
-                "metarl.env.TaskEnv or metarl.env.make_task_env"
+                "metarl.tasks.env.TaskEnv or metarl.tasks.env.make_task_env"
             )
         if horizon is None:
             spec = first.spec

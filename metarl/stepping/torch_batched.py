@@ -1,6 +1,6 @@
 """Batched task envs that live on a torch device, next to the policy.
 
-:class:`TorchBatchedTaskEnv` has the semantics of :class:`metarl.batched.BatchedTaskEnv` —
+:class:`TorchBatchedTaskEnv` has the semantics of :class:`metarl.stepping.batched.BatchedTaskEnv` —
 ``B`` rows, one episode each, no auto-reset, per-row ``active`` masks, the horizon — but its
 observations, actions, rewards and masks are tensors on ``device``. On a GPU a whole
 meta-batch (thousands of tasks × episodes) steps with no host round-trip; on the CPU it is a

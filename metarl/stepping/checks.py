@@ -14,7 +14,7 @@ what to fix:
   single env's observations and rewards row by row.
 
 Example:
-    >>> from metarl.checks import check_env, format_report
+    >>> from metarl.stepping.checks import check_env, format_report
     >>> results = check_env("metarl/Navigation2D-v0")
     >>> all(r.ok for r in results)
     True
@@ -33,7 +33,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
+from metarl.stepping.batched import BatchedTaskEnv, GenericBatchedEnv
 from metarl.tasks import TaskDistribution
 
 __all__ = ["CheckResult", "check_env", "format_report", "load_target"]
@@ -57,7 +57,7 @@ def load_target(spec: str) -> Any:
     entry point) or given as ``MODULE:ENV_ID``, which imports ``MODULE`` first; a file's
     folder goes on the import path, as running the file would.
     """
-    from metarl import registry
+    from metarl.stepping import registry
 
     module_name, sep, attr = spec.rpartition(":")
     if not sep and spec in gym.registry:  # a Gymnasium id that is no metarl family
@@ -88,7 +88,7 @@ def _env_fn(target: Any) -> tuple[EnvFn | None, TaskDistribution[Any] | None, di
     if isinstance(target, TaskDistribution):
         return None, target, {}
     if isinstance(target, str):
-        from metarl import registry
+        from metarl.stepping import registry
 
         backends: dict[str, Any] = {}
         if ":" in target or target not in gym.registry:  # MODULE:ENV_ID, or registered lazily

@@ -14,8 +14,8 @@ row's episode runs.
 
 Example:
     >>> import metarl
-    >>> from metarl.policies import GaussianMLPPolicy
-    >>> from metarl.functional import named_params
+    >>> from metarl.learning.policies import GaussianMLPPolicy
+    >>> from metarl.learning.functional import named_params
     >>> sampler = BatchedSampler("metarl/Navigation2D-v0", num_tasks=2, episodes_per_task=3)
     >>> policy = GaussianMLPPolicy(2, 2)
     >>> tasks = metarl.task_distribution("metarl/Navigation2D-v0").split("train")[:2]
@@ -35,11 +35,11 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metarl.functional import forward
+from metarl.learning.functional import forward
+from metarl.learning.policies import Policy
 from metarl.numerics import NonFiniteError
-from metarl.policies import Policy
 from metarl.stepping import TensorBatchedEnv
-from metarl.torch_batched import resolve_device
+from metarl.stepping.torch_batched import resolve_device
 
 __all__ = ["BatchedSampler", "Episodes", "per_task", "per_task_rows"]
 
@@ -264,7 +264,7 @@ class BatchedSampler:
         )
 
     # Two steps of collect, separate so that a sampler over a shard of a meta-batch
-    # (metarl.ray_sampler.ShardSampler) can compute them at the whole batch's width.
+    # (metarl.sampling.distributed.ShardSampler) can compute them at the whole batch's width.
     def _policy_dist(
         self, policy: Policy, params: Mapping[str, Tensor], obs: Tensor, per_task_params: bool
     ) -> tuple[Tensor, ...]:

@@ -40,9 +40,9 @@ from typing import Any
 
 import gymnasium as gym
 
-from metarl.batched import BatchedTaskEnv, GenericBatchedEnv
+from metarl.stepping.batched import BatchedTaskEnv, GenericBatchedEnv
+from metarl.stepping.torch_batched import TorchBatchedTaskEnv
 from metarl.tasks import TaskDistribution
-from metarl.torch_batched import TorchBatchedTaskEnv
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -82,9 +82,9 @@ class TaskFamily:
     Attributes:
         env_id: the Gymnasium id, ``"metarl/Name-vN"``.
         batched: backend name -> ``factory(num_envs, **env_kwargs)`` returning a
-            :class:`~metarl.batched.BatchedTaskEnv`. ``"generic"`` is always available.
+            :class:`~metarl.stepping.batched.BatchedTaskEnv`. ``"generic"`` is always available.
         torch: ``factory(num_envs, device=..., **env_kwargs)`` returning a
-            :class:`~metarl.torch_batched.TorchBatchedTaskEnv` that lives on a torch
+            :class:`~metarl.stepping.torch_batched.TorchBatchedTaskEnv` that lives on a torch
             device, or None.
         on_device: other named on-device backends, ``name -> factory`` as ``torch`` (the
             MuJoCo families' ``"mjx"``: physics on JAX's device, handed to torch).
@@ -449,7 +449,8 @@ def make_batched(
         backend: ``"auto"`` (the fastest registered one), ``"generic"`` (a loop over single
             envs; any family), ``"subprocess"`` (rows in worker processes with a timeout on
             every answer: an env that crashes or hangs becomes an error, see
-            :mod:`metarl.workers`; takes ``num_workers``, ``timeout`` and ``worker_backend``)
+            :mod:`metarl.stepping.workers`; takes ``num_workers``, ``timeout`` and
+            ``worker_backend``)
             or a family-specific name (``metarl envs`` lists them).
         kwargs: passed to the env, as to ``gymnasium.make``; ``max_episode_steps`` sets the
             horizon.
@@ -510,7 +511,7 @@ def _subprocess_batched(
     worker_backend: str = "auto",
     **kwargs: Any,
 ) -> BatchedTaskEnv:
-    from metarl.workers import SubprocessBatchedEnv
+    from metarl.stepping.workers import SubprocessBatchedEnv
 
     if worker_backend == "subprocess":
         raise ValueError("worker_backend must be an in-process backend, not 'subprocess'")

@@ -11,7 +11,7 @@ or context-based agent) opens its env here, so the backend is chosen one way for
   name (the MuJoCo families' native ``mujoco`` rollout, which also speaks NumPy arrays);
 * ``"subprocess"``: the rows in ``num_workers`` worker processes, each answer awaited at most
   ``worker_timeout`` seconds, so an env that crashes or hangs becomes an error naming it
-  (:mod:`metarl.workers`);
+  (:mod:`metarl.stepping.workers`);
 * any other host backend the family registers (``"generic"``, ``"mujoco"``...).
 
 Host envs take and return NumPy arrays; the conversion to and from tensors happens here and
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metarl.registry import family, make, make_batched, make_torch_batched
-from metarl.torch_batched import resolve_device
+from metarl.stepping.registry import family, make, make_batched, make_torch_batched
+from metarl.stepping.torch_batched import resolve_device
 
 __all__ = ["TensorBatchedEnv"]
 
