@@ -63,7 +63,7 @@ from metarl.registry import make
 from metarl.runs import Run
 from metarl.sampler import Episodes
 from metarl.tasks import BoxTaskDistribution, TaskDistribution, TaskError, task_to_dict
-from metarl.training import Trainer, train_loop
+from metarl.training import Trainer, iteration_range, train_loop
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy
@@ -469,8 +469,8 @@ class _PPOTrainer(Trainer):
         self.total_steps = 0  # env steps over all iterations (SB3's counts one learn())
 
     def header(self, start: int, total: int) -> str:
-        return (f"PPO iterations {start}..{total} of {self.cfg.n_envs * self.cfg.n_steps} "
-                "env steps")  # fmt: skip
+        return (f"PPO {iteration_range(start, total)}, each of "
+                f"{self.cfg.n_envs * self.cfg.n_steps} env steps")  # fmt: skip
 
     def iteration(self, it: int) -> dict[str, float]:
         cfg, model = self.cfg, self.model
@@ -505,8 +505,7 @@ class _PPOTrainer(Trainer):
         }
 
     def progress(self, stats: Mapping[str, float]) -> str:
-        return (f"training-task return {stats['train_return']:.2f}, {self.total_steps} env "
-                f"steps, {stats['iteration_s']:.2f} s")  # fmt: skip
+        return f"training-task return {stats['train_return']:.2f}, {self.total_steps} env steps"
 
     def state(self) -> dict[str, Any]:
         policy = self.model.policy
