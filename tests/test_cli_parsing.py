@@ -74,6 +74,7 @@ def test_help_shows_every_field_doc_and_the_preset_defaults(
         (["--meta-batch-size", "abc"], CommandLineError, r"--meta-batch-size takes INT: .*'abc'"),
         (["--lr"], CommandLineError, "--lr needs a value"),
         (["--hidden-sizes", "a"], CommandLineError, "--hidden-sizes takes"),
+        (["--hidden-sizes", "--lr", "1"], CommandLineError, "--hidden-sizes needs at least one"),
         (["--lr", "-1"], ConfigError, r"ToyConfig.lr \(--lr\) must be > 0.0, got -1.0"),
         (["--nonlinearity", "gelu"], ConfigError, "must be one of relu, tanh"),
     ],

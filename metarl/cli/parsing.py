@@ -147,6 +147,9 @@ def parse(
             cls, args=spelled_out(cls, argv), prog=prog, description=description,
             return_unknown_args=True, config=markers, **kwargs,
         )  # fmt: skip
+    for name in flags_given(cls, argv):  # argparse's nargs="+": a given list is not empty
+        if getattr(out, name, None) in ((), []):
+            raise CommandLineError(f"{_flag(name)} needs at least one value (`{prog} --help`)")
     return out, list(rest)
 
 
