@@ -62,6 +62,7 @@ from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
     default_episodes_per_step,
+    progress_bar,
     save_run_curve,
 )
 from metarl.learning.returns import normalize_advantages
@@ -75,7 +76,7 @@ from metarl.runs.config import (
     option,
     worker_timeout_option,
 )
-from metarl.runs.training import Generators, Trainer, train_loop
+from metarl.runs.training import Generators, Trainer, iteration_range, train_loop
 from metarl.stepping import TensorBatchedEnv
 from metarl.stepping.torch_batched import resolve_device
 from metarl.tasks.spaces import FlatEncoder
@@ -673,7 +674,8 @@ class RL2(Trainer):
         return list(self.policy.parameters())
 
     def header(self, start: int, total: int) -> str:
-        return f"iterations {start}..{total}, {self.config.episodes_per_trial} episode(s) per trial"
+        trial = self.config.episodes_per_trial
+        return f"{iteration_range(start, total)}, {trial} episode(s) per trial"
 
     def progress(self, stats: Mapping[str, float]) -> str:
         return (f"trial return {stats['trial_return']:.2f} (episode 1: "
@@ -839,10 +841,12 @@ def evaluate_tasks(
     cfg = agent.config
     n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
     trials = episodes_per_step or default_episodes_per_step(cfg.env_id)
-    per_seed = [
-        agent.evaluate(tasks, trials_per_task=trials, seed=seed, split=split, episodes_per_trial=n)
-        for seed in seeds
-    ]
+    per_seed = []
+    with progress_bar(len(seeds), f"{AGENT}: {len(tasks)} tasks", "seed") as bar:
+        for seed in seeds:
+            per_seed.append(agent.evaluate(tasks, trials_per_task=trials, seed=seed, split=split,
+                                           episodes_per_trial=n))  # fmt: skip
+            bar.update()
     first = per_seed[0]
     return AdaptationCurve(
         agent=AGENT,

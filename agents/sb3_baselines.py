@@ -59,7 +59,7 @@ from metarl.learning.policies import Policy, make_policy
 from metarl.numerics import NonFiniteError, check_finite
 from metarl.runs import Run
 from metarl.runs.config import ConfigError, EnvOptions, PolicyOptions, RunConfig, option
-from metarl.runs.training import Trainer, train_loop
+from metarl.runs.training import Trainer, iteration_range, train_loop
 from metarl.sampling.native import Episodes
 from metarl.stepping.batched import EnvError
 from metarl.stepping.registry import make
@@ -472,8 +472,8 @@ class _PPOTrainer(Trainer):
         self.total_steps = 0  # env steps over all iterations (SB3's counts one learn())
 
     def header(self, start: int, total: int) -> str:
-        return (f"PPO iterations {start}..{total} of {self.cfg.n_envs * self.cfg.n_steps} "
-                "env steps")  # fmt: skip
+        return (f"PPO {iteration_range(start, total)}, each of "
+                f"{self.cfg.n_envs * self.cfg.n_steps} env steps")  # fmt: skip
 
     def iteration(self, it: int) -> dict[str, float]:
         cfg, model = self.cfg, self.model
@@ -508,8 +508,7 @@ class _PPOTrainer(Trainer):
         }
 
     def progress(self, stats: Mapping[str, float]) -> str:
-        return (f"training-task return {stats['train_return']:.2f}, {self.total_steps} env "
-                f"steps, {stats['iteration_s']:.2f} s")  # fmt: skip
+        return f"training-task return {stats['train_return']:.2f}, {self.total_steps} env steps"
 
     def state(self) -> dict[str, Any]:
         policy = self.model.policy

@@ -64,7 +64,15 @@ def test_the_main_job_needs_no_extra() -> None:
     block = text.split("\ndependencies = [", 1)[1].split("\n]", 1)[0]  # tomllib is 3.11+
     deps = re.findall(r'^\s*"([^"]+)"', block, flags=re.M)
     names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
-    for needed in ("matplotlib", "torch", "gymnasium", "mujoco", "numpy", "stable-baselines3"):
+    for needed in (
+        "matplotlib",
+        "torch",
+        "gymnasium",
+        "mujoco",
+        "numpy",
+        "stable-baselines3",
+        "tyro",
+    ):
         assert needed in names, f"{needed} is not a core dependency: {sorted(names)}"
     readme = (ROOT / "README.md").read_text()
     first = next(line for line in readme.splitlines() if "metarl train" in line)

@@ -104,9 +104,8 @@ class _PolicyMetaTrainer(Trainer):
         return {"tasks": self.task_rng}
 
     def progress(self, stats: Mapping[str, float]) -> str:
-        took = f", {stats['iteration_s']:.2f} s" if "iteration_s" in stats else ""
         return (f"return before adaptation {stats['pre_adapt_return']:.2f}, after "
-                f"{stats['post_adapt_return']:.2f}{took}")  # fmt: skip
+                f"{stats['post_adapt_return']:.2f}")  # fmt: skip
 
     def close(self) -> None:
         self.sampler.close()

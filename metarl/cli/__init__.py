@@ -1,7 +1,10 @@
 """The ``metarl`` command.
 
-Subcommands live in small functions registered in ``COMMANDS``; each later capability
-(``train``, ``evaluate``, ``benchmark``, ``check-env``...) adds one entry.
+Subcommands live in small functions registered in ``COMMANDS``. Each one's options are a
+typed dataclass (:mod:`metarl.cli.args`; an agent's are its config class), read by tyro
+through :mod:`metarl.cli.parsing`, so ``--help`` shows every option's doc and default and a
+bad value is one line with exit code 2. ``metarl fewshot`` keeps its own parser
+(:mod:`metarl.cli.fewshot`).
 """
 
 from __future__ import annotations
@@ -12,21 +15,22 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 __all__ = ["COMMANDS", "main"]
 
-
-def _envs_parser(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+T = TypeVar("T")
 
 
-def _envs(args: argparse.Namespace) -> int:
+def _envs(argv: Sequence[str]) -> int:
     import gymnasium as gym
 
     import metarl
+    from metarl.cli.args import EnvsArgs
     from metarl.stepping import registry
+
+    args = _parse_command(EnvsArgs, "envs", argv)
 
     rows: list[dict[str, Any]] = []
     # Installed packages' entry points and the optional families (Meta-World) too.
@@ -68,19 +72,11 @@ def _envs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_env_parser(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument(
-        "target",
-        help="MODULE:ATTR or path/to/file.py:ATTR naming a task env class, a function that "
-        "builds one, or a TaskDistribution (the file's folder goes on the import path); or an "
-        "env id: registered (metarl/HalfCheetahVel-v0) or MODULE:ENV_ID",
-    )
-    sub.add_argument("--steps", type=int, default=50, help="steps per checking rollout")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the checking rollouts")
-
-
-def _check_env(args: argparse.Namespace) -> int:
+def _check_env(argv: Sequence[str]) -> int:
+    from metarl.cli.args import CheckEnvArgs
     from metarl.stepping.checks import check_env, format_report, load_target
+
+    args = _parse_command(CheckEnvArgs, "check-env", argv)
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -90,32 +86,18 @@ def _check_env(args: argparse.Namespace) -> int:
     return 1 if any(r.ok is False for r in results) else 0
 
 
-def _train_parser(sub: argparse.ArgumentParser) -> None:
-    from metarl.agents import describe_agents
-
-    # The agent's own options are known only once --agent is: they are parsed in _train, and
-    # --help there shows them.
-    sub.conflict_handler = "resolve"  # replace argparse's -h/--help with ours
-    sub._optionals.conflict_handler = "resolve"
-    sub.add_argument("-h", "--help", action="store_true", help="show the agent's options")
-    sub.add_argument(
-        "--agent",
-        help="the agent: "
-        + "; ".join(f"{name} ({desc})" for name, desc in describe_agents().items()),
-    )
-    sub.add_argument("--run-dir", help="where the run goes (default: runs/AGENT/ENV-seedN)")
-    sub.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its checkpoint")
-    sub.add_argument(
-        "--overwrite", action="store_true", help="delete an existing run directory first"
-    )
-    sub.set_defaults(accepts_extra=True)
-
-
-def _train(args: argparse.Namespace) -> int:
+def _train(argv: Sequence[str]) -> int:
     from metarl.agents import agent_names, get_agent
+    from metarl.cli.args import TrainArgs
+    from metarl.cli.parsing import flags_given, parse, print_help
     from metarl.runs import Run
-    from metarl.runs.config import add_arguments, from_args
 
+    # The agent's own options are known only once --agent is: the train options are read
+    # first, the rest is the agent's (--help too, once the agent is known).
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    args, rest = parse(TrainArgs, [a for a in argv if a not in ("-h", "--help")],
+                       prog="metarl train", flags_only=True)  # fmt: skip
+    _import_all(args.imports)
     agent = args.agent
     saved: dict[str, Any] = {}
     if args.resume:
@@ -128,44 +110,38 @@ def _train(args: argparse.Namespace) -> int:
             )
         agent, saved = record["agent"], record["config"]
     if agent is None:
-        if args.help:
+        if wants_help:
             _train_help(None)
             return 0
         raise ValueError(f"say which agent to train with --agent ({', '.join(agent_names())})")
     module = get_agent(agent)
-    cfg_parser = argparse.ArgumentParser(
-        prog=f"metarl train --agent {agent}", usage=argparse.SUPPRESS, add_help=False
-    )
-    add_arguments(cfg_parser, module.CONFIG)
-    if args.help:
-        _train_help(cfg_parser)
+    cls = module.CONFIG
+    rest = _resolve_env_ids(cls, rest)
+    default = None
+    if args.resume:  # the run's config, then the preset, beneath the options given here
+        base = dict(saved)
+        _refuse_handed_fields(args.resume, cls, base, flags_given(cls, rest))
+        if args.preset:
+            cls.from_preset(args.preset)  # an unknown preset is refused here
+            base.update(cls.presets[args.preset])
+        default = cls.from_dict(base)
+    elif args.preset:
+        default = cls.from_preset(args.preset)
+    prog = f"metarl train --agent {agent}"
+    if wants_help:
+        _train_help(agent)
+        print_help(cls, prog=prog, default=default, description=cls.__doc__)
         return 0
-    # `--env` is the short form the docs use for `--env-id`.
-    extra = ["--env-id" if a == "--env" else a for a in args.extra]
-    extra = [f"--env-id={a[6:]}" if a.startswith("--env=") else a for a in extra]
-    opts, unknown = cfg_parser.parse_known_args(extra)
+    cfg, unknown = parse(cls, rest, prog=prog, default=default)
     if unknown:
         raise ValueError(
             f"unrecognized option(s) for {agent}: {' '.join(unknown)} "
             f"(`metarl train --agent {agent} --help` lists them)"
         )
-    if getattr(opts, "env_id", None):  # MODULE:ENV_ID imports MODULE; the config keeps ENV_ID
-        from metarl.stepping.registry import resolve_env_id
-
-        opts.env_id = resolve_env_id(opts.env_id)
-    if args.resume:
-        explicit = {k: v for k, v in vars(opts).items() if k != "preset"}
-        base = dict(saved)
-        _refuse_handed_fields(args.resume, module.CONFIG, base, explicit)
-        if getattr(opts, "preset", None):
-            base.update(module.CONFIG.presets[opts.preset])
-        cfg = module.CONFIG.from_dict({**base, **explicit})
-        run_dir = args.resume
-    else:
-        cfg = from_args(module.CONFIG, opts)
-        run_dir = args.run_dir or (f"runs/{agent}/{cfg.env_id.split('/')[-1]}-seed{cfg.seed}")
-    args.resume_hint = f"metarl train --resume {run_dir}"  # for the Ctrl-C line
-    args.run_path = run_dir
+    run_dir = args.resume or args.run_dir
+    run_dir = run_dir or f"runs/{agent}/{cfg.env_id.split('/')[-1]}-seed{cfg.seed}"
+    _state["resume_hint"] = f"metarl train --resume {run_dir}"  # for the Ctrl-C line
+    _state["run_path"] = run_dir
     run = module.train(
         cfg,
         run_dir,
@@ -181,8 +157,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_env_ids(cls: Any, argv: Sequence[str]) -> list[str]:
+    """``--env-id MODULE:ENV_ID`` imports MODULE; the config keeps ENV_ID."""
+    from metarl.cli.parsing import spelled_out
+    from metarl.stepping.registry import resolve_env_id
+
+    out = spelled_out(cls, argv)
+    for i, token in enumerate(out):
+        if token.startswith("--env-id="):
+            out[i] = "--env-id=" + resolve_env_id(token.split("=", 1)[1])
+        elif token == "--env-id" and i + 1 < len(out):
+            out[i + 1] = resolve_env_id(out[i + 1])
+    return out
+
+
 def _refuse_handed_fields(
-    run_dir: str, cls: Any, saved: dict[str, Any], explicit: dict[str, Any]
+    run_dir: str, cls: Any, saved: dict[str, Any], explicit: Collection[str]
 ) -> None:
     """Where a resumed run connects (Ray) comes from this command line, never from the run
     directory: drop those fields from ``saved``, and refuse when the run asked for other
@@ -202,73 +192,45 @@ def _refuse_handed_fields(
         )
 
 
-def _train_help(cfg_parser: argparse.ArgumentParser | None) -> None:
-    from metarl.agents import describe_agents
+def _train_help(agent: str | None) -> None:
+    from metarl.agents import describe_agents, get_agent
 
     print(
         "usage: metarl train --agent AGENT [--run-dir DIR | --resume RUN_DIR] [--overwrite] "
-        "[--preset NAME] [agent options]\n\nagents:"
+        "[--preset NAME] [--import MODULE_OR_FILE.py] [agent options]\n\nagents:"
     )
     for name, desc in describe_agents().items():
         print(f"  {name:12s} {desc}")
-    if cfg_parser is None:
+    if agent is None:
         print("\n`metarl train --agent AGENT --help` lists the agent's options.")
         return
-    print("\n" + cfg_parser.format_help().strip())
+    presets = get_agent(agent).CONFIG.presets
+    print(f"\n{agent}'s presets (--preset NAME: its values beneath the options given here):")
+    for name, values in sorted(presets.items()):
+        print(f"  {name:12s} " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    if not presets:
+        print("  none")
+    print("\n--env is short for --env-id.\n")
 
 
-def _evaluate_parser(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by metarl train")
-    sub.add_argument(
-        "--tasks", default="test", choices=["test", "train"], help="which split (default: test)"
-    )
-    sub.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help="adaptation units K: gradient steps (default 3), or for RL² episodes after the "
-        "first (default: the trained trial length minus one)",
-    )
-    sub.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="evaluation seeds (default: 0 1 2)"
-    )
-    sub.add_argument(
-        "--episodes",
-        type=int,
-        default=None,
-        help="episodes per step and task (default: 40 for 2D navigation, 20 otherwise)",
-    )
-    sub.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
-    sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks")
-    sub.add_argument(
-        "--lrs",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="LR",
-        help="inner learning rates of adaptation steps 1, 2, ... (the last repeats), for the "
-        "agents that adapt by gradient steps; default: the run's own (MAML, pretrained, "
-        "random init: inner_lr then inner_lr/2 as in Finn et al. 2017; Reptile: inner_lr; "
-        "for a Meta-SGD run they multiply the learned rates, default 1)",
-    )
-    sub.add_argument(
-        "--video",
-        metavar="DIR",
-        default=None,
-        help="also write into DIR, for the first 3 tasks (fewer with --max-tasks), a video of "
-        "an episode before adaptation and after 1..K units side by side (K: --steps, "
-        "default 1; the first --seeds seed): MP4 with pip install 'metarl[video]', else GIF. "
-        "Headless: MuJoCo renders off-screen through EGL (MUJOCO_GL=egl, the default without "
-        "a display) or OSMesa (MUJOCO_GL=osmesa)",
-    )
+def _set_num_threads(n: int) -> None:
+    """``--num-threads`` (as ``metarl train``'s): torch's CPU threads; 0 keeps its default."""
+    import torch
+
+    if n < 0:
+        raise ValueError(f"--num-threads must be >= 0 (0: torch's default), got {n}")
+    if n:
+        torch.set_num_threads(n)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(argv: Sequence[str]) -> int:
     from metarl.agents import get_agent
+    from metarl.cli.args import EvaluateArgs
     from metarl.evaluation import EvalSettings
     from metarl.runs import Run
     from metarl.runs.rundir import check_writable
 
+    args = _parse_command(EvaluateArgs, "evaluate", argv)
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
     if args.episodes is not None and args.episodes < 1:
@@ -278,6 +240,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.max_tasks is not None and args.max_tasks < 1:
         raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
     _check_seeds("--seeds", args.seeds)
+    _set_num_threads(args.num_threads)
     record = Run.read_record(args.run_dir)
     _require_family(record, args.run_dir, "evaluate {} {}")
     check_writable(args.run_dir)  # before the work, not after it
@@ -309,19 +272,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         success = mean_ci95(curve.success.reshape(-1, curve.success.shape[-1]))
     for k in range(len(mean)):
-        rate = "" if success is None else f"   success {success[0][k]:.2f} ± {success[1][k]:.2f}"
+        rate = (
+            "" if success is None else f"   success rate {success[0][k]:.2f} ± {success[1][k]:.2f}"
+        )
         print(f"  k={k}: {mean[k]:9.3f} ± {half[k]:.3f}{rate}")
     gain, gain_half = curve.improvement(1) if curve.num_units else (0.0, 0.0)
     print(f"  gain after 1 unit ({curve.unit}): {gain:.3f} ± {gain_half:.3f}")
     if success is not None:
-        print("  success: the share of episodes in which the env reported info['is_success']")
+        print("  success rate: the share of episodes in which the env reported "
+              "info['is_success']")  # fmt: skip
     print(f"results: {json_path}\nplot:    {png_path}")
     if args.video is not None:
         _videos(args)
     return 0
 
 
-def _videos(args: argparse.Namespace) -> None:
+def _videos(args: Any) -> None:
     """``evaluate --video DIR``: the policy before and after adaptation, side by side."""
     from metarl.agents.trained import load, record_videos
 
@@ -354,72 +320,18 @@ def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:
     )
 
 
-def _benchmark_parser(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--agents", nargs="+", required=True, help="agents to compare "
-                     "(`metarl train --help` lists them)")  # fmt: skip
-    sub.add_argument("--envs", "--env", nargs="+", required=True, dest="envs",
-                     help="task families (`metarl envs` lists them)")  # fmt: skip
-    sub.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                     help="one meta-training run per seed (default: 0 1 2)")  # fmt: skip
-    sub.add_argument(
-        "--preset",
-        nargs="+",
-        default=["quick"],
-        metavar="[AGENT=]NAME",
-        help="the preset of every agent (NAME), or of one (AGENT=NAME; AGENT=none: its "
-        "defaults); the family of --envs replaces the preset's (default: quick)",
-    )
-    sub.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="AGENT.OPTION=VALUE",
-        help="an agent's option over its preset, e.g. rl2.num_iterations=100 or "
-        "maml-trpo.hidden_sizes=[32,32] (VALUE read as JSON, else as a string)",
-    )
-    sub.add_argument("--runs-dir", default="runs/bench",
-                     help="where runs go and are reused from (default: runs/bench)")  # fmt: skip
-    sub.add_argument(
-        "--out",
-        default="benchmarks/report",
-        help="directory of report.md, report.json, report.png (default: benchmarks/report)",
-    )
-    sub.add_argument("--steps", type=int, default=3,
-                     help="adaptation units K after the first point: gradient steps, or for "
-                          "RL² episodes (trials of K+1 episodes) (default: 3)")  # fmt: skip
-    sub.add_argument("--eval-seeds", type=int, nargs="+", default=[0],
-                     help="evaluation seeds of every run (default: 0)")  # fmt: skip
-    sub.add_argument("--episodes", type=int, default=None,
-                     help="episodes (RL²: trials) per step and task (default: 40 for 2D "
-                          "navigation, 20 otherwise)")  # fmt: skip
-    sub.add_argument("--max-tasks", type=int, default=None, help="only the first N tasks")
-    sub.add_argument("--tasks", default="test", choices=["test", "train"],
-                     help="which split to evaluate on (default: test)")  # fmt: skip
-    sub.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
-    sub.add_argument("--num-threads", type=int, default=1,
-                     help="torch CPU threads (default: 1; 0: torch's default)")  # fmt: skip
-    sub.add_argument("--note", default=None,
-                     help="a sentence written into the report and its plot (schedules, a "
-                          "shared machine...)")  # fmt: skip
-    sub.add_argument("--retrain", action="store_true",
-                     help="train every run again, even a finished one")  # fmt: skip
-
-
-def _benchmark(args: argparse.Namespace) -> int:
-    import torch
-
+def _benchmark(argv: Sequence[str]) -> int:
+    from metarl.cli.args import BenchmarkArgs
     from metarl.cli.benchmark import BenchmarkError, format_command, run_benchmark
 
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
+    args = _parse_command(BenchmarkArgs, "benchmark", argv)
+    _set_num_threads(args.num_threads)
     if args.episodes is not None and args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.max_tasks is not None and args.max_tasks < 1:
         raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
-    if args.num_threads < 0:
-        raise ValueError(f"--num-threads must be >= 0, got {args.num_threads}")
     _check_seeds("--seeds", args.seeds)
     _check_seeds("--eval-seeds", args.eval_seeds)
     default: str | None = None
@@ -462,76 +374,77 @@ def _benchmark(args: argparse.Namespace) -> int:
         device=args.device,
         retrain=args.retrain,
         log=lambda m: print(m, flush=True),
-        command=format_command(sys.argv[2:] if args.argv is None else args.argv),
+        command=format_command(argv),
         note=args.note,
     )
     print(report.markdown(plot_name=None))
     return 0
 
 
-def _fewshot_parser(sub: argparse.ArgumentParser) -> None:
-    from metarl.cli.fewshot import add_fewshot_arguments
-
-    add_fewshot_arguments(sub)
-
-
 def _fewshot(args: argparse.Namespace) -> int:
     from metarl.cli.fewshot import run_fewshot
 
-    return run_fewshot(args)
+    try:
+        return run_fewshot(args)
+    finally:  # what it records for the Ctrl-C line
+        _state.update({k: getattr(args, k) for k in ("run_path", "resume_hint") if k in args})
 
 
-#: name -> (help, add_arguments, run)
-COMMANDS: dict[
-    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-] = {
-    "envs": ("list every registered task family, what varies and its splits", _envs_parser, _envs),
-    "check-env": (
-        "check that a task env (yours) is ready for meta-learning: Gymnasium/SB3 checkers, "
-        "determinism, task sensitivity, splits, batched vs single",
-        _check_env_parser,
-        _check_env,
-    ),
-    "train": ("meta-train an agent (metarl train --agent maml-trpo --help)", _train_parser, _train),
-    "evaluate": (
-        "held-out evaluation of a run: return after 0..K adaptation steps, JSON and PNG",
-        _evaluate_parser,
-        _evaluate,
-    ),
-    "benchmark": (
-        "adaptation-speed report: several agents on one or more task families, trained (or "
-        "reused) per seed and evaluated on the held-out tasks; Markdown, JSON, PNG",
-        _benchmark_parser,
-        _benchmark,
-    ),
+def _doc(name: str) -> str:
+    """The one-line description of a command, its options class's docstring."""
+    from metarl.cli import args
+
+    return " ".join(str(getattr(args, name).__doc__).split())
+
+
+#: name -> (help, run): ``run`` takes the command's arguments (``metarl fewshot``'s: its
+#: argparse namespace, see :func:`build_parser`).
+COMMANDS: dict[str, tuple[str, Callable[[Any], int]]] = {
+    "envs": (_doc("EnvsArgs"), _envs),
+    "check-env": (_doc("CheckEnvArgs"), _check_env),
+    "train": ("meta-train an agent (metarl train --agent maml-trpo --help)", _train),
+    "evaluate": (_doc("EvaluateArgs"), _evaluate),
+    "benchmark": (_doc("BenchmarkArgs"), _benchmark),
     "fewshot": (
         "supervised few-shot learning: train, evaluate, presets (MAML, Meta-SGD, Reptile, "
         "ProtoNets, Matching Networks, MANN, a transfer baseline)",
-        _fewshot_parser,
         _fewshot,
     ),
 }
 
+#: What a command records for the Ctrl-C line (the run directory, how to resume it).
+_state: dict[str, str] = {}
 
-#: the commands that take task families, and so ``--import``
-_TAKE_FAMILIES = ("envs", "check-env", "train", "evaluate", "benchmark")
+
+def _parse_command(cls: type[T], command: str, argv: Sequence[str]) -> T:
+    """``metarl COMMAND``'s options (:mod:`metarl.cli.args`), its ``--import`` modules
+    imported; anything else on the line is an error."""
+    from metarl.cli.parsing import parse
+
+    args, unknown = parse(cls, argv, prog=f"metarl {command}", description=_doc(cls.__name__),
+                          flags_only=True)  # fmt: skip
+    if unknown:
+        raise ValueError(
+            f"unrecognized argument(s): {' '.join(unknown)} (`metarl {command} --help` lists "
+            "the options)"
+        )
+    _import_all(getattr(args, "imports", ()))
+    return args
 
 
-def _with_imports(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """``run`` after importing the ``--import`` modules, in the order given."""
+def _import_all(imports: Sequence[str]) -> None:
+    """The ``--import`` modules, in the order given."""
+    from metarl.stepping.registry import import_plugin
 
-    def run_with_imports(args: argparse.Namespace) -> int:
-        from metarl.stepping.registry import import_plugin
-
-        for spec in getattr(args, "imports", None) or []:
-            import_plugin(spec)
-        return run(args)
-
-    return run_with_imports
+    for spec in imports:
+        import_plugin(spec)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command's top level: ``--version``, ``--help`` (the commands) and ``metarl
+    fewshot``'s options; every other command reads its own (:func:`main`)."""
     from metarl import __version__
+    from metarl.cli.fewshot import add_fewshot_arguments
 
     parser = argparse.ArgumentParser(
         prog="metarl",
@@ -540,20 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"metarl {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, add_arguments, run) in COMMANDS.items():
+    for name, (help_text, run) in COMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
-        add_arguments(sub)
-        if name in _TAKE_FAMILIES:
-            sub.add_argument(
-                "--import",
-                dest="imports",
-                action="append",
-                default=[],
-                metavar="MODULE_OR_FILE.py",
-                help="import a module (my_pkg.families) or a file (path/to/families.py) that "
-                "registers task families, before anything else; repeatable",
-            )
-            run = _with_imports(run)
+        if name == "fewshot":
+            add_fewshot_arguments(sub)
         sub.set_defaults(run=run)
     return parser
 
@@ -566,17 +469,18 @@ def _check_seeds(flag: str, seeds: Sequence[int]) -> None:
         raise ValueError(f"{flag} must be integers from 0 to {MAX_SEED}, got {bad[0]}")
 
 
-def _interrupted(args: argparse.Namespace) -> str:
+def _interrupted() -> str:
     """The Ctrl-C line: what was kept and how to continue."""
     from pathlib import Path
 
-    run_path = getattr(args, "run_path", None)
+    run_path = _state.get("run_path")
     if run_path is None:
         return "interrupted"
     ckpt = Path(run_path) / "checkpoint.pt"
     if ckpt.is_file():
         return (
-            f"interrupted; the last checkpoint ({ckpt}) is kept: continue with `{args.resume_hint}`"
+            f"interrupted; the last checkpoint ({ckpt}) is kept: continue with "
+            f"`{_state['resume_hint']}`"
         )
     return f"interrupted before the first checkpoint; start {run_path} again with --overwrite"
 
@@ -607,30 +511,34 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
-    args.argv = None if argv is None else list(argv)[1:]
-    if args.command is None:
-        parser.print_help()
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _state.clear()
+    command = argv[0] if argv else None
+    rest: Any
+    if command in COMMANDS and command != "fewshot":
+        run, rest = COMMANDS[command][1], argv[1:]  # it reads its own options
+    else:  # --help, --version, an unknown command, or metarl fewshot
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        command, run, rest = args.command, args.run, args
 
     from metarl.numerics import NonFiniteError
     from metarl.runs import CheckpointError, RunLockedError, UnsafeRunDirError
     from metarl.stepping.workers import EnvWorkerError
 
     def fail(msg: object, code: int) -> int:
-        print(f"metarl {args.command}: error: {msg}", file=sys.stderr)
+        print(f"metarl {command}: error: {msg}", file=sys.stderr)
         return code
 
     # Every failure is one line: exit 2 for bad input, 1 for a run that could not go on, 130
     # for Ctrl-C. METARL_TRACEBACK=1 shows the traceback of an unexpected one.
     try:
-        return int(args.run(args))
+        return int(run(rest))
     except KeyboardInterrupt:
-        print(f"metarl {args.command}: {_interrupted(args)}", file=sys.stderr)
+        print(f"metarl {command}: {_interrupted()}", file=sys.stderr)
         return 130
     except (CheckpointError, NonFiniteError, EnvWorkerError, RunLockedError) as e:
         # A run that had to stop: the message says why, where, and what was kept.

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -38,11 +39,14 @@ if TYPE_CHECKING:
 __all__ = [
     "AdaptationCurve",
     "EvalSettings",
+    "curve_caption",
+    "curve_figure",
     "default_episodes_per_step",
     "evaluate_policy_adaptation",
     "evaluate_run_policy",
     "mean_ci95",
     "plot_curves",
+    "progress_bar",
     "save_run_curve",
 ]
 
@@ -180,8 +184,39 @@ class AdaptationCurve:
         return cls(**data)
 
 
+def curve_caption(curve: AdaptationCurve) -> str:
+    """What a curve averages: the checkpoint's iteration (where known), the tasks and seeds.
+
+    >>> c = AdaptationCurve("maml-trpo", "metarl/Navigation2D-v0", "gradient steps",
+    ...                     np.zeros((3, 40, 4)), meta={"iterations": 500})
+    >>> curve_caption(c)
+    'checkpoint of iteration 500, 40 test tasks × 3 seeds'
+    """
+    seeds, tasks = int(curve.returns.shape[0]), int(curve.returns.shape[1])
+    at = curve.meta.get("iterations")
+    where = "" if at is None else f"checkpoint of iteration {at}, "
+    return (f"{where}{tasks} {curve.split} task{'s' * (tasks != 1)} × {seeds} "
+            f"seed{'s' * (seeds != 1)}")  # fmt: skip
+
+
 def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = "") -> Path:
-    """Adaptation curves (mean ± 95% CI) as a PNG, one line per curve."""
+    """Adaptation curves as a PNG (:func:`curve_figure`), written atomically to ``path``."""
+    fig = curve_figure(curves, title)  # selects the Agg backend first
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()  # savefig would open the path itself, following a link
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def curve_figure(curves: list[AdaptationCurve], title: str = "") -> Any:
+    """The figure of :func:`plot_curves`: per curve its mean, a line, and the 95% confidence
+    interval over (seed, task) samples, a band labelled "95% CI" in the legend; ``title``
+    (default: the family) on top."""
     try:
         import matplotlib
 
@@ -190,11 +225,13 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
     except ImportError as e:  # pragma: no cover - depends on the extra
         raise ImportError("plots need matplotlib: pip install 'metarl[plots]'") from e
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for c in curves:
+    for i, c in enumerate(curves):
         x = np.arange(c.num_units + 1)
         mean, half = c.mean(), np.nan_to_num(c.ci95())
         ax.plot(x, mean, marker="o" if c.num_units <= 20 else None, label=c.agent)
-        ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+        # Every band is the same statistic: the legend names it once.
+        band = "95% CI" if i == 0 else "_nolegend_"
+        ax.fill_between(x, mean - half, mean + half, alpha=0.2, label=band)
     if curves:
         ax.set_xlabel(f"adaptation {curves[0].unit}")
         # Integer ticks, at most about ten of them (a curve of 100 episodes stays legible).
@@ -202,17 +239,11 @@ def plot_curves(curves: list[AdaptationCurve], path: str | Path, title: str = ""
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
     ax.set_ylabel("return on held-out tasks")
-    ax.set_title(title or (curves[0].env_id if curves else ""))
+    ax.set_title(title or (curves[0].env_id if curves else ""), fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()  # savefig would open the path itself, following a link
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path
+    return fig
 
 
 #: ``adapt_fn(params, episodes, lr, per_task_params) -> per-task params``: one inner step.
@@ -296,6 +327,17 @@ class EvalSettings:
         return {"split": self.split, "num_steps": self.num_steps, "seeds": self.seeds,
                 "episodes_per_step": self.episodes_per_step, "device": self.device,
                 "max_tasks": self.max_tasks}  # fmt: skip
+
+
+def progress_bar(total: int, desc: str, unit: str = "it") -> Any:
+    """A tqdm bar on the terminal (``sys.stderr``) over an evaluation's ``total`` pieces of
+    work, so a long one does not sit silent; logs, pipes and tests get none (a disabled bar
+    that takes the same calls). It is cleared once done, leaving the results on screen."""
+    from tqdm.auto import tqdm
+
+    tty = getattr(sys.stderr, "isatty", lambda: False)()
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True,
+                file=sys.stderr, disable=not tty)  # fmt: skip
 
 
 def default_episodes_per_step(env_id: str) -> int:
@@ -391,6 +433,8 @@ def evaluate_policy_adaptation(
     env_steps = [0] * (num_steps + 1)
     wall = [0.0] * (num_steps + 1)
     theta = {k: v.detach().to(sampler.device) for k, v in params.items()}
+    # One unit of the bar: the episodes of every task at one point k of one seed.
+    bar = progress_bar(len(seeds) * (num_steps + 1), f"{agent}: {len(tasks)} tasks", "step")
     for s, seed in enumerate(seeds):
         current: Mapping[str, torch.Tensor] = theta
         per_task = per_task_params
@@ -413,6 +457,8 @@ def evaluate_policy_adaptation(
                 per_task = True
             if s == 0:
                 wall[k] = time.perf_counter() - start
+            bar.update()
+    bar.close()
     sampler.close()
     return AdaptationCurve(
         agent=agent,
@@ -465,6 +511,6 @@ def save_run_curve(
     """Write a run's evaluation as ``eval_<split>.json`` and ``eval_<split>.png`` in its run
     directory (what ``metarl evaluate RUN_DIR`` leaves for every agent)."""
     json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
-    title = f"{curve.agent} on {curve.env_id} ({split} tasks)"
+    title = f"{curve.agent} on {curve.env_id}\n{curve_caption(curve)}"
     png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png", title=title)
     return curve, json_path, png_path

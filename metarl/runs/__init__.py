@@ -917,10 +917,24 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+#: The missing-TensorBoard line is written once per process, not once per run.
+_warned_no_tensorboard = False
+
+
 def _tensorboard_writer(path: Path) -> Any:
+    global _warned_no_tensorboard
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: CSV only
+    except ImportError:  # tensorboard not installed: CSV only, and one line that says so
+        if not _warned_no_tensorboard:
+            _warned_no_tensorboard = True
+            print(
+                "metarl: warning: the config asks for TensorBoard logs (tensorboard: true) but "
+                "the tensorboard package is not installed, so only metrics.csv is written: pip "
+                "install tensorboard (or 'metarl[tensorboard]'), or pass --no-tensorboard",
+                file=sys.stderr,
+                flush=True,
+            )
         return None
     return SummaryWriter(str(path))
 

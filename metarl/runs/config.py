@@ -2,11 +2,12 @@
 
 Every agent (and every few-shot learner) describes its settings as a dataclass deriving from
 :class:`Config`. A field is declared with :func:`option`, which records its help text and its
-constraints; :func:`add_arguments` turns the dataclass into ``argparse`` options
-(``meta_batch_size`` → ``--meta-batch-size``), :func:`from_args` resolves a configuration in
-the order *dataclass defaults < preset < command line*, and validation runs whenever a config
-is built, so a negative learning rate or an empty meta-batch is refused with a message that
-names the option and says what is allowed.
+constraints in the field's metadata. The ``metarl`` command reads a config with tyro
+(:func:`metarl.cli.parsing.parse`: ``meta_batch_size`` → ``--meta-batch-size``, the help text
+from the metadata) in the order *dataclass defaults < preset < command line*;
+:func:`add_arguments` and :func:`from_args` do the same with ``argparse`` (``metarl
+fewshot``). Validation runs whenever a config is built, so a negative learning rate or an
+empty meta-batch is refused with a message that names the option and says what is allowed.
 
 Presets are named dicts of overrides kept on the class (``presets``), e.g. the paper settings
 of Finn et al. 2017 for 2D navigation.

@@ -33,6 +33,7 @@ Example (a trainer that learns nothing, to show the contract)::
 from __future__ import annotations
 
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,10 +49,25 @@ from metarl.stepping.registry import family_ids, task_distribution
 from metarl.runs import Run, resolve_device
 from metarl.runs.seeding import seed_everything
 
-__all__ = ["Generators", "Trainer", "train_loop"]
+__all__ = ["Generators", "Trainer", "iteration_range", "train_loop"]
 
 #: Generators a trainer draws from, by name; saved in every checkpoint and restored on resume.
 Generators = Mapping[str, np.random.Generator | torch.Generator]
+
+
+def iteration_range(start: int, total: int, what: str = "iterations") -> str:
+    """The iterations left, 0-based as the progress lines and ``metrics.csv`` count them:
+    ``iterations 0..2 of 3`` for a run of 3 (``iterations 5..9 of 10`` resumed at 5).
+
+    >>> iteration_range(0, 3), iteration_range(2, 3), iteration_range(3, 3)
+    ('iterations 0..2 of 3', 'iteration 2 of 3', 'no iterations left of 3')
+    """
+    one = what[:-1] if what.endswith("s") else what
+    if start >= total:
+        return f"no {what} left of {total}"
+    if start == total - 1:
+        return f"{one} {start} of {total}"
+    return f"{what} {start}..{total - 1} of {total}"
 
 
 class Trainer(ABC):
@@ -91,11 +107,13 @@ class Trainer(ABC):
         """Called once the run is created or resumed, before iteration ``start``."""
 
     def header(self, start: int, total: int) -> str:
-        """The first progress line."""
-        return f"iterations {start}..{total}"
+        """The first progress line: what runs (:func:`iteration_range` of ``start``, ``total``
+        by default)."""
+        return iteration_range(start, total)
 
     def progress(self, stats: Mapping[str, float]) -> str:
-        """The few numbers the progress bar and the progress lines show of an iteration."""
+        """The few numbers the progress bar and the progress lines show of an iteration (the
+        loop adds the iteration's seconds)."""
         return ""
 
     def close(self) -> None:  # noqa: B027 - an optional hook
@@ -118,8 +136,10 @@ def train_loop(
 
     Args:
         make: ``(cfg, device, resume) -> Trainer``.
-        log: where progress lines go (e.g. ``print``); None: none. On a terminal a progress
-            bar shows the trainer's :meth:`Trainer.progress` instead of lines.
+        log: where progress lines go (e.g. ``print``): the header, then every tenth
+            iteration and the last, with :meth:`Trainer.progress` and the iteration's
+            seconds; None: none. On a terminal a progress bar shows them too, the lines
+            written above it.
         log_every: write a metrics row every this many iterations (and at the last).
         check_env: check that ``cfg.env_id`` names a registered task family first.
     """
@@ -162,32 +182,50 @@ def _loop(
 ) -> None:
     total = c.num_iterations
     bar = _bar(start, total, agent)
-    if log:
-        say = bar.write if bar is not None else log
-        on = f" on {c.env_id}" if hasattr(c, "env_id") else ""
-        say(f"{agent}{on}: {trainer.header(start, total)}, run dir {run.path}")
-    for it in range(start, total):
-        kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
-        try:
-            stats = trainer.iteration(it)
-            check_finite(f"parameters after the {trainer.outer_step}", trainer.parameters())
-        except NonFiniteError as e:  # stop before logging or checkpointing this iteration
-            raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
-        except EnvError as e:  # an env raised, died or hung: name the iteration too
-            raise e.at_iteration(it, kept) from e
-        done = it + 1
-        if done % log_every == 0 or done == total:
-            run.log(it, stats)
-        if bar is not None:
-            bar.set_postfix_str(trainer.progress(stats), refresh=False)
-            bar.update()
-        elif log and (it % 10 == 0 or done == total):
-            shown = trainer.progress(stats)
-            log(f"iteration {it}: {shown}" if shown else f"iteration {it}")
-        if done % c.checkpoint_every == 0 or done == total:
-            run.save_checkpoint(done, trainer.state(), dict(trainer.generators()))
-    if bar is not None:
-        bar.close()
+    # With a bar on the terminal every line goes through it (tqdm clears the bar's line,
+    # writes the line, then redraws the bar below it), never onto the bar itself.
+    say = _through(bar, log) if log else None
+    try:
+        if say:
+            on = f" on {c.env_id}" if hasattr(c, "env_id") else ""
+            say(f"{agent}{on}: {trainer.header(start, total)}, run dir {run.path}")
+        for it in range(start, total):
+            kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
+            began = time.perf_counter()
+            try:
+                stats = trainer.iteration(it)
+                check_finite(f"parameters after the {trainer.outer_step}", trainer.parameters())
+            except NonFiniteError as e:  # stop before logging or checkpointing this iteration
+                raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
+            except EnvError as e:  # an env raised, died or hung: name the iteration too
+                raise e.at_iteration(it, kept) from e
+            seconds = time.perf_counter() - began
+            done = it + 1
+            if done % log_every == 0 or done == total:
+                run.log(it, stats)
+            shown = ", ".join(x for x in (trainer.progress(stats), f"{seconds:.2f} s") if x)
+            if bar is not None:
+                bar.set_postfix_str(shown, refresh=False)
+                bar.update()
+            if say and (it % 10 == 0 or done == total):
+                say(f"iteration {it}: {shown}")
+            if done % c.checkpoint_every == 0 or done == total:
+                run.save_checkpoint(done, trainer.state(), dict(trainer.generators()))
+    finally:
+        if bar is not None:  # an error's line goes below the bar, not onto it
+            bar.close()
+
+
+def _through(bar: Any, log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log``, or with a progress bar ``log`` with the bar cleared and drawn again below."""
+    if bar is None:
+        return log
+
+    def write(line: str) -> None:
+        with bar.external_write_mode():
+            log(line)
+
+    return write
 
 
 def _bar(start: int, total: int, desc: str) -> Any:
