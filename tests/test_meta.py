@@ -387,3 +387,21 @@ def test_wrapper_meta_trains_a_users_network_on_sinusoids() -> None:
     post = _adapted_mse(maml, test, 1)
     baseline = _adapted_mse(untrained, test, 1)
     assert post < 0.6 * pre and post < 0.5 * baseline, (pre, post, baseline)
+
+
+def test_example_script_meta_trains_its_own_network() -> None:
+    """scripts/example_own_model.py, shortened: the user's loop learns to adapt."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "example_own_model.py"
+    spec = importlib.util.spec_from_file_location("example_own_model", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = example.main(["--iterations", "300", "--algorithm", "metasgd", "--vmap"])
+    assert out["after_one_step"] < 0.6 * out["before_adaptation"], out
+    assert out["after_one_step"] < 0.5 * out["untrained_after_one_step"], out
+    with pytest.raises(SystemExit) as e:
+        example.main(["--iterations", "0"])
+    assert e.value.code == 2
