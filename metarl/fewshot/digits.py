@@ -58,7 +58,7 @@ _MNIST_FILES = {
 _BRING = (
     "MNIST is not downloaded by metarl: put the four IDX files (train-images-idx3-ubyte, "
     "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or "
-    "not) in one folder and pass it (--data-path)"
+    "not) in one folder and pass that folder (--data-path on the command line)"
 )
 
 
