@@ -83,8 +83,10 @@ class FewShotConfig(Config):
     learner: str = option("maml", "the meta-learner", choices=LEARNERS)
     dataset: str = option(
         "omniglot",
-        "omniglot, sinusoid, or folder (an image folder <root>/<class>/<image>)",
-        choices=("omniglot", "sinusoid", "folder"),
+        "omniglot, sinusoid, folder (an image folder <root>/<class>/<image>), mnist (the IDX "
+        "files in --data-path; digits 0-4 train, 5-9 test) or digits (scikit-learn's 8x8 "
+        "digits, the same split, no download)",
+        choices=("omniglot", "sinusoid", "folder", "mnist", "digits"),
     )
     data_path: str = option(
         "../shared/data/omniglot",
@@ -258,6 +260,12 @@ def load_split(cfg: FewShotConfig, split: str) -> ImageClasses:
         if cfg.omniglot_split == "lake":
             split = {"train": "background", "test": "evaluation"}[split]
         return omniglot(cfg.data_path, split, image_size=cfg.image_size)
+    if cfg.dataset in ("mnist", "digits"):
+        from metarl.fewshot.digits import mnist, sklearn_digits
+
+        if cfg.dataset == "digits":
+            return sklearn_digits(split, image_size=cfg.image_size)
+        return mnist(cfg.data_path, split, image_size=cfg.image_size)
     root = Path(cfg.data_path).expanduser()
     sub = root / split
     if sub.is_dir():
