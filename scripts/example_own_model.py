@@ -1,8 +1,8 @@
-"""Meta-train your own network with MAML in a plain PyTorch loop (``metarl.meta``).
+"""Meta-train your own network with MAML in a plain PyTorch loop (``metarl.fewshot.meta``).
 
 Everything here is the user's: the network (any ``nn.Module``), the data (sinusoid
 regression tasks ``y = A sin(x - phase)``, Finn et al. 2017, Sec. 5.1, drawn with numpy) and
-the training loop. ``metarl.meta`` adds three lines per task::
+the training loop. ``metarl.fewshot.meta`` adds three lines per task::
 
     learner = maml.clone()                                   # the model for this task
     learner.adapt(F.mse_loss(learner(x_support), y_support))   # one inner gradient step
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarl import meta
+from metarl.fewshot import meta
 
 
 class SineNet(nn.Module):

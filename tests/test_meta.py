@@ -1,4 +1,4 @@
-"""metarl.meta: MAML / FOMAML / Meta-SGD / ANIL over a user's own nn.Module.
+"""metarl.fewshot.meta: MAML / FOMAML / Meta-SGD / ANIL over a user's own nn.Module.
 
 Meta-gradients equal the project's few-shot learners' on the same model and batch; batch
 normalisation stays per task; the vectorised meta-batch equals the loop; bad input gets one
@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metarl import meta
+from metarl.fewshot import meta
 from metarl.fewshot.data import EpisodeBatch, SinusoidTasks
 from metarl.fewshot.learner import task_loss
 from metarl.fewshot.maml import MAML as ProjectMAML
 from metarl.fewshot.metasgd import MetaSGD as ProjectMetaSGD
 from metarl.fewshot.models import MLP, Conv4
-from metarl.functional import adapt, forward, named_params
+from metarl.learning.functional import adapt, forward, named_params
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,9 @@ called like the model. The meta-model is never mutated: a clone's parameters are
 computed from the meta-parameters (through :func:`torch.func.functional_call`, no patching of
 the module), so the query loss of an adapted clone backpropagates into the meta-parameters,
 through the inner steps unless first-order. The inner step is the project's functional core
-(:func:`metarl.functional.gradient_step`, :func:`metarl.functional.adapt_func`), the same one
-the few-shot learners and MAML-RL use.
+(:func:`metarl.learning.functional.gradient_step`,
+:func:`metarl.learning.functional.adapt_func`), the same one the few-shot learners and MAML-RL
+use.
 
 Which parameters adapt: all of them (MAML), or only those named (``adapt=["head"]``: a
 parameter name or a sub-module's name), which with the last layer is ANIL (:class:`ANIL`
@@ -65,7 +66,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metarl.functional import Params, adapt_func, gradient_step
+from metarl.learning.functional import Params, adapt_func, gradient_step
 
 __all__ = ["ANIL", "FOMAML", "MAML", "MetaError", "MetaSGD", "TaskModel"]
 
@@ -247,7 +248,7 @@ class MAML(nn.Module):
         return self.module(*args, **kwargs)
 
     def inner_rates(self) -> float | Mapping[str, Tensor]:
-        """The inner step size(s) :func:`~metarl.functional.gradient_step` takes."""
+        """The inner step size(s) :func:`~metarl.learning.functional.gradient_step` takes."""
         return self.lr
 
     def _task_buffers(self, num_tasks: int | None = None) -> dict[str, Tensor | None]:
