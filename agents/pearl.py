@@ -252,18 +252,24 @@ PEARLConfig.presets = {
         "num_tasks_sample": 5, "num_steps_prior": 400, "num_extra_rl_steps_posterior": 600,
         "num_train_steps_per_itr": 2000, "episodes_per_trial": 3, "replay_size": 25_000,
     },
-    # 2D navigation (Finn et al. 2017's family, 100-step episodes), sized for a CPU: small
-    # networks, few tasks; learns to adapt in about a minute on one thread.
+    # 2D navigation (Finn et al. 2017's family), sized for a CPU, not from the paper:
+    # 20-step episodes (the family registers 100), small networks, few tasks, faster rates.
+    # With this family's small rewards the paper's KL weight (0.1) outweighs the Bellman
+    # error in the encoder's loss and the posterior stays at the prior (measured: no gain
+    # from context after 2000 SAC steps; 1e-3: +2.7 per episode); s' in the context.
     "nav2d": {
-        "env_id": "metarl/Navigation2D-v0", "device": "cpu", "num_train_tasks": 40,
-        "hidden_sizes": [64, 64], "encoder_hidden_sizes": [64, 64], "meta_batch": 8,
-        "batch_size": 128, "embedding_batch_size": 64, "num_initial_steps": 200,
-        "num_tasks_sample": 5, "num_steps_prior": 100, "num_extra_rl_steps_posterior": 100,
-        "num_train_steps_per_itr": 50, "replay_size": 5_000, "reward_scale": 1.0,
-        "episodes_per_trial": 4, "num_iterations": 100, "checkpoint_every": 10,
+        "env_id": "metarl/Navigation2D-v0", "device": "cpu", "horizon": 20,
+        "num_train_tasks": 40, "hidden_sizes": [64, 64], "encoder_hidden_sizes": [64, 64],
+        "meta_batch": 8, "batch_size": 128, "embedding_batch_size": 64,
+        "num_initial_steps": 40, "num_tasks_sample": 5, "num_steps_prior": 40,
+        "num_extra_rl_steps_posterior": 40, "num_train_steps_per_itr": 50,
+        "replay_size": 2_000, "reward_scale": 10.0, "kl_lambda": 1e-3,
+        "use_next_obs_in_context": True, "policy_lr": 1e-3, "qf_lr": 1e-3,
+        "context_lr": 1e-3, "alpha_lr": 1e-3, "init_alpha": 0.1, "episodes_per_trial": 4,
+        "num_iterations": 100, "checkpoint_every": 10,
     },
 }  # fmt: skip
-PEARLConfig.presets["quick"] = {**PEARLConfig.presets["nav2d"], "num_iterations": 30}
+PEARLConfig.presets["quick"] = {**PEARLConfig.presets["nav2d"], "num_iterations": 40}
 
 #: The agent registry's config class (``metarl train --agent pearl``).
 CONFIG = PEARLConfig

@@ -60,7 +60,9 @@ def measure(preset: str, overrides: dict[str, Any], steps: int, device: str) -> 
     cfg = pearl.PEARLConfig.from_preset(preset, device=device, tensorboard=False, **overrides)
     agent = pearl.PEARL(cfg)
     try:
-        agent.iteration(0)  # initial steps, one round, the gradient steps: the warm state
+        every = np.arange(cfg.num_train_tasks)  # the initial steps: every replay filled
+        agent.replay.clear_encoder(torch.as_tensor(every, device=agent.device))
+        agent._collect(every, cfg.num_initial_steps, posterior=False, to_encoder=True)
         ids = agent.rng.choice(cfg.num_train_tasks, size=cfg.num_tasks_sample, replace=False)
         n = cfg.num_steps_prior + cfg.num_extra_rl_steps_posterior
         start = time.perf_counter()

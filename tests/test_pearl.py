@@ -229,17 +229,12 @@ def test_cli_trains_evaluates_and_resumes(tmp_path: Path, capsys: pytest.Capture
 
 # -- learning ----------------------------------------------------------------------------------
 def test_pearl_learns_to_infer_the_goal_from_context(tmp_path: Path) -> None:
-    """A few hundred SAC steps on 2D navigation (20-step episodes): on held-out goals, the
-    episodes after one episode of context (z from the posterior) return clearly more than the
-    first (z from the prior, task-blind). Fails if the encoder learns nothing about the task
-    (the posterior would be no better than the prior) or if SAC learns nothing."""
-    cfg = pearl.PEARLConfig.from_preset(
-        "quick", horizon=20, num_iterations=40, num_train_tasks=20, num_initial_steps=40,
-        num_steps_prior=40, num_extra_rl_steps_posterior=40, num_train_steps_per_itr=12,
-        hidden_sizes=(32, 32), encoder_hidden_sizes=(32, 32), tensorboard=False, seed=0,
-    )  # fmt: skip
-    run = pearl.train(cfg, tmp_path / "run")
+    """The quick preset (2000 SAC steps on 2D navigation, 20-step episodes): on the held-out
+    goals, the episodes after one episode of context (z from the posterior) return clearly
+    more than the first (z from the prior, task-blind). Fails if the encoder learns nothing
+    about the task (the posterior would be no better than the prior) or SAC learns nothing."""
+    run = pearl.train(pearl.PEARLConfig.from_preset("quick", tensorboard=False), tmp_path / "r")
     curve, _, _ = pearl.evaluate(run.path, num_steps=2, seeds=(0, 1), episodes_per_step=4)
-    mean = curve.mean()
-    gain, half = curve.improvement(2)
-    assert gain > 1.0 and gain - half > 0, (mean, gain, half)
+    gain, half = curve.improvement(1)
+    assert gain > 1.0 and gain - half > 0, (curve.mean(), gain, half)
+    assert curve.improvement(2)[0] > 1.0
