@@ -781,7 +781,6 @@ class PEARL(Trainer):
             "env_steps": steps,
             "env_steps_total": self.env_steps,
             "env_steps_per_s": steps / max(sample_s, 1e-9),
-            "updates_per_s": cfg.num_train_steps_per_itr / max(total_s - sample_s, 1e-9),
             "sample_s": sample_s,
             "update_s": total_s - sample_s,
             "iteration_s": total_s,
