@@ -3,12 +3,12 @@
 A task is inferred, not observed: an encoder reads a *context* of transitions ``(s, a, r)``
 (optionally ``s'``) of the task and gives, for every transition, a Gaussian factor
 ``N(μ_n, σ²_n)`` over a latent ``z``; the posterior is their product (permutation-invariant,
-Sec. 4.1, Eq. 3 of the paper's appendix), and the policy and Q-functions take ``z`` as an
+Sec. 4.1), and the policy and Q-functions take ``z`` as an
 input beside the state. Training is SAC (Haarnoja et al. 2018) on every training task at
 once: twin Q-functions with target copies, a tanh-squashed Gaussian policy, the temperature
 tuned automatically to a target entropy. The encoder is trained by the Q-functions' Bellman
-error through ``z`` plus ``kl_lambda`` × KL(posterior ‖ N(0, I)) (the information bottleneck,
-Eq. 5); the policy sees ``z`` detached.
+error through ``z`` plus ``kl_lambda`` × KL(posterior ‖ N(0, I)) (the paper's information
+bottleneck); the policy sees ``z`` detached.
 
 Data (Sec. 4.2, Algorithm 1): one replay buffer per training task; the *context* of a task
 is sampled from the data its latest collection round gathered with ``z`` from the prior or
@@ -303,8 +303,8 @@ def _mlp(inputs: int, hidden: Sequence[int], outputs: int) -> nn.Sequential:
 
 
 class ContextEncoder(nn.Module):
-    """Per-transition Gaussian factors over ``z`` and their product (the paper's Eq. in
-    Sec. 4.1: ``q(z|c) ∝ Π_n N(z; μ_n, σ²_n)``), invariant to the order of the context."""
+    """Per-transition Gaussian factors over ``z`` and their product (Sec. 4.1:
+    ``q(z|c) ∝ Π_n N(z; μ_n, σ²_n)``), invariant to the order of the context."""
 
     def __init__(self, context_size: int, hidden: Sequence[int], latent_size: int) -> None:
         super().__init__()
@@ -486,7 +486,7 @@ def _soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
             t.lerp_(s, tau)
 
 
-class Episodes(NamedTuple):
+class ContextEpisodes(NamedTuple):
     """What a round of episodes left: per-row episode returns ``(E, B)`` and success
     ``(E, B)`` (None where the family defines none), env steps taken, and the context
     ``(B, E × H, context_size)`` with its mask ``(B, E × H)``."""
@@ -607,7 +607,7 @@ class PEARL(Trainer):
         deterministic: bool,
         replay: tuple[Tensor, bool] | None = None,
         env: TensorBatchedEnv | None = None,
-    ) -> Episodes:
+    ) -> ContextEpisodes:
         """``episodes`` episodes of each of ``tasks`` (one row each), stepped together.
 
         ``z_from(episode, context, mask)`` gives the rows' ``z`` ``(B, latent)`` at the start
@@ -661,12 +661,12 @@ class PEARL(Trainer):
             if ep_success is not None:
                 successes.append(ep_success.float())
         success = torch.stack(successes) if successes else None
-        return Episodes(torch.stack(returns), success, steps, context[:, :filled],
+        return ContextEpisodes(torch.stack(returns), success, steps, context[:, :filled],
                         mask[:, :filled])  # fmt: skip
 
     def _collect(
         self, task_ids: np.ndarray, steps: int, posterior: bool, to_encoder: bool
-    ) -> Episodes:
+    ) -> ContextEpisodes:
         """A collection phase on training tasks ``task_ids``: whole episodes of at least
         ``steps`` steps each, ``z`` redrawn every episode from the prior or from the posterior
         given the task's encoder buffer."""
@@ -838,7 +838,7 @@ class PEARL(Trainer):
     # -- adaptation on a task -----------------------------------------------------------
     def adapt_episodes(
         self, tasks: Sequence[Any], episodes: int, seed: int
-    ) -> tuple[Episodes, torch.Generator]:
+    ) -> tuple[ContextEpisodes, torch.Generator]:
         """Test-time adaptation: ``episodes`` episodes of each of ``tasks``, the first with
         ``z`` from the prior, each next with ``z`` from the posterior over the transitions so
         far; the policy's mean actions. Returns the episodes and the generator the draws came

@@ -65,6 +65,7 @@ def measure(preset: str, overrides: dict[str, Any], steps: int, device: str) -> 
         agent._collect(every, cfg.num_initial_steps, posterior=False, to_encoder=True)
         ids = agent.rng.choice(cfg.num_train_tasks, size=cfg.num_tasks_sample, replace=False)
         n = cfg.num_steps_prior + cfg.num_extra_rl_steps_posterior
+        agent._env(len(ids)), agent._env(1)  # both envs built before the clocks start
         start = time.perf_counter()
         together = agent._collect(ids, n, posterior=True, to_encoder=False).steps
         batched_s = time.perf_counter() - start
@@ -123,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     command = "python scripts/bench_pearl_throughput.py " + shlex.join(argv or sys.argv[1:])
     load_before = _loadavg()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     rows = {}
     for name, (preset, overrides) in SETTINGS.items():
         print(f"{name} ...", flush=True)
         rows[name] = measure(preset, overrides, args.steps, args.device)
         print(json.dumps(rows[name], indent=1), flush=True)
+    share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     machine = (f"{platform.platform()}, {os.cpu_count()} cores (load average {load_before} "
                f"before, {_loadavg()} after), torch {torch.__version__}, {args.threads} "
-               f"thread(s), device `{args.device}`")  # fmt: skip
+               f"thread(s), device `{args.device}`; this process ran on the CPU "
+               f"{share:.0%} of the wall-clock time")  # fmt: skip
     out = Path(args.out)
     out.with_suffix(".json").write_text(
         json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2)
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         "row per task with its own z; *one task at a time* runs the same episodes with a "
         "one-row env per task, as the paper's code collects. *s / iteration* is the batched "
         "round plus the gradient steps at the measured median step time (estimated where an "
-        "iteration takes minutes), or one whole timed iteration. The paper trains "
+        "iteration takes minutes), or one whole timed iteration; all are wall-clock seconds, "
+        "so on a loaded machine (the share of the wall-clock this process ran is under "
+        "Machine) they are that many times slower than on an idle one. The paper trains "
         "HalfCheetahVel for hundreds of such iterations; on a 2-core CPU without a GPU an "
         "iteration of its setting is dominated by the 2000 SAC steps.",
     ]
