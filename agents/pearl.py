@@ -215,8 +215,9 @@ class PEARLConfig(EnvOptions, RunConfig):
             )
 
 
-# Paper settings (Rakelly et al. 2019, Appendix; the oyster repository's configs/*.json).
-# Values marked "guessed" are not in what we could check against and follow default.py.
+# Paper settings (Rakelly et al. 2019, Appendix; the oyster repository's configs/*.json), as
+# recalled: not checked against those files here. Values marked "guessed" are in neither for
+# this project's families; replay sizes are ours (bounded for the checkpoints).
 _MUJOCO: dict[str, Any] = {"device": "auto", "checkpoint_every": 10}
 PEARLConfig.presets = {
     # 100 train / 30 test velocities; oyster's cheetah-vel.json.
