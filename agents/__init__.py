@@ -51,6 +51,10 @@ _AGENTS: dict[str, tuple[str, str]] = {
         "metarl.agents.rl2",
         "RL² (Duan et al. 2016): a GRU policy that adapts within a trial of episodes; PPO",
     ),
+    "pearl": (
+        "metarl.agents.pearl",
+        "PEARL (Rakelly et al. 2019): SAC with a probabilistic context encoder; off-policy",
+    ),
     "pretrained": (
         "metarl.agents.pretrained",
         "baseline: PPO (SB3) on all training tasks, fine-tuned with MAML's inner step",

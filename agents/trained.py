@@ -16,7 +16,9 @@ How a policy adapts is the agent's own (its ``CAPABILITIES.adapts_by``):
   (learning rates: the evaluation's, or ``lr``);
 * **episodes** (RL²): ``steps`` episodes of the task run with the recurrent policy, whose
   memory (GRU hidden state) then holds what it learnt; the adapted policy acts from that
-  memory, held fixed;
+  memory, held fixed; (PEARL): ``steps`` episodes of the task, their transitions the context
+  of a posterior over the latent task variable, and the adapted policy acts with a draw from
+  it;
 * **none** (the oracle): the policy is given the task; ``adapt`` returns the task-conditioned
   policy and spends no episodes.
 
@@ -63,6 +65,7 @@ from metarl.stepping.registry import make
 
 __all__ = [
     "AdaptedPolicy",
+    "ContextTrainedPolicy",
     "GradientTrainedPolicy",
     "RecurrentTrainedPolicy",
     "TaskConditionedPolicy",
@@ -432,6 +435,66 @@ class RecurrentTrainedPolicy(TrainedPolicy):
                            seeds=s.seeds, episodes_per_step=s.episodes_per_step)  # fmt: skip
 
 
+class ContextTrainedPolicy(TrainedPolicy):
+    """A policy conditioned on a latent task variable inferred from context (PEARL): it adapts
+    by running episodes of the task and drawing the latent from the posterior over their
+    transitions.
+
+    Args:
+        adapt: ``(task, episodes, seed) -> (module, returns)``: the agent's adaptation, the
+            module acting with the latent it ended with (it provides ``forward`` — the most
+            likely action —, ``sample(obs, generator)`` and ``clip``), ``returns`` those of
+            the episodes it ran.
+        curve: ``(tasks, split=, num_steps=, seeds=, episodes_per_step=) ->
+            AdaptationCurve``, the agent's evaluation on ``tasks``.
+        default_steps: the episodes ``adapt`` runs when ``steps`` is not given.
+    """
+
+    adapts_by = "episodes"
+
+    def __init__(
+        self,
+        agent: str,
+        config: Any,
+        adapt: Callable[[Any, int, int], tuple[nn.Module, list[float]]],
+        curve: Callable[..., AdaptationCurve],
+        device: str | torch.device = "cpu",
+        default_steps: int = 1,
+    ) -> None:
+        super().__init__(agent, config, device)
+        self._adapt, self._curve, self._default = adapt, curve, default_steps
+
+    def adapt(
+        self,
+        task: Any,
+        *,
+        steps: int | None = None,
+        episodes: int | None = None,
+        lr: float | Sequence[float] | None = None,
+        seed: int = 0,
+    ) -> AdaptedPolicy:
+        """``steps`` episodes of ``task`` as context (0: the latent from the prior, no
+        episodes); the adapted policy acts with a draw from the posterior they give. Each unit
+        is one episode, so ``episodes`` may only be 1."""
+        task = self.task_of(task)
+        self._no_lr(lr)
+        if episodes not in (None, 1):
+            raise ValueError(
+                f"{self.agent} adapts by whole episodes, one per unit: give their number as "
+                f"steps= and drop episodes= (got episodes={episodes!r})"
+            )
+        n = self._check_steps(steps, self._default)
+        module, returns = self._adapt(task, n, seed)
+        return AdaptedPolicy(self, task, n, module, None, None, returns)
+
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        s = settings
+        self._no_lr(s.lrs, "lrs")
+        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
+        return self._curve(chosen, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
+                           episodes_per_step=s.episodes_per_step)  # fmt: skip
+
+
 # -- the adapted policy --------------------------------------------------------------------
 class _Clip(nn.Module):
     """Clamps actions into a Box's finite bounds, as the sampler does before the env."""
@@ -518,7 +581,7 @@ class AdaptedPolicy:
         trained: TrainedPolicy,
         task: Any,
         steps: int,
-        module: _MeanAction | _RecurrentAction,
+        module: nn.Module,
         policy: Policy | None,
         params: Mapping[str, Tensor] | None,
         returns: list[float],
@@ -582,7 +645,7 @@ class AdaptedPolicy:
         else:
             action = self._sample(batch)
             if isinstance(self.action_space, gym.spaces.Box):
-                action = self.module.clip(action)
+                action = self.module.clip(action)  # type: ignore[operator]
         out = action.cpu().numpy()
         return out[0] if single else out
 
@@ -594,8 +657,9 @@ class AdaptedPolicy:
                 return torch.multinomial(dist.probs, 1, generator=self._generator)[:, 0]
             noise = torch.randn(dist.mean.shape, generator=self._generator, device=self.device)
             return dist.mean + m.policy.log_std.exp() * noise
-        assert isinstance(m, _MeanAction)
-        return m.policy.sample(m.policy(batch), self._generator)
+        if isinstance(m, _MeanAction):
+            return m.policy.sample(m.policy(batch), self._generator)
+        return m.sample(batch, self._generator)  # type: ignore[operator]  # a context policy
 
     def _example(self) -> Tensor:
         space = self.observation_space

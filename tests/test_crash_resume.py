@@ -11,10 +11,10 @@ delay), so they land inside iterations, between them and inside saves; a test ho
 (``METARL_TEST_KILL_IN_CHECKPOINT_WRITE=N``) makes the process SIGKILL itself halfway through
 writing its N-th checkpoint, the window an atomic save must survive.
 
-Fast set: MAML-TRPO (a kill inside a write, random kills), Reptile-RL, RL² and few-shot MAML
-(a kill inside a write). Slow set: random kills for one job of each kind, more write
-positions, every few-shot learner, the SB3 baselines (pretrained, oracle; random-init trains
-nothing).
+Fast set: MAML-TRPO (a kill inside a write, random kills), Reptile-RL, RL², PEARL (whose
+checkpoints hold its replay buffers) and few-shot MAML (a kill inside a write). Slow set:
+random kills for one job of each kind, more write positions, every few-shot learner, the SB3
+baselines (pretrained, oracle; random-init trains nothing).
 """
 
 from __future__ import annotations
@@ -126,6 +126,35 @@ JOBS = {
         "8",
         "--num-minibatches",
         "2",
+    ),
+    "pearl": _train_job(
+        "pearl",
+        "--preset",
+        "quick",
+        "--horizon",
+        "10",
+        "--num-train-tasks",
+        "4",
+        "--num-tasks-sample",
+        "2",
+        "--hidden-sizes",
+        "8",
+        "--encoder-hidden-sizes",
+        "8",
+        "--num-initial-steps",
+        "10",
+        "--num-steps-prior",
+        "10",
+        "--num-extra-rl-steps-posterior",
+        "10",
+        "--num-train-steps-per-itr",
+        "3",
+        "--replay-size",
+        "60",
+        "--meta-batch",
+        "3",
+        "--batch-size",
+        "8",
     ),
     "pretrained": _train_job("pretrained", *_PPO),
     "oracle": _train_job("oracle", *_PPO),
@@ -304,7 +333,7 @@ def _killed_inside_write(
     _assert_same(name, run_dir, reference)
 
 
-FAST_WRITE_KILLS = ["maml-trpo", "reptile-rl", "rl2", "fewshot-maml"]
+FAST_WRITE_KILLS = ["maml-trpo", "reptile-rl", "rl2", "pearl", "fewshot-maml"]
 
 
 @pytest.mark.parametrize("name", FAST_WRITE_KILLS)
@@ -328,7 +357,8 @@ def test_killed_at_a_random_moment_then_resumed_is_bit_exact(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "seed"),
-    [("maml-trpo", 1), ("reptile-rl", 0), ("rl2", 0), ("pretrained", 0), ("fewshot-maml", 0),
+    [("maml-trpo", 1), ("reptile-rl", 0), ("rl2", 0), ("pearl", 0), ("pretrained", 0),
+     ("fewshot-maml", 0),
      ("fewshot-protonet", 0)],
 )  # fmt: skip
 def test_many_random_kills_then_resumed_is_bit_exact(

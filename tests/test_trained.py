@@ -30,6 +30,22 @@ RUNS: dict[str, list[str]] = {
     "pretrained": ["--agent", "pretrained", *_PPO],
     "random-init": ["--agent", "random-init", "--preset", "quick", "--hidden-sizes", "8"],
     "oracle": ["--agent", "oracle", *_PPO],
+    "pearl": [
+        "--agent",
+        "pearl",
+        "--preset",
+        "quick",
+        "--num-iterations",
+        "1",
+        "--num-train-tasks",
+        "5",
+        "--num-train-steps-per-itr",
+        "2",
+        "--hidden-sizes",
+        "8",
+        "--encoder-hidden-sizes",
+        "8",
+    ],
 }
 
 
@@ -48,7 +64,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _adapt_kwargs(name: str) -> dict[str, int]:
-    return {} if name == "rl2" else {"episodes": 2}
+    return {} if name in ("rl2", "pearl") else {"episodes": 2}
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -90,6 +106,22 @@ def test_gradient_adaptation_is_the_evaluation_step(runs: dict[str, Path], name:
     np.testing.assert_array_equal(after, again)
     bigger = policy.adapt(task, steps=1, episodes=2, seed=3, lr=0.5).act(obs)
     assert not np.allclose(after, bigger)
+
+
+def test_pearl_adapts_its_latent(runs: dict[str, Path]) -> None:
+    policy = metarl.load(runs["pearl"])
+    assert policy.adapts_by == "episodes"
+    task = policy.tasks("test")[0]
+    obs = np.zeros((3, 2))
+    blank = policy.adapt(task, steps=0)
+    assert blank.steps == 0 and blank.returns == []
+    adapted = policy.adapt(task, steps=2, seed=1)
+    assert len(adapted.returns) == 2
+    again = policy.adapt(task, steps=2, seed=1)
+    np.testing.assert_array_equal(adapted.act(obs), again.act(obs))  # seeded
+    assert not np.allclose(blank.act(obs), adapted.act(obs))  # z from the posterior
+    with pytest.raises(ValueError, match="one per unit"):
+        policy.adapt(task, steps=1, episodes=3)
 
 
 def test_rl2_adapts_its_memory(runs: dict[str, Path]) -> None:
