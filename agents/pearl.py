@@ -73,7 +73,6 @@ from torch import Tensor, nn
 
 import metarl
 from metarl.agent import Capabilities
-from metarl.config import ConfigError, EnvOptions, RunConfig, option
 from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
@@ -82,9 +81,10 @@ from metarl.evaluation import (
 )
 from metarl.numerics import check_finite
 from metarl.runs import MAX_CHECKPOINT_MB, Run, load_checkpoint_file, resolve_device
-from metarl.spaces import FlatEncoder
+from metarl.runs.config import ConfigError, EnvOptions, RunConfig, option
+from metarl.runs.training import Generators, Trainer, train_loop
 from metarl.stepping import TensorBatchedEnv
-from metarl.training import Generators, Trainer, train_loop
+from metarl.tasks.spaces import FlatEncoder
 
 if TYPE_CHECKING:
     from metarl.agents.trained import TrainedPolicy
@@ -501,7 +501,7 @@ class ContextEpisodes(NamedTuple):
 
 # -- the agent ------------------------------------------------------------------------------
 class PEARL(Trainer):
-    """A PEARL agent: the :class:`metarl.training.Trainer` that :func:`train` drives, and its
+    """A PEARL agent: the :class:`metarl.runs.training.Trainer` that :func:`train` drives, and its
     adaptation on held-out tasks (:meth:`run_episodes`).
 
     Attributes:
@@ -873,7 +873,7 @@ def train(
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Run:
-    """Meta-train PEARL in a run directory through :func:`metarl.training.train_loop`:
+    """Meta-train PEARL in a run directory through :func:`metarl.runs.training.train_loop`:
     config.json, metrics.csv (one row per iteration: returns of the episodes collected with
     ``z`` from the prior and from the posterior, SAC losses, KL, temperature, env steps,
     seconds) and checkpoint.pt (networks, optimisers and the replay buffers).

@@ -15,10 +15,10 @@ import torch
 
 from metarl.agents import pearl
 from metarl.cli import main
-from metarl.config import ConfigError
 from metarl.evaluation import AdaptationCurve
 from metarl.numerics import NonFiniteError
 from metarl.runs import load_checkpoint_file
+from metarl.runs.config import ConfigError
 
 
 @pytest.fixture(autouse=True)
