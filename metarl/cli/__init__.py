@@ -13,6 +13,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["COMMANDS", "main"]
@@ -176,7 +177,7 @@ def _train(args: argparse.Namespace) -> int:
     from metarl.registry import run_record
 
     imports = "".join(f"--import {shlex.quote(i)} " for i in run_record(cfg.env_id)["imports"])
-    print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt)")
+    print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt, README.md)")
     print(f"evaluate it on the held-out tasks with: metarl evaluate {imports}{run.path}")
     return 0
 
@@ -316,6 +317,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if success is not None:
         print("  success: the share of episodes in which the env reported info['is_success']")
     print(f"results: {json_path}\nplot:    {png_path}")
+    card = Path(args.run_dir) / "README.md"
+    if card.is_file() and not card.is_symlink():
+        print(f"card:    {card} (model card, results refreshed)")
     if args.video is not None:
         _videos(args)
     return 0
