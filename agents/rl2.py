@@ -692,15 +692,22 @@ class RL2(Trainer):
         episodes_per_trial: int | None = None,
         seed: int = 1,
         memory: dict[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
     ) -> Trials:
         """One trial of ``episodes_per_trial`` episodes (default: the config's ``n``) on each
         of ``tasks`` (a task repeated gives it more trials), the memory starting from zero,
         in an env of its own; seeded by ``seed``. ``memory``: receives the memory the trials
-        end with (see :func:`collect_trials`)."""
+        end with (see :func:`collect_trials`). ``generator``: draws the actions (default: a
+        new one seeded by ``seed``); it is left where the trials end, so that what follows
+        (an adapted policy's sampled actions) continues the same stream."""
         n = self.config.episodes_per_trial if episodes_per_trial is None else episodes_per_trial
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"episodes_per_trial must be an integer >= 1, got {n!r}")
-        gen = torch.Generator(device=self.device).manual_seed(seed)
+        gen = (
+            torch.Generator(device=self.device).manual_seed(seed)
+            if generator is None
+            else generator
+        )
         env = self._env(len(tasks))
         try:
             return collect_trials(self.policy, env, tasks, n, seed, gen, memory)

@@ -15,10 +15,13 @@ How a policy adapts is the agent's own (its ``CAPABILITIES.adapts_by``):
   shared batched sampler, through the very step function the agent's ``evaluate`` uses
   (learning rates: the evaluation's, or ``lr``);
 * **episodes** (RL²): ``steps`` episodes of the task run with the recurrent policy, whose
-  memory (GRU hidden state) then holds what it learnt; the adapted policy acts from that
-  memory, held fixed; (PEARL): ``steps`` episodes of the task, their transitions the context
-  of a posterior over the latent task variable, and the adapted policy acts with a draw from
-  it;
+  memory (GRU hidden state) then holds what it learnt; the adapted policy starts each new
+  episode from that memory and carries it forward step by step, as the trial would: after
+  each :meth:`AdaptedPolicy.act`, :meth:`AdaptedPolicy.observe` gives it the reward and
+  the end-of-episode flag the env returned, and :meth:`AdaptedPolicy.reset` starts a new
+  episode (both are no-ops for the other agents, so one loop runs every policy);
+  (PEARL): ``steps`` episodes of the task, their transitions the context of a posterior
+  over the latent task variable, and the adapted policy acts with a draw from it;
 * **none** (the oracle): the policy is given the task; ``adapt`` returns the task-conditioned
   policy and spends no episodes.
 
@@ -402,8 +405,10 @@ class RecurrentTrainedPolicy(TrainedPolicy):
         seed: int = 0,
     ) -> AdaptedPolicy:
         """``steps`` episodes of ``task`` run with the policy (one trial, the memory starting
-        blank); the adapted policy acts from the memory they leave, held fixed. Each unit is
-        one episode, so ``episodes`` may only be 1."""
+        blank); the adapted policy starts from the memory they leave and carries it forward
+        (see :class:`AdaptedPolicy`), its sampled actions continuing the trial's generator,
+        so its next episode is the trial's next one. Each unit is one episode, so
+        ``episodes`` may only be 1."""
         task = self.task_of(task)
         self._no_lr(lr)
         if episodes not in (None, 1):
@@ -416,8 +421,9 @@ class RecurrentTrainedPolicy(TrainedPolicy):
         policy = self.rl2.policy
         memory: dict[str, Tensor] = {}
         returns: list[float] = []
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         if n:
-            trials = self.rl2.collect([task], n, seed=seed, memory=memory)
+            trials = self.rl2.collect([task], n, seed=seed, memory=memory, generator=generator)
             returns = [float(r) for r in trials.episode_returns[:, 0]]
         else:  # a new trial: blank memory
             z = torch.zeros(1, device=self.device)
@@ -425,7 +431,7 @@ class RecurrentTrainedPolicy(TrainedPolicy):
                       "prev_action": torch.zeros(1, policy.act_size, device=self.device),
                       "prev_reward": z, "done": z}  # fmt: skip
         module = _RecurrentAction(policy, memory, self.action_space)
-        return AdaptedPolicy(self, task, n, module, None, None, returns)
+        return AdaptedPolicy(self, task, n, module, None, None, returns, generator)
 
     def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
         s = settings
@@ -535,8 +541,9 @@ class _MeanAction(nn.Module):
 
 
 class _RecurrentAction(nn.Module):
-    """``obs (B, ...) -> the most likely action`` of RL²'s policy from a fixed memory (the
-    hidden state and previous action, reward and done flag its adaptation ended with)."""
+    """``obs (B, ...) -> the most likely action`` of RL²'s policy from the memory its
+    adaptation ended with (the hidden state and previous action, reward and done flag: the
+    first step of a new episode); :meth:`step` acts from any memory and returns the next."""
 
     hidden: Tensor
     prev_action: Tensor
@@ -552,22 +559,45 @@ class _RecurrentAction(nn.Module):
             self.register_buffer(name, memory[name][:1].detach().clone())
         self.clip = _Clip(space)
 
-    def head(self, obs: Tensor) -> Tensor:
-        b = obs.shape[0]
-        x = self.policy.inputs(obs, self.prev_action.expand(b, -1), self.prev_reward.expand(b),
-                               self.done.expand(b))  # fmt: skip
-        head, _, _ = self.policy(x[None], self.hidden.expand(b, -1))
-        return head[0]
+    def start(self, batch: int) -> dict[str, Tensor]:
+        """The adapted memory, for ``batch`` rows."""
+        return {"hidden": self.hidden.expand(batch, -1), "prev_action":
+                self.prev_action.expand(batch, -1), "prev_reward": self.prev_reward.expand(batch),
+                "done": self.done.expand(batch)}  # fmt: skip
+
+    def step(self, obs: Tensor, memory: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The policy's head (logits or means, ``(B, A)``) for ``obs`` from ``memory``, and
+        the hidden state after the step."""
+        x = self.policy.inputs(obs, memory["prev_action"], memory["prev_reward"], memory["done"])
+        head, _, hidden = self.policy(x[None], memory["hidden"])
+        return head[0], hidden
+
+    def mode(self, head: Tensor) -> Tensor:
+        """The most likely action, unclipped (what the policy's memory records)."""
+        return head.argmax(-1) if self.policy.discrete else head
 
     def forward(self, obs: Tensor) -> Tensor:
-        head = self.head(obs)
-        if self.policy.discrete:
-            return head.argmax(-1)
-        return self.clip(head)
+        head, _ = self.step(obs, self.start(obs.shape[0]))
+        action = self.mode(head)
+        return action if self.policy.discrete else self.clip(action)
 
 
 class AdaptedPolicy:
     """A policy adapted to one task: :meth:`act` on observations, :meth:`export` to deploy.
+
+    RL²'s adapted policy is stateful, as its trial is: each :meth:`act` steps its memory
+    (GRU hidden state, last action), :meth:`observe` hands it the reward and end-of-episode
+    flag the env returned for that action (its next input), and :meth:`reset` starts a new
+    episode from the memory adaptation left. For the other agents ``observe`` and ``reset``
+    do nothing, so one loop runs every agent's policy::
+
+        adapted.reset()
+        obs, _ = env.reset(options={"task": adapted.task})
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(adapted.act(obs))
+            done = terminated or truncated
+            adapted.observe(reward, done)
 
     Attributes:
         task: the task it adapted to; steps: adaptation units spent; returns: the mean return
@@ -585,6 +615,7 @@ class AdaptedPolicy:
         policy: Policy | None,
         params: Mapping[str, Tensor] | None,
         returns: list[float],
+        generator: torch.Generator | None = None,
     ) -> None:
         self.agent, self.env_id, self.task, self.steps = trained.agent, trained.env_id, task, steps
         self.observation_space = trained.observation_space
@@ -592,7 +623,51 @@ class AdaptedPolicy:
         self.module, self.returns = module.to(trained.device), returns
         self.device = trained.device
         self._policy, self._params = policy, params
-        self._generator = torch.Generator(device=self.device).manual_seed(0)
+        self._generator = generator or torch.Generator(device=self.device).manual_seed(0)
+        # RL²: the memory the next act starts from (None: the adapted one, any batch size),
+        # and whether the last act still waits for its reward (observe).
+        self._memory: dict[str, Tensor] | None = None
+        self._waiting = False
+
+    @property
+    def stateful(self) -> bool:
+        """Whether :meth:`act` carries a memory from step to step (RL²)."""
+        return isinstance(self.module, _RecurrentAction)
+
+    def reset(self) -> None:
+        """Start a new episode: RL²'s memory goes back to the one adaptation left (the other
+        policies hold no state: nothing to do)."""
+        self._memory, self._waiting = None, False
+
+    def observe(self, reward: Any, done: Any = False) -> None:
+        """Give RL²'s policy what the env returned for the last :meth:`act`: ``reward`` and
+        whether the episode ended (``terminated or truncated``), one each or one per row of
+        the batch acted on; its next input. Other policies ignore it.
+
+        Raises:
+            ValueError: no act waits for its reward, or the shapes do not match its batch.
+        """
+        if not self.stateful:
+            return
+        if not self._waiting or self._memory is None:
+            raise ValueError(
+                "observe(reward, done) reports the outcome of the last act(obs); act first "
+                "(and observe once per act)"
+            )
+        rows = self._memory["hidden"].shape[0]
+        values = []
+        for name, v in (("reward", reward), ("done", done)):
+            t = torch.as_tensor(np.asarray(v, dtype=np.float32), device=self.device).reshape(-1)
+            if t.numel() == 1:
+                t = t.expand(rows)
+            if t.shape != (rows,):
+                raise ValueError(
+                    f"{name} must be one value or one per row of the last act's batch "
+                    f"({rows}), got {t.numel()}"
+                )
+            values.append(t.clone())
+        self._memory["prev_reward"], self._memory["done"] = values
+        self._waiting = False
 
     def __repr__(self) -> str:
         return (f"AdaptedPolicy(agent={self.agent!r}, task={self.task!r}, "
@@ -636,10 +711,17 @@ class AdaptedPolicy:
         policy's own seeded generator). Continuous actions are clipped to the action space,
         as the env gets them.
 
+        RL²'s policy acts from its memory and steps it (see :meth:`observe`,
+        :meth:`reset`).
+
         Raises:
-            ValueError: ``obs`` is not an observation (or batch) of the family.
+            ValueError: ``obs`` is not an observation (or batch) of the family; for RL², the
+                last act's reward was not observed, or the batch size changed mid-episode.
         """
         batch, single = self._batch(obs)
+        if self.stateful:
+            out = self._act_recurrent(batch, deterministic).cpu().numpy()
+            return out[0] if single else out
         if deterministic:
             action = self.module(batch)
         else:
@@ -649,14 +731,39 @@ class AdaptedPolicy:
         out = action.cpu().numpy()
         return out[0] if single else out
 
+    def _act_recurrent(self, batch: Tensor, deterministic: bool) -> Tensor:
+        """One step of RL²'s policy from its memory, drawn as its trials draw."""
+        m = self.module
+        assert isinstance(m, _RecurrentAction)
+        if self._waiting:
+            raise ValueError(
+                "rl2's policy reads the reward of its last action: call "
+                "observe(reward, done) with what the env returned before the next act, or "
+                "reset() to start a new episode"
+            )
+        b = batch.shape[0]
+        memory = m.start(b) if self._memory is None else self._memory
+        if memory["hidden"].shape[0] != b:
+            raise ValueError(
+                f"this episode acts on a batch of {memory['hidden'].shape[0]}, got {b}; "
+                "keep the batch size within an episode, or reset() first"
+            )
+        head, hidden = m.step(batch, memory)
+        if deterministic:
+            action = m.mode(head)
+        elif m.policy.discrete:  # as collect_trials draws, from the trial's generator
+            probs = m.policy.distribution(head).probs
+            action = torch.multinomial(probs, 1, generator=self._generator)[:, 0]
+        else:
+            noise = torch.randn(head.shape, generator=self._generator, device=self.device)
+            action = head + m.policy.log_std.exp() * noise
+        self._memory = {"hidden": hidden, "prev_action": m.policy.encode_act(action),
+                        "prev_reward": memory["prev_reward"], "done": memory["done"]}  # fmt: skip
+        self._waiting = True
+        return action if m.policy.discrete else m.clip(action)
+
     def _sample(self, batch: Tensor) -> Tensor:
         m = self.module
-        if isinstance(m, _RecurrentAction):
-            dist = m.policy.distribution(m.head(batch))
-            if m.policy.discrete:
-                return torch.multinomial(dist.probs, 1, generator=self._generator)[:, 0]
-            noise = torch.randn(dist.mean.shape, generator=self._generator, device=self.device)
-            return dist.mean + m.policy.log_std.exp() * noise
         if isinstance(m, _MeanAction):
             return m.policy.sample(m.policy(batch), self._generator)
         return m.sample(batch, self._generator)  # type: ignore[operator]  # a context policy
@@ -716,10 +823,12 @@ def render_episode(adapted: AdaptedPolicy, env_kwargs: Mapping[str, Any], seed: 
         obs, _ = env.reset(seed=seed, options={"task": adapted.task})
         frames = [env.render()]
         done = False
+        adapted.reset()
         while not done:
-            obs, _, terminated, truncated, _ = env.step(adapted.act(obs))
+            obs, reward, terminated, truncated, _ = env.step(adapted.act(obs))
             frames.append(env.render())
             done = terminated or truncated
+            adapted.observe(reward, done)
     finally:
         env.close()
     return [np.asarray(f, dtype=np.uint8) for f in frames if f is not None]

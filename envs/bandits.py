@@ -9,6 +9,12 @@ agent learns about the task comes from its rewards. An episode is one trial of `
 100). ``info["expected_reward"]`` is the pulled arm's probability, ``info["regret"]`` the
 gap to the best arm.
 
+``render_mode="rgb_array"`` draws, headless, a ``(RENDER_HEIGHT, RENDER_WIDTH, 3)`` image: one
+column per arm with its pulls this episode (blue) and the pulls that paid (green) — the
+columns scaled to the most-pulled arm — and a tick at the arm's probability (what the agent
+must find); a marker under the last arm pulled (green: it paid, red: it did not); and at the
+top the share of pulls so far that paid.
+
 Randomness: reward noise comes from ``np_random`` in chunks of 64 steps
 (:class:`metarl.stepping.batched.NoiseStream`), which lets the batched env reproduce it exactly.
 
@@ -24,6 +30,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from metarl.envs import _draw
 from metarl.stepping.batched import BatchedNoiseStream, BatchedTaskEnv, NoiseStream
 from metarl.tasks import BoxTaskDistribution
 from metarl.tasks.env import TaskEnv
@@ -32,6 +39,7 @@ __all__ = ["BanditTask", "BernoulliBandit", "BernoulliBanditBatched", "bandit_di
 
 HORIZON = 100
 ARM_COUNTS = (5, 10, 50)
+RENDER_WIDTH, RENDER_HEIGHT = 256, 160
 
 
 @dataclass(frozen=True)
@@ -62,21 +70,32 @@ class BernoulliBandit(TaskEnv[Any, Any, BanditTask]):
 
     Args:
         num_arms: ``K``.
+        render_mode: None or ``"rgb_array"`` (drawn: the arms, their pulls, the last pull).
     """
 
-    def __init__(self, num_arms: int = 5) -> None:
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012
+
+    def __init__(self, num_arms: int = 5, render_mode: str | None = None) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         self.task_distribution = bandit_distribution(num_arms)
         self.num_arms = int(num_arms)
         self.observation_space = spaces.Discrete(1)
         self.action_space = spaces.Discrete(self.num_arms)
         self._probs = np.zeros(self.num_arms)
         self._noise: NoiseStream | None = None
+        # This episode's pulls and paying pulls per arm, and the last pull (arm, reward).
+        self._pulls = np.zeros(self.num_arms, dtype=np.int64)
+        self._paid = np.zeros(self.num_arms, dtype=np.int64)
+        self._last: tuple[int, float] | None = None
 
     def _apply_task(self, task: BanditTask) -> None:
         self._probs = np.asarray(task.probs, dtype=np.float64)
 
     def _reset_episode(self) -> tuple[int, dict[str, Any]]:
         self._noise = NoiseStream(self.np_random, width=1)
+        self._pulls[:], self._paid[:], self._last = 0, 0, None
         return 0, {}
 
     def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
@@ -86,8 +105,36 @@ class BernoulliBandit(TaskEnv[Any, Any, BanditTask]):
             raise ValueError(f"action must be an arm index in [0, {self.num_arms}), got {action!r}")
         p = self._probs[int(action)]
         reward = float(self._noise.next()[0] < p)
+        self._pulls[int(action)] += 1
+        self._paid[int(action)] += int(reward)
+        self._last = (int(action), reward)
         info = {"expected_reward": p, "regret": self._probs.max() - p}
         return 0, reward, False, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The arms as an RGB image (``render_mode="rgb_array"``; see the module doc), else
+        None."""
+        if self.render_mode is None:
+            return None
+        img = _draw.canvas(RENDER_HEIGHT, RENDER_WIDTH)
+        total = int(self._pulls.sum())
+        _draw.progress(img, 4, 12, self._paid.sum() / max(total, 1), _draw.GREEN)
+        top, bottom = 20, RENDER_HEIGHT - 20  # the arms' columns
+        pitch = (RENDER_WIDTH - 8) / self.num_arms
+        gap = 1 if pitch < 6 else 2
+        scale = (bottom - top) / max(int(self._pulls.max()), 1)
+        for i in range(self.num_arms):
+            x0, x1 = round(4 + i * pitch) + gap, round(4 + (i + 1) * pitch) - gap
+            x1 = max(x1, x0 + 1)
+            _draw.rect(img, x0, top, x1, bottom, (235, 235, 235))
+            _draw.rect(img, x0, bottom - round(self._pulls[i] * scale), x1, bottom, _draw.BLUE)
+            _draw.rect(img, x0, bottom - round(self._paid[i] * scale), x1, bottom, _draw.GREEN)
+            tick = bottom - round(self._probs[i] * (bottom - top))
+            _draw.rect(img, x0, tick - 1, x1, tick + 1, _draw.DARK)
+            if self._last is not None and self._last[0] == i:
+                color = _draw.GREEN if self._last[1] > 0 else _draw.RED
+                _draw.rect(img, x0, bottom + 4, x1, RENDER_HEIGHT - 4, color)
+        return img
 
 
 class BernoulliBanditBatched(BatchedTaskEnv):

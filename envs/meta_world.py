@@ -20,6 +20,12 @@ registration argument); ``info["success"]`` and ``info["is_success"]`` say wheth
 was solved at that step. Each env builds Meta-World's env of a task's type on first use, and
 sets the task before every reset (Meta-World needs it before ``reset``).
 
+``render_mode="rgb_array"`` is Meta-World's own MuJoCo off-screen rendering (Gymnasium's
+renderer, the camera ``camera_name``, ``"corner"`` by default, at ``width`` × ``height``,
+turned upright: Meta-World's cameras see the scene upside down); on a
+machine without a display MuJoCo needs EGL or OSMesa (``MUJOCO_GL=egl``, which
+:func:`metarl.evaluation.video.headless_gl` sets where no display is found).
+
 Registration is lazy, so that ``import metarl`` does not import Meta-World (about a second,
 plus building benchmarks): the first use of one of these ids (``metarl.make``,
 ``metarl.family``, any ``metarl`` command) calls :func:`register`, which may also be called
@@ -174,9 +180,25 @@ class MetaWorldEnv(TaskEnv[np.ndarray, np.ndarray, MetaWorldTask]):
         seed: the benchmark's seed, which draws its train and test tasks.
     """
 
-    metadata = {"render_modes": []}  # noqa: RUF012
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}  # noqa: RUF012
 
-    def __init__(self, benchmark: str = "ML1", env_name: str | None = "reach-v3", seed: int = 0):
+    def __init__(
+        self,
+        benchmark: str = "ML1",
+        env_name: str | None = "reach-v3",
+        seed: int = 0,
+        render_mode: str | None = None,
+        width: int = 480,
+        height: int = 480,
+        camera_name: str = "corner",
+    ):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self._render_kwargs: dict[str, Any] = (
+            {} if render_mode is None else {"render_mode": render_mode, "width": width,
+                                            "height": height, "camera_name": camera_name}
+        )  # fmt: skip
         self.task_distribution = MetaWorldDistribution(
             benchmark, env_name if benchmark == "ML1" else None, seed
         )
@@ -189,7 +211,7 @@ class MetaWorldEnv(TaskEnv[np.ndarray, np.ndarray, MetaWorldTask]):
 
     def _env_for(self, env_name: str) -> Any:
         if env_name not in self._envs:
-            self._envs[env_name] = self._classes[env_name]()
+            self._envs[env_name] = self._classes[env_name](**self._render_kwargs)
         return self._envs[env_name]
 
     def _apply_task(self, task: MetaWorldTask) -> None:
@@ -213,6 +235,16 @@ class MetaWorldEnv(TaskEnv[np.ndarray, np.ndarray, MetaWorldTask]):
         info = dict(info)
         info["is_success"] = bool(info.get("success", 0.0))
         return np.asarray(obs, dtype=np.float64), float(reward), bool(terminated), False, info
+
+    def render(self) -> np.ndarray | None:
+        """The current task's scene from Meta-World's off-screen renderer
+        (``render_mode="rgb_array"``), else None."""
+        if self.render_mode is None or self._current is None:
+            return None
+        frame = np.asarray(self._current.render(), dtype=np.uint8)
+        # Meta-World's cameras are mounted upside down in its models (their frames come out
+        # rotated by 180°); turned upright here.
+        return np.ascontiguousarray(frame[::-1, ::-1])
 
     def close(self) -> None:
         for env in self._envs.values():

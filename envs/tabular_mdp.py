@@ -9,6 +9,12 @@ not say; a fixed start keeps the task the only source of variation) and last 10 
 registration's ``max_episode_steps``). The observation is the state index.
 ``info["expected_reward"]`` is ``R(s, a)``.
 
+``render_mode="rgb_array"`` draws, headless, a ``(RENDER_SIZE, RENDER_SIZE, 3)`` image: the
+states on a circle (state 0, the start, at the top, then clockwise), the current one filled
+blue; the last transition as a line from the state it left (green if its reward was
+positive, red if not; a ring for a step that stayed); and along the top one bar per step of
+the episode so far, its height the reward (up: positive, green; down: negative, red).
+
 Randomness: transition and reward noise come from ``np_random`` in chunks of 64 steps, the
 Gaussian by Box–Muller from two uniforms, so the batched env reproduces it exactly.
 
@@ -25,6 +31,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from metarl.envs import _draw
 from metarl.stepping.batched import BatchedNoiseStream, BatchedTaskEnv, NoiseStream
 from metarl.tasks import TaskDistribution, TaskError
 from metarl.tasks.env import TaskEnv
@@ -37,6 +44,7 @@ __all__ = [
 ]
 
 HORIZON = 10
+RENDER_SIZE = 200
 
 
 @dataclass(frozen=True)
@@ -113,9 +121,24 @@ def _transition(cum: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 class TabularMDP(TaskEnv[Any, Any, TabularMDPTask]):
-    """A random tabular MDP; see the module docstring."""
+    """A random tabular MDP; see the module docstring.
 
-    def __init__(self, num_states: int = 10, num_actions: int = 5) -> None:
+    Args:
+        num_states, num_actions: ``S`` and ``A``.
+        render_mode: None or ``"rgb_array"`` (drawn: the states, the current one, the last
+            transition and the rewards so far).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}  # noqa: RUF012
+
+    def __init__(
+        self, num_states: int = 10, num_actions: int = 5, render_mode: str | None = None
+    ) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        # This episode's transitions (state left, reward), for the rendering.
+        self._history: list[tuple[int, float]] = []
         self.task_distribution = TabularMDPDistribution(num_states, num_actions)
         self.observation_space = spaces.Discrete(num_states)
         self.action_space = spaces.Discrete(num_actions)
@@ -130,6 +153,7 @@ class TabularMDP(TaskEnv[Any, Any, TabularMDPTask]):
     def _reset_episode(self) -> tuple[int, dict[str, Any]]:
         self._noise = NoiseStream(self.np_random, width=3)
         self._state = 0
+        self._history = []
         return 0, {}
 
     def step(self, action: int) -> tuple[int, float, bool, bool, dict[str, Any]]:
@@ -140,8 +164,44 @@ class TabularMDP(TaskEnv[Any, Any, TabularMDPTask]):
         a = int(action)
         mean = self._rewards[self._state, a]
         next_state, eps = _transition(self._cum[self._state, a], self._noise.next())
+        if self.render_mode is not None:
+            self._history.append((self._state, float(mean + eps)))
         self._state = int(next_state)
         return self._state, float(mean + eps), False, False, {"expected_reward": mean}
+
+    def render(self) -> np.ndarray | None:
+        """The MDP as an RGB image (``render_mode="rgb_array"``; see the module doc), else
+        None."""
+        if self.render_mode is None:
+            return None
+        n, num_states = RENDER_SIZE, self._cum.shape[0]
+        img = _draw.canvas(n, n)
+        # Rewards so far: one bar per step around a baseline, scaled to |reward| <= 3.
+        base, half = 22, 16
+        width = max(2, min(12, (n - 8) // max(len(self._history), 1)))
+        _draw.rect(img, 4, base, n - 4, base + 1, _draw.GREY)
+        for t, (_, r) in enumerate(self._history[-((n - 8) // width) :]):
+            h = round(float(np.clip(r / 3.0, -1.0, 1.0)) * half)
+            x = 4 + t * width
+            color = _draw.GREEN if r > 0 else _draw.RED
+            _draw.rect(img, x, min(base - h, base), x + width - 1, max(base - h, base + 1), color)
+        cx, cy, radius = n / 2, (n + 2 * (base + half)) / 2, (n - 2 * (base + half)) / 2 - 16
+        angles = 2 * np.pi * np.arange(num_states) / num_states
+        centers = [(cx + radius * np.sin(a), cy - radius * np.cos(a)) for a in angles]
+        if self._history:
+            left, r = self._history[-1]
+            color = _draw.GREEN if r > 0 else _draw.RED
+            if left == self._state:
+                _draw.ring(img, *centers[left], 14, color, width=3)
+            else:
+                _draw.line(img, centers[left], centers[self._state], color, width=3)
+        for s, (x, y) in enumerate(centers):
+            if s == self._state:
+                _draw.disc(img, x, y, 9, _draw.BLUE)
+            else:
+                _draw.disc(img, x, y, 9, _draw.WHITE)
+                _draw.ring(img, x, y, 9, _draw.DARK if s == 0 else _draw.GREY, width=2)
+        return img
 
 
 class TabularMDPBatched(BatchedTaskEnv):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,11 +75,14 @@ def test_load_adapt_act(runs: dict[str, Path], name: str) -> None:
     task = policy.tasks("test")[0]
     adapted = policy.adapt(task, steps=1, **_adapt_kwargs(name))
     one = adapted.act(np.array([0.1, -0.2], dtype=np.float32))
+    adapted.reset()  # a new episode (RL²: back to the adapted memory; others: nothing)
     batch = adapted.act(np.zeros((5, 2)))
     assert one.shape == (2,) and batch.shape == (5, 2)
     assert np.all(np.abs(batch) <= 0.1 + 1e-7)  # clipped to the action space, as the env gets it
     # Deterministic: the same action for the same observation, in a batch or alone.
+    adapted.reset()
     np.testing.assert_allclose(adapted.act(np.zeros(2)), batch[0], rtol=0, atol=1e-6)
+    adapted.reset()
     sampled = adapted.act(np.zeros((5, 2)), deterministic=False)
     assert sampled.shape == (5, 2)
     if name == "oracle":
@@ -133,6 +137,66 @@ def test_rl2_adapts_its_memory(runs: dict[str, Path]) -> None:
     adapted = policy.adapt(task, steps=2)
     assert len(adapted.returns) == 2
     assert not np.allclose(blank.act(obs), adapted.act(obs))  # acts from what it remembers
+
+
+def _trial_steps(trials: Any, obs_size: int, episode: int) -> list[tuple[Any, ...]]:
+    """(observation, action, reward, done) of each step of ``episode`` (0-based) of a
+    one-task trial, read back from what the trial recorded."""
+    starts = [0, *(int(t) for t in np.flatnonzero(trials.inputs[:, 0, -1].numpy() > 0.5))]
+    t0 = starts[episode]
+    t1 = starts[episode + 1] if episode + 1 < len(starts) else trials.inputs.shape[0]
+    steps = []
+    for t in range(t0, t1):
+        done = t == t1 - 1
+        steps.append((trials.inputs[t, 0, :obs_size].numpy(), trials.actions[t, 0].numpy(),
+                      float(trials.rewards[t, 0]), done))  # fmt: skip
+    return steps
+
+
+def test_rl2_act_carries_its_memory_as_the_evaluation_trial(runs: dict[str, Path]) -> None:
+    """After adapting on n episodes, act/observe step by step gives the actions of episode
+    n + 1 of the evaluation protocol's trial (same task and seed), given its observations
+    and rewards: drawn, as the trial draws them, from the generator adaptation continued.
+    (The most likely action is the trial's head at the first step; after it a deterministic
+    episode is another trajectory, its memory holding other actions.)"""
+    policy = metarl.load(runs["rl2"])
+    rl2 = policy.rl2  # type: ignore[attr-defined]
+    task, n, seed = policy.tasks("test")[2], 2, 7
+    trials = rl2.collect([task], n + 1, seed=seed)  # what evaluate runs, one episode more
+    steps = _trial_steps(trials, rl2.policy.obs_size, n)
+    assert len(steps) > 2
+    adapted = policy.adapt(task, steps=n, seed=seed)
+    np.testing.assert_allclose(adapted.returns, trials.episode_returns[:n, 0].numpy())
+    heads = trials.heads[-len(steps) :, 0].numpy()
+    for obs, action, reward, done in steps:
+        got = adapted.act(obs, deterministic=False)
+        np.testing.assert_allclose(got, np.clip(action, -0.1, 0.1), rtol=0, atol=1e-6)
+        adapted.observe(reward, done)
+    # A new episode starts again from the adapted memory.
+    adapted.reset()
+    first = steps[0][0]
+    np.testing.assert_allclose(adapted.act(first), np.clip(heads[0], -0.1, 0.1), atol=1e-6)
+
+
+def test_rl2_act_needs_the_reward_of_its_last_action(runs: dict[str, Path]) -> None:
+    adapted = metarl.load(runs["rl2"]).adapt(metarl.load(runs["rl2"]).tasks("test")[0])
+    with pytest.raises(ValueError, match="act first"):
+        adapted.observe(0.0, False)
+    adapted.act(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match=r"call observe\(reward, done\)"):
+        adapted.act(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="one per row of the last act's batch"):
+        adapted.observe([0.0, 1.0], False)
+    adapted.observe([0.0, 1.0, -1.0], False)
+    with pytest.raises(ValueError, match="keep the batch size within an episode"):
+        adapted.act(np.zeros((2, 2)))
+    adapted.reset()
+    assert adapted.act(np.zeros((2, 2))).shape == (2, 2)
+    # The other policies hold no memory: observe and reset do nothing.
+    other = metarl.load(runs["maml-trpo"]).adapt(adapted.task, steps=0)
+    a = other.act(np.zeros(2))
+    other.observe(1.0, True)
+    np.testing.assert_array_equal(other.act(np.zeros(2)), a)
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -214,25 +278,33 @@ def test_import_metarl_stays_light_and_load_is_lazy() -> None:
         metarl.lod  # type: ignore[attr-defined]  # noqa: B018
 
 
-def _readme_example() -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text.split("## Using a meta-trained policy", 1)[1]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+DOC = Path(__file__).resolve().parent.parent / "docs" / "using-a-trained-policy.md"
+
+
+def _doc_blocks() -> list[str]:
+    return DOC.read_text().split("```python\n")[1:]
+
+
+def _docs_example() -> str:
+    """The docs page's first Python block: load, adapt, act, evaluate, export."""
+    return _doc_blocks()[0].split("```", 1)[0]
 
 
 @pytest.mark.parametrize("name", list(RUNS))
-def test_readme_example_runs_for_every_agent(
-    runs: dict[str, Path], name: str, tmp_path, monkeypatch
-):
-    """The README's block, as written, on each agent's run (its evaluation made small)."""
-    code = _readme_example()
+def test_docs_example_runs_for_every_agent(runs: dict[str, Path], name: str, tmp_path, monkeypatch):
+    """The docs' block, as written, on each agent's run (its evaluation made small)."""
+    code = _docs_example()
     small = "policy.evaluate(steps=1, seeds=(0,), max_tasks=2, episodes=2)"
     assert "policy.evaluate(steps=3)" in code and '"runs/quick"' in code
     code = code.replace("policy.evaluate(steps=3)", small)
     code = code.replace('"runs/quick"', repr(str(runs[name])))
     monkeypatch.chdir(tmp_path)
     scope: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, str(DOC), "exec"), scope)
     assert scope["action"].shape == (2,)  # type: ignore[attr-defined]
     assert (tmp_path / "nav-adapted.pt").is_file()
     assert isinstance(scope["curve"], AdaptationCurve)
+    # The episode loop that follows runs every policy, RL²'s with its memory carried.
+    loop = _doc_blocks()[1].split("```", 1)[0]
+    exec(compile(loop, str(DOC), "exec"), scope)
+    assert scope["done"] is True

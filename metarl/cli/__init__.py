@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["COMMANDS", "main"]
@@ -152,7 +153,7 @@ def _train(argv: Sequence[str]) -> int:
     from metarl.stepping.registry import run_record
 
     imports = "".join(f"--import {shlex.quote(i)} " for i in run_record(cfg.env_id)["imports"])
-    print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt)")
+    print(f"run directory: {run.path} (config.json, metrics.csv, checkpoint.pt, README.md)")
     print(f"evaluate it on the held-out tasks with: metarl evaluate {imports}{run.path}")
     return 0
 
@@ -282,6 +283,9 @@ def _evaluate(argv: Sequence[str]) -> int:
         print("  success rate: the share of episodes in which the env reported "
               "info['is_success']")  # fmt: skip
     print(f"results: {json_path}\nplot:    {png_path}")
+    card = Path(args.run_dir) / "README.md"
+    if card.is_file() and not card.is_symlink():
+        print(f"card:    {card} (model card, results refreshed)")
     if args.video is not None:
         _videos(args)
     return 0

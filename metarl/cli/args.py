@@ -102,8 +102,9 @@ class EvaluateArgs:
         "also write into this folder, for the first 3 tasks (fewer with --max-tasks), a video "
         "of an episode before adaptation and after 1..K units side by side (K: --steps, "
         "default 1; the first --seeds seed): MP4 with pip install 'metarl[video]', else GIF. "
-        "Headless: MuJoCo renders off-screen through EGL (MUJOCO_GL=egl, the default without "
-        "a display) or OSMesa (MUJOCO_GL=osmesa)",
+        "Every family renders: 2D navigation, bandits and tabular MDPs are drawn; MuJoCo and "
+        "Meta-World render off-screen, headless through EGL (MUJOCO_GL=egl, the default "
+        "without a display) or OSMesa (MUJOCO_GL=osmesa)",
     )
     imports: Imports = option((), _IMPORTS_HELP)  # noqa: RUF009 - a field, as option() gives
 

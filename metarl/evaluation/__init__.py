@@ -509,8 +509,13 @@ def save_run_curve(
     curve: AdaptationCurve, run_dir: str | Path, split: str
 ) -> tuple[AdaptationCurve, Path, Path]:
     """Write a run's evaluation as ``eval_<split>.json`` and ``eval_<split>.png`` in its run
-    directory (what ``metarl evaluate RUN_DIR`` leaves for every agent)."""
+    directory (what ``metarl evaluate RUN_DIR`` leaves for every agent), and refresh the
+    run's ``README.md`` model card (:mod:`metarl.runs.model_card`) with the held-out results."""
+    from metarl.runs.model_card import write_model_card
+
     json_path = curve.save(Path(run_dir) / f"eval_{split}.json")
     title = f"{curve.agent} on {curve.env_id}\n{curve_caption(curve)}"
     png_path = plot_curves([curve], Path(run_dir) / f"eval_{split}.png", title=title)
+    if (Path(run_dir) / "config.json").exists():
+        write_model_card(run_dir)
     return curve, json_path, png_path

@@ -1,10 +1,11 @@
 """Videos of episodes: frames side by side, written as MP4 (or GIF), headless.
 
 An env made with ``render_mode="rgb_array"`` returns each frame as an ``(H, W, 3)`` uint8
-image: the MuJoCo families through Gymnasium's off-screen renderer (on a machine without a
-display it needs EGL or OSMesa: :func:`headless_gl` picks EGL unless ``MUJOCO_GL`` says
-otherwise), 2D navigation a drawn picture. :func:`side_by_side` puts several episodes' frames
-next to each other (a policy before and after adaptation), :func:`write_video` writes them.
+image: the MuJoCo families and Meta-World through MuJoCo's off-screen renderer (on a machine
+without a display it needs EGL or OSMesa: :func:`headless_gl` picks EGL unless ``MUJOCO_GL``
+says otherwise); 2D navigation, the bandits and the tabular MDPs a picture drawn with NumPy.
+:func:`side_by_side` puts several episodes' frames next to each other (a policy before and
+after adaptation), :func:`write_video` writes them.
 
 MP4 needs ``imageio`` with ``imageio-ffmpeg`` (``pip install 'metarl[video]'``); without them
 the video is a GIF, written by Pillow.
@@ -51,8 +52,8 @@ def check_renders(env_id: str, **env_kwargs: object) -> None:
     env.close()
     if "rgb_array" not in modes:
         raise ValueError(
-            f"{env_id} draws no frames (render modes: {', '.join(modes) or 'none'}); videos are "
-            "for the families with render_mode='rgb_array' (2D navigation, MuJoCo): drop --video"
+            f"{env_id} draws no frames (render modes: {', '.join(modes) or 'none'}); videos need "
+            "an env with render_mode='rgb_array' (every metarl family has one): drop --video"
         )
 
 

@@ -63,6 +63,7 @@ WRITTEN_NAMES = (
     "eval_train.png",
     "eval.json",
     "benchmark_eval.json",
+    "README.md",
     LOCK_FILE,
     "tensorboard",
 )

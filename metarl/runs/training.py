@@ -12,7 +12,10 @@ keeps — and the loop owns everything around it, once for all agents:
    naming the iteration and the last good checkpoint, before anything of that iteration is
    logged or saved; then the metrics row, the progress line and, every ``checkpoint_every``
    iterations and at the end, the checkpoint;
-5. close the trainer's envs and the run, whatever happened.
+5. at the end of a meta-RL run (a config with an ``env_id``), the run's ``README.md`` model
+   card (:mod:`metarl.runs.model_card`; a card that cannot be written is a warning, never a
+   failed run);
+6. close the trainer's envs and the run, whatever happened.
 
 Example (a trainer that learns nothing, to show the contract)::
 
@@ -164,6 +167,10 @@ def train_loop(
             run = Run.create(run_dir, agent, cfg, overwrite=overwrite)
         trainer.begin(run, start)
         _loop(trainer, run, c, agent, start, log, log_every)
+        if isinstance(getattr(c, "env_id", None), str):  # a meta-RL run: its model card
+            from metarl.runs.model_card import write_model_card
+
+            write_model_card(run.path)
     finally:
         trainer.close()
         if run is not None:
