@@ -183,8 +183,10 @@ def test_import_metarl_stays_light_and_load_is_lazy() -> None:
 
 
 def _readme_example() -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text.split("## Using a meta-trained policy", 1)[1]
+    """The example of docs/getting-started.md, "Use the trained policy" (after the README's
+    first command)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "getting-started.md").read_text()
+    section = text.split("## Use the trained policy", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
@@ -192,7 +194,7 @@ def _readme_example() -> str:
 def test_readme_example_runs_for_every_agent(
     runs: dict[str, Path], name: str, tmp_path, monkeypatch
 ):
-    """The README's block, as written, on each agent's run (its evaluation made small)."""
+    """The docs' block, as written, on each agent's run (its evaluation made small)."""
     code = _readme_example()
     small = "policy.evaluate(steps=1, seeds=(0,), max_tasks=2, episodes=2)"
     assert "policy.evaluate(steps=3)" in code and '"runs/quick"' in code
@@ -200,7 +202,7 @@ def test_readme_example_runs_for_every_agent(
     code = code.replace('"runs/quick"', repr(str(runs[name])))
     monkeypatch.chdir(tmp_path)
     scope: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), scope)
+    exec(compile(code, "docs/getting-started.md", "exec"), scope)
     assert scope["action"].shape == (2,)  # type: ignore[attr-defined]
     assert (tmp_path / "nav-adapted.pt").is_file()
     assert isinstance(scope["curve"], AdaptationCurve)
