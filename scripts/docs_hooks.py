@@ -78,6 +78,8 @@ def options_table(cls: type) -> str:
         what = meta["help"] + (f" ({'; '.join(notes)})" if notes else "")
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
+        if f.name == "data_path" and cls.__name__ == "FewShotConfig":
+            default = "$METARL_OMNIGLOT or ../shared/data/omniglot"  # read when imported
         flags = f"`{flag}`, `--no-{flag[2:]}`" if isinstance(default, bool) else f"`{flag}`"
         flags += "".join(f", `{a}`" for a in meta.get("aliases") or ())
         rows.append(f"| {flags} | `{_cell(_value(default))}` | {_cell(what)} |")

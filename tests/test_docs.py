@@ -294,3 +294,27 @@ def test_readme_is_a_front_page() -> None:
     assert "python -m pytest" in text and "run_pytest" in ci  # the README's test command
     for needed in ("metarl benchmark", "docs/your-env.md", "docs/results.md", "mkdocs"):
         assert needed in text, needed
+
+
+def test_options_and_presets_tables_expand() -> None:
+    """The markers of the pages become tables from the config classes (scripts/docs_hooks.py,
+    which mkdocs runs), and a table lists every option of its class."""
+    import importlib.util
+
+    from metarl.agents import get_agent
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    markers = 0
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        markers += len(hooks.MARKER.findall(text))
+        assert not hooks.MARKER.search(hooks.expand(text)), page
+    assert markers >= 15
+    table = hooks.options_table(get_agent("maml-trpo").CONFIG)
+    for flag in ("--inner-lr", "--learn-inner-lr", "--curvature", "--cg-subsample"):
+        assert f"`{flag}`" in table, flag
+    with pytest.raises(ValueError, match="no preset"):
+        hooks.presets_table(get_agent("rl2").CONFIG, ["no-such-learner"])
