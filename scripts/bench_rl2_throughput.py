@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Made by `{command}`: {args.iterations} timed iterations per row after one warm-up, "
         "median shown (every value in rl2_throughput.json).",
         "",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} cores (load average "
+        f"Machine: {machine['platform']}, {machine['cpu_count']} cores, "
+        f"{'a GPU' if args.device.startswith('cuda') else 'no GPU'} (load average "
         f"{load_before} before, {machine['loadavg_after']} "
         f"after), torch {machine['torch']}, {args.threads} thread(s), device "
         f"`{args.device}`. Absolute numbers move with the load; the ratios within one run "
