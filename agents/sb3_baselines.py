@@ -287,7 +287,7 @@ PPO_BASELINE_PRESETS: dict[str, dict[str, Any]] = {
             ("ant-dir", "metarl/AntDir-v0"),
         )
     },
-    # Well under a minute on one shared CPU thread (the benchmark runs it for several seeds).
+    # Well under a minute on one CPU thread (the benchmark runs it for several seeds).
     "quick": {
         "env_id": "metarl/Navigation2D-v0",
         "num_iterations": 12,

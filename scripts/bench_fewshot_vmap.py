@@ -5,7 +5,7 @@ learn2learn / tutorial way), same model.
 
 All three variants run the same meta-iterations on the same episodes (meta-batch 32, Finn et al.'s
 strided Conv4, α = 0.4, 1 inner step, Adam outer step), interleaved iteration by iteration so
-that a shared, loaded machine slows both alike. Second- and first-order MAML are measured; the
+that a loaded machine slows both alike. Second- and first-order MAML are measured; the
 peak memory of one meta-iteration is measured in a fresh subprocess per variant (CUDA: peak
 allocated; CPU: peak growth of the resident set, sampled). The ratio is printed from one run and the
 results are appended to ``benchmarks/fewshot_vmap.md`` with the command.
@@ -178,8 +178,7 @@ def main() -> None:
         + (
             ""
             if args.device.startswith("cuda")
-            else " (on a CPU of "
-            f"{os.cpu_count()} cores, shared with other jobs when above ~{args.threads})"
+            else f" (on a CPU of {os.cpu_count()} cores, no GPU)"
         ),
         "",
         "`python scripts/bench_fewshot_vmap.py " + " ".join(sys.argv[1:]) + "`",

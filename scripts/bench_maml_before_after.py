@@ -4,7 +4,7 @@ The implementation before (``scripts/maml_trpo_reference.py``, the oracle of the
 and the current ``agents/maml_trpo.py`` run the same meta-iteration — same policy state, same
 tasks, same seeds — one after the other, their order alternating between iterations, in one
 process: both see the same machine load, so the per-iteration ratio before ÷ after is robust
-to the load of a shared machine (the absolute seconds are not). Variants: the 2D-navigation
+to the machine's load (the absolute seconds are not). Variants: the 2D-navigation
 paper preset (exact second order, CG on 10% of the episodes, first order), and the
 HalfCheetahVel paper preset (exact second order, 40 tasks × 20 episodes × horizon 200).
 
@@ -91,14 +91,14 @@ def main() -> int:
         "# MAML-TRPO meta-iteration before and after the outer-step speed-up (paired)",
         "",
         f"`{command.strip()}` — cpu, torch threads {args.threads}, {os.cpu_count()} CPUs "
-        f"(shared with other jobs; 1-min load {load_before:.2f} before, {load_after:.2f} "
+        f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
         f"after), torch {torch.__version__}, {platform.processor() or platform.machine()}.",
         "",
         "Before: `scripts/maml_trpo_reference.py` (the code of commit 441edd4); after: "
         "`agents/maml_trpo.py`. Each iteration runs both on the same policy state, tasks and "
         "seeds, in alternating order; medians over the iterations (nav2d after a warm-up "
         "pair, HalfCheetahVel without), and the median of the per-iteration ratios, which "
-        "is what the load of the shared machine affects least.",
+        "is what the machine's load affects least.",
         "",
         "| variant | iterations | outer step before s | after s | before ÷ after (paired) "
         "| iteration before s | after s | before ÷ after (paired) |",

@@ -190,7 +190,7 @@ def main() -> int:
         "# MAML-TRPO seconds per meta-iteration: exact vs Gauss–Newton curvature",
         "",
         f"`{command.strip()}` — cpu, torch threads 1 (one process per variant), {machine} "
-        f"(shared with other jobs; 1-min load {load_before:.2f} before, {load_after:.2f} "
+        f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
         f"after), torch {torch.__version__}.",
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, 2×100 ReLU "

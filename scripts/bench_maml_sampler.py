@@ -9,9 +9,9 @@ the README, 0.1 by default), the same config except for the sampler:
 * ``native``: the family's vectorised NumPy env in one process, one host ↔ torch transfer
   per env step.
 
-Both give the same episodes for the same seed (README, "Samplers"), so the
+Both give the same episodes for the same seed (docs/samplers.md), so the
 difference is only where the env steps. Iterations alternate between the two samplers
-(ABAB…) so that a change in the shared machine's load falls on both; the first iteration
+(ABAB…) so that a change in the machine's load falls on both; the first iteration
 of each is a warm-up; medians of the rest are reported, split into sampling, inner-step
 adaptation and outer step (``meta_step``'s own timers).
 
@@ -133,7 +133,7 @@ def _markdown(meta: dict[str, Any], res: dict[str, Any]) -> str:
         "2D navigation, paper preset (Finn et al. 2017: 20 tasks × 20 episodes × horizon 100, "
         f"one inner step, validation episodes, TRPO outer step, CG on {meta['cg_subsample']:g} "
         f"of the episodes); median of {meta['iterations']} iterations per sampler after a "
-        "warm-up, the two samplers alternating. Same episodes either way (README, Samplers); "
+        "warm-up, the two samplers alternating. Same episodes either way (docs/samplers.md); "
         "only where the envs step differs.",
         "",
         "| `--sampler` | sampling s | adaptation s | outer step s | iteration s | env steps/s "

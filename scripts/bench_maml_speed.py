@@ -205,7 +205,7 @@ def main() -> int:
         "# MAML-TRPO seconds per meta-iteration",
         "",
         f"`{command.strip()}` — {args.device}, torch threads {args.threads}, "
-        f"{os.cpu_count()} CPUs (shared with other jobs; 1-min load {load_before:.2f} before, "
+        f"{os.cpu_count()} CPUs (no GPU; 1-min load {load_before:.2f} before, "
         f"{load_after:.2f} after), torch {torch.__version__}, {platform.processor() or platform.machine()}.",  # noqa: E501
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, one inner step, "

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{meta['command']}` — {args.tasks} tasks × {args.episodes} episodes, "
         f"{HORIZON} steps, random actions, {args.nthread} native threads on {meta['cpus']} "
         f"cores; 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
-        "(other jobs share the machine). MuJoCo "
+        "(no GPU). MuJoCo "
         f"{meta['mujoco']}, Gymnasium {meta['gymnasium']}.",
         "",
         "(a) the limit: `mujoco.rollout` alone, one native call per env step for all rows, "

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{meta['command']}` — {ENV}, {args.tasks} tasks × {args.episodes} episodes × 200 "
         f"steps, Gaussian MLP 100-100; {args.workers} local Ray workers of 1 core each vs one "
         f"process on {meta['cpus']} cores; 1-min load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after (other jobs share the machine). Ray {meta['ray']}; "
+        f"{load_after[0]:.2f} after, no GPU. Ray {meta['ray']}; "
         f"starting the workers took {startup_s:.1f} s (once per run). Episodes checked equal.",
         "",
         "| collect | in-process steps/s | Ray steps/s | Ray / in-process | Ray overhead (s) "

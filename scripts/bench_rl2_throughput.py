@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Made by `{command}`: {args.iterations} timed iterations per row after one warm-up, "
         "median shown (every value in rl2_throughput.json).",
         "",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} cores **shared with other "
-        f"engineers' jobs** (load average {load_before} before, {machine['loadavg_after']} "
+        f"Machine: {machine['platform']}, {machine['cpu_count']} cores, "
+        f"{'a GPU' if args.device.startswith('cuda') else 'no GPU'} (load average "
+        f"{load_before} before, {machine['loadavg_after']} "
         f"after), torch {machine['torch']}, {args.threads} thread(s), device "
         f"`{args.device}`. Absolute numbers move with the load; the ratios within one run "
         "are the comparison.",
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         "`numpy` its vectorised NumPy env with one host transfer per step; on a CPU both live in",
         "host memory, so their gap is the per-step conversion and checking. 2D-navigation",
         "episodes end early at the goal, so its steps per iteration vary. GPU numbers are not",
-        "here: no GPU was available (`--device cuda` measures them, where the",
+        "here: not measured on a GPU yet (`--device cuda` measures them, where the",
         "torch backend saves a host round trip per step).",
     ]
     (out / "rl2_throughput.md").write_text("\n".join(lines) + "\n")

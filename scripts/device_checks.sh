@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks of issues #4 (MAML-TRPO on --device cuda, its speed), #6 (few-shot task batch
-# on the GPU) and #8 (on-device envs, RL², MJX) as one prepared run for a lent GPU machine
-# (the `device` tool: 15 minutes of device time per session, start-up included, so every
-# step has its own time limit and the results are packed after each one: a run cut short
-# still returns what it measured).
+# The GPU checks (MAML-TRPO on --device cuda and its speed, the few-shot task batch on the GPU,
+# on-device envs, RL², MJX) as one prepared run for a GPU machine that may be available only
+# for a short time: every step has its own time limit and the results are packed after each
+# one, so a run cut short still returns what it measured.
 #
 #   bash scripts/device_checks.sh prepare [OMNIGLOT_DIR]     # here, where pip reaches PyPI
-#   device tool: run(command="bash scripts/device_checks.sh run", carry=[".device"],
-#                    timeout_s=590)          # group A (tests maml fewshot sampler torchenvs),
-#                                            # at most 555 s of step limits
+#   bash scripts/device_checks.sh run    # on the GPU machine, with .device/ copied there:
+#                                        # group A (tests maml fewshot sampler torchenvs),
+#                                        # at most 555 s of step limits
 #   at once after it, on the still-warm machine, if 4+ minutes are left:
 #       "bash scripts/device_checks.sh run rl2 mjx"   # group B, at most 240 s
 #
@@ -16,8 +15,7 @@
 # matplotlib, pillow, tqdm, tensorboard and pytest, but neither gymnasium, MuJoCo nor
 # Stable-Baselines3, and no network. `prepare` downloads those wheels (CPython 3.12,
 # manylinux x86-64, the versions pinned below) into .device/whl and copies the Omniglot zips
-# into .device/omniglot (.device/ is git-ignored; about 35 MB with the repo's 5 MB, under the
-# tool's 64 MiB). `run` installs the wheels with --no-deps into /tmp/site, puts a copy of the
+# into .device/omniglot (.device/ is git-ignored; about 35 MB with the repo's 5 MB). `run` installs the wheels with --no-deps into /tmp/site, puts a copy of the
 # package in its installed layout (metarl/, envs/ → metarl.envs, agents/ → metarl.agents) on
 # PYTHONPATH, works from /tmp so that the checkout's metarl/ does not shadow it, and writes
 # $OUT/results.tgz (benchmark outputs and one log per step) and $OUT/steps.log.

@@ -2,7 +2,7 @@
 
     python scripts/fewshot_results.py run maml-5w1s      # one learner (resumes if cut off)
     python scripts/fewshot_results.py run all            # every entry of SCHEDULES in turn
-    python scripts/fewshot_results.py table              # benchmarks/fewshot_results.md + README
+    python scripts/fewshot_results.py table              # benchmarks/fewshot_results.md + docs
 
 Each ``run`` meta-trains one learner through :func:`metarl.fewshot.train.train` (the same code as
 ``metarl fewshot train``) with its paper preset and a SHORTENED number of meta-iterations, in
@@ -46,12 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = ROOT / "benchmarks" / "fewshot"
 TABLE = ROOT / "benchmarks" / "fewshot_results.md"
 RUNS = ROOT / "runs" / "fewshot-results"
-README_START, README_END = "<!-- fewshot-results -->", "<!-- /fewshot-results -->"
+#: docs/results.md shows the same tables between these markers
+RESULTS_PAGE = ROOT / "docs" / "results.md"
+PAGE_START, PAGE_END = "<!-- fewshot-results -->", "<!-- /fewshot-results -->"
 
 #: name -> (preset, overrides of the shortened CPU schedule). Everything not overridden is the
-#: paper's setting (see FewShotConfig.presets). The iteration counts were sized to the time a
-#: CPU thread shared with other jobs had (5-25 minutes of training each, at 1-minute load
-#: averages of 6-12 on 2 cores); test episodes
+#: paper's setting (see FewShotConfig.presets). The iteration counts were sized to 5-25 minutes
+#: of training each on one thread of a 2-core CPU (1-minute load averages of 6-12); test episodes
 #: after protonet-5w1s have 5 queries per class instead of 15 (a quarter of the evaluation
 #: time; the per-episode accuracy estimates the same quantity) -- the table shows both.
 SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -62,7 +63,7 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
     "metasgd-5w1s": ("metasgd-omniglot-5w1s", {"num_iterations": 50, "eval_query": 5}),
     # Nichol et al. adapt for 50 steps at test time; 10 here (the evaluation of 600 episodes
     # with 50 steps would take longer than the training). The committed run was started with
-    # 500 iterations, cut at its iteration-100 checkpoint when the shared machine's load made
+    # 500 iterations, cut at its iteration-100 checkpoint when the machine's load made
     # 500 too long (ε had annealed 1.0 -> 0.8 toward 500), and resumed to 150 (ε 0.33 -> 0).
     "reptile-5w1s": (
         "reptile-omniglot-5w1s",
@@ -189,8 +190,10 @@ def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, 
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+            "cpu_count": os.cpu_count(),
+            "device": str(cfg.device),
             "session_wall_clock_s": time.perf_counter() - start,
-            # 1/5/15-minute load averages of the (shared, 2-core) machine at start and end
+            # 1/5/15-minute load averages of the machine at start and end
             "loadavg": {"start": load_start, "end": os.getloadavg()},
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
@@ -301,8 +304,8 @@ def write_table() -> str:
         "NAME`).",
         "",
         "**Shortened CPU schedules.** The papers train for 20k–100k meta-iterations on a GPU; "
-        "these runs train for a few hundred to a few thousand iterations on one CPU thread of a "
-        "shared machine (no GPU was available), with every other setting the paper's preset "
+        "these runs train for a few hundred to a few thousand iterations on one CPU thread "
+        "(not measured on a GPU), with every other setting the paper's preset "
         "(`metarl fewshot presets`). Their accuracies show that each learner learns, not a "
         "reproduction of the published numbers.",
         "",
@@ -395,34 +398,37 @@ def write_table() -> str:
                     f"{r['iterations']} ({full}) | {_hours(r['train_wall_clock_s'])} |"
                 )
     machine = results[-1]
+    # Records made before cpu_count and device were recorded ran on 2 cores, on the CPU.
+    cores = machine.get("cpu_count", 2)
+    gpu = "a GPU" if str(machine.get("device", "cpu")).startswith("cuda") else "no GPU"
     loads = [x for r in results if "loadavg" in r for x in (r["loadavg"]["start"][0],
              r["loadavg"]["end"][0])]  # fmt: skip
     load = (
-        f"; 1-minute load average {min(loads):.0f}–{max(loads):.0f} on its 2 cores during the "
+        f"; 1-minute load average {min(loads):.0f}–{max(loads):.0f} during the "
         "runs that recorded it"
         if loads
         else ""
     )
     lines += [
         "",
-        f"Machine: {machine['machine']}, torch {machine['torch']}, {machine['threads']} "
-        f"thread(s), CPU shared with other jobs{load} (wall-clocks are indicative only).",
+        f"Machine: {machine['machine'].split(',')[0]}, {cores}-core CPU, {gpu}, torch "
+        f"{machine['torch']}, {machine['threads']} thread(s){load} (wall-clocks are indicative "
+        "only).",
         "",
     ]
     text = "\n".join(lines)
     TABLE.write_text(text)
-    # The README shows the same tables between its markers.
-    readme = ROOT / "README.md"
-    body = readme.read_text()
-    if README_START in body and README_END in body:
-        head, rest = body.split(README_START, 1)
+    # docs/results.md shows the same tables between its markers.
+    body = RESULTS_PAGE.read_text()
+    if PAGE_START in body and PAGE_END in body:
+        head, rest = body.split(PAGE_START, 1)
         tables = text.split("\n## ", 1)[1]  # from the first table's heading on
         block = "\n".join(
             ("#### " + line[3:]) if line.startswith("## ") else line
             for line in ("## " + tables).strip().splitlines()
         )
-        readme.write_text(
-            f"{head}{README_START}\n{block}\n{README_END}{rest.split(README_END, 1)[1]}"
+        RESULTS_PAGE.write_text(
+            f"{head}{PAGE_START}\n{block}\n{PAGE_END}{rest.split(PAGE_END, 1)[1]}"
         )
     return text
 

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     header = (
-        f"`{command}` — {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs, "
+        f"`{command}` — {platform.machine()}, {os.cpu_count()} CPUs, no GPU, "
         f"torch {torch.__version__}, 1 thread, load average at the end {load}, "
         f"{time.perf_counter() - t0:.0f} s. Runs: "
         + "; ".join(

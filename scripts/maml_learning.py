@@ -265,8 +265,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     }
     (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     title = f"{cfg.env_id}, held-out tasks ({len(seeds)} seeds × {maml.returns.shape[1]} tasks)"
-    note = (f"{result['training']['iterations']} meta-iterations; 2 shared CPUs; mean ± 95% CI "
-            "over (seed, task)")  # fmt: skip
+    note = (f"{result['training']['iterations']} meta-iterations; {os.cpu_count()}-core CPU; "
+            "mean ± 95% CI over (seed, task)")  # fmt: skip
     plot(curves, run, OUT / f"{args.name}.png", title, note)
     print(f"wrote {OUT / (args.name + '.json')} and .png")
 
@@ -391,11 +391,11 @@ def cmd_report(args: argparse.Namespace) -> None:
         lines += section(json.loads(f.read_text()))
     REPORT.write_text("\n".join(lines))
     print(f"wrote {REPORT}")
-    readme_table(files)
+    results_table(files)
 
 
-def readme_table(files: list[Path]) -> None:
-    """The compact table between the README's ``maml-results`` markers."""
+def results_table(files: list[Path]) -> None:
+    """The compact table between the ``maml-results`` markers of ``docs/results.md``."""
     rows = [
         "| family (schedule) | agent | 0 steps | 1 step | 3 steps |",
         "| --- | --- | ---: | ---: | ---: |",
@@ -414,15 +414,15 @@ def readme_table(files: list[Path]) -> None:
         if ref:
             rows.append(f"| {data['env_id'].split('/')[-1]} | published MAML ({ref['source']}) "
                         f"| | {ref['value']} | |")  # fmt: skip
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "results.md"
+    text = page.read_text()
     start, end = "<!-- maml-results -->", "<!-- /maml-results -->"
     if start not in text or end not in text:
-        raise SystemExit("README.md has no maml-results markers")
+        raise SystemExit(f"{page} has no maml-results markers")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(head + start + "\n" + "\n".join(rows) + "\n" + end + tail)
-    print("updated README.md's results table")
+    page.write_text(head + start + "\n" + "\n".join(rows) + "\n" + end + tail)
+    print(f"updated the results table of {page}")
 
 
 def main() -> None:

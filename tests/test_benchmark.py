@@ -156,7 +156,7 @@ def test_cli_benchmark_writes_the_report_and_explains_bad_input(tmp_path, capsys
             "random-init=quick", "--set", "rl2.num_iterations=1", "rl2.num_trials=4",
             "rl2.hidden_size=8", "rl2.max_episode_steps=5", "rl2.tensorboard=false",
             "--runs-dir", str(runs), "--out", str(out), "--steps", "1", "--episodes", "2",
-            "--max-tasks", "2", "--note", "tiny runs on a shared machine"]  # fmt: skip
+            "--max-tasks", "2", "--note", "tiny runs, one CPU thread"]  # fmt: skip
     argv[2:3] = ["rl2", "random-init"]  # the untrained baseline, from the registry too
     assert main(argv) == 0
     printed = capsys.readouterr().out
@@ -165,7 +165,7 @@ def test_cli_benchmark_writes_the_report_and_explains_bad_input(tmp_path, capsys
     data = json.loads((out / "report.json").read_text())
     assert data["settings"]["command"].startswith("metarl benchmark --agents rl2 random-init")
     assert [e["num_units"] for e in data["entries"]] == [1, 1]
-    assert "**Note:** tiny runs on a shared machine" in (out / "report.md").read_text()
+    assert "**Note:** tiny runs, one CPU thread" in (out / "report.md").read_text()
     assert data["entries"][1]["meta_train"]["env_steps"] is None  # random-init does not train
     assert main(["benchmark", "--agents", "nope", "--envs", NAV]) == 2
     assert "unknown agent 'nope'" in capsys.readouterr().err

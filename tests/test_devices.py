@@ -1,6 +1,6 @@
 """The learner on another device (issue #4: "Runs on CPU or --device cuda"; the GPU figures of
 #6 and #8 rest on the same paths). Every test is parametrised over the devices this machine
-has: on a CUDA machine (``scripts/device_checks.sh run``, on a lent GPU) the ``cuda`` cases
+has: on a CUDA machine (``scripts/device_checks.sh run``, on a GPU machine) the ``cuda`` cases
 run, elsewhere they are skipped; the ``cpu`` cases check the tests' own logic in CI.
 
 What a GPU can get wrong that a CPU cannot: a tensor left on the host (a device mismatch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -28,10 +29,17 @@ from metarl.fewshot.models import MLP, BatchStatNorm2d, Conv4
 from metarl.fewshot.protonet import ProtoNet, prototype_logits
 from metarl.fewshot.reptile import Reptile
 
-OMNIGLOT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "omniglot"
+# METARL_OMNIGLOT points the tests (and `metarl fewshot`) at a copy; else ../shared beside the
+# repository.
+OMNIGLOT = Path(
+    os.environ.get("METARL_OMNIGLOT")
+    or Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "omniglot"
+)
 needs_omniglot = pytest.mark.skipif(
     not (OMNIGLOT / "images_background.zip").is_file(),
-    reason=f"Omniglot is not at {OMNIGLOT} (../shared/data/omniglot beside the repository)",
+    reason=f"Omniglot is not at {OMNIGLOT}: to run this test, set "
+    "METARL_OMNIGLOT=/path/to/omniglot (the folder with images_background.zip and "
+    "images_evaluation.zip)",
 )
 
 

@@ -80,7 +80,7 @@ def test_the_main_job_needs_no_extra() -> None:
 
 
 def test_device_checks_script_parses_and_names_its_groups() -> None:
-    """scripts/device_checks.sh runs only on a lent GPU machine, so CI checks that bash can
+    """scripts/device_checks.sh runs only on a GPU machine, so CI checks that bash can
     parse it and that its usage text names every group its `run` accepts."""
     script = ROOT / "scripts" / "device_checks.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)

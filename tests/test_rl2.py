@@ -19,7 +19,7 @@ MDP = "metarl/TabularMDP-S10A5-v0"
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    # Small recurrent nets on a shared machine: more threads only spin (100x slower here).
+    # Small recurrent nets on a busy machine: more threads only spin (100x slower here).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -47,11 +47,13 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "OMNIGLOT_ENV",
     "OMNIGLOT_SPLIT_VERSION",
     "EpisodeBatch",
     "EpisodeSampler",
     "ImageClasses",
     "SinusoidTasks",
+    "default_omniglot_path",
     "image_folder",
     "lake_one_shot_runs",
     "omniglot",
@@ -59,6 +61,18 @@ __all__ = [
 ]
 
 OMNIGLOT_SPLIT_VERSION = "v1"
+
+#: The environment variable that points metarl at an Omniglot copy (the default of
+#: ``--data-path``); without it, ``../shared/data/omniglot`` relative to the working directory.
+OMNIGLOT_ENV = "METARL_OMNIGLOT"
+
+
+def default_omniglot_path() -> str:
+    """``$METARL_OMNIGLOT`` if set, else ``../shared/data/omniglot``: where Omniglot is read
+    when no ``--data-path`` is given."""
+    return os.environ.get(OMNIGLOT_ENV) or "../shared/data/omniglot"
+
+
 OMNIGLOT_NUM_TRAIN_CHARACTERS = 1200  # Vinyals et al. 2016: 1200 train, 423 test
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -337,8 +351,8 @@ class _OmniglotSource:
         if not self.root.exists():
             raise FileNotFoundError(
                 f"Omniglot path {str(self.root)!r} does not exist; pass the folder that holds "
-                f"images_background/ and images_evaluation/ (or their .zip files), e.g. "
-                f"../shared/data/omniglot"
+                f"images_background/ and images_evaluation/ (or their .zip files) with "
+                f"--data-path, or set {OMNIGLOT_ENV}=/path/to/omniglot"
             )
         # character key "half/Alphabet/characterNN" -> list of (reader, member) pairs
         self.characters: dict[str, list[tuple[str, str]]] = {}

@@ -36,6 +36,7 @@ from metarl.fewshot.data import (
     EpisodeSampler,
     ImageClasses,
     SinusoidTasks,
+    default_omniglot_path,
     image_folder,
     lake_one_shot_runs,
     omniglot,
@@ -89,8 +90,9 @@ class FewShotConfig(Config):
         choices=("omniglot", "sinusoid", "folder", "mnist", "digits"),
     )
     data_path: str = option(
-        "../shared/data/omniglot",
-        "Omniglot's folder (images_background/, images_evaluation/ or their zips), or the "
+        default_omniglot_path(),
+        "Omniglot's folder (images_background/, images_evaluation/ or their zips; default "
+        "$METARL_OMNIGLOT, else ../shared/data/omniglot), or the "
         "image folder's root for --dataset folder (its train/ and test/ sub-folders if present)",
     )
     omniglot_split: str = option(
