@@ -83,6 +83,12 @@ class Trainer(ABC):
         NumPy's and torch's global ones are always)."""
         return {}
 
+    def validate(self, it: int) -> dict[str, float] | None:
+        """Validation metrics after iteration ``it``, or None (no validation then). Their
+        ``val_score`` (higher is better) decides the best checkpoint, kept as ``best.pt``
+        beside the latest; the metrics go into the iteration's row."""
+        return None
+
     def parameters(self) -> Any:
         """What must be finite after every iteration (checked before anything is logged)."""
         return None
@@ -166,18 +172,28 @@ def _loop(
         say = bar.write if bar is not None else log
         on = f" on {c.env_id}" if hasattr(c, "env_id") else ""
         say(f"{agent}{on}: {trainer.header(start, total)}, run dir {run.path}")
+    best: float | None = None
     for it in range(start, total):
         kept = str(run.checkpoint_path) if run.checkpoint_path.exists() else ""
         try:
             stats = trainer.iteration(it)
             check_finite(f"parameters after the {trainer.outer_step}", trainer.parameters())
+            validation = trainer.validate(it)
         except NonFiniteError as e:  # stop before logging or checkpointing this iteration
             raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
         except EnvError as e:  # an env raised, died or hung: name the iteration too
             raise e.at_iteration(it, kept) from e
         done = it + 1
-        if done % log_every == 0 or done == total:
+        if validation is not None:
+            stats = {**stats, **validation}
+        if done % log_every == 0 or done == total or validation is not None:
             run.log(it, stats)
+        if validation is not None:
+            if best is None:
+                best = run.best_score()  # a resumed run's best so far
+            if best is None or validation["val_score"] > best:
+                best = validation["val_score"]
+                run.save_best(done, trainer.state(), validation)
         if bar is not None:
             bar.set_postfix_str(trainer.progress(stats), refresh=False)
             bar.update()

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from metarl.fewshot.configs import all_presets
 from metarl.fewshot.data import lake_one_shot_runs
 from metarl.fewshot.evaluate import evaluate, evaluate_episodes
 from metarl.fewshot.train import (
@@ -89,6 +90,12 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
         "protonet-omniglot-20w1s",
         {"num_iterations": 100, "eval_query": 5, "omniglot_split": "lake"},
     ),
+    # 5 queries per class in training too (a third of the images per update of the preset's
+    # 15; one episode per update either way).
+    "metanet-5w1s": (
+        "metanet-omniglot-5w1s",
+        {"num_iterations": 1000, "num_query": 5, "eval_query": 5},
+    ),
 }
 
 #: name -> (run whose trained learner it evaluates, the settings that change at test time).
@@ -117,6 +124,8 @@ PAPERS: dict[tuple[str, str], tuple[float, float | None, str]] = {
     ("protonet", "5w5s"): (99.7, None, "Snell et al. 2017, Table 1"),
     ("maml", "20w1s"): (95.8, 0.3, "Finn et al. 2017, Table 1"),
     ("protonet", "20w1s"): (96.0, None, "Snell et al. 2017, Table 1"),
+    ("metanet", "5w1s"): (98.95, None, "Munkhdalai & Yu 2017, Table 1"),
+    ("metanet", "20w1s"): (97.00, None, "Munkhdalai & Yu 2017, Table 1"),
 }
 
 NAMES = {
@@ -127,6 +136,7 @@ NAMES = {
     "protonet": "Prototypical Networks",
     "matching": "Matching Networks",
     "mann": "MANN (Santoro et al. 2016)",
+    "metanet": "MetaNet (Munkhdalai & Yu 2017)",
     "baseline": "pretrain + fine-tune",
 }
 
@@ -181,7 +191,7 @@ def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, 
             "name": name,
             "preset": preset,
             "schedule": "paper's schedule"
-            if cfg.num_iterations >= FewShotConfig.presets[preset].get("num_iterations", 60_000)
+            if cfg.num_iterations >= _preset(preset).get("num_iterations", 60_000)
             else "shortened CPU schedule",
             "command": f"python scripts/fewshot_results.py run {name}"
             + (f" --iterations {iterations}" if iterations is not None else ""),
@@ -205,6 +215,11 @@ def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, 
 
 
 _MAY_CHANGE = ("num_iterations", "checkpoint_every", "device", "tensorboard")
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """The overrides of preset ``name`` (whichever learner's class holds it)."""
+    return all_presets()[name][1]
 
 
 def _cli(name: str, preset: str, cfg: FewShotConfig) -> str:
@@ -278,10 +293,11 @@ def _differences(r: dict[str, Any]) -> str:
 
 def _settings_differences(r: dict[str, Any]) -> str:
     preset = FewShotConfig.from_preset(r["preset"]).to_dict()
+    config = FewShotConfig.from_dict(r["config"]).to_dict()  # older runs: a flat config
     skip = {"num_iterations", "eval_query", "device", "tensorboard", "log_every"}
     skip |= {"checkpoint_every", "data_path"}
     out = []
-    for key, value in r["config"].items():
+    for key, value in config.items():
         if key not in skip and key in preset and value != preset[key]:
             out.append(f"{key} {value} (paper {preset[key]})")
     return "; ".join(out)
@@ -330,7 +346,7 @@ def write_table() -> str:
             if paper is None
             else f"{paper[0]}" + (f" ± {paper[1]}" if paper[1] is not None else "")
         )
-        full = FewShotConfig.presets[r["preset"]].get("num_iterations", 60_000)
+        full = _preset(r["preset"]).get("num_iterations", 60_000)
         lines.append(
             f"| {NAMES[learner]} | {r['num_ways']}-way {r['num_shots']}-shot | "
             f"**{100 * r['mean']:.1f} ± {100 * r['ci95']:.1f}** | {paper_txt} | "
@@ -386,7 +402,7 @@ def write_table() -> str:
         ]
         for r in sinusoid:
             learner = r["config"]["learner"]
-            full = FewShotConfig.presets[r["preset"]].get("num_iterations", 60_000)
+            full = _preset(r["preset"]).get("num_iterations", 60_000)
             for steps, (mean, ci) in sorted(
                 r.get("mse_by_steps", {}).items(), key=lambda x: int(x[0])
             ):

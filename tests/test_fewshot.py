@@ -178,10 +178,10 @@ def test_omniglot_lake_protocol_halves(tmp_path: Path) -> None:
     assert all(n.startswith("images_background/") for n in bg.names)
     assert all(n.startswith("images_evaluation/") for n in ev.names)
     from metarl.config import ConfigError
-    from metarl.fewshot.train import FewShotConfig
+    from metarl.fewshot.configs import config_class
 
     with pytest.raises(ConfigError, match="omniglot_split"):
-        FewShotConfig(omniglot_split="lakes")
+        config_class("maml")(omniglot_split="lakes")
 
 
 # ---------------------------------------------------------------------------- models and maths
