@@ -2,6 +2,7 @@
 
     python scripts/fewshot_results.py run maml-5w1s      # one learner (resumes if cut off)
     python scripts/fewshot_results.py run all            # every entry of SCHEDULES in turn
+    python scripts/fewshot_results.py run maml-mini-5w1s --data-path DIR   # with mini-ImageNet
     python scripts/fewshot_results.py table              # benchmarks/fewshot_results.md + README
 
 Each ``run`` meta-trains one learner through :func:`metarl.fewshot.train.train` (the same code as
@@ -98,6 +99,17 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
+#: mini-ImageNet (Ravi & Larochelle's split): the papers' full schedules, for a user who has
+#: the data (`run NAME --data-path DIR`; the images cannot be shipped): name -> (preset,
+#: overrides). Each trains on train.csv, keeps the best checkpoint on val.csv and tests it on
+#: test.csv.
+MINI_IMAGENET: dict[str, tuple[str, dict[str, Any]]] = {
+    f"{learner}-mini-{setting}": (f"{learner}-miniimagenet-{setting}", {})
+    for learner in ("maml", "protonet", "matching")
+    for setting in ("5w1s", "5w5s")
+}
+SCHEDULES.update(MINI_IMAGENET)
+
 #: name -> (run whose trained learner it evaluates, the settings that change at test time).
 EVALUATE_FROM: dict[str, tuple[str, dict[str, Any]]] = {
     "protonet-20w1s": ("protonet-5w1s", {"num_ways": 20, "eval_query": 5}),
@@ -128,6 +140,16 @@ PAPERS: dict[tuple[str, str], tuple[float, float | None, str]] = {
     ("metanet", "20w1s"): (97.00, None, "Munkhdalai & Yu 2017, Table 1"),
 }
 
+#: Published mini-ImageNet accuracies (%), 5-way: (learner, setting) -> (value, source).
+PAPERS_MINI_IMAGENET: dict[tuple[str, str], tuple[float, str]] = {
+    ("maml", "5w1s"): (48.70, "Finn et al. 2017, Table 2"),
+    ("maml", "5w5s"): (63.11, "Finn et al. 2017, Table 2"),
+    ("protonet", "5w1s"): (49.42, "Snell et al. 2017, Table 2"),
+    ("protonet", "5w5s"): (68.20, "Snell et al. 2017, Table 2"),
+    ("matching", "5w1s"): (43.56, "Ravi & Larochelle 2017, Table 1"),
+    ("matching", "5w5s"): (55.31, "Ravi & Larochelle 2017, Table 1"),
+}
+
 NAMES = {
     "maml": "MAML",
     "fomaml": "first-order MAML",
@@ -141,10 +163,19 @@ NAMES = {
 }
 
 
-def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, Any]:
+def run_one(
+    name: str, iterations: int | None, eval_episodes: int, data_path: str | None = None
+) -> dict[str, Any]:
     if name not in SCHEDULES:
         raise SystemExit(f"unknown run {name!r}; one of: all, {', '.join(SCHEDULES)}")
     preset, overrides = SCHEDULES[name]
+    if name in MINI_IMAGENET:
+        if data_path is None:
+            raise SystemExit(
+                f"{name} needs your mini-ImageNet copy: --data-path DIR (train.csv, val.csv, "
+                "test.csv and images/; it cannot be downloaded here)"
+            )
+        overrides = {**overrides, "data_path": data_path}
     start, load_start = time.perf_counter(), os.getloadavg()
     lake = overrides.get("omniglot_split") == "lake"
     if name in EVALUATE_FROM:
@@ -194,7 +225,8 @@ def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, 
             if cfg.num_iterations >= _preset(preset).get("num_iterations", 60_000)
             else "shortened CPU schedule",
             "command": f"python scripts/fewshot_results.py run {name}"
-            + (f" --iterations {iterations}" if iterations is not None else ""),
+            + (f" --iterations {iterations}" if iterations is not None else "")
+            + (" --data-path DIR" if name in MINI_IMAGENET else ""),
             "cli_equivalent": _cli(name, preset, cfg),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -329,10 +361,13 @@ def write_table() -> str:
         "at test | train wall-clock | differs from the paper's setting | source |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    sinusoid, lake = [], []
+    sinusoid, lake, mini = [], [], {}
     for r in results:
         if r["metric"] != "accuracy":
             sinusoid.append(r)
+            continue
+        if r["config"].get("dataset") == "miniimagenet":
+            mini[(r["config"]["learner"], _setting(r))] = r
             continue
         if "lake_one_shot_runs" in r:
             lake.append(r)
@@ -386,6 +421,30 @@ def write_table() -> str:
                 f"{r['num_query']} queries/class) | {r['iterations']} | "
                 f"{'yes' if clean else 'no: seen characters'} |"
             )
+    lines += [
+        "",
+        "## mini-ImageNet (Ravi & Larochelle's 64/16/20-class split, 84×84, 5-way, 600 "
+        "test episodes)",
+        "",
+        "The images are ImageNet's and cannot be shipped, so our column is empty until a user "
+        "with the data runs the command of its row (`--data-path`: the folder with `train.csv`, "
+        "`val.csv`, `test.csv` and `images/`): the preset's full schedule, the best checkpoint "
+        "on the validation split (`--val-every`), tested on `test.csv`. The same run from the "
+        "command line: `metarl fewshot train --preset PRESET --data-path DIR`.",
+        "",
+        "| learner | setting | ours (%) | paper (%) | source | preset | command |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, (preset, _) in MINI_IMAGENET.items():
+        learner, setting = name.split("-mini-")
+        value, source = PAPERS_MINI_IMAGENET[(learner, setting)]
+        r = mini.get((learner, setting))
+        ours = "" if r is None else f"**{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f}**"
+        shots = setting[2:-1]
+        lines.append(
+            f"| {NAMES[learner]} | 5-way {shots}-shot | {ours} | {value:.2f} | {source} | "
+            f"`{preset}` | `python scripts/fewshot_results.py run {name} --data-path DIR` |"
+        )
     if sinusoid:
         lines += [
             "",
@@ -451,15 +510,16 @@ def main() -> None:
     r.add_argument("--iterations", type=int, help="override the shortened schedule")
     r.add_argument("--eval-episodes", type=int, default=600)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--data-path", help="mini-ImageNet's folder (the *-mini-* runs)")
     sub.add_parser("table", help=f"write {TABLE.relative_to(ROOT)}")
     args = parser.parse_args()
     if args.cmd == "table":
         print(write_table())
         return
     torch.set_num_threads(args.threads)
-    names = list(SCHEDULES) if args.name == "all" else [args.name]
+    names = [n for n in SCHEDULES if n not in MINI_IMAGENET] if args.name == "all" else [args.name]
     for name in names:
-        run_one(name, args.iterations, args.eval_episodes)
+        run_one(name, args.iterations, args.eval_episodes, args.data_path)
 
 
 if __name__ == "__main__":

@@ -506,7 +506,7 @@ COMMANDS: dict[
     ),
     "fewshot": (
         "supervised few-shot learning: train, evaluate, presets (MAML, Meta-SGD, Reptile, "
-        "ProtoNets, Matching Networks, MANN, a transfer baseline)",
+        "ProtoNets, Matching Networks, MANN, MetaNet, a transfer baseline)",
         _fewshot_parser,
         _fewshot,
     ),

@@ -393,7 +393,8 @@ class ProtoNetConfig(FewShotConfig):
         "protonet-omniglot-20w1s": {**_PROTO_OMNIGLOT, "num_ways": 20},
         # Snell et al. 2017, Sec. 3.2: mini-ImageNet 30-way (1-shot) and 20-way (5-shot)
         # training episodes with 15 queries, Conv4 of 64 filters, Adam 1e-3 halved every 2000
-        # episodes, early stopping on the validation split.
+        # episodes, early stopping on the validation split (the iteration budget is not
+        # stated; 40k here is a guess, the best validation checkpoint is what is tested).
         "protonet-miniimagenet-5w1s": {
             "dataset": "miniimagenet",
             "data_path": "miniimagenet",
