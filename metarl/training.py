@@ -11,7 +11,9 @@ keeps — and the loop owns everything around it, once for all agents:
 4. per iteration: the trainer's step; a NaN/inf or an env failure stops the run with an error
    naming the iteration and the last good checkpoint, before anything of that iteration is
    logged or saved; then the metrics row, the progress line and, every ``checkpoint_every``
-   iterations and at the end, the checkpoint;
+   iterations and at the end, the checkpoint; a trainer that validates
+   (:meth:`Trainer.validate`) also has the state of its best validation score kept as
+   ``best.pt``;
 5. close the trainer's envs and the run, whatever happened.
 
 Example (a trainer that learns nothing, to show the contract)::

@@ -94,7 +94,7 @@ def _train_help(learner: str | None) -> None:
     if learner is None:
         print("\n`metarl fewshot train --learner NAME --help` lists the learner's options.")
         return
-    print(f"\n{learner}'s options:\n" + _learner_parser(learner).format_help().strip())
+    print("\n" + _learner_parser(learner).format_help().strip())
 
 
 def _unknown_options(learner: str, unknown: list[str]) -> str:

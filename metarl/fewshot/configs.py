@@ -502,7 +502,7 @@ class MetaNetConfig(FewShotConfig):
 @dataclass
 class BaselineConfig(FewShotConfig):
     """Pretrain + fine-tune: supervised pretraining on every training class, then
-    ``--num-eval-steps`` steps of fine-tuning on each support set."""
+    fine-tuning on each support set."""
 
     learner: str = _learner("baseline")
     meta_lr: float = _meta_lr()
