@@ -172,8 +172,8 @@ class FewShotConfig(Config):
         super().validate()
         if self.dataset == "sinusoid" and self.learner in CLASSIFIERS_ONLY:
             raise ConfigError(
-                f"{self.learner} is a classifier; sinusoid regression works with maml, "
-                "fomaml, metasgd, reptile and baseline"
+                f"{self.learner} is a classifier; --dataset sinusoid (regression) works with "
+                "maml, fomaml, metasgd, reptile and baseline"
             )
 
     # -- which class ------------------------------------------------------------------------
