@@ -5,7 +5,8 @@ drift from the code (``mkdocs.yml`` names this file under ``hooks``):
 
 * ``<!-- options: agent maml-trpo -->`` — every option of an agent's config class: the
   command-line flag, its default, its help text and its constraints;
-* ``<!-- options: fewshot -->`` — the same for ``metarl fewshot train``;
+* ``<!-- options: fewshot -->`` — the same for the options every learner of ``metarl fewshot
+  train`` shares; ``<!-- options: fewshot reptile -->`` — a learner's own options;
 * ``<!-- presets: agent rl2 -->`` — each preset of an agent with the options it sets;
 * ``<!-- presets: fewshot maml fomaml -->`` — the few-shot presets of those learners.
 
@@ -43,9 +44,9 @@ def _config_class(kind: str, name: str) -> type:
         from metarl.agents import get_agent
 
         return get_agent(name).CONFIG  # type: ignore[no-any-return]
-    from metarl.fewshot.train import FewShotConfig
+    from metarl.fewshot.configs import FewShotConfig, config_class
 
-    return FewShotConfig
+    return config_class(name) if name else FewShotConfig
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:
@@ -56,12 +57,18 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def options_table(cls: type) -> str:
-    """A Markdown table of ``cls``'s options, in declaration order."""
+def options_table(cls: type, own_only: bool = False) -> str:
+    """A Markdown table of ``cls``'s options, in declaration order (``own_only``: those its
+    few-shot base class does not have)."""
     rows = ["| option | default | what |", "| --- | --- | --- |"]
+    shared: set[str] = set()
+    if own_only:
+        from metarl.fewshot.configs import FewShotConfig
+
+        shared = {f.name for f in dataclasses.fields(FewShotConfig)}
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if "help" not in meta:
+        if "help" not in meta or f.name in shared or f.name == "learner":
             continue
         notes = []
         if meta.get("choices"):
@@ -78,21 +85,27 @@ def options_table(cls: type) -> str:
         what = meta["help"] + (f" ({'; '.join(notes)})" if notes else "")
         flag = "--" + f.name.replace("_", "-")
         default = _default(f)
-        if f.name == "data_path" and cls.__name__ == "FewShotConfig":
+        if f.name == "data_path":
             default = "$METARL_OMNIGLOT or ../shared/data/omniglot"  # read when imported
         flags = f"`{flag}`, `--no-{flag[2:]}`" if isinstance(default, bool) else f"`{flag}`"
         flags += "".join(f", `{a}`" for a in meta.get("aliases") or ())
         rows.append(f"| {flags} | `{_cell(_value(default))}` | {_cell(what)} |")
+    if len(rows) == 2:
+        rows.append("| (none beyond the shared options) | | |")
     return "\n".join(rows)
 
 
 def presets_table(cls: type, learners: list[str] | None = None) -> str:
-    """A Markdown table of ``cls.presets`` (for few-shot, those of ``learners``)."""
+    """A Markdown table of ``cls.presets`` (for few-shot, the presets of ``learners``)."""
     presets: dict[str, dict[str, Any]] = cls.presets  # type: ignore[attr-defined]
+    if learners:
+        from metarl.fewshot.configs import all_presets
+
+        presets = {name: {"learner": learner, **values}
+                   for name, (learner, values) in all_presets().items()
+                   if learner in learners}  # fmt: skip
     rows = ["| preset | sets |", "| --- | --- |"]
     for name, values in presets.items():
-        if learners and values.get("learner") not in learners:
-            continue
         sets = ", ".join(f"`{k}={_value(v)}`" for k, v in values.items())
         rows.append(f"| `{name}` | {_cell(sets)} |")
     if len(rows) == 2:
@@ -109,7 +122,7 @@ def expand(markdown: str) -> str:
             raise ValueError(f"{m.group(0)}: name one agent")
         cls = _config_class(kind, names[0] if names else "")
         if what == "options":
-            return options_table(cls)
+            return options_table(cls, own_only=kind == "fewshot" and bool(names))
         return presets_table(cls, names if kind == "fewshot" else None)
 
     return MARKER.sub(table, markdown)

@@ -2,6 +2,7 @@
 
     python scripts/fewshot_results.py run maml-5w1s      # one learner (resumes if cut off)
     python scripts/fewshot_results.py run all            # every entry of SCHEDULES in turn
+    python scripts/fewshot_results.py run maml-mini-5w1s --data-path DIR   # with mini-ImageNet
     python scripts/fewshot_results.py table              # benchmarks/fewshot_results.md + docs
 
 Each ``run`` meta-trains one learner through :func:`metarl.fewshot.train.train` (the same code as
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from metarl.fewshot.configs import all_presets
 from metarl.fewshot.data import lake_one_shot_runs
 from metarl.fewshot.evaluate import evaluate, evaluate_episodes
 from metarl.fewshot.train import (
@@ -90,7 +92,24 @@ SCHEDULES: dict[str, tuple[str, dict[str, Any]]] = {
         "protonet-omniglot-20w1s",
         {"num_iterations": 100, "eval_query": 5, "omniglot_split": "lake"},
     ),
+    # 5 queries per class in training too (a third of the images per update of the preset's
+    # 15; one episode per update either way).
+    "metanet-5w1s": (
+        "metanet-omniglot-5w1s",
+        {"num_iterations": 1000, "num_query": 5, "eval_query": 5},
+    ),
 }
+
+#: mini-ImageNet (Ravi & Larochelle's split): the papers' full schedules, for a user who has
+#: the data (`run NAME --data-path DIR`; the images cannot be shipped): name -> (preset,
+#: overrides). Each trains on train.csv, keeps the best checkpoint on val.csv and tests it on
+#: test.csv.
+MINI_IMAGENET: dict[str, tuple[str, dict[str, Any]]] = {
+    f"{learner}-mini-{setting}": (f"{learner}-miniimagenet-{setting}", {})
+    for learner in ("maml", "protonet", "matching")
+    for setting in ("5w1s", "5w5s")
+}
+SCHEDULES.update(MINI_IMAGENET)
 
 #: name -> (run whose trained learner it evaluates, the settings that change at test time).
 EVALUATE_FROM: dict[str, tuple[str, dict[str, Any]]] = {
@@ -118,6 +137,18 @@ PAPERS: dict[tuple[str, str], tuple[float, float | None, str]] = {
     ("protonet", "5w5s"): (99.7, None, "Snell et al. 2017, Table 1"),
     ("maml", "20w1s"): (95.8, 0.3, "Finn et al. 2017, Table 1"),
     ("protonet", "20w1s"): (96.0, None, "Snell et al. 2017, Table 1"),
+    ("metanet", "5w1s"): (98.95, None, "Munkhdalai & Yu 2017, Table 1"),
+    ("metanet", "20w1s"): (97.00, None, "Munkhdalai & Yu 2017, Table 1"),
+}
+
+#: Published mini-ImageNet accuracies (%), 5-way: (learner, setting) -> (value, source).
+PAPERS_MINI_IMAGENET: dict[tuple[str, str], tuple[float, str]] = {
+    ("maml", "5w1s"): (48.70, "Finn et al. 2017, Table 2"),
+    ("maml", "5w5s"): (63.11, "Finn et al. 2017, Table 2"),
+    ("protonet", "5w1s"): (49.42, "Snell et al. 2017, Table 2"),
+    ("protonet", "5w5s"): (68.20, "Snell et al. 2017, Table 2"),
+    ("matching", "5w1s"): (43.56, "Ravi & Larochelle 2017, Table 1"),
+    ("matching", "5w5s"): (55.31, "Ravi & Larochelle 2017, Table 1"),
 }
 
 NAMES = {
@@ -128,14 +159,24 @@ NAMES = {
     "protonet": "Prototypical Networks",
     "matching": "Matching Networks",
     "mann": "MANN (Santoro et al. 2016)",
+    "metanet": "MetaNet (Munkhdalai & Yu 2017)",
     "baseline": "pretrain + fine-tune",
 }
 
 
-def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, Any]:
+def run_one(
+    name: str, iterations: int | None, eval_episodes: int, data_path: str | None = None
+) -> dict[str, Any]:
     if name not in SCHEDULES:
         raise SystemExit(f"unknown run {name!r}; one of: all, {', '.join(SCHEDULES)}")
     preset, overrides = SCHEDULES[name]
+    if name in MINI_IMAGENET:
+        if data_path is None:
+            raise SystemExit(
+                f"{name} needs your mini-ImageNet copy: --data-path DIR (train.csv, val.csv, "
+                "test.csv and images/; it cannot be downloaded here)"
+            )
+        overrides = {**overrides, "data_path": data_path}
     start, load_start = time.perf_counter(), os.getloadavg()
     lake = overrides.get("omniglot_split") == "lake"
     if name in EVALUATE_FROM:
@@ -182,10 +223,11 @@ def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, 
             "name": name,
             "preset": preset,
             "schedule": "paper's schedule"
-            if cfg.num_iterations >= FewShotConfig.presets[preset].get("num_iterations", 60_000)
+            if cfg.num_iterations >= _preset(preset).get("num_iterations", 60_000)
             else "shortened CPU schedule",
             "command": f"python scripts/fewshot_results.py run {name}"
-            + (f" --iterations {iterations}" if iterations is not None else ""),
+            + (f" --iterations {iterations}" if iterations is not None else "")
+            + (" --data-path DIR" if name in MINI_IMAGENET else ""),
             "cli_equivalent": _cli(name, preset, cfg),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -208,6 +250,11 @@ def run_one(name: str, iterations: int | None, eval_episodes: int) -> dict[str, 
 
 
 _MAY_CHANGE = ("num_iterations", "checkpoint_every", "device", "tensorboard")
+
+
+def _preset(name: str) -> dict[str, Any]:
+    """The overrides of preset ``name`` (whichever learner's class holds it)."""
+    return all_presets()[name][1]
 
 
 def _cli(name: str, preset: str, cfg: FewShotConfig) -> str:
@@ -281,10 +328,11 @@ def _differences(r: dict[str, Any]) -> str:
 
 def _settings_differences(r: dict[str, Any]) -> str:
     preset = FewShotConfig.from_preset(r["preset"]).to_dict()
+    config = FewShotConfig.from_dict(r["config"]).to_dict()  # older runs: a flat config
     skip = {"num_iterations", "eval_query", "device", "tensorboard", "log_every"}
     skip |= {"checkpoint_every", "data_path"}
     out = []
-    for key, value in r["config"].items():
+    for key, value in config.items():
         if key not in skip and key in preset and value != preset[key]:
             out.append(f"{key} {value} (paper {preset[key]})")
     return "; ".join(out)
@@ -316,10 +364,13 @@ def write_table() -> str:
         "at test | train wall-clock | differs from the paper's setting | source |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    sinusoid, lake = [], []
+    sinusoid, lake, mini = [], [], {}
     for r in results:
         if r["metric"] != "accuracy":
             sinusoid.append(r)
+            continue
+        if r["config"].get("dataset") == "miniimagenet":
+            mini[(r["config"]["learner"], _setting(r))] = r
             continue
         if "lake_one_shot_runs" in r:
             lake.append(r)
@@ -333,7 +384,7 @@ def write_table() -> str:
             if paper is None
             else f"{paper[0]}" + (f" ± {paper[1]}" if paper[1] is not None else "")
         )
-        full = FewShotConfig.presets[r["preset"]].get("num_iterations", 60_000)
+        full = _preset(r["preset"]).get("num_iterations", 60_000)
         lines.append(
             f"| {NAMES[learner]} | {r['num_ways']}-way {r['num_shots']}-shot | "
             f"**{100 * r['mean']:.1f} ± {100 * r['ci95']:.1f}** | {paper_txt} | "
@@ -373,6 +424,30 @@ def write_table() -> str:
                 f"{r['num_query']} queries/class) | {r['iterations']} | "
                 f"{'yes' if clean else 'no: seen characters'} |"
             )
+    lines += [
+        "",
+        "## mini-ImageNet (Ravi & Larochelle's 64/16/20-class split, 84×84, 5-way, 600 "
+        "test episodes)",
+        "",
+        "The images are ImageNet's and cannot be shipped, so our column is empty until a user "
+        "with the data runs the command of its row (`--data-path`: the folder with `train.csv`, "
+        "`val.csv`, `test.csv` and `images/`): the preset's full schedule, the best checkpoint "
+        "on the validation split (`--val-every`), tested on `test.csv`. The same run from the "
+        "command line: `metarl fewshot train --preset PRESET --data-path DIR`.",
+        "",
+        "| learner | setting | ours (%) | paper (%) | source | preset | command |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, (preset, _) in MINI_IMAGENET.items():
+        learner, setting = name.split("-mini-")
+        value, source = PAPERS_MINI_IMAGENET[(learner, setting)]
+        r = mini.get((learner, setting))
+        ours = "" if r is None else f"**{100 * r['mean']:.2f} ± {100 * r['ci95']:.2f}**"
+        shots = setting[2:-1]
+        lines.append(
+            f"| {NAMES[learner]} | 5-way {shots}-shot | {ours} | {value:.2f} | {source} | "
+            f"`{preset}` | `python scripts/fewshot_results.py run {name} --data-path DIR` |"
+        )
     if sinusoid:
         lines += [
             "",
@@ -389,7 +464,7 @@ def write_table() -> str:
         ]
         for r in sinusoid:
             learner = r["config"]["learner"]
-            full = FewShotConfig.presets[r["preset"]].get("num_iterations", 60_000)
+            full = _preset(r["preset"]).get("num_iterations", 60_000)
             for steps, (mean, ci) in sorted(
                 r.get("mse_by_steps", {}).items(), key=lambda x: int(x[0])
             ):
@@ -441,15 +516,16 @@ def main() -> None:
     r.add_argument("--iterations", type=int, help="override the shortened schedule")
     r.add_argument("--eval-episodes", type=int, default=600)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--data-path", help="mini-ImageNet's folder (the *-mini-* runs)")
     sub.add_parser("table", help=f"write {TABLE.relative_to(ROOT)}")
     args = parser.parse_args()
     if args.cmd == "table":
         print(write_table())
         return
     torch.set_num_threads(args.threads)
-    names = list(SCHEDULES) if args.name == "all" else [args.name]
+    names = [n for n in SCHEDULES if n not in MINI_IMAGENET] if args.name == "all" else [args.name]
     for name in names:
-        run_one(name, args.iterations, args.eval_episodes)
+        run_one(name, args.iterations, args.eval_episodes, args.data_path)
 
 
 if __name__ == "__main__":

@@ -91,11 +91,13 @@ def _fewshot_job(learner: str) -> Job:
               "--device", "cpu", "--no-tensorboard"]  # fmt: skip
     if learner in ("maml", "fomaml", "metasgd", "reptile", "baseline"):  # regression
         data: list[str] = ["--dataset", "sinusoid", "--num-shots", "5", "--num-query", "5",
-                           "--eval-query", "5", "--inner-batch-size", "5"]  # fmt: skip
+                           "--eval-query", "5"]  # fmt: skip
+        if learner == "reptile":
+            data += ["--inner-batch-size", "5"]
         images = False
     else:  # classifiers: a tiny image folder
         data = ["--dataset", "folder", "--image-size", "16", "--num-ways", "3",
-                "--num-query", "1", "--eval-query", "2", "--num-eval-steps", "2"]  # fmt: skip
+                "--num-query", "1", "--eval-query", "2"]  # fmt: skip
         images = True
 
     def fresh(run_dir: Path, root: Path) -> list[str]:
@@ -107,7 +109,7 @@ def _fewshot_job(learner: str) -> Job:
 
 
 FEWSHOT_LEARNERS = ("maml", "fomaml", "metasgd", "reptile", "protonet", "matching", "mann",
-                    "baseline")  # fmt: skip
+                    "metanet", "baseline")  # fmt: skip
 #: The SB3 baselines' PPO (pretrained; oracle with the task in the observation).
 _PPO = ("--preset", "quick", "--n-envs", "2", "--n-steps", "20", "--batch-size", "20",
         "--n-epochs", "1", "--hidden-sizes", "8", "--horizon", "10")  # fmt: skip

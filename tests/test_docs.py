@@ -197,7 +197,7 @@ def check_metarl_command(argv: list[str]) -> None:
     from metarl.cli import args as cli_args
     from metarl.cli import build_parser
     from metarl.cli.parsing import parse
-    from metarl.fewshot.train import FewShotConfig
+    from metarl.fewshot.configs import all_presets
 
     if not argv or argv[0].startswith("-") or "--help" in argv or "-h" in argv:
         _parse(build_parser(), argv)
@@ -206,7 +206,7 @@ def check_metarl_command(argv: list[str]) -> None:
     if command == "fewshot":
         args = _parse(build_parser(), argv)
         if args is not None and args.fewshot_command == "train" and args.preset:
-            assert args.preset in FewShotConfig.presets, f"no few-shot preset {args.preset}"
+            assert args.preset in all_presets(), f"no few-shot preset {args.preset}"
         return
     classes = {"envs": cli_args.EnvsArgs, "check-env": cli_args.CheckEnvArgs,
                "train": cli_args.TrainArgs, "evaluate": cli_args.EvaluateArgs,

@@ -185,11 +185,11 @@ def test_omniglot_lake_protocol_halves(tmp_path: Path) -> None:
     ev = omniglot(OMNIGLOT, "evaluation", max_characters=2, cache_dir=tmp_path)
     assert all(n.startswith("images_background/") for n in bg.names)
     assert all(n.startswith("images_evaluation/") for n in ev.names)
-    from metarl.fewshot.train import FewShotConfig
+    from metarl.fewshot.configs import config_class
     from metarl.runs.config import ConfigError
 
     with pytest.raises(ConfigError, match="omniglot_split"):
-        FewShotConfig(omniglot_split="lakes")
+        config_class("maml")(omniglot_split="lakes")
 
 
 # ---------------------------------------------------------------------------- models and maths
@@ -656,7 +656,8 @@ def _tiny_image_folder(root: Path, num_classes: int = 4) -> Path:
 
 
 @pytest.mark.parametrize(
-    "learner", ["maml", "fomaml", "metasgd", "reptile", "protonet", "matching", "mann", "baseline"]
+    "learner",
+    ["maml", "fomaml", "metasgd", "reptile", "protonet", "matching", "mann", "metanet", "baseline"],
 )
 def test_every_learner_trains_and_evaluates_from_the_cli(
     learner: str,
@@ -664,6 +665,7 @@ def test_every_learner_trains_and_evaluates_from_the_cli(
     capsys,  # type: ignore[no-untyped-def]
 ) -> None:
     from metarl.cli import main
+    from metarl.fewshot.configs import learner_of_option
     from metarl.fewshot.train import LEARNERS
 
     assert learner in LEARNERS
@@ -672,8 +674,10 @@ def test_every_learner_trains_and_evaluates_from_the_cli(
     args = ["fewshot", "train", "--learner", learner, "--dataset", "folder"]
     args += ["--data-path", str(root), "--image-size", "16", "--num-ways", "3"]
     args += ["--num-query", "1", "--eval-query", "2", "--meta-batch-size", "2"]
-    args += ["--num-iterations", "2", "--num-eval-steps", "2", "--inner-batch-size", "3"]
-    args += ["--device", "cpu", "--no-tensorboard", "--run-dir", str(run)]
+    args += ["--num-iterations", "2", "--device", "cpu", "--no-tensorboard", "--run-dir", str(run)]
+    for option, value in (("num_eval_steps", "2"), ("inner_batch_size", "3")):
+        if learner in learner_of_option(option):  # each learner takes only its own options
+            args += ["--" + option.replace("_", "-"), value]
     assert main([*args, "--num-eval-episodes", "4"]) == 0, capsys.readouterr().err
     assert "accuracy over 4 held-out 3-way 1-shot episodes" in capsys.readouterr().out
     assert main(["fewshot", "evaluate", str(run), "--num-episodes", "3", "--device", "cpu"]) == 0

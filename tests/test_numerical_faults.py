@@ -257,7 +257,7 @@ def test_fewshot_stops_on_a_diverged_loss_and_keeps_a_finite_checkpoint(tmp_path
 
 
 FEWSHOT_LEARNERS = ("maml", "fomaml", "metasgd", "reptile", "baseline", "protonet", "matching",
-                    "mann")  # fmt: skip
+                    "mann", "metanet")  # fmt: skip
 
 
 def _tiny_image_folder(root: Path) -> Path:
@@ -290,9 +290,11 @@ def test_every_fewshot_learner_stops_on_nan_data_and_keeps_its_checkpoint(
         monkeypatch.setenv("METARL_CACHE", str(tmp_path / "cache"))
         data = {"dataset": "folder", "data_path": str(_tiny_image_folder(tmp_path / "data")),
                 "image_size": 16, "num_ways": 3, "num_query": 1, "eval_query": 2}  # fmt: skip
-    cfg = fewshot_train.FewShotConfig(learner=learner, num_iterations=5, meta_batch_size=2,
-                                      checkpoint_every=1, log_every=1, tensorboard=False,
-                                      device="cpu", **data)  # fmt: skip
+    if learner != "reptile":
+        data.pop("inner_batch_size", None)  # Reptile's option alone
+    cfg = fewshot_train.FewShotConfig.from_dict(
+        {"learner": learner, "num_iterations": 5, "meta_batch_size": 2, "checkpoint_every": 1,
+         "log_every": 1, "tensorboard": False, "device": "cpu", **data})  # fmt: skip
     make = fewshot_train.make_sampler
     saved: list[bytes] = []
 

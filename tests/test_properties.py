@@ -183,7 +183,9 @@ def _config_classes() -> list[type[Config]]:
     todo = list(Config.__subclasses__())
     while todo:
         cls = todo.pop()
-        if cls.__module__.startswith("metarl") and cls not in found:
+        # The few-shot base refuses to be built on its own: each learner has its config.
+        base = cls.__module__ == "metarl.fewshot.configs" and cls.__name__ == "FewShotConfig"
+        if cls.__module__.startswith("metarl") and cls not in found and not base:
             found.append(cls)
         todo += cls.__subclasses__()
     return sorted(found, key=lambda c: c.__qualname__)

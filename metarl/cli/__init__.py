@@ -411,7 +411,7 @@ COMMANDS: dict[str, tuple[str, Callable[[Any], int]]] = {
     "benchmark": (_doc("BenchmarkArgs"), _benchmark),
     "fewshot": (
         "supervised few-shot learning: train, evaluate, presets (MAML, Meta-SGD, Reptile, "
-        "ProtoNets, Matching Networks, MANN, a transfer baseline)",
+        "ProtoNets, Matching Networks, MANN, MetaNet, a transfer baseline)",
         _fewshot,
     ),
 }
@@ -523,7 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run, rest = COMMANDS[command][1], argv[1:]  # it reads its own options
     else:  # --help, --version, an unknown command, or metarl fewshot
         parser = build_parser()
-        args = parser.parse_args(argv)
+        # metarl fewshot train reads its learner's options once it knows the learner
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "accepts_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.extra = extra
         if args.command is None:
             parser.print_help()
             return 2

@@ -6,23 +6,34 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from metarl.runs.config import add_arguments, from_args
+from metarl.runs.config import add_arguments
 
 __all__ = ["add_fewshot_arguments", "run_fewshot"]
 
 
 def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
-    from metarl.fewshot.train import FewShotConfig
+    from metarl.fewshot.configs import LEARNERS
 
     subs = parser.add_subparsers(dest="fewshot_command", metavar="{train,evaluate,presets}")
     train = subs.add_parser(
         "train",
         help="meta-train a few-shot learner, then evaluate it on held-out episodes",
-        description="Meta-train a few-shot learner (options below; a --preset holds a "
-        "paper's settings), checkpointing into --run-dir, then evaluate it on held-out "
-        "episodes (eval.json). Resume an interrupted run with --resume.",
+        description="Meta-train a few-shot learner (`--learner NAME --help` lists its options; "
+        "a --preset holds a paper's settings), checkpointing into --run-dir, then evaluate it "
+        "on held-out episodes (eval.json). Resume an interrupted run with --resume.",
+        add_help=False,
     )
+    # The learner's own options are known only once --learner (or --preset, or the resumed
+    # run) is: they are parsed in _train, and --help there shows them.
+    train.add_argument("-h", "--help", action="store_true", help="show the learner's options")
+    train.add_argument(
+        "--learner",
+        choices=LEARNERS,
+        help="the meta-learner (default: the --preset's, the resumed run's, or maml)",
+    )
+    train.add_argument("--preset", help="a paper's settings (`metarl fewshot presets`)")
     train.add_argument(
         "--run-dir", type=Path, help="run directory (default runs/fewshot-<learner>-<time>)"
     )
@@ -33,7 +44,7 @@ def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--num-eval-episodes", type=int, default=600, help="held-out episodes (default 600)"
     )
-    add_arguments(train, FewShotConfig)
+    train.set_defaults(accepts_extra=True)
     ev = subs.add_parser(
         "evaluate",
         help="evaluate a trained run on held-out episodes (mean ± 95%% CI, JSON)",
@@ -50,45 +61,141 @@ def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
         help="N of the test episodes (default the run's; another N for protonet and matching)",
     )
     ev.add_argument("--eval-query", type=int, help="queries per class (default the run's)")
+    ev.add_argument(
+        "--checkpoint",
+        choices=("latest", "best"),
+        default="latest",
+        help="latest: the last checkpoint; best: the one of the best validation accuracy "
+        "(best.pt, kept by a run trained with --val-every)",
+    )
     subs.add_parser("presets", help="list the presets with their settings")
+
+
+def _learner_parser(learner: str) -> argparse.ArgumentParser:
+    from metarl.fewshot.configs import config_class
+
+    parser = argparse.ArgumentParser(
+        prog=f"metarl fewshot train --learner {learner}", usage=argparse.SUPPRESS, add_help=False
+    )
+    add_arguments(parser, config_class(learner))
+    return parser
+
+
+def _train_help(learner: str | None) -> None:
+    from metarl.fewshot.configs import LEARNER_CONFIGS
+
+    print(
+        "usage: metarl fewshot train [--learner NAME] [--preset NAME] [--run-dir DIR] "
+        "[--resume] [--overwrite] [--num-eval-episodes N] [learner options]\n\nlearners:"
+    )
+    for name, cls in LEARNER_CONFIGS.items():
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        print(f"  {name:10s} {doc}")
+    if learner is None:
+        print("\n`metarl fewshot train --learner NAME --help` lists the learner's options.")
+        return
+    print("\n" + _learner_parser(learner).format_help().strip())
+
+
+def _unknown_options(learner: str, unknown: list[str]) -> str:
+    """One line for options the learner does not have, naming the learners that do."""
+    from metarl.fewshot.configs import learner_of_option
+
+    for token in unknown:
+        if not token.startswith("--"):
+            continue
+        flag = token.split("=", 1)[0]
+        name = flag[2:].replace("-", "_")
+        owners = learner_of_option(name) or (
+            learner_of_option(name[3:]) if name.startswith("no_") else []
+        )
+        if owners:
+            return (
+                f"{flag} is an option of {', '.join(owners)}, not of {learner} "
+                f"(`metarl fewshot train --learner {owners[0]} --help` lists its options)"
+            )
+    return (
+        f"unrecognized option(s) for {learner}: {' '.join(unknown)} "
+        f"(`metarl fewshot train --learner {learner} --help` lists them)"
+    )
+
+
+def _train_config(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The config the command line asks for, and the run directory."""
+    from metarl.fewshot.configs import FewShotConfig, config_class, learner_of_preset
+    from metarl.runs import Run
+
+    learner = args.learner
+    saved: dict[str, Any] = {}
+    if args.resume:
+        if args.run_dir is None:
+            raise ValueError("--resume needs --run-dir: the run to continue")
+        record = Run.read_record(args.run_dir)
+        if record["agent"] != "fewshot":
+            raise ValueError(f"{args.run_dir} is a {record['agent']} run, not a few-shot run")
+        saved = dict(record["config"])
+        made_by = str(saved.get("learner", "maml"))
+        if learner is not None and learner != made_by:
+            raise ValueError(
+                f"{args.run_dir} was made by learner {made_by!r}, not {learner!r}; drop "
+                "--learner or start a new run directory"
+            )
+        learner = made_by
+    if args.preset is not None:
+        owner = learner_of_preset(args.preset)
+        if learner is not None and learner != owner:
+            raise ValueError(
+                f"preset {args.preset!r} is {owner}'s, not {learner}'s; drop --learner or pick "
+                f"one of {learner}'s presets (`metarl fewshot presets`)"
+            )
+        learner = owner
+    if learner is None:
+        learner = "maml"
+    if args.help:
+        _train_help(learner if (args.learner or args.preset or args.resume) else None)
+        return None, None
+    opts, unknown = _learner_parser(learner).parse_known_args(args.extra)
+    if unknown:
+        raise ValueError(_unknown_options(learner, unknown))
+    explicit = {k: v for k, v in vars(opts).items() if k != "preset"}
+    cls = config_class(learner)
+    if args.resume:
+        # The saved config, under what this command line gives explicitly (only the settings
+        # that may change on resume, e.g. --num-iterations, can differ).
+        base = cls.upgrade(saved)
+        if args.preset:
+            base.update(cls.presets[args.preset])
+        cfg = cls.from_dict({**base, **explicit})
+    else:
+        cfg = FewShotConfig.from_preset(args.preset, learner=learner, **explicit)
+    return cfg, args.run_dir
 
 
 def run_fewshot(args: argparse.Namespace) -> int:
     import time
 
-    from metarl.fewshot.train import FewShotConfig, evaluate_run, summary_line, train
+    from metarl.fewshot.train import evaluate_run, summary_line, train
 
     cmd = args.fewshot_command
     if cmd == "presets":
-        for name, values in sorted(FewShotConfig.presets.items()):
-            print(f"{name}: {json.dumps(values)}")
+        from metarl.fewshot.configs import all_presets
+
+        for name, (learner, values) in sorted(all_presets().items()):
+            print(f"{name}: {json.dumps({'learner': learner, **values})}")
         return 0
     if cmd == "train":
         if args.num_eval_episodes < 1:
             raise ValueError(f"--num-eval-episodes must be >= 1, got {args.num_eval_episodes}")
-        run_dir = args.run_dir
-        if args.resume:
-            if run_dir is None:
-                raise ValueError("--resume needs --run-dir: the run to continue")
-            # The saved config, under what this command line gives explicitly (only the
-            # settings that may change on resume, e.g. --num-iterations, can differ).
-            from metarl.runs import Run
-
-            base = dict(Run.read_record(run_dir)["config"])
-            if getattr(args, "preset", None):
-                base.update(FewShotConfig.presets[args.preset])
-            names = {f for f in FewShotConfig.__dataclass_fields__}
-            explicit = {k: v for k, v in vars(args).items() if k in names}
-            cfg = FewShotConfig.from_dict({**base, **explicit})
-        else:
-            cfg = from_args(FewShotConfig, args)
+        if args.resume and args.overwrite:
+            raise ValueError("--resume continues the run and --overwrite replaces it: pick one")
+        cfg, run_dir = _train_config(args)
+        if cfg is None:  # --help
+            return 0
         if run_dir is None:
             run_dir = Path("runs") / f"fewshot-{cfg.learner}-{time.strftime('%Y%m%d-%H%M%S')}"
         print(f"run directory: {run_dir}")
         args.run_path = run_dir  # for the Ctrl-C line
         args.resume_hint = f"metarl fewshot train --run-dir {run_dir} --resume"
-        if args.resume and args.overwrite:
-            raise ValueError("--resume continues the run and --overwrite replaces it: pick one")
         result = train(
             cfg,
             run_dir,
@@ -118,6 +225,7 @@ def run_fewshot(args: argparse.Namespace) -> int:
             out=args.out,
             num_ways=args.num_ways,
             eval_query=args.eval_query,
+            checkpoint=args.checkpoint,
         )
         print(summary_line(result))
         if "lake_one_shot_runs" in result:

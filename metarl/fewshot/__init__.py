@@ -5,7 +5,9 @@ Data (:mod:`~metarl.fewshot.data`): sinusoid regression tasks, Omniglot with the
 (:mod:`~metarl.fewshot.models`). One file per learner: :mod:`~metarl.fewshot.maml` (MAML,
 first-order MAML), :mod:`~metarl.fewshot.metasgd`, :mod:`~metarl.fewshot.reptile`,
 :mod:`~metarl.fewshot.protonet`, :mod:`~metarl.fewshot.matching`,
-:mod:`~metarl.fewshot.mann`, :mod:`~metarl.fewshot.baseline` (pretrain + fine-tune).
+:mod:`~metarl.fewshot.mann`, :mod:`~metarl.fewshot.metanet` (Meta Networks),
+:mod:`~metarl.fewshot.baseline` (pretrain + fine-tune). One config per learner
+(:mod:`~metarl.fewshot.configs`); mini-ImageNet's split files (:mod:`~metarl.fewshot.miniimagenet`).
 Evaluation over held-out episodes with a 95% CI (:mod:`~metarl.fewshot.evaluate`).
 """
 
@@ -24,7 +26,9 @@ from metarl.fewshot.learner import Learner
 from metarl.fewshot.maml import MAML
 from metarl.fewshot.mann import MANN
 from metarl.fewshot.matching import MatchingNet
+from metarl.fewshot.metanet import MetaNet
 from metarl.fewshot.metasgd import MetaSGD
+from metarl.fewshot.miniimagenet import mini_imagenet
 from metarl.fewshot.models import MLP, BatchStatNorm2d, Conv4
 from metarl.fewshot.protonet import ProtoNet
 from metarl.fewshot.reptile import Reptile
@@ -40,6 +44,7 @@ __all__ = [
     "ImageClasses",
     "Learner",
     "MatchingNet",
+    "MetaNet",
     "MetaSGD",
     "PretrainFinetune",
     "ProtoNet",
@@ -48,5 +53,6 @@ __all__ = [
     "evaluate",
     "image_folder",
     "lake_one_shot_runs",
+    "mini_imagenet",
     "omniglot",
 ]

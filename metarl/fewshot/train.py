@@ -24,19 +24,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from metarl.fewshot.baseline import PretrainFinetune
+from metarl.fewshot.configs import (
+    LEARNER_CONFIGS,
+    LEARNERS,
+    FewShotConfig,
+    MAMLConfig,
+    MatchingConfig,
+    MetaNetConfig,
+    MetaSGDConfig,
+    ReptileConfig,
+    config_class,
+)
 from metarl.fewshot.data import (
     EpisodeSampler,
     ImageClasses,
     SinusoidTasks,
-    default_omniglot_path,
     image_folder,
     lake_one_shot_runs,
     omniglot,
@@ -46,18 +55,26 @@ from metarl.fewshot.learner import Learner
 from metarl.fewshot.maml import MAML
 from metarl.fewshot.mann import MANN
 from metarl.fewshot.matching import MatchingNet
+from metarl.fewshot.metanet import MetaNet
 from metarl.fewshot.metasgd import MetaSGD
+from metarl.fewshot.miniimagenet import mini_imagenet
 from metarl.fewshot.models import MLP, Conv4
 from metarl.fewshot.protonet import ProtoNet
 from metarl.fewshot.reptile import Reptile
 from metarl.numerics import NonFiniteError, check_finite
-from metarl.runs import Run, resolve_device
-from metarl.runs.config import MAX_SEED, Config, option
+from metarl.runs import BEST_FILE, Run, resolve_device
 from metarl.runs.training import Generators, Trainer, train_loop
 
-__all__ = ["LEARNERS", "FewShotConfig", "build_learner", "evaluate_run", "train"]
+__all__ = [
+    "LEARNERS",
+    "LEARNER_CONFIGS",
+    "FewShotConfig",
+    "build_learner",
+    "config_class",
+    "evaluate_run",
+    "train",
+]
 
-LEARNERS = ("maml", "fomaml", "metasgd", "reptile", "protonet", "matching", "mann", "baseline")
 AGENT = "fewshot"
 EVAL_FILE = "eval.json"
 #: Lake et al.'s runs are drawings of images_evaluation characters, most of which the
@@ -71,194 +88,21 @@ LAKE_SPLIT_WARNING = (
 EVAL_SEED_OFFSET = 10_000
 
 
-def _check_device(value: str) -> str | None:
-    if value in ("auto", "cpu", "cuda") or value.startswith("cuda:"):
-        return None
-    return "must be auto, cpu, cuda or cuda:N"
-
-
-@dataclass
-class FewShotConfig(Config):
-    """One few-shot meta-training run. ``None`` means the learner's paper default."""
-
-    learner: str = option("maml", "the meta-learner", choices=LEARNERS)
-    dataset: str = option(
-        "omniglot",
-        "omniglot, sinusoid, folder (an image folder <root>/<class>/<image>), mnist (the IDX "
-        "files in --data-path; digits 0-4 train, 5-9 test) or digits (scikit-learn's 8x8 "
-        "digits, the same split, no download)",
-        choices=("omniglot", "sinusoid", "folder", "mnist", "digits"),
-    )
-    data_path: str = option(
-        default_omniglot_path(),
-        "Omniglot's folder (images_background/, images_evaluation/ or their zips; default "
-        "$METARL_OMNIGLOT, else ../shared/data/omniglot), or the "
-        "image folder's root for --dataset folder (its train/ and test/ sub-folders if present)",
-    )
-    omniglot_split: str = option(
-        "vinyals",
-        "Omniglot's characters: vinyals (1200 train / 423 test pooled from both halves, the "
-        "few-shot papers') or lake (train on images_background's 964, test on "
-        "images_evaluation's 659: Lake et al.'s protocol, needed for a clean --lake-runs score)",
-        choices=("vinyals", "lake"),
-    )
-    num_ways: int = option(5, "N of the N-way test episodes", low=2)
-    num_shots: int = option(1, "K: support examples per class (sinusoid: points per task)", low=1)
-    train_ways: int | None = option(
-        None, "N of training episodes (Prototypical Networks train 60-way)", low=2
-    )
-    num_query: int = option(15, "query examples per class in training episodes", low=1)
-    eval_query: int = option(15, "query examples per class in test episodes", low=1)
-    meta_batch_size: int = option(32, "episodes per meta-iteration", low=1)
-    num_iterations: int = option(
-        60_000, "meta-iterations (outer updates)", low=1, may_change_on_resume=True
-    )
-    meta_lr: float = option(1e-3, "outer step size (Adam)", low=0.0, low_open=True)
-    inner_lr: float | None = option(
-        None, "inner step size α (MAML, Meta-SGD init, Reptile's inner Adam)", low=0.0
-    )
-    num_inner_steps: int | None = option(None, "inner steps in meta-training", low=0)
-    num_eval_steps: int | None = option(None, "inner / fine-tuning steps at test time", low=0)
-    meta_step: float = option(1.0, "Reptile's initial outer step ε", low=0.0, high=1.0)
-    meta_step_final: float = option(0.0, "Reptile's final outer step ε", low=0.0, high=1.0)
-    inner_batch_size: int = option(10, "Reptile's inner mini-batch", low=1)
-    transductive: bool = option(True, "Reptile: classify the query set as one batch")
-    full_context: bool = option(False, "Matching Networks: full-context embeddings")
-    pool: str | None = option(
-        None, "Conv4 downsampling, max or stride (default: stride for MAML-family)"
-    )
-    image_size: int = option(28, "side of the square images", low=4)
-    vectorize: bool = option(
-        True,
-        "vectorise the meta-batch (Conv4: the tasks folded into grouped convolutions, other "
-        "models: vmap; False: a Python loop over tasks)",
-    )
-    seed: int = option(0, "seed of every random number generator of the run", low=0, high=MAX_SEED)
-    device: str = option(
-        "auto", "auto, cpu, cuda or cuda:N", check=_check_device, may_change_on_resume=True
-    )
-    checkpoint_every: int = option(
-        500, "checkpoint every this many iterations", low=1, may_change_on_resume=True
-    )
-    log_every: int = option(50, "log metrics every this many iterations", low=1)
-    tensorboard: bool = option(
-        True, "TensorBoard logs when tensorboard is installed", may_change_on_resume=True
-    )
-
-    presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # Finn et al. 2017, Sec. 5.1 and App. A.1: 70k iterations, batch 25, α = 0.01.
-        "maml-sinusoid": {
-            "learner": "maml",
-            "dataset": "sinusoid",
-            "num_shots": 10,
-            "num_query": 10,
-            "eval_query": 10,
-            "meta_batch_size": 25,
-            "num_iterations": 70_000,
-            "inner_lr": 0.01,
-            "num_inner_steps": 1,
-            "num_eval_steps": 1,
-        },
-        "baseline-sinusoid": {
-            "learner": "baseline",
-            "dataset": "sinusoid",
-            "num_shots": 10,
-            "num_query": 10,
-            "eval_query": 10,
-            "meta_batch_size": 25,
-            "num_iterations": 70_000,
-            "inner_lr": 0.01,
-            "num_eval_steps": 1,
-        },
-        # Finn et al. 2017, App. A.1: Omniglot α = 0.4, 1 step (3 at test), batch 32,
-        # K query examples per class in training.
-        "maml-omniglot-5w1s": {"learner": "maml", "num_query": 1},
-        "fomaml-omniglot-5w1s": {"learner": "fomaml", "num_query": 1},
-        "maml-omniglot-5w5s": {"learner": "maml", "num_shots": 5, "num_query": 5},
-        "maml-omniglot-20w1s": {
-            "learner": "maml",
-            "num_ways": 20,
-            "num_query": 1,
-            "meta_batch_size": 16,
-            "inner_lr": 0.1,
-            "num_inner_steps": 5,
-            "num_eval_steps": 5,
-        },
-        # Li et al. 2017: one inner step, learned rates, batch 32.
-        "metasgd-omniglot-5w1s": {"learner": "metasgd", "num_query": 1, "num_eval_steps": 1},
-        # Nichol et al. 2018 (supervised-reptile's o15t run): 10 train shots, batch 5,
-        # 100k iterations, transductive.
-        "reptile-omniglot-5w1s": {
-            "learner": "reptile",
-            "num_query": 9,
-            "meta_batch_size": 5,
-            "num_iterations": 100_000,
-            "inner_lr": 1e-3,
-            "num_inner_steps": 5,
-            "num_eval_steps": 50,
-        },
-        # Snell et al. 2017: 60-way training episodes, 5 queries, one episode per update.
-        "protonet-omniglot-5w1s": {
-            "learner": "protonet",
-            "train_ways": 60,
-            "num_query": 5,
-            "meta_batch_size": 1,
-            "num_iterations": 20_000,
-        },
-        "protonet-omniglot-5w5s": {
-            "learner": "protonet",
-            "num_shots": 5,
-            "train_ways": 60,
-            "num_query": 5,
-            "meta_batch_size": 1,
-            "num_iterations": 20_000,
-        },
-        "protonet-omniglot-20w1s": {
-            "learner": "protonet",
-            "num_ways": 20,
-            "train_ways": 60,
-            "num_query": 5,
-            "meta_batch_size": 1,
-            "num_iterations": 20_000,
-        },
-        "matching-omniglot-5w1s": {"learner": "matching", "num_query": 5},
-        # Santoro et al. 2016: batch 16 (their episodes: 10 instances per class).
-        "mann-omniglot-5w1s": {
-            "learner": "mann",
-            "num_query": 5,
-            "meta_batch_size": 16,
-            "num_iterations": 100_000,
-        },
-        "baseline-omniglot-5w1s": {
-            "learner": "baseline",
-            "num_query": 5,
-            "meta_batch_size": 8,
-            "inner_lr": 0.1,
-            "num_eval_steps": 50,
-        },
-    }
-
-    def validate(self) -> None:
-        super().validate()
-        if self.dataset == "sinusoid" and self.learner in ("protonet", "matching", "mann"):
-            from metarl.runs.config import ConfigError
-
-            raise ConfigError(
-                f"{self.learner} is a classifier; sinusoid regression works with maml, "
-                "fomaml, metasgd, reptile and baseline"
-            )
-        if self.pool is not None and self.pool not in ("max", "stride"):
-            from metarl.runs.config import ConfigError
-
-            raise ConfigError(f"FewShotConfig.pool (--pool) must be max or stride, got {self.pool}")
+#: Validation episodes too (the same ones at every --val-every evaluation).
+VAL_SEED_OFFSET = 20_000
 
 
 # ------------------------------------------------------------------------------- building
 
 
 def load_split(cfg: FewShotConfig, split: str) -> ImageClasses:
-    """The image classes of ``split`` ("train"/"test") for an image data set."""
+    """The image classes of ``split`` ("train", "val" or "test") for an image data set."""
     if cfg.dataset == "omniglot":
+        if split == "val":
+            raise ValueError(
+                "Omniglot's few-shot protocol has no validation split: drop --val-every (it "
+                "needs --dataset miniimagenet, or an image folder with a val/ sub-folder)"
+            )
         if cfg.omniglot_split == "lake":
             split = {"train": "background", "test": "evaluation"}[split]
         return omniglot(cfg.data_path, split, image_size=cfg.image_size)
@@ -268,18 +112,26 @@ def load_split(cfg: FewShotConfig, split: str) -> ImageClasses:
         if cfg.dataset == "digits":
             return sklearn_digits(split, image_size=cfg.image_size)
         return mnist(cfg.data_path, split, image_size=cfg.image_size)
+    if cfg.dataset == "miniimagenet":
+        return mini_imagenet(cfg.data_path, split, image_size=cfg.image_size)
     root = Path(cfg.data_path).expanduser()
     sub = root / split
     if sub.is_dir():
         return image_folder(sub, image_size=cfg.image_size)
+    if split == "val":
+        raise FileNotFoundError(
+            f"image folder {str(root)!r} has no val/ sub-folder, which --val-every evaluates "
+            f"on; add <root>/val/<class>/<image> or drop --val-every"
+        )
     raise FileNotFoundError(
         f"image folder {str(root)!r} has no {split}/ sub-folder; expected "
-        f"<root>/train/<class>/<image> and <root>/test/<class>/<image> (e.g. mini-ImageNet's "
-        f"train/ and test/ folders)"
+        f"<root>/train/<class>/<image> and <root>/test/<class>/<image> (and val/ for "
+        f"--val-every)"
     )
 
 
 def make_sampler(cfg: FewShotConfig, split: str, data: ImageClasses | None = None) -> Sampler:
+    """Episodes of ``split``: training episodes for "train", test-time ones otherwise."""
     if cfg.dataset == "sinusoid":
         query = cfg.num_query if split == "train" else cfg.eval_query
         return SinusoidTasks(num_shots=cfg.num_shots, num_query=query)
@@ -296,58 +148,73 @@ def _default(value: Any, fallback: Any) -> Any:
 def build_learner(
     cfg: FewShotConfig, image_shape: tuple[int, int, int] | None, num_train_classes: int = 0
 ) -> Learner:
-    """The learner ``cfg`` names, with its backbone (Conv4 for images, MLP for sinusoids)."""
+    """The learner ``cfg`` configures, with its backbone (Conv4 for images, MLP for
+    sinusoids)."""
     regression = cfg.dataset == "sinusoid"
-    name = cfg.learner
-    gradient_based = name in ("maml", "fomaml", "metasgd", "reptile")
-    pool = _default(cfg.pool, "stride" if gradient_based and name != "reptile" else "max")
+    c: Any = cfg  # every learner's config but MANN's has pool and hidden
 
     def backbone(num_outputs: int | None) -> torch.nn.Module:
         if regression:
             return MLP()
         assert image_shape is not None
-        return Conv4(image_shape, num_outputs, pool=pool)
+        return Conv4(image_shape, num_outputs, hidden=c.hidden, pool=c.pool)
 
-    if name in ("maml", "fomaml", "metasgd"):
-        steps = _default(cfg.num_inner_steps, 1)
+    if isinstance(cfg, MAMLConfig):  # MAML, first-order MAML, Meta-SGD
         kwargs: dict[str, Any] = {
-            "inner_lr": _default(cfg.inner_lr, 0.4),
-            "num_inner_steps": steps,
-            "num_eval_steps": _default(cfg.num_eval_steps, steps if regression else 3),
+            "inner_lr": cfg.inner_lr,
+            "num_inner_steps": cfg.num_inner_steps,
+            "num_eval_steps": _default(
+                cfg.num_eval_steps, cfg.num_inner_steps if regression else 3
+            ),
             "meta_lr": cfg.meta_lr,
             "vectorize": cfg.vectorize,
         }
-        if name == "metasgd":
+        if isinstance(cfg, MetaSGDConfig):
             return MetaSGD(backbone(cfg.num_ways), **kwargs)
-        return MAML(backbone(cfg.num_ways), first_order=name == "fomaml", **kwargs)
-    if name == "reptile":
+        return MAML(backbone(cfg.num_ways), first_order=cfg.learner == "fomaml", **kwargs)
+    if isinstance(cfg, ReptileConfig):
         return Reptile(
             backbone(cfg.num_ways),
-            inner_lr=_default(cfg.inner_lr, 1e-3),
-            num_inner_steps=_default(cfg.num_inner_steps, 5),
+            inner_lr=cfg.inner_lr,
+            num_inner_steps=cfg.num_inner_steps,
             inner_batch_size=cfg.inner_batch_size,
-            num_eval_steps=_default(cfg.num_eval_steps, 50),
+            num_eval_steps=cfg.num_eval_steps,
             meta_step=cfg.meta_step,
             meta_step_final=cfg.meta_step_final,
             total_iterations=cfg.num_iterations,
             transductive=cfg.transductive,
         )
-    if name == "protonet":
-        return ProtoNet(backbone(None), lr=cfg.meta_lr)
-    if name == "matching":
+    if cfg.learner == "protonet":
+        return ProtoNet(backbone(None), lr=c.meta_lr)
+    if isinstance(cfg, MatchingConfig):
         net = backbone(None)
         return MatchingNet(net, net.embedding_dim, cfg.full_context, lr=cfg.meta_lr)  # type: ignore[arg-type]
-    if name == "mann":
+    if cfg.learner == "mann":
         assert image_shape is not None
-        return MANN(math.prod(image_shape), cfg.num_ways, lr=cfg.meta_lr)
-    # baseline
-    return PretrainFinetune(
-        backbone(None if regression else num_train_classes),
-        lr=cfg.meta_lr,
-        finetune_lr=_default(cfg.inner_lr, 0.01 if regression else 0.1),
-        num_finetune_steps=_default(cfg.num_eval_steps, 1 if regression else 50),
-        finetune="all" if regression else "head",
-    )
+        return MANN(math.prod(image_shape), cfg.num_ways, lr=c.meta_lr)
+    if isinstance(cfg, MetaNetConfig):
+        assert image_shape is not None
+        base, key = backbone(None), backbone(None)
+        return MetaNet(
+            base,
+            key,
+            feature_dim=base.embedding_dim,  # type: ignore[arg-type]
+            num_ways=cfg.num_ways,
+            fc_size=cfg.fc_size,
+            key_size=cfg.key_size,
+            generator_size=cfg.generator_size,
+            fast_weights=cfg.fast_weights,
+            lr=cfg.meta_lr,
+        )
+    if cfg.learner == "baseline":
+        return PretrainFinetune(
+            backbone(None if regression else num_train_classes),
+            lr=c.meta_lr,
+            finetune_lr=_default(c.inner_lr, 0.01 if regression else 0.1),
+            num_finetune_steps=_default(c.num_eval_steps, 1 if regression else 50),
+            finetune="all" if regression else "head",
+        )
+    raise ValueError(f"no builder for few-shot learner {cfg.learner!r}")
 
 
 # ------------------------------------------------------------------------------- running
@@ -368,6 +235,7 @@ class _FewShotTrainer(Trainer):
         shape = None if train_data is None else train_data.image_shape
         ntrain = 0 if train_data is None else train_data.num_classes
         self.learner = build_learner(cfg, shape, ntrain).to(device)
+        self.val_sampler = make_sampler(cfg, "val") if cfg.val_every else None
         self.started = time.perf_counter()
 
     def begin(self, run: Run, start: int) -> None:
@@ -391,6 +259,18 @@ class _FewShotTrainer(Trainer):
         check_finite("parameters after the update", self.learner.state_dict(),
                      hint="lower --meta-lr or --inner-lr")  # fmt: skip
         return {**metrics, "wall_clock_s": time.perf_counter() - self.started}
+
+    def validate(self, it: int) -> dict[str, float] | None:
+        """Every ``val_every`` iterations: the mean accuracy (or −MSE) on the same
+        ``num_val_episodes`` validation episodes; the loop keeps the best as best.pt."""
+        if self.val_sampler is None or (it + 1) % self.cfg.val_every:
+            return None
+        seed = self.cfg.seed + VAL_SEED_OFFSET
+        result = evaluate(self.learner, self.val_sampler, self.cfg.num_val_episodes,
+                          seed=seed, device=self.device)  # fmt: skip
+        self.learner.train()
+        score = result["mean"] if result["metric"] == "accuracy" else -result["mean"]
+        return {f"val_{result['metric']}": result["mean"], "val_score": score}
 
     def state(self) -> dict[str, Any]:
         return self.learner.train_state()
@@ -422,11 +302,19 @@ def train(
 
     run = train_loop(cfg, run_dir, AGENT, make, resume=resume, overwrite=overwrite,
                      log_every=cfg.log_every, check_env=False)  # fmt: skip
+    if cfg.val_every and (run.path / BEST_FILE).exists():  # model selection on validation
+        return evaluate_run(run.path, num_eval_episodes, device=cfg.device, checkpoint="best")
     return evaluate_run(run.path, num_eval_episodes, learner=trainers[0].learner, cfg=cfg)
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> tuple[FewShotConfig, Learner]:
-    """A run's config and its learner with the latest checkpoint's weights."""
+def load_run(
+    run_dir: str | Path, device: str = "auto", checkpoint: str = "latest"
+) -> tuple[FewShotConfig, Learner]:
+    """A run's config and its learner with the weights of its ``checkpoint``: ``"latest"``
+    (checkpoint.pt) or ``"best"`` (best.pt, the best validation score of a run trained with
+    ``val_every``)."""
+    if checkpoint not in ("latest", "best"):
+        raise ValueError(f"checkpoint must be latest or best, got {checkpoint!r}")
     record = Run.read_record(run_dir)
     if record["agent"] != AGENT:
         raise ValueError(f"{run_dir} is a {record['agent']} run, not a few-shot run")
@@ -437,7 +325,7 @@ def load_run(run_dir: str | Path, device: str = "auto") -> tuple[FewShotConfig, 
         shape, ntrain = data.image_shape, data.num_classes
     learner = build_learner(cfg, shape, ntrain).to(resolve_device(device))
     run = Run(Path(run_dir), AGENT, cfg.replace(tensorboard=False))
-    state = run.load_checkpoint()["state"]
+    state = run.load_best()["state"] if checkpoint == "best" else run.load_checkpoint()["state"]
     learner.load_train_state(state)
     return cfg, learner
 
@@ -452,6 +340,7 @@ def evaluate_run(
     out: str | Path | None = None,
     num_ways: int | None = None,
     eval_query: int | None = None,
+    checkpoint: str = "latest",
 ) -> dict[str, Any]:
     """Evaluate a run's learner on ``num_episodes`` held-out episodes; write JSON.
 
@@ -461,7 +350,7 @@ def evaluate_run(
     matching; Snell et al. test their 1-shot model 5-way and 20-way).
     """
     if learner is None or cfg is None:
-        cfg, learner = load_run(run_dir, device)
+        cfg, learner = load_run(run_dir, device, checkpoint)
     if num_ways is not None and num_ways != cfg.num_ways:
         if cfg.learner not in ("protonet", "matching"):
             raise ValueError(
@@ -482,6 +371,7 @@ def evaluate_run(
         "num_query": cfg.eval_query,
         "config": cfg.to_dict(),
         "device": str(dev),
+        "checkpoint": checkpoint,
     }
     seed = cfg.seed + EVAL_SEED_OFFSET
     result.update(evaluate(learner, sampler, num_episodes, seed=seed, device=dev))

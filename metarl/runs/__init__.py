@@ -92,6 +92,8 @@ __all__ = [
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: The checkpoint of the best validation score so far (runs trained with validation).
+BEST_FILE = "best.pt"
 #: One JSON line per resumed session that changed a ``may_change_on_resume`` setting.
 RESUMES_FILE = "resumes.jsonl"
 
@@ -481,6 +483,45 @@ class Run:
             self.checkpoint_path, payload, agent=self.agent, task_family=self.task_family
         )
 
+    def save_best(
+        self, iteration: int, state: Mapping[str, Any], scores: Mapping[str, float]
+    ) -> Path:
+        """Atomically write ``state`` as ``best.pt``: the model after ``iteration`` iterations,
+        whose validation ``scores`` (with ``val_score``, higher is better) are the best so
+        far."""
+        payload = {
+            "iteration": int(iteration),
+            "agent": self.agent,
+            "config": self.config.to_dict(),
+            "state": _plain(dict(state)),
+            "validation": {k: float(v) for k, v in scores.items()},
+        }
+        return save_checkpoint_file(
+            self.path / BEST_FILE, payload, agent=self.agent, task_family=self.task_family
+        )
+
+    def load_best(self) -> dict[str, Any]:
+        """Read ``best.pt`` (see :meth:`save_best`): ``{"iteration", "state", "validation"}``."""
+        path = self.path / BEST_FILE
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} does not exist: only a run trained with validation (--val-every N) "
+                "keeps a best checkpoint; evaluate the latest one (--checkpoint latest)"
+            )
+        payload = load_checkpoint_file(path, agent=self.agent, task_family=self.task_family)
+        for key in ("iteration", "state", "validation"):
+            if key not in payload:
+                raise CheckpointError(f"{path} has no {key!r}; it is not a best checkpoint")
+        self._check_config(payload)
+        payload["state"] = _unplain(payload["state"])
+        return payload
+
+    def best_score(self) -> float | None:
+        """The validation score of ``best.pt``; None when there is none yet."""
+        if not (self.path / BEST_FILE).exists():
+            return None
+        return float(self.load_best()["validation"]["val_score"])
+
     @property
     def task_family(self) -> str | None:
         """What the run learns from: the config's ``env_id`` (or ``dataset``), if it has one."""
@@ -545,6 +586,7 @@ class Run:
         """``{field: (checkpoint's value, this session's)}`` for the fields that differ, among
         those marked ``may_change_on_resume`` (``free``) or the others."""
         now = self.config.to_dict()
+        made_with = type(self.config).upgrade(made_with)  # an older version's names/defaults
         return {
             f.name: (made_with[f.name], now.get(f.name))
             for f in dataclasses.fields(self.config)

@@ -241,8 +241,16 @@ class Config:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
+    def upgrade(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` (a run's config.json, maybe written by an older version) in this version's
+        terms; :meth:`from_dict` and the checkpoint's config check read through it. The base
+        class changes nothing."""
+        return dict(data)
+
+    @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         """Build from a dict (e.g. a run's config.json); unknown keys are an error."""
+        data = cls.upgrade(data)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

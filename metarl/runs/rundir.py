@@ -56,6 +56,7 @@ WRITTEN_NAMES = (
     "config.json",
     "metrics.csv",
     "checkpoint.pt",
+    "best.pt",
     "resumes.jsonl",
     "eval_test.json",
     "eval_train.json",

@@ -11,7 +11,9 @@ keeps — and the loop owns everything around it, once for all agents:
 4. per iteration: the trainer's step; a NaN/inf or an env failure stops the run with an error
    naming the iteration and the last good checkpoint, before anything of that iteration is
    logged or saved; then the metrics row, the progress line and, every ``checkpoint_every``
-   iterations and at the end, the checkpoint;
+   iterations and at the end, the checkpoint; a trainer that validates
+   (:meth:`Trainer.validate`) also has the state of its best validation score kept as
+   ``best.pt``;
 5. at the end of a meta-RL run (a config with an ``env_id``), the run's ``README.md`` model
    card (:mod:`metarl.runs.model_card`; a card that cannot be written is a warning, never a
    failed run);
@@ -101,6 +103,12 @@ class Trainer(ABC):
         """The trainer's own generators, saved and restored with every checkpoint (Python's,
         NumPy's and torch's global ones are always)."""
         return {}
+
+    def validate(self, it: int) -> dict[str, float] | None:
+        """Validation metrics after iteration ``it``, or None (no validation then). Their
+        ``val_score`` (higher is better) decides the best checkpoint, kept as ``best.pt``
+        beside the latest; the metrics go into the iteration's row."""
+        return None
 
     def parameters(self) -> Any:
         """What must be finite after every iteration (checked before anything is logged)."""
@@ -192,6 +200,7 @@ def _loop(
     # With a bar on the terminal every line goes through it (tqdm clears the bar's line,
     # writes the line, then redraws the bar below it), never onto the bar itself.
     say = _through(bar, log) if log else None
+    best: float | None = None
     try:
         if say:
             on = f" on {c.env_id}" if hasattr(c, "env_id") else ""
@@ -202,14 +211,23 @@ def _loop(
             try:
                 stats = trainer.iteration(it)
                 check_finite(f"parameters after the {trainer.outer_step}", trainer.parameters())
+                validation = trainer.validate(it)
             except NonFiniteError as e:  # stop before logging or checkpointing this iteration
                 raise NonFiniteError(at_iteration(e, it, kept), e.quantity, it) from e
             except EnvError as e:  # an env raised, died or hung: name the iteration too
                 raise e.at_iteration(it, kept) from e
             seconds = time.perf_counter() - began
             done = it + 1
-            if done % log_every == 0 or done == total:
+            if validation is not None:
+                stats = {**stats, **validation}
+            if done % log_every == 0 or done == total or validation is not None:
                 run.log(it, stats)
+            if validation is not None:
+                if best is None:
+                    best = run.best_score()  # a resumed run's best so far
+                if best is None or validation["val_score"] > best:
+                    best = validation["val_score"]
+                    run.save_best(done, trainer.state(), validation)
             shown = ", ".join(x for x in (trainer.progress(stats), f"{seconds:.2f} s") if x)
             if bar is not None:
                 bar.set_postfix_str(shown, refresh=False)
