@@ -15,7 +15,7 @@ encoder's memory runs through all episodes of a trial and starts blank at every 
       Σ_{t=0..T} [ Σ_{j<T} −log p(r_j | m_t ~ q(·|τ:t), s_j, a_j, s'_j)
                    + kl_weight · KL(q(·|τ:t) ‖ q(·|τ:t−1)) ],     q(·|τ:−1) = N(0, I),
 
-  (Zintgraf et al. 2020, Eq. 4 and Sec. 4, the KL to the previous posterior); the rewards'
+  (Zintgraf et al. 2020, Sec. 4, with the KL to the previous posterior); the rewards'
   log-likelihood is Gaussian with unit variance (a squared error). ``--vae-subsample-elbos``
   and ``--vae-subsample-decodes`` draw that many beliefs and decoded steps per update, as
   the reference code does for the MuJoCo trials of 400 steps.
