@@ -1,4 +1,4 @@
-"""Meta-RL agents (MAML-RL, Reptile-RL, RL², baselines), one readable file each.
+"""Meta-RL agents (MAML-RL, Reptile-RL, RL², VariBAD, baselines), one readable file each.
 
 The registry maps an agent's name (``metarl train --agent NAME``) to its module, imported
 on first use. Every agent keeps one contract, :class:`metarl.agent.Agent`:
@@ -54,6 +54,10 @@ _AGENTS: dict[str, tuple[str, str]] = {
     "pearl": (
         "metarl.agents.pearl",
         "PEARL (Rakelly et al. 2019): SAC with a probabilistic context encoder; off-policy",
+    ),
+    "varibad": (
+        "metarl.agents.varibad",
+        "VariBAD (Zintgraf et al. 2020): a VAE belief over the task fed to a PPO policy",
     ),
     "pretrained": (
         "metarl.agents.pretrained",

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 
 import metarl
+from metarl.adaptation.policy_gradient import ppo_clip_loss
 from metarl.agent import Capabilities
 from metarl.evaluation import (
     AdaptationCurve,
@@ -65,7 +66,8 @@ from metarl.evaluation import (
     progress_bar,
     save_run_curve,
 )
-from metarl.learning.returns import normalize_advantages
+from metarl.learning.policies import run_gru
+from metarl.learning.returns import normalize_advantages, trial_gae
 from metarl.numerics import check_finite
 from metarl.runs import Run, load_checkpoint_file
 from metarl.runs.config import (
@@ -283,22 +285,6 @@ CONFIG = RL2Config
 CAPABILITIES = Capabilities(adapts_by="episodes")
 
 
-def _run_gru(gru: nn.GRU, x: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``gru`` over ``x`` ``(T, B, in)`` from ``h`` ``(B, hidden)``: (outputs ``(T, B,
-    hidden)``, final hidden); where ``mask`` is 0 a row's hidden state is carried unchanged
-    and its output is 0."""
-    if mask is None or bool(mask.all()):
-        out, h_last = gru(x, h[None])
-        return out, h_last[0]
-    outs = []
-    for t in range(x.shape[0]):
-        o, h_new = gru(x[t : t + 1], h[None])
-        keep = mask[t, :, None].bool()
-        h = torch.where(keep, h_new[0], h)
-        outs.append(torch.where(keep, o[0], 0.0))
-    return torch.stack(outs), h
-
-
 class RL2Policy(nn.Module):
     """A GRU over ``(obs, prev action, prev reward, done)`` with a policy and a value head.
 
@@ -349,11 +335,11 @@ class RL2Policy(nn.Module):
         self, x: Tensor, h: Tensor, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         if self.v_gru is None:
-            out, h_last = _run_gru(self.gru, x, h, mask)
+            out, h_last = run_gru(self.gru, x, h, mask)
             return self.pi(out), self.v(out).squeeze(-1), h_last
         n = self.hidden_size
-        out, h_pi = _run_gru(self.gru, x, h[:, :n], mask)
-        v_out, h_v = _run_gru(self.v_gru, x, h[:, n:], mask)
+        out, h_pi = run_gru(self.gru, x, h[:, :n], mask)
+        v_out, h_v = run_gru(self.v_gru, x, h[:, n:], mask)
         return self.pi(out), self.v(v_out).squeeze(-1), torch.cat([h_pi, h_v], -1)
 
     def distribution(self, head: Tensor) -> torch.distributions.Distribution:
@@ -463,27 +449,6 @@ def collect_trials(
         episode_returns=torch.stack(episode_returns),
         episode_success=torch.stack(episode_success) if episode_success else None,
     )
-
-
-def trial_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
-    """GAE (Schulman et al. 2016, Eq. 16) over a whole trial, skipping masked steps.
-
-    The trial is one long episode: the value after an episode's last step is the value of
-    the next episode's first step, and 0 after the trial's last step. Steps with mask 0 (a
-    row waiting while others finish their episode) are skipped, not treated as ends.
-    All tensors ``(T, B)``; returns advantages ``(T, B)``, 0 where masked.
-    """
-    adv = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[0])
-    next_value = torch.zeros_like(rewards[0])
-    for t in range(rewards.shape[0] - 1, -1, -1):
-        live = mask[t] > 0
-        delta = rewards[t] + gamma * next_value - values[t]
-        a = delta + gamma * lam * running
-        adv[t] = torch.where(live, a, 0.0)
-        running = torch.where(live, a, running)
-        next_value = torch.where(live, values[t], next_value)
-    return adv
 
 
 class RL2(Trainer):
@@ -597,12 +562,9 @@ class RL2(Trainer):
                 logp = dist.log_prob(trials.actions[:, mb])
                 n = m.sum().clamp_min(1.0)
                 mb_adv = normalize_advantages(adv[:, mb], m)
-                ratio = (logp - trials.log_probs[:, mb]).exp()
-                # Clipped surrogate (Schulman et al. 2017, Eq. 7).
-                surrogate = torch.min(
-                    ratio * mb_adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * mb_adv
+                policy_loss, ratio = ppo_clip_loss(
+                    logp, trials.log_probs[:, mb], mb_adv, m, n, cfg.clip_coef
                 )
-                policy_loss = -(surrogate * m).sum() / n
                 value_loss = 0.5 * (((values - targets[:, mb]) ** 2) * m).sum() / n
                 entropy = (dist.entropy() * m).sum() / n
                 loss = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy

@@ -22,6 +22,8 @@ How a policy adapts is the agent's own (its ``CAPABILITIES.adapts_by``):
   episode (both are no-ops for the other agents, so one loop runs every policy);
   (PEARL): ``steps`` episodes of the task, their transitions the context of a posterior
   over the latent task variable, and the adapted policy acts with a draw from it;
+  VariBAD: ``steps`` episodes run as one trial, which update its belief over the task (the
+  encoder's posterior); the adapted policy acts from that belief, held fixed;
 * **none** (the oracle): the policy is given the task; ``adapt`` returns the task-conditioned
   policy and spends no episodes.
 
@@ -68,6 +70,7 @@ from metarl.stepping.registry import make
 
 __all__ = [
     "AdaptedPolicy",
+    "BeliefTrainedPolicy",
     "ContextTrainedPolicy",
     "GradientTrainedPolicy",
     "RecurrentTrainedPolicy",
@@ -439,6 +442,69 @@ class RecurrentTrainedPolicy(TrainedPolicy):
         chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
         return self._curve(self.rl2, chosen, split=s.split, num_steps=s.num_steps,
                            seeds=s.seeds, episodes_per_step=s.episodes_per_step)  # fmt: skip
+
+
+class BeliefTrainedPolicy(TrainedPolicy):
+    """VariBAD's policy: it adapts by running episodes of the task, which update its belief
+    over the task (the encoder's posterior); the adapted policy acts from that belief, held
+    fixed.
+
+    Args:
+        agent: the loaded :class:`metarl.agents.varibad.VariBAD` agent.
+        curve: ``(agent, tasks, split=, num_steps=, seeds=, episodes_per_step=) ->
+            AdaptationCurve``, its evaluation on ``tasks``.
+    """
+
+    adapts_by = "episodes"
+
+    def __init__(self, agent: Any, curve: Callable[..., AdaptationCurve]) -> None:
+        super().__init__("varibad", agent.config, agent.device)
+        self.belief_agent, self._curve = agent, curve
+
+    def adapt(
+        self,
+        task: Any,
+        *,
+        steps: int | None = None,
+        episodes: int | None = None,
+        lr: float | Sequence[float] | None = None,
+        seed: int = 0,
+    ) -> AdaptedPolicy:
+        """``steps`` (or, the same, ``episodes``) episodes of ``task`` run with the policy (one
+        trial, the belief starting at the prior); the adapted policy acts from the belief they
+        leave, held fixed. 0: the prior belief."""
+        task = self.task_of(task)
+        self._no_lr(lr)
+        if steps is not None and episodes is not None and steps != episodes:
+            raise ValueError(
+                f"{self.agent} adapts by episodes: steps and episodes both count them; give "
+                f"one (got steps={steps!r}, episodes={episodes!r})"
+            )
+        agent = self.belief_agent
+        trained = max(1, agent.config.episodes_per_trial - 1)
+        n = self._check_steps(steps if steps is not None else episodes, trained)
+        returns: list[float] = []
+        if n:
+            memory: dict[str, Tensor] = {}
+            trials = agent.collect([task], n, seed=seed, memory=memory)
+            returns = [float(r) for r in trials.episode_returns[:, 0]]
+            belief = memory["belief"]
+        else:
+            belief = agent.prior_belief()
+        policy = agent.conditioned_policy(belief)
+        params = {k: v.detach() for k, v in policy.named_parameters()}
+        module = _MeanAction(policy, params, self.action_space)
+        return AdaptedPolicy(self, task, n, module, None, None, returns)
+
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        s = settings
+        self._no_lr(s.lrs, "lrs")
+        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
+        return self._curve(self.belief_agent, chosen, split=s.split, num_steps=s.num_steps,
+                           seeds=s.seeds, episodes_per_step=s.episodes_per_step)  # fmt: skip
+
+
+# -- the adapted policy --------------------------------------------------------------------
 
 
 class ContextTrainedPolicy(TrainedPolicy):

@@ -10,6 +10,7 @@ metarl/BernoulliBandit-K5-v0   5 arm probabilities ~ U[0, 1]        Duan et al. 
 metarl/BernoulliBandit-K10-v0  10 arm probabilities                 Duan et al. 2016
 metarl/BernoulliBandit-K50-v0  50 arm probabilities                 Duan et al. 2016
 metarl/TabularMDP-S10A5-v0     10×5 transitions and rewards         Duan et al. 2016
+metarl/GridNavigation-v0       goal cell of a 5×5 grid (21 goals)   Zintgraf et al. 2020
 =============================  ===================================  ===========================
 
 The MuJoCo families (``metarl/HalfCheetahVel-v0``, ``AntGoal``, ``HopperRandParams``...) are in
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 from functools import partial
 
-from metarl.envs import bandits, navigation, tabular_mdp, torch_envs
+from metarl.envs import bandits, gridworld, navigation, tabular_mdp, torch_envs
 from metarl.stepping.registry import register_family
 
-__all__ = ["bandits", "navigation", "tabular_mdp", "torch_envs"]
+__all__ = ["bandits", "gridworld", "navigation", "tabular_mdp", "torch_envs"]
 
 register_family(
     "metarl/Navigation2D-v0",
@@ -52,6 +53,13 @@ register_family(
     batched={"numpy": partial(tabular_mdp.TabularMDPBatched, num_states=10, num_actions=5)},
     torch=partial(torch_envs.TabularMDPTorch, num_states=10, num_actions=5),
     paper="Duan et al. 2016, RL², Sec. 4.2",
+)
+register_family(
+    "metarl/GridNavigation-v0",
+    "metarl.envs.gridworld:GridNavigation",
+    max_episode_steps=gridworld.HORIZON,
+    batched={"numpy": gridworld.GridNavigationBatched},
+    paper="Zintgraf et al. 2020, VariBAD, Sec. 5.1",
 )
 
 # The MuJoCo families register themselves (string entry points: models load on make).

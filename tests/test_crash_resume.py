@@ -12,9 +12,9 @@ delay), so they land inside iterations, between them and inside saves; a test ho
 writing its N-th checkpoint, the window an atomic save must survive.
 
 Fast set: MAML-TRPO (a kill inside a write, random kills), Reptile-RL, RL², PEARL (whose
-checkpoints hold its replay buffers) and few-shot MAML (a kill inside a write). Slow set:
-random kills for one job of each kind, more write positions, every few-shot learner, the SB3
-baselines (pretrained, oracle; random-init trains nothing).
+checkpoints hold its replay buffers), VariBAD and few-shot MAML (a kill inside a write). Slow
+set: random kills for one job of each kind, more write positions, every few-shot learner, the
+SB3 baselines (pretrained, oracle; random-init trains nothing).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from metarl.testing import tally
 #: Iterations of every job: one checkpoint per iteration, so every kill has one to lose.
 ITERATIONS = 8
 #: Timings and throughput differ between runs; everything else logged must not.
-TIMING_COLUMNS = {"sample_s", "adapt_s", "outer_s", "update_s", "iteration_s",
+TIMING_COLUMNS = {"sample_s", "adapt_s", "outer_s", "update_s", "vae_s", "iteration_s",
                   "env_steps_per_s", "wall_clock_s"}  # fmt: skip
 _HOOK = "METARL_TEST_KILL_IN_CHECKPOINT_WRITE"
 
@@ -157,6 +157,21 @@ JOBS = {
         "3",
         "--batch-size",
         "8",
+    ),
+    "varibad": _train_job(
+        "varibad",
+        "--num-trials",
+        "4",
+        "--num-minibatches",
+        "2",
+        "--episodes-per-trial",
+        "2",
+        "--hidden-sizes",
+        "8",
+        "--encoder-hidden",
+        "8",
+        "--vae-batch-num-trajs",
+        "4",
     ),
     "pretrained": _train_job("pretrained", *_PPO),
     "oracle": _train_job("oracle", *_PPO),
@@ -335,7 +350,7 @@ def _killed_inside_write(
     _assert_same(name, run_dir, reference)
 
 
-FAST_WRITE_KILLS = ["maml-trpo", "reptile-rl", "rl2", "pearl", "fewshot-maml"]
+FAST_WRITE_KILLS = ["maml-trpo", "reptile-rl", "rl2", "pearl", "varibad", "fewshot-maml"]
 
 
 @pytest.mark.parametrize("name", FAST_WRITE_KILLS)
@@ -359,7 +374,8 @@ def test_killed_at_a_random_moment_then_resumed_is_bit_exact(
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "seed"),
-    [("maml-trpo", 1), ("reptile-rl", 0), ("rl2", 0), ("pearl", 0), ("pretrained", 0),
+    [("maml-trpo", 1), ("reptile-rl", 0), ("rl2", 0), ("pearl", 0), ("varibad", 0),
+     ("pretrained", 0),
      ("fewshot-maml", 0),
      ("fewshot-protonet", 0)],
 )  # fmt: skip
@@ -378,7 +394,8 @@ def test_many_random_kills_then_resumed_is_bit_exact(
 @pytest.mark.parametrize(
     ("name", "write"),
     [("maml-trpo", 1), ("maml-trpo", 4), ("maml-trpo", ITERATIONS), ("reptile-rl", 1),
-     ("rl2", ITERATIONS), ("pretrained", 5), ("oracle", 5), ("fewshot-maml", 1),
+     ("rl2", ITERATIONS), ("varibad", ITERATIONS), ("pretrained", 5), ("oracle", 5),
+     ("fewshot-maml", 1),
      *((f"fewshot-{n}", 5) for n in FEWSHOT_LEARNERS if n != "maml")],
 )  # fmt: skip
 def test_killed_inside_any_checkpoint_write_then_resumed_is_bit_exact(

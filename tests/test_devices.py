@@ -152,8 +152,10 @@ def test_maml_trains_evaluates_and_resumes_across_devices(
          "--hidden-size", "8", "--max-episode-steps", "5"],
         ["--agent", "pretrained", "--preset", "quick", "--num-iterations", "1"],
         ["--agent", "random-init", "--hidden-sizes", "8"],
+        ["--agent", "varibad", "--preset", "quick", "--num-iterations", "1", "--num-trials",
+         "4", "--num-minibatches", "2", "--vae-batch-num-trajs", "4"],
     ],
-    ids=["reptile-rl", "rl2", "pretrained", "random-init"],
+    ids=["reptile-rl", "rl2", "pretrained", "random-init", "varibad"],
 )  # fmt: skip
 def test_other_agents_train_and_evaluate_on_the_device(
     device: str, agent_args: list[str], tmp_path: Path
@@ -162,7 +164,7 @@ def test_other_agents_train_and_evaluate_on_the_device(
     assert main(["train", *agent_args, "--device", device, "--run-dir", d,
                  "--no-tensorboard"]) == 0  # fmt: skip
     assert _stored_locations(Path(d) / "checkpoint.pt") == {"cpu"}
-    steps = [] if "rl2" in agent_args else ["--steps", "1"]
+    steps = [] if {"rl2", "varibad"} & set(agent_args) else ["--steps", "1"]
     assert main(["evaluate", d, *steps, "--seeds", "0", "--max-tasks", "2", "--episodes", "2",
                  "--device", device]) == 0  # fmt: skip
 

@@ -28,6 +28,22 @@ RUNS: dict[str, list[str]] = {
     "meta-sgd": ["--agent", "maml-trpo", *_MAML, "--learn-inner-lr"],
     "reptile-rl": ["--agent", "reptile-rl", *_MAML],
     "rl2": ["--agent", "rl2", "--preset", "quick", "--num-iterations", "1", "--num-trials", "4"],
+    "varibad": [
+        "--agent",
+        "varibad",
+        "--env",
+        NAV,
+        "--num-iterations",
+        "1",
+        "--num-trials",
+        "4",
+        "--episodes-per-trial",
+        "2",
+        "--horizon",
+        "20",
+        "--hidden-sizes",
+        "8",
+    ],
     "pretrained": ["--agent", "pretrained", *_PPO],
     "random-init": ["--agent", "random-init", "--preset", "quick", "--hidden-sizes", "8"],
     "oracle": ["--agent", "oracle", *_PPO],
@@ -65,7 +81,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _adapt_kwargs(name: str) -> dict[str, int]:
-    return {} if name in ("rl2", "pearl") else {"episodes": 2}
+    return {} if name in ("rl2", "pearl", "varibad") else {"episodes": 2}
 
 
 @pytest.mark.parametrize("name", list(RUNS))
@@ -216,7 +232,7 @@ def test_policy_evaluate_is_metarl_evaluate(runs: dict[str, Path], name: str, ca
     np.testing.assert_array_equal(given.returns, cli.returns)
 
 
-@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "oracle", "random-init"])
+@pytest.mark.parametrize("name", ["maml-trpo", "rl2", "varibad", "oracle", "random-init"])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_gives_the_same_actions(runs: dict[str, Path], name: str, fmt: str, tmp_path):
     policy = metarl.load(runs[name])

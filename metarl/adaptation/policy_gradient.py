@@ -59,6 +59,7 @@ __all__ = [
     "chunk_leaves",
     "expand_tasks",
     "grad_by_chunk",
+    "ppo_clip_loss",
     "reinforce_loss",
     "task_chunks",
     "task_log_probs",
@@ -310,3 +311,19 @@ class InnerStep:
 def expand_tasks(params: Mapping[str, Tensor], n: int) -> Params:
     """Shared parameters as ``n`` per-task copies (a leading task dimension), detached."""
     return {k: v.detach().unsqueeze(0).expand(n, *v.shape).clone() for k, v in params.items()}
+
+
+def ppo_clip_loss(
+    log_probs: Tensor,
+    old_log_probs: Tensor,
+    adv: Tensor,
+    mask: Tensor,
+    count: Tensor,
+    clip_coef: float,
+) -> tuple[Tensor, Tensor]:
+    """PPO's clipped surrogate loss (Schulman et al. 2017, Eq. 7), summed over the live steps
+    (``mask`` 1) and divided by ``count``; returns (loss, probability ratios). All per-step
+    tensors ``(T, B)``."""
+    ratio = (log_probs - old_log_probs).exp()
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv)
+    return -(surrogate * mask).sum() / count, ratio

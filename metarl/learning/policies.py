@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from metarl.tasks.spaces import FlatEncoder
 
-__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "make_policy"]
+__all__ = ["CategoricalMLPPolicy", "GaussianMLPPolicy", "Policy", "make_policy", "run_gru"]
 
 Dist = tuple[Tensor, ...]
 
@@ -292,3 +292,19 @@ def make_policy(
             obs_dim, int(action_space.n), hidden_sizes, nonlinearity, discrete_obs
         )
     raise TypeError(f"policies take Box or Discrete actions, not {type(action_space).__name__}")
+
+
+def run_gru(gru: nn.GRU, x: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``gru`` over ``x`` ``(T, B, in)`` from ``h`` ``(B, hidden)``: (outputs ``(T, B,
+    hidden)``, final hidden); where ``mask`` is 0 a row's hidden state is carried unchanged
+    and its output is 0."""
+    if mask is None or bool(mask.all()):
+        out, h_last = gru(x, h[None])
+        return out, h_last[0]
+    outs = []
+    for t in range(x.shape[0]):
+        o, h_new = gru(x[t : t + 1], h[None])
+        keep = mask[t, :, None].bool()
+        h = torch.where(keep, h_new[0], h)
+        outs.append(torch.where(keep, o[0], 0.0))
+    return torch.stack(outs), h

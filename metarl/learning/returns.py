@@ -24,6 +24,7 @@ __all__ = [
     "discounted_returns",
     "gae",
     "normalize_advantages",
+    "trial_gae",
 ]
 
 
@@ -289,3 +290,24 @@ class ZeroBaseline:
 
 
 BASELINES = {"linear": LinearFeatureBaseline, "zero": ZeroBaseline}
+
+
+def trial_gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> Tensor:
+    """GAE (Schulman et al. 2016, Eq. 16) over a whole trial, skipping masked steps.
+
+    The trial is one long episode: the value after an episode's last step is the value of
+    the next episode's first step, and 0 after the trial's last step. Steps with mask 0 (a
+    row waiting while others finish their episode) are skipped, not treated as ends.
+    All tensors ``(T, B)``; returns advantages ``(T, B)``, 0 where masked.
+    """
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    next_value = torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0] - 1, -1, -1):
+        live = mask[t] > 0
+        delta = rewards[t] + gamma * next_value - values[t]
+        a = delta + gamma * lam * running
+        adv[t] = torch.where(live, a, 0.0)
+        running = torch.where(live, a, running)
+        next_value = torch.where(live, values[t], next_value)
+    return adv

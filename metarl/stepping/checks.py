@@ -223,21 +223,29 @@ def _check_determinism(env_fn: EnvFn, task: Any, steps: int, seed: int) -> Check
     )
 
 
+#: Random action sequences tried before two tasks count as indistinguishable.
+_SENSITIVITY_ATTEMPTS = 32
+
+
 def _check_sensitivity(env_fn: EnvFn, tasks: list[Any], steps: int, seed: int) -> CheckResult:
     if len(tasks) < 2:
         return CheckResult("task sensitivity", None, "the distribution has a single task")
     env = env_fn()
-    actions = _actions(env, steps, seed)
-    first = _rollout(env, tasks[0], seed, actions)
-    for other in tasks[1:]:
-        if not _close(first, _rollout(env_fn(), other, seed, actions)):
-            return CheckResult("task sensitivity", True)
+    # A sparse reward (a hidden goal cell) shows the task only where the actions meet it, so
+    # several random action sequences are tried before the tasks count as the same.
+    for attempt in range(_SENSITIVITY_ATTEMPTS):
+        actions = _actions(env, steps, seed + attempt)
+        first = _rollout(env, tasks[0], seed, actions)
+        for other in tasks[1:]:
+            if not _close(first, _rollout(env_fn(), other, seed, actions)):
+                return CheckResult("task sensitivity", True)
     return CheckResult(
         "task sensitivity",
         False,
         f"tasks {tasks[0]!r} and {tasks[1]!r} gave the same observations and rewards for the "
-        "same seed and actions: set_task (your apply_task or _apply_task) does not reach the "
-        "simulation — write the task into the attribute the env's step/reset actually reads",
+        f"same seed and {_SENSITIVITY_ATTEMPTS} random action sequences: set_task (your "
+        "apply_task or _apply_task) does not reach the simulation — write the task into the "
+        "attribute the env's step/reset actually reads",
     )
 
 

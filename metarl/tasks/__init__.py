@@ -348,7 +348,11 @@ class FiniteTaskDistribution(TaskDistribution[T]):
         return self.tasks[int(rng.integers(len(self.tasks)))]
 
     def _check(self, task: T) -> None:
-        if task not in self.tasks:
+        try:
+            known = task in self.tasks
+        except (TypeError, ValueError):  # a field of another type (an array) compares badly
+            known = False
+        if not known:
             raise TaskError(f"{self.name}: {task!r} is not one of the family's tasks {self.tasks}")
 
     def _draw_splits(self, seed: int) -> tuple[tuple[T, ...], tuple[T, ...]]:
