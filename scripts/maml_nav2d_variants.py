@@ -55,7 +55,7 @@ def variant(name: str, run: Path) -> dict[str, Any]:
     kls = [float(r["kl"]) for r in rows if "kl" in r]
     fractions = [float(r["step_size"]) for r in rows if "step_size" in r]
     gain, gain_ci = curve.improvement(1)
-    k1 = curve._per_sample(curve.returns)[:, 1]
+    k1 = curve.per_sample()[:, 1]
     k1_mean, k1_ci = mean_ci95(k1)
     return {
         "name": name,

@@ -126,21 +126,23 @@ class AdaptationCurve:
     def num_units(self) -> int:
         return int(self.returns.shape[-1]) - 1
 
-    def _per_sample(self, values: np.ndarray) -> np.ndarray:
-        # Every (seed, task) pair is one sample of the post-adaptation return.
+    def per_sample(self, values: np.ndarray | None = None) -> np.ndarray:
+        """``values`` (default: the returns) as ``(seeds × tasks, K + 1)``: every (seed, task)
+        pair is one sample of the return after 0..K units, what the means and CIs average."""
+        values = self.returns if values is None else values
         return values.reshape(-1, values.shape[-1])
 
     def mean(self) -> np.ndarray:
         """Mean return after 0..K units, over tasks and seeds."""
-        return self._per_sample(self.returns).mean(axis=0)
+        return self.per_sample(self.returns).mean(axis=0)
 
     def ci95(self) -> np.ndarray:
         """95% CI half-width after 0..K units, over (seed, task) samples."""
-        return mean_ci95(self._per_sample(self.returns))[1]
+        return mean_ci95(self.per_sample(self.returns))[1]
 
     def improvement(self, units: int = 1) -> tuple[float, float]:
         """Mean and 95% CI half-width of (return after ``units``) − (return before)."""
-        diff = self._per_sample(self.returns)
+        diff = self.per_sample(self.returns)
         d = diff[:, units] - diff[:, 0]
         mean, half = mean_ci95(d)
         return float(mean), float(half)
@@ -157,7 +159,7 @@ class AdaptationCurve:
             "ci95": self.ci95().tolist(),
         }
         if self.success is not None:
-            out["success_rate"] = self._per_sample(self.success).mean(axis=0).tolist()
+            out["success_rate"] = self.per_sample(self.success).mean(axis=0).tolist()
         if self.env_steps:
             out["env_steps"] = list(self.env_steps)
         if self.wall_clock_s:
