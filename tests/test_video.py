@@ -146,7 +146,7 @@ FAMILIES = [
     ),
     "metarl/MetaWorld-ML1-reach-v3-v0",  # one of Meta-World's (registered on first use)
 ]
-_DRAWN = ("Navigation2D", "BernoulliBandit", "TabularMDP")
+_DRAWN = ("Navigation2D", "GridNavigation", "BernoulliBandit", "TabularMDP")
 
 
 @pytest.mark.parametrize("env_id", FAMILIES)
