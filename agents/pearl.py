@@ -77,7 +77,7 @@ from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
     default_episodes_per_step,
-    save_run_curve,
+    evaluate_run_by_episodes,
 )
 from metarl.numerics import check_finite
 from metarl.runs import MAX_CHECKPOINT_MB, Run, load_checkpoint_file, resolve_device
@@ -920,13 +920,10 @@ def evaluate(
     batch of trials, ``episodes_per_step`` trials per task averaged, the CI over (seed, task)
     pairs. Writes ``eval_<split>.json`` and ``eval_<split>.png`` in the run directory.
     """
-    s = EvalSettings.of(settings, **overrides).without_lrs(AGENT)  # before loading anything
-    agent = load_agent(run_dir, s.device)
-    tasks = list(agent.dist.split("test" if s.split == "test" else "train"))[: s.max_tasks]
-    curve = evaluate_tasks(agent, tasks, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
-                           episodes_per_step=s.episodes_per_step)  # fmt: skip
-    curve.meta["run_dir"] = str(run_dir)
-    return save_run_curve(curve, run_dir, s.split)
+    return evaluate_run_by_episodes(
+        run_dir, settings, overrides, agent=AGENT, load_agent=load_agent,
+        evaluate_tasks=evaluate_tasks,
+    )  # fmt: skip
 
 
 def evaluate_tasks(

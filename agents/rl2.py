@@ -63,8 +63,8 @@ from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
     default_episodes_per_step,
+    evaluate_run_by_episodes,
     progress_bar,
-    save_run_curve,
 )
 from metarl.learning.policies import run_gru
 from metarl.learning.returns import normalize_advantages, trial_gae
@@ -787,13 +787,10 @@ def evaluate(
     the seconds of the first seed's batch, spread evenly over its episodes.
     Writes ``eval_<split>.json`` and ``eval_<split>.png`` in the run directory.
     """
-    s = EvalSettings.of(settings, **overrides).without_lrs(AGENT)  # before loading anything
-    agent = load_agent(run_dir, s.device)
-    tasks = list(agent.dist.split("test" if s.split == "test" else "train"))[: s.max_tasks]
-    curve = evaluate_tasks(agent, tasks, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
-                           episodes_per_step=s.episodes_per_step)  # fmt: skip
-    curve.meta["run_dir"] = str(run_dir)
-    return save_run_curve(curve, run_dir, s.split)
+    return evaluate_run_by_episodes(
+        run_dir, settings, overrides, agent=AGENT, load_agent=load_agent,
+        evaluate_tasks=evaluate_tasks,
+    )  # fmt: skip
 
 
 def evaluate_tasks(

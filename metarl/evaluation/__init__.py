@@ -43,6 +43,7 @@ __all__ = [
     "curve_figure",
     "default_episodes_per_step",
     "evaluate_policy_adaptation",
+    "evaluate_run_by_episodes",
     "evaluate_run_policy",
     "mean_ci95",
     "plot_curves",
@@ -505,6 +506,27 @@ def evaluate_run_policy(
     )  # fmt: skip
     curve.meta.update({"config": cfg.to_dict(), "run_dir": str(run_dir), **(meta or {})})
     return save_run_curve(curve, run_dir, settings.split)
+
+
+def evaluate_run_by_episodes(
+    run_dir: str | Path,
+    settings: EvalSettings | None,
+    overrides: dict[str, Any],
+    *,
+    agent: str,
+    load_agent: Callable[[str | Path, str], Any],
+    evaluate_tasks: Callable[..., AdaptationCurve],
+) -> tuple[AdaptationCurve, Path, Path]:
+    """The evaluation of a run of an agent that adapts by episodes (RL², PEARL, VariBAD): its
+    settings checked before anything loads (no ``lrs``), the agent loaded, the split's first
+    ``max_tasks`` tasks run through ``evaluate_tasks``, and the curve saved in the run."""
+    s = EvalSettings.of(settings, **overrides).without_lrs(agent)  # before loading anything
+    loaded = load_agent(run_dir, s.device)
+    tasks = list(loaded.dist.split("test" if s.split == "test" else "train"))[: s.max_tasks]
+    curve = evaluate_tasks(loaded, tasks, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
+                           episodes_per_step=s.episodes_per_step)  # fmt: skip
+    curve.meta["run_dir"] = str(run_dir)
+    return save_run_curve(curve, run_dir, s.split)
 
 
 def save_run_curve(
