@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-import metarl
+from metarl.stepping.registry import make_batched, task_distribution
 
 __all__ = [
     "BASELINES",
@@ -329,7 +329,7 @@ def evaluate(
     if not tasks:
         raise ValueError("evaluate needs at least one task")
     rows = [task for task in tasks for _ in range(num_runs)]
-    env = metarl.make_batched(env_id, num_envs=len(rows), max_episode_steps=num_pulls)
+    env = make_batched(env_id, num_envs=len(rows), max_episode_steps=num_pulls)
     num_arms = int(env.single_action_space.n)  # type: ignore[attr-defined]
     rng = np.random.default_rng([seed, 0xBA4D])
     env.reset(rows, seeds=int(rng.integers(2**31)))
@@ -349,7 +349,7 @@ def evaluate(
 
 
 def _check_training_tasks(env_id: str, tasks: Iterable[Any]) -> list[Any]:
-    test = set(metarl.task_distribution(env_id).split("test"))
+    test = set(task_distribution(env_id).split("test"))
     tasks = list(tasks)
     leaked = [t for t in tasks if t in test]
     if leaked:

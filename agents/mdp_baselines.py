@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-import metarl
+from metarl.stepping.registry import make_batched, task_distribution
 
 __all__ = [
     "BASELINES",
@@ -287,7 +287,7 @@ def evaluate(
     if not tasks:
         raise ValueError("evaluate needs at least one task")
     rows = [task for task in tasks for _ in range(num_runs)]
-    env = metarl.make_batched(env_id, num_envs=len(rows))
+    env = make_batched(env_id, num_envs=len(rows))
     num_states = int(env.single_observation_space.n)  # type: ignore[attr-defined]
     num_actions = int(env.single_action_space.n)  # type: ignore[attr-defined]
     rng = np.random.default_rng([seed, 0x3D9])
@@ -318,7 +318,7 @@ def tune(
     (held-out tasks are refused). Returns (baseline, {setting: mean training return})."""
     if name not in BASELINES:
         raise ValueError(f"unknown MDP baseline {name!r}; choose from {', '.join(BASELINES)}")
-    test = set(metarl.task_distribution(env_id).split("test"))
+    test = set(task_distribution(env_id).split("test"))
     tasks = list(train_tasks)
     if any(t in test for t in tasks):
         raise ValueError(

@@ -71,7 +71,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import metarl
 from metarl.agent import Capabilities
 from metarl.evaluation import (
     AdaptationCurve,
@@ -84,6 +83,7 @@ from metarl.runs import MAX_CHECKPOINT_MB, Run, load_checkpoint_file, resolve_de
 from metarl.runs.config import ConfigError, EnvOptions, RunConfig, option
 from metarl.runs.training import Generators, Trainer, train_loop
 from metarl.stepping import TensorBatchedEnv
+from metarl.stepping.registry import family, make, task_distribution
 from metarl.tasks.spaces import FlatEncoder
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class PEARLConfig(EnvOptions, RunConfig):
     def validate(self) -> None:
         super().validate()
         try:
-            metarl.family(self.env_id)
+            family(self.env_id)
         except KeyError as e:
             msg = e.args[0] if e.args else str(e)
             raise ConfigError(f"PEARLConfig.env_id (--env-id): {msg}") from None
@@ -278,7 +278,7 @@ CONFIG = PEARLConfig
 
 def _unsupported(env_id: str) -> str | None:
     try:
-        env = metarl.make(env_id)
+        env = make(env_id)
     except Exception:  # the registry's own error comes later, with its hint
         return None
     space = env.action_space
@@ -514,7 +514,7 @@ class PEARL(Trainer):
         config.validate()
         self.config = cfg = config
         self.device = resolve_device(cfg.device)
-        self.dist = metarl.task_distribution(cfg.env_id)
+        self.dist = task_distribution(cfg.env_id)
         train_split = list(self.dist.split("train"))
         if cfg.num_train_tasks > len(train_split):
             raise ConfigError(

@@ -56,7 +56,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import metarl
 from metarl.adaptation.policy_gradient import ppo_clip_loss
 from metarl.agent import Capabilities
 from metarl.evaluation import (
@@ -80,6 +79,7 @@ from metarl.runs.config import (
 )
 from metarl.runs.training import Generators, Trainer, iteration_range, train_loop
 from metarl.stepping import TensorBatchedEnv
+from metarl.stepping.registry import family, task_distribution
 from metarl.stepping.torch_batched import resolve_device
 from metarl.tasks.spaces import FlatEncoder
 
@@ -190,7 +190,7 @@ class RL2Config(RunConfig):
                 f"({self.num_minibatches})"
             )
         try:
-            metarl.family(self.env_id)
+            family(self.env_id)
         except KeyError as e:
             msg = e.args[0] if e.args else str(e)
             raise _UnknownFamily(f"RL2Config.env_id (--env-id): {msg}") from None
@@ -469,7 +469,7 @@ class RL2(Trainer):
         self.config = config.validate()
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.dist = metarl.task_distribution(config.env_id)
+        self.dist = task_distribution(config.env_id)
         self.train_tasks = self.dist.split("train")
         self.env = self._env(config.num_trials)
         self.policy = RL2Policy(

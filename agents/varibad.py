@@ -65,7 +65,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import metarl
 from metarl.adaptation.policy_gradient import ppo_clip_loss
 from metarl.agent import Capabilities
 from metarl.evaluation import (
@@ -89,6 +88,7 @@ from metarl.runs.config import (
 )
 from metarl.runs.training import Generators, Trainer, train_loop
 from metarl.stepping import TensorBatchedEnv
+from metarl.stepping.registry import family, task_distribution
 from metarl.stepping.torch_batched import resolve_device
 from metarl.tasks.spaces import FlatEncoder
 
@@ -197,7 +197,7 @@ class VariBADConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
                 f"({self.num_minibatches})"
             )
         try:
-            metarl.family(self.env_id)
+            family(self.env_id)
         except KeyError as e:
             msg = e.args[0] if e.args else str(e)
             raise _UnknownFamily(f"VariBADConfig.env_id (--env-id): {msg}") from None
@@ -547,7 +547,7 @@ class VariBAD(Trainer):
         self.config = cfg = config.validate()
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.dist = metarl.task_distribution(cfg.env_id)
+        self.dist = task_distribution(cfg.env_id)
         self.train_tasks = self.dist.split("train")
         self.env = self._env(cfg.num_trials)
         obs_space, act_space = self.env.observation_space, self.env.action_space

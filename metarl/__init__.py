@@ -3,6 +3,10 @@
 Importing the package registers every task family with Gymnasium, so that
 ``gymnasium.make("metarl/Navigation2D-v0")`` works. ``metarl.load(run_dir)`` gives a
 meta-trained policy to adapt, act with, evaluate and export (:mod:`metarl.agents.trained`).
+
+This module is the face of ``import metarl``, at the top of the layers beside the command
+line (``tests/test_layers.py``): it re-exports the core's public names, and no module of the
+core, the families or the agents imports a name from it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # metarl.load lives with the agents (it reads their registry): imported on first use, so
-    # that `import metarl` stays light and the core never imports an agent.
+    # that `import metarl` (or any metarl.x, which runs this module first) loads no agent.
     if name == "load":
         from metarl.agents.trained import load
 

@@ -121,7 +121,7 @@ def test_tuning_never_sees_held_out_tasks(monkeypatch):
         env.reset = recording_reset  # type: ignore[method-assign]
         return env
 
-    monkeypatch.setattr(metarl, "make_batched", spy)
+    monkeypatch.setattr(bb, "make_batched", spy)
     policy, scores = bb.tune("epsilon_greedy", ENV, dist.split("train")[:8], num_pulls=10)
     assert seen and not (set(seen) & test_tasks)
     assert set(scores) == {f"epsilon={e}" for e in bb.BASELINES["epsilon_greedy"][1]["epsilon"]}

@@ -1,6 +1,8 @@
 """The layers read from the folders: imports point down only, and no module circle.
 
     face      metarl/cli/            the metarl command, benchmark, few-shot command
+              metarl/__init__.py     the Python face: the core's public names, the families
+                                     registered on import, and metarl.load from the agents
     learners  agents/, metarl/fewshot/   algorithms, each on the agent/learner contract
     envs      envs/                  task families, declaring their backends to the registry
     core      metarl/ (the rest), one folder per concern, each importing only the ones
@@ -14,8 +16,10 @@
 
 A module may import from its own layer and the layers below; the core imports no env family
 (families register themselves with the core's registry). Two modules are above the core by
-purpose and say so here: the package root ``metarl/__init__.py`` (registers metarl's own
-families on import) and ``metarl/testing.py`` (fault-injection families for the tests).
+purpose and say so here: the package root ``metarl/__init__.py`` (the face of ``import
+metarl``: it registers metarl's own families and gives ``metarl.load`` from the agents, so no
+module below may import a name from it) and ``metarl/testing.py`` (fault-injection families
+for the tests).
 Every import counts, at module level or inside a function, and so does
 ``importlib.import_module("metarl...")`` with a literal name.
 """
@@ -36,12 +40,7 @@ PACKAGES = {
 }
 RANK = {"core": 0, "envs": 1, "learners": 2, "face": 3}
 #: modules placed above their folder's layer, and why (see the module doc)
-ABOVE = {"metarl": "envs", "metarl.testing": "envs"}
-#: single upward imports allowed, each with its reason
-ALLOWED = {
-    ("metarl", "metarl.agents.trained"): "metarl.load, imported on first use by the package's "
-    "__getattr__ so that `import metarl` loads no agent",
-}
+ABOVE = {"metarl": "face", "metarl.testing": "envs"}
 
 
 def _modules() -> dict[str, Path]:
@@ -141,8 +140,7 @@ def test_the_layout_is_read() -> None:
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_imports_point_down(name: str) -> None:
     mine = RANK[_layer(name)]
-    up = sorted(d for d in GRAPH[name]
-                if RANK[_layer(d)] > mine and (name, d) not in ALLOWED)  # fmt: skip
+    up = sorted(d for d in GRAPH[name] if RANK[_layer(d)] > mine)
     assert not up, f"{name} ({_layer(name)}) imports from a layer above: {up}"
 
 

@@ -75,7 +75,7 @@ def test_tuning_never_sees_held_out_tasks(monkeypatch):
         env.reset = recording_reset  # type: ignore[method-assign]
         return env
 
-    monkeypatch.setattr(metarl, "make_batched", spy)
+    monkeypatch.setattr(mb, "make_batched", spy)
     policy, scores = mb.tune("beb", dist.split("train")[:4], num_episodes=2, num_runs=1)
     assert seen and not (set(seen) & set(dist.split("test")))
     assert len(scores) == len(mb.BASELINES["beb"][1]["beta"]) and policy.name == "beb"
