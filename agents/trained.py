@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import warnings
 from abc import ABC, abstractmethod
@@ -328,7 +329,30 @@ class GradientTrainedPolicy(TrainedPolicy):
         )  # fmt: skip
 
 
-class TaskConditionedPolicy(TrainedPolicy):
+class _CurvePolicy(TrainedPolicy):
+    """A trained policy whose evaluation is its agent's own curve function,
+    ``curve(tasks, split=, num_steps=, seeds=, episodes_per_step=) -> AdaptationCurve`` (the
+    agents that do not adapt by the shared gradient step)."""
+
+    def __init__(
+        self,
+        agent: str,
+        config: Any,
+        curve: Callable[..., AdaptationCurve],
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(agent, config, device)
+        self._curve = curve
+
+    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
+        s = settings
+        self._no_lr(s.lrs, "lrs")
+        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
+        return self._curve(chosen, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
+                           episodes_per_step=s.episodes_per_step)  # fmt: skip
+
+
+class TaskConditionedPolicy(_CurvePolicy):
     """A policy that is given the task instead of adapting to it (the oracle).
 
     Args:
@@ -348,8 +372,8 @@ class TaskConditionedPolicy(TrainedPolicy):
         curve: Callable[..., AdaptationCurve],
         device: str | torch.device = "cpu",
     ) -> None:
-        super().__init__(agent, config, device)
-        self._for_tasks, self._curve = for_tasks, curve
+        super().__init__(agent, config, curve, device)
+        self._for_tasks = for_tasks
 
     def adapt(
         self,
@@ -370,33 +394,29 @@ class TaskConditionedPolicy(TrainedPolicy):
         module = _MeanAction(policy, single, self.action_space)
         return AdaptedPolicy(self, task, 0, module, policy, single, [])
 
-    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
-        s = settings
-        self._no_lr(s.lrs, "lrs")
-        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
-        return self._curve(chosen, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
-                           episodes_per_step=s.episodes_per_step)  # fmt: skip
 
+class EpisodeTrainedPolicy(_CurvePolicy):
+    """A policy that adapts by running whole episodes of the task (RL²'s memory, VariBAD's
+    belief, PEARL's context): :meth:`adapt` checks its arguments the same way for each and
+    calls the subclass's :meth:`_run_episodes`.
 
-class RecurrentTrainedPolicy(TrainedPolicy):
-    """RL²'s recurrent policy: it adapts by running episodes of the task, its GRU memory
-    carried through them.
-
-    Args:
-        rl2: the loaded :class:`metarl.agents.rl2.RL2` agent.
-        curve: ``(agent, tasks, split=, num_steps=, seeds=, episodes_per_step=) ->
-            AdaptationCurve``, RL²'s evaluation on ``tasks``.
+    ``episodes_are_units``: whether ``episodes=`` may count the episodes as ``steps=`` does
+    (VariBAD); otherwise each unit is one episode and ``episodes`` may only be 1.
     """
 
     adapts_by = "episodes"
+    episodes_are_units = False
 
-    def __init__(self, rl2: Any, curve: Callable[..., AdaptationCurve]) -> None:
-        super().__init__("rl2", rl2.config, rl2.device)
-        self.rl2, self._curve = rl2, curve
-
-    def _env_kwargs(self) -> dict[str, Any]:
-        steps = self.config.max_episode_steps  # RL²'s one env setting
-        return {} if steps is None else {"max_episode_steps": steps}
+    def __init__(
+        self,
+        agent: str,
+        config: Any,
+        curve: Callable[..., AdaptationCurve],
+        device: str | torch.device = "cpu",
+        default_steps: int = 1,
+    ) -> None:
+        super().__init__(agent, config, curve, device)
+        self._default = default_steps
 
     def adapt(
         self,
@@ -407,20 +427,57 @@ class RecurrentTrainedPolicy(TrainedPolicy):
         lr: float | Sequence[float] | None = None,
         seed: int = 0,
     ) -> AdaptedPolicy:
-        """``steps`` episodes of ``task`` run with the policy (one trial, the memory starting
-        blank); the adapted policy starts from the memory they leave and carries it forward
-        (see :class:`AdaptedPolicy`), its sampled actions continuing the trial's generator,
-        so its next episode is the trial's next one. Each unit is one episode, so
-        ``episodes`` may only be 1."""
         task = self.task_of(task)
         self._no_lr(lr)
-        if episodes not in (None, 1):
+        if self.episodes_are_units:
+            if steps is not None and episodes is not None and steps != episodes:
+                raise ValueError(
+                    f"{self.agent} adapts by episodes: steps and episodes both count them; "
+                    f"give one (got steps={steps!r}, episodes={episodes!r})"
+                )
+            steps = episodes if steps is None else steps
+        elif episodes not in (None, 1):
             raise ValueError(
                 f"{self.agent} adapts by whole episodes, one per unit: give their number as "
                 f"steps= and drop episodes= (got episodes={episodes!r})"
             )
-        trained = max(1, self.rl2.config.episodes_per_trial - 1)
-        n = self._check_steps(steps, trained)
+        n = self._check_steps(steps, self._default)
+        module, returns, generator = self._run_episodes(task, n, seed)
+        return AdaptedPolicy(self, task, n, module, None, None, returns, generator)
+
+    @abstractmethod
+    def _run_episodes(
+        self, task: Any, n: int, seed: int
+    ) -> tuple[nn.Module, list[float], torch.Generator | None]:
+        """``n`` episodes of ``task`` (0: none): the module acting from what they left, their
+        returns, and the generator its sampled actions continue (None: a fresh one)."""
+
+
+class RecurrentTrainedPolicy(EpisodeTrainedPolicy):
+    """RL²'s recurrent policy: ``adapt(task, steps=n)`` runs ``n`` episodes of the task with
+    the policy (one trial, the memory starting blank; default: the trained trial length minus
+    one, at least 1); the adapted policy starts from the memory they leave and carries it
+    forward (see :class:`AdaptedPolicy`), its sampled actions continuing the trial's
+    generator, so its next episode is the trial's next one.
+
+    Args:
+        rl2: the loaded :class:`metarl.agents.rl2.RL2` agent.
+        curve: ``(agent, tasks, split=, num_steps=, seeds=, episodes_per_step=) ->
+            AdaptationCurve``, RL²'s evaluation on ``tasks``.
+    """
+
+    def __init__(self, rl2: Any, curve: Callable[..., AdaptationCurve]) -> None:
+        trained = max(1, rl2.config.episodes_per_trial - 1)
+        super().__init__("rl2", rl2.config, functools.partial(curve, rl2), rl2.device, trained)
+        self.rl2 = rl2
+
+    def _env_kwargs(self) -> dict[str, Any]:
+        steps = self.config.max_episode_steps  # RL²'s one env setting
+        return {} if steps is None else {"max_episode_steps": steps}
+
+    def _run_episodes(
+        self, task: Any, n: int, seed: int
+    ) -> tuple[nn.Module, list[float], torch.Generator | None]:
         policy = self.rl2.policy
         memory: dict[str, Tensor] = {}
         returns: list[float] = []
@@ -433,21 +490,14 @@ class RecurrentTrainedPolicy(TrainedPolicy):
             memory = {"hidden": torch.zeros(1, policy.state_size, device=self.device),
                       "prev_action": torch.zeros(1, policy.act_size, device=self.device),
                       "prev_reward": z, "done": z}  # fmt: skip
-        module = _RecurrentAction(policy, memory, self.action_space)
-        return AdaptedPolicy(self, task, n, module, None, None, returns, generator)
-
-    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
-        s = settings
-        self._no_lr(s.lrs, "lrs")
-        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
-        return self._curve(self.rl2, chosen, split=s.split, num_steps=s.num_steps,
-                           seeds=s.seeds, episodes_per_step=s.episodes_per_step)  # fmt: skip
+        return _RecurrentAction(policy, memory, self.action_space), returns, generator
 
 
-class BeliefTrainedPolicy(TrainedPolicy):
-    """VariBAD's policy: it adapts by running episodes of the task, which update its belief
-    over the task (the encoder's posterior); the adapted policy acts from that belief, held
-    fixed.
+class BeliefTrainedPolicy(EpisodeTrainedPolicy):
+    """VariBAD's policy: ``adapt(task, steps=n)`` (or, the same, ``episodes=n``) runs ``n``
+    episodes of the task with the policy (one trial, the belief starting at the prior), which
+    update its belief over the task (the encoder's posterior); the adapted policy acts from
+    the belief they leave, held fixed. 0: the prior belief.
 
     Args:
         agent: the loaded :class:`metarl.agents.varibad.VariBAD` agent.
@@ -455,34 +505,18 @@ class BeliefTrainedPolicy(TrainedPolicy):
             AdaptationCurve``, its evaluation on ``tasks``.
     """
 
-    adapts_by = "episodes"
+    episodes_are_units = True
 
     def __init__(self, agent: Any, curve: Callable[..., AdaptationCurve]) -> None:
-        super().__init__("varibad", agent.config, agent.device)
-        self.belief_agent, self._curve = agent, curve
-
-    def adapt(
-        self,
-        task: Any,
-        *,
-        steps: int | None = None,
-        episodes: int | None = None,
-        lr: float | Sequence[float] | None = None,
-        seed: int = 0,
-    ) -> AdaptedPolicy:
-        """``steps`` (or, the same, ``episodes``) episodes of ``task`` run with the policy (one
-        trial, the belief starting at the prior); the adapted policy acts from the belief they
-        leave, held fixed. 0: the prior belief."""
-        task = self.task_of(task)
-        self._no_lr(lr)
-        if steps is not None and episodes is not None and steps != episodes:
-            raise ValueError(
-                f"{self.agent} adapts by episodes: steps and episodes both count them; give "
-                f"one (got steps={steps!r}, episodes={episodes!r})"
-            )
-        agent = self.belief_agent
         trained = max(1, agent.config.episodes_per_trial - 1)
-        n = self._check_steps(steps if steps is not None else episodes, trained)
+        super().__init__("varibad", agent.config, functools.partial(curve, agent),
+                         agent.device, trained)  # fmt: skip
+        self.belief_agent = agent
+
+    def _run_episodes(
+        self, task: Any, n: int, seed: int
+    ) -> tuple[nn.Module, list[float], torch.Generator | None]:
+        agent = self.belief_agent
         returns: list[float] = []
         if n:
             memory: dict[str, Tensor] = {}
@@ -493,24 +527,13 @@ class BeliefTrainedPolicy(TrainedPolicy):
             belief = agent.prior_belief()
         policy = agent.conditioned_policy(belief)
         params = {k: v.detach() for k, v in policy.named_parameters()}
-        module = _MeanAction(policy, params, self.action_space)
-        return AdaptedPolicy(self, task, n, module, None, None, returns)
-
-    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
-        s = settings
-        self._no_lr(s.lrs, "lrs")
-        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
-        return self._curve(self.belief_agent, chosen, split=s.split, num_steps=s.num_steps,
-                           seeds=s.seeds, episodes_per_step=s.episodes_per_step)  # fmt: skip
+        return _MeanAction(policy, params, self.action_space), returns, None
 
 
-# -- the adapted policy --------------------------------------------------------------------
-
-
-class ContextTrainedPolicy(TrainedPolicy):
-    """A policy conditioned on a latent task variable inferred from context (PEARL): it adapts
-    by running episodes of the task and drawing the latent from the posterior over their
-    transitions.
+class ContextTrainedPolicy(EpisodeTrainedPolicy):
+    """A policy conditioned on a latent task variable inferred from context (PEARL):
+    ``adapt(task, steps=n)`` runs ``n`` episodes of the task as context and acts with a draw
+    of the latent from the posterior over their transitions (0: from the prior, no episodes).
 
     Args:
         adapt: ``(task, episodes, seed) -> (module, returns)``: the agent's adaptation, the
@@ -522,8 +545,6 @@ class ContextTrainedPolicy(TrainedPolicy):
         default_steps: the episodes ``adapt`` runs when ``steps`` is not given.
     """
 
-    adapts_by = "episodes"
-
     def __init__(
         self,
         agent: str,
@@ -533,38 +554,14 @@ class ContextTrainedPolicy(TrainedPolicy):
         device: str | torch.device = "cpu",
         default_steps: int = 1,
     ) -> None:
-        super().__init__(agent, config, device)
-        self._adapt, self._curve, self._default = adapt, curve, default_steps
+        super().__init__(agent, config, curve, device, default_steps)
+        self._adapt = adapt
 
-    def adapt(
-        self,
-        task: Any,
-        *,
-        steps: int | None = None,
-        episodes: int | None = None,
-        lr: float | Sequence[float] | None = None,
-        seed: int = 0,
-    ) -> AdaptedPolicy:
-        """``steps`` episodes of ``task`` as context (0: the latent from the prior, no
-        episodes); the adapted policy acts with a draw from the posterior they give. Each unit
-        is one episode, so ``episodes`` may only be 1."""
-        task = self.task_of(task)
-        self._no_lr(lr)
-        if episodes not in (None, 1):
-            raise ValueError(
-                f"{self.agent} adapts by whole episodes, one per unit: give their number as "
-                f"steps= and drop episodes= (got episodes={episodes!r})"
-            )
-        n = self._check_steps(steps, self._default)
+    def _run_episodes(
+        self, task: Any, n: int, seed: int
+    ) -> tuple[nn.Module, list[float], torch.Generator | None]:
         module, returns = self._adapt(task, n, seed)
-        return AdaptedPolicy(self, task, n, module, None, None, returns)
-
-    def _evaluate(self, tasks: Sequence[Any] | None, settings: EvalSettings) -> AdaptationCurve:
-        s = settings
-        self._no_lr(s.lrs, "lrs")
-        chosen = self._eval_tasks(tasks, s.split, s.max_tasks)
-        return self._curve(chosen, split=s.split, num_steps=s.num_steps, seeds=s.seeds,
-                           episodes_per_step=s.episodes_per_step)  # fmt: skip
+        return module, returns, None
 
 
 # -- the adapted policy --------------------------------------------------------------------
