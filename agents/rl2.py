@@ -44,7 +44,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from metarl.runs import Run, load_checkpoint_file
 from metarl.runs.config import (
     ConfigError,
     RunConfig,
+    TrialPPOOptions,
     _check_device,
     num_workers_option,
     option,
@@ -112,7 +112,7 @@ class _UnknownFamily(ConfigError, KeyError):
 
 
 @dataclass
-class RL2Config(RunConfig):
+class RL2Config(TrialPPOOptions, RunConfig):
     """Settings of an RL² run; :attr:`presets` holds the paper's settings and ``quick``."""
 
     env_id: str = option(
@@ -133,7 +133,6 @@ class RL2Config(RunConfig):
     max_episode_steps: int | None = option(
         None, "steps per episode; None: the family's registered horizon", low=1
     )
-    num_trials: int = option(256, "trials (tasks) per PPO iteration, stepped together", low=1)
     hidden_size: int = option(128, "GRU hidden units", low=1)
     value_network: str = option(
         "shared",
@@ -142,7 +141,6 @@ class RL2Config(RunConfig):
         "does not shape the policy's memory)",
         choices=("shared", "separate"),
     )
-    lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
     gamma: float = option(0.99, "discount over the whole trial", low=0.0, high=1.0, low_open=True)
     gae_lambda: float = option(0.3, "GAE lambda over the whole trial", low=0.0, high=1.0)
     value_target: str = option(
@@ -153,12 +151,6 @@ class RL2Config(RunConfig):
         "value itself, which then learns slowly over a trial of hundreds of steps)",
         choices=("returns", "gae"),
     )
-    clip_coef: float = option(0.2, "PPO's clipping epsilon", low=0.0, low_open=True)
-    update_epochs: int = option(4, "PPO epochs over each batch of trials", low=1)
-    num_minibatches: int = option(4, "minibatches of whole trials per epoch", low=1)
-    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
-    vf_coef: float = option(0.5, "value loss coefficient", low=0.0)
-    max_grad_norm: float = option(0.5, "gradient norm clipping", low=0.0, low_open=True)
     backend: str = option(
         "auto",
         "batched env: auto (torch env when the family has one), torch, numpy, or subprocess "
@@ -180,15 +172,6 @@ class RL2Config(RunConfig):
         """Raise :class:`ConfigError` (a ValueError) naming the setting for any value of the
         wrong type or range; returns the config."""
         super().validate()
-        for name in ("lr", "gamma", "gae_lambda", "clip_coef", "ent_coef", "vf_coef",
-                     "max_grad_norm"):  # fmt: skip
-            if not math.isfinite(getattr(self, name)):
-                raise ConfigError(f"{name} must be a finite number, got {getattr(self, name)}")
-        if self.num_trials % self.num_minibatches:
-            raise ConfigError(
-                f"num_trials ({self.num_trials}) must be a multiple of num_minibatches "
-                f"({self.num_minibatches})"
-            )
         try:
             family(self.env_id)
         except KeyError as e:

@@ -83,8 +83,10 @@ from metarl.runs.config import (
     PolicyOptions,
     ReturnOptions,
     RunConfig,
+    TrialPPOOptions,
     _check_device,
     option,
+    option_of,
 )
 from metarl.runs.training import Generators, Trainer, train_loop
 from metarl.stepping import TensorBatchedEnv
@@ -123,7 +125,7 @@ class _UnknownFamily(ConfigError, KeyError):
 
 
 @dataclass
-class VariBADConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
+class VariBADConfig(TrialPPOOptions, PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
     """Settings of a VariBAD run; :attr:`presets` holds the paper's settings and ``quick``."""
 
     env_id: str = option(
@@ -141,7 +143,7 @@ class VariBADConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
     episodes_per_trial: int = option(
         4, "n: episodes per trial (the BAMDP's horizon is n episodes of one task)", low=1
     )
-    num_trials: int = option(16, "trials (tasks) per PPO iteration, stepped together", low=1)
+    num_trials: int = option_of(TrialPPOOptions, "num_trials", 16)
     backend: str = option(
         "auto",
         "batched env: auto (torch env when the family has one), torch, numpy, or subprocess "
@@ -149,13 +151,9 @@ class VariBADConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
         choices=("auto", "torch", "numpy", "subprocess"),
     )
     # -- the policy (PPO) ------------------------------------------------------------------
-    lr: float = option(7e-4, "Adam learning rate of the policy and value", low=0.0, low_open=True)
-    clip_coef: float = option(0.1, "PPO's clipping epsilon", low=0.0, low_open=True)
-    update_epochs: int = option(2, "PPO epochs over each batch of trials", low=1)
-    num_minibatches: int = option(4, "minibatches of whole trials per epoch", low=1)
-    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
-    vf_coef: float = option(0.5, "value loss coefficient", low=0.0)
-    max_grad_norm: float = option(0.5, "gradient norm clipping", low=0.0, low_open=True)
+    lr: float = option_of(TrialPPOOptions, "lr", 7e-4)
+    clip_coef: float = option_of(TrialPPOOptions, "clip_coef", 0.1)
+    update_epochs: int = option_of(TrialPPOOptions, "update_epochs", 2)
     policy_through_encoder: bool = option(
         False,
         "let the PPO loss's gradient into the encoder (the paper's default keeps it out: the "
@@ -191,11 +189,6 @@ class VariBADConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
         """Raise :class:`ConfigError` (a ValueError) naming the setting for any value of the
         wrong type or range; returns the config."""
         super().validate()
-        if self.num_trials % self.num_minibatches:
-            raise ConfigError(
-                f"num_trials ({self.num_trials}) must be a multiple of num_minibatches "
-                f"({self.num_minibatches})"
-            )
         try:
             family(self.env_id)
         except KeyError as e:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -367,6 +368,41 @@ class ReturnOptions:
     gae_lambda: float = option(
         1.0, "GAE λ of the advantages (1.0: returns − baseline)", low=0.0, high=1.0
     )
+
+
+@dataclass
+class TrialPPOOptions:
+    """PPO (Schulman et al. 2017) over batches of whole trials, the update of the agents that
+    adapt within a trial (RL², VariBAD); an agent's own defaults come from
+    :func:`option_of`."""
+
+    num_trials: int = option(256, "trials (tasks) per PPO iteration, stepped together", low=1)
+    lr: float = option(1e-3, "Adam learning rate", low=0.0, low_open=True)
+    clip_coef: float = option(0.2, "PPO's clipping epsilon", low=0.0, low_open=True)
+    update_epochs: int = option(4, "PPO epochs over each batch of trials", low=1)
+    num_minibatches: int = option(4, "minibatches of whole trials per epoch", low=1)
+    ent_coef: float = option(0.01, "entropy bonus coefficient", low=0.0)
+    vf_coef: float = option(0.5, "value loss coefficient", low=0.0)
+    max_grad_norm: float = option(0.5, "gradient norm clipping", low=0.0, low_open=True)
+
+    def validate(self) -> Any:
+        """Every field's type and bounds (the next class's ``validate``), then whole trials
+        in each minibatch."""
+        super().validate()  # type: ignore[misc]
+        if self.num_trials % self.num_minibatches:
+            raise ConfigError(
+                f"num_trials ({self.num_trials}) must be a multiple of num_minibatches "
+                f"({self.num_minibatches})"
+            )
+        return self
+
+
+def option_of(cls: type, name: str, default: Any) -> Any:
+    """Option ``name`` of the options class ``cls`` (its help text and checks) with another
+    default, for an agent whose defaults differ: ``clip_coef: float = option_of(
+    TrialPPOOptions, "clip_coef", 0.1)``."""
+    meta = {f.name: f.metadata for f in fields(cls)}[name]
+    return option(default, **meta)
 
 
 @dataclass
