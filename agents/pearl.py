@@ -75,7 +75,7 @@ from metarl.agent import Capabilities
 from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
-    default_episodes_per_step,
+    curve_by_episodes,
     evaluate_run_by_episodes,
 )
 from metarl.numerics import check_finite
@@ -936,42 +936,16 @@ def evaluate_tasks(
     episodes_per_step: int | None = None,
 ) -> AdaptationCurve:
     """:func:`evaluate`'s curve on ``tasks`` (``split`` only recorded), written nowhere."""
-    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    if not seeds:
-        raise ValueError("give at least one evaluation seed")
-    cfg = agent.config
-    n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
-    trials = episodes_per_step or default_episodes_per_step(cfg.env_id)
-    rows = [t for _ in range(trials) for t in tasks]
-    returns, success, wall, steps_per_episode = [], [], 0.0, 0.0
-    for i, seed in enumerate(seeds):
-        start = time.perf_counter()
-        eps, _ = agent.adapt_episodes(rows, n, int(seed))
-        if i == 0:
-            wall = time.perf_counter() - start
-            steps_per_episode = eps.steps / max(len(rows) * n, 1)
-        returns.append(eps.returns.T.reshape(trials, len(tasks), n).mean(0).cpu().numpy())
-        if eps.success is not None:
-            success.append(eps.success.T.reshape(trials, len(tasks), n).mean(0).cpu().numpy())
-    return AdaptationCurve(
-        agent=AGENT,
-        env_id=cfg.env_id,
-        unit="episodes",
-        returns=np.stack(returns),
-        success=np.stack(success) if success else None,
-        env_steps=[round(steps_per_episode * k) * len(tasks) for k in range(n)],
-        wall_clock_s=[wall * k / n for k in range(n)],
-        split=split,
-        meta={
-            "config": cfg.to_dict(),
-            "iterations": agent.iterations,
-            "meta_train_env_steps": agent.env_steps,
-            "trials_per_task": trials,
-            "episodes_per_trial": n,
-            "seeds": [int(s) for s in seeds],
-        },
-    )
+
+    def run(rows: list[Any], n: int, seed: int) -> tuple[Tensor, Tensor | None, float]:
+        eps, _ = agent.adapt_episodes(rows, n, seed)
+        return eps.returns, eps.success, eps.steps
+
+    return curve_by_episodes(
+        AGENT, agent.config, tasks, run, split=split, num_steps=num_steps, seeds=seeds,
+        episodes_per_step=episodes_per_step,
+        meta={"iterations": agent.iterations, "meta_train_env_steps": agent.env_steps},
+    )  # fmt: skip
 
 
 class _LatentAction(nn.Module):

@@ -60,6 +60,7 @@ from metarl.agent import Capabilities
 from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
+    check_episode_eval,
     default_episodes_per_step,
     evaluate_run_by_episodes,
     progress_bar,
@@ -786,7 +787,7 @@ def evaluate_tasks(
     episodes_per_step: int | None = None,
 ) -> AdaptationCurve:
     """:func:`evaluate`'s curve on ``tasks`` (``split`` only recorded), written nowhere."""
-    _check_eval(num_steps, seeds)
+    check_episode_eval(num_steps, seeds, tasks)
     cfg = agent.config
     n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
     trials = episodes_per_step or default_episodes_per_step(cfg.env_id)
@@ -818,13 +819,6 @@ def evaluate_tasks(
             "seeds": list(map(int, seeds)),
         },
     )
-
-
-def _check_eval(num_steps: int | None, seeds: Sequence[int]) -> None:
-    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    if not seeds:
-        raise ValueError("give at least one evaluation seed")
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:

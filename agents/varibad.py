@@ -70,7 +70,7 @@ from metarl.agent import Capabilities
 from metarl.evaluation import (
     AdaptationCurve,
     EvalSettings,
-    default_episodes_per_step,
+    curve_by_episodes,
     evaluate_run_by_episodes,
 )
 from metarl.learning.policies import Policy, make_policy, run_gru
@@ -894,50 +894,18 @@ def evaluate_tasks(
     seeds: tuple[int, ...] = (0, 1, 2),
     episodes_per_step: int | None = None,
 ) -> AdaptationCurve:
-    """:func:`evaluate`'s curve on ``tasks`` (``split`` only recorded), written nowhere.
+    """:func:`evaluate`'s curve on ``tasks`` (``split`` only recorded), written nowhere
+    (:func:`metarl.evaluation.curve_by_episodes`)."""
 
-    ``env_steps[k]`` counts the steps one trial per task spends to reach episode ``k + 1``,
-    summed over the tasks; ``wall_clock_s[k]`` the first seed's seconds spread evenly over
-    its episodes."""
-    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
-        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
-    if not seeds:
-        raise ValueError("give at least one evaluation seed")
-    if not tasks:
-        raise ValueError("no tasks to evaluate: give at least one task")
-    cfg = agent.config
-    n = cfg.episodes_per_trial if num_steps is None else num_steps + 1
-    per_task = episodes_per_step or default_episodes_per_step(cfg.env_id)
-    rows = [t for _ in range(per_task) for t in tasks]
-    returns, success, elapsed, steps_per_episode = [], [], 0.0, 0.0
-    for i, seed in enumerate(seeds):
-        start = time.perf_counter()
+    def run(rows: list[Any], n: int, seed: int) -> tuple[Tensor, Tensor | None, float]:
         trials = agent.collect(rows, n, seed)
-        if i == 0:
-            elapsed = time.perf_counter() - start
-            steps_per_episode = int(trials.mask.sum()) / max(len(rows) * n, 1)
-        returns.append(trials.episode_returns.T.reshape(per_task, len(tasks), n).mean(0))
-        if trials.episode_success is not None:
-            success.append(trials.episode_success.T.reshape(per_task, len(tasks), n).mean(0))
-    return AdaptationCurve(
-        agent=AGENT,
-        env_id=cfg.env_id,
-        unit="episodes",
-        returns=torch.stack(returns).cpu().numpy(),
-        success=torch.stack(success).cpu().numpy() if success else None,
-        env_steps=[round(steps_per_episode * k) * len(tasks) for k in range(n)],
-        wall_clock_s=[elapsed * k / n for k in range(n)],
-        split=split,
-        meta={
-            "config": cfg.to_dict(),
-            "iterations": agent.iterations,
-            "meta_train_env_steps": agent.env_steps,
-            "trials_per_task": per_task,
-            "episodes_per_trial": n,
-            "trained_episodes_per_trial": cfg.episodes_per_trial,
-            "seeds": list(map(int, seeds)),
-        },
-    )
+        return trials.episode_returns, trials.episode_success, int(trials.mask.sum())
+
+    return curve_by_episodes(
+        AGENT, agent.config, tasks, run, split=split, num_steps=num_steps, seeds=seeds,
+        episodes_per_step=episodes_per_step,
+        meta={"iterations": agent.iterations, "meta_train_env_steps": agent.env_steps},
+    )  # fmt: skip
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:

@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = [
     "AdaptationCurve",
     "EvalSettings",
+    "check_episode_eval",
+    "curve_by_episodes",
     "curve_caption",
     "curve_figure",
     "default_episodes_per_step",
@@ -527,6 +529,77 @@ def evaluate_run_by_episodes(
                            episodes_per_step=s.episodes_per_step)  # fmt: skip
     curve.meta["run_dir"] = str(run_dir)
     return save_run_curve(curve, run_dir, s.split)
+
+
+def check_episode_eval(num_steps: int | None, seeds: Sequence[int], tasks: Sequence[Any]) -> None:
+    """The arguments every per-episode evaluation refuses, each in one line."""
+    if num_steps is not None and (isinstance(num_steps, bool) or num_steps < 0):
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    if not seeds:
+        raise ValueError("give at least one evaluation seed")
+    if not tasks:
+        raise ValueError("no tasks to evaluate: give at least one task")
+
+
+def curve_by_episodes(
+    agent: str,
+    config: Any,
+    tasks: Sequence[Any],
+    run: Callable[[list[Any], int, int], tuple[Any, Any, float]],
+    *,
+    split: str,
+    num_steps: int | None,
+    seeds: Sequence[int],
+    episodes_per_step: int | None,
+    meta: Mapping[str, Any],
+) -> AdaptationCurve:
+    """The per-episode curve of an agent that adapts within a trial (PEARL, VariBAD).
+
+    Each seed runs one trial of ``n`` episodes (``num_steps + 1``; None: the config's
+    ``episodes_per_trial``) on ``episodes_per_step`` copies of every task (None:
+    :func:`default_episodes_per_step`) through ``run(rows, n, seed) -> (returns, success or
+    None, env steps)``, ``returns``/``success`` shaped ``(n, rows)``; the copies are averaged,
+    the CI is over (seed, task) pairs. ``env_steps[k]`` counts the steps one trial per task
+    spends to reach episode ``k + 1``, summed over the tasks; ``wall_clock_s[k]`` the first
+    seed's seconds spread evenly over its episodes. ``meta``: the agent's own entries (its
+    iterations and meta-training env steps), before the protocol's."""
+    check_episode_eval(num_steps, seeds, tasks)
+    n = config.episodes_per_trial if num_steps is None else num_steps + 1
+    per_task = episodes_per_step or default_episodes_per_step(config.env_id)
+    rows = [t for _ in range(per_task) for t in tasks]
+
+    def per_task_mean(x: Any) -> np.ndarray:
+        x = x.T.reshape(per_task, len(tasks), n).mean(0)
+        return np.asarray(x.cpu() if hasattr(x, "cpu") else x)
+
+    returns, success, elapsed, steps_per_episode = [], [], 0.0, 0.0
+    for i, seed in enumerate(seeds):
+        start = time.perf_counter()
+        ret, suc, steps = run(rows, n, int(seed))
+        if i == 0:
+            elapsed = time.perf_counter() - start
+            steps_per_episode = steps / max(len(rows) * n, 1)
+        returns.append(per_task_mean(ret))
+        if suc is not None:
+            success.append(per_task_mean(suc))
+    return AdaptationCurve(
+        agent=agent,
+        env_id=config.env_id,
+        unit="episodes",
+        returns=np.stack(returns),
+        success=np.stack(success) if success else None,
+        env_steps=[round(steps_per_episode * k) * len(tasks) for k in range(n)],
+        wall_clock_s=[elapsed * k / n for k in range(n)],
+        split=split,
+        meta={
+            "config": config.to_dict(),
+            **meta,
+            "trials_per_task": per_task,
+            "episodes_per_trial": n,
+            "trained_episodes_per_trial": config.episodes_per_trial,
+            "seeds": [int(s) for s in seeds],
+        },
+    )
 
 
 def save_run_curve(
