@@ -1,4 +1,4 @@
-"""MAML-TRPO meta-iteration before and after the outer-step speed-up (issue #4), paired.
+"""MAML-TRPO meta-iteration before and after the outer-step speed-up, paired.
 
 The implementation before (``scripts/maml_trpo_reference.py``, the oracle of the equality test)
 and the current ``agents/maml_trpo.py`` run the same meta-iteration — same policy state, same

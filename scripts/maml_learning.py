@@ -13,7 +13,7 @@ episodes per step, inner steps with lr α then α/2, 95% CIs over (seed, task) p
 ``eval`` writes ``benchmarks/maml_learning/<name>.{json,png}`` (curves, the meta-training
 cost from the run's metrics.csv, the machine's load); ``report`` turns every such JSON into
 ``benchmarks/maml_learning.md`` with the comparisons to the published numbers, each
-computed from the data (the 2D-navigation bar of issue #4 is checked, not asserted).
+computed from the data (the 2D-navigation bar is checked, not asserted).
 
 Usage:
     metarl evaluate RUN --steps 3 --seeds 0 1 2 3 4

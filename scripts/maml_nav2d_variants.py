@@ -1,4 +1,5 @@
-"""The 2D-navigation variant table of benchmarks/maml_nav2d_variants.md (issue #4's gap).
+"""The 2D-navigation variant table of benchmarks/maml_nav2d_variants.md: the gap to the
+published one-step number.
 
 Each variant is a MAML-TRPO run (``metarl train --agent maml-trpo --preset nav2d-paper ...``)
 evaluated with ``metarl evaluate RUN --steps 3 --seeds ...`` (its ``eval_test.json``). This

@@ -203,7 +203,7 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
 
 
 def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
-    """Issue #20: run directories from elsewhere, one writer, one-line failures."""
+    """Run directories from elsewhere, one writer, one-line failures."""
     c = summary["counts"]
     held = "held" if ok else "NOT HELD (see the failures)"
 
@@ -271,7 +271,7 @@ def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
     ]
     lines = [
         "",
-        "## Run directories from elsewhere, one writer, one-line failures (issue #20)",
+        "## Run directories from elsewhere, one writer, one-line failures",
         "",
         "| attack | tried | outcome | result |",
         "| --- | --- | --- | --- |",

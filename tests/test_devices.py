@@ -1,5 +1,5 @@
-"""The learner on another device (issue #4: "Runs on CPU or --device cuda"; the GPU figures of
-#6 and #8 rest on the same paths). Every test is parametrised over the devices this machine
+"""The learner on another device ("runs on CPU or --device cuda"; the GPU figures rest on the
+same paths). Every test is parametrised over the devices this machine
 has: on a CUDA machine (``scripts/device_checks.sh run``, on a GPU machine) the ``cuda`` cases
 run, elsewhere they are skipped; the ``cpu`` cases check the tests' own logic in CI.
 

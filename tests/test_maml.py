@@ -326,7 +326,7 @@ def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict, curvatu
 def test_meta_step_equals_the_implementation_before(
     variant: dict, chunk_rows: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The outer-step speed-up (issue #4) changes no maths: two meta-iterations from the same
+    """The outer-step speed-up changes no maths: two meta-iterations from the same
     policy on the same episodes give the parameters of the implementation before it
     (scripts/maml_trpo_reference.py), for the exact second-order step, CG on a subsample, first
     order, and two inner steps. Fails if any step differs (a wrong Hessian-vector product,

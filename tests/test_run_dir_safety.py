@@ -247,7 +247,7 @@ def test_an_oversize_file_is_refused_before_reading(
 
 @pytest.mark.slow
 def test_bombs_stay_within_bounded_memory(tmp_path: Path) -> None:
-    """The attacks of issue #20 at full size, each in a fresh process: a 1.5 MB-class file
+    """The attacks on run directories at full size, each in a fresh process: a 1.5 MB-class file
     whose payload expands to 3.4 GB, a 2 GB sparse file, a deflate bomb of 256 MB; peak
     memory measured (a process that only imports metarl and torch is the baseline)."""
     baseline, _ = _peak_mb("import metarl.runs")
