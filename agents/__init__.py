@@ -14,7 +14,11 @@ on first use. Every agent keeps one contract, :class:`metarl.agent.Agent`:
 * ``evaluate(run_dir, settings=None, **overrides)`` with
   :class:`metarl.evaluation.EvalSettings` (split, K, seeds, episodes, device, max tasks,
   inner rates) returning ``(AdaptationCurve, json_path, png_path)``: the one evaluation
-  protocol of :mod:`metarl.evaluation`.
+  protocol of :mod:`metarl.evaluation`;
+* ``trained_policy(run_dir, device="cpu")`` — what ``metarl.load(run_dir)`` returns: one of
+  the kinds in :mod:`metarl.agents.trained` (``GradientTrainedPolicy`` for gradient steps,
+  ``EpisodeTrainedPolicy``'s subclasses for memory, belief or context, the task-conditioned
+  oracle), so every agent's policy adapts, acts, evaluates and exports the same way.
 
 Adding an agent is one file here plus one line in ``_AGENTS`` (or :func:`register_agent`);
 ``tests/test_agent_contract.py`` checks every registered agent against the contract.
