@@ -645,6 +645,33 @@ class _RecurrentAction(nn.Module):
         return action if self.policy.discrete else self.clip(action)
 
 
+#: the memory inputs of an exported RL² step, in order
+_MEMORY = ("hidden", "prev_action", "prev_reward", "done")
+
+
+class _RecurrentStep(nn.Module):
+    """RL²'s adapted policy for export: one step from any memory, ``(obs, hidden,
+    prev_action, prev_reward, done) -> (action, hidden, prev_action)``, the two last outputs
+    the next step's inputs (with the env's reward and end-of-episode flag for that action).
+    The memory adaptation left is :meth:`_RecurrentAction.start`'s, written beside the
+    export."""
+
+    def __init__(self, recurrent: _RecurrentAction) -> None:
+        super().__init__()
+        self.recurrent = recurrent
+
+    def forward(
+        self, obs: Tensor, hidden: Tensor, prev_action: Tensor, prev_reward: Tensor, done: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.recurrent
+        memory = {"hidden": hidden, "prev_action": prev_action, "prev_reward": prev_reward,
+                  "done": done}  # fmt: skip
+        head, hidden = m.step(obs, memory)
+        action = m.mode(head)
+        recorded = m.policy.encode_act(action)
+        return (action if m.policy.discrete else m.clip(action)), hidden, recorded
+
+
 class AdaptedPolicy:
     """A policy adapted to one task: :meth:`act` on observations, :meth:`export` to deploy.
 
@@ -837,23 +864,44 @@ class AdaptedPolicy:
             return torch.full((2,), int(space.start), dtype=torch.long, device=self.device)
         return torch.zeros((2, *(space.shape or ())), dtype=torch.float32, device=self.device)
 
+    def memory(self) -> dict[str, np.ndarray]:
+        """RL²'s memory at the start of an episode after adaptation (one row of each of
+        ``hidden``, ``prev_action``, ``prev_reward``, ``done``): the first memory inputs of
+        its export. Empty for a policy without memory."""
+        if not isinstance(self.module, _RecurrentAction):
+            return {}
+        return {k: v.cpu().numpy() for k, v in self.module.start(1).items()}
+
     def export(self, path: str | Path, format: str = "torchscript") -> Path:
-        """Write the deterministic policy (:attr:`module`: a batch of observations in, their
-        most likely actions out) for use outside metarl: ``"torchscript"``
-        (``torch.jit.load(path)``) or ``"onnx"`` (input ``obs``, output ``action``, the batch
-        dimension dynamic; needs the ``onnx`` package: ``pip install 'metarl[export]'``)."""
+        """Write the deterministic policy for use outside metarl: ``"torchscript"``
+        (``torch.jit.load(path)``) or ``"onnx"`` (needs the ``onnx`` package: ``pip install
+        'metarl[export]'``); the batch dimension is dynamic.
+
+        The export is :attr:`module`: observations ``obs`` in, their most likely ``action``
+        out. RL²'s policy carries a memory, so its export is one step: ``(obs, hidden,
+        prev_action, prev_reward, done) -> (action, next_hidden, next_prev_action)``; start
+        an episode from :meth:`memory` (also written beside the export as
+        ``<name>.memory.npz``), feed back the two last outputs as the next ``hidden`` and
+        ``prev_action``, and give ``prev_reward`` and ``done`` from what the env returned for
+        the action."""
         if format not in EXPORT_FORMATS:
             raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
         path = Path(path)
-        example = self._example()
-        module = self.module.eval()
+        example: tuple[Tensor, ...] = (self._example(),)
+        module: nn.Module = self.module.eval()
+        names, outputs = ["obs"], ["action"]
+        if isinstance(module, _RecurrentAction):
+            start = module.start(example[0].shape[0])
+            example = (*example, *(start[k].contiguous() for k in _MEMORY))
+            module, names = _RecurrentStep(module).eval(), ["obs", *_MEMORY]
+            outputs = ["action", "next_hidden", "next_prev_action"]
         buf = io.BytesIO()
         if format == "torchscript":
             with torch.no_grad(), warnings.catch_warnings():
                 # torch marks TorchScript deprecated (for torch.export); it still runs
                 # everywhere libtorch does, which is what a deployment needs.
                 warnings.simplefilter("ignore")
-                traced = torch.jit.trace(module, (example,))
+                traced = torch.jit.trace(module, example)
                 torch.jit.save(traced, buf)
         else:
             try:
@@ -866,12 +914,16 @@ class AdaptedPolicy:
                 warnings.simplefilter("ignore")
                 # A file object is taken, though the stubs say a path.
                 torch.onnx.export(
-                    module, (example,), buf, dynamo=False, input_names=["obs"],  # type: ignore[arg-type]
-                    output_names=["action"],
-                    dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
+                    module, example, buf, dynamo=False, input_names=names,  # type: ignore[arg-type]
+                    output_names=outputs,
+                    dynamic_axes={n: {0: "batch"} for n in [*names, *outputs]},
                 )  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, buf.getvalue())
+        if len(names) > 1:
+            mem = io.BytesIO()
+            np.savez(mem, **self.memory())  # type: ignore[arg-type]
+            write_atomic(path.with_name(path.stem + ".memory.npz"), mem.getvalue())
         return path
 
 

@@ -237,19 +237,46 @@ def test_policy_evaluate_is_metarl_evaluate(runs: dict[str, Path], name: str, ca
 def test_export_gives_the_same_actions(runs: dict[str, Path], name: str, fmt: str, tmp_path):
     policy = metarl.load(runs[name])
     adapted = policy.adapt(policy.tasks("test")[0], steps=1, **_adapt_kwargs(name))
-    obs = np.random.default_rng(1).uniform(-0.5, 0.5, (7, 2)).astype(np.float32)
-    expected = adapted.act(obs)
+    rng = np.random.default_rng(1)
+    obs = rng.uniform(-0.5, 0.5, (7, 2)).astype(np.float32)
     if fmt == "torchscript":
         path = adapted.export(tmp_path / "policy.pt")
-        got = torch.jit.load(str(path))(torch.as_tensor(obs)).numpy()
+        module = torch.jit.load(str(path))
+
+        def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+            out = module(*(torch.as_tensor(v) for v in inputs.values()))
+            return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
     else:
         onnx = pytest.importorskip("onnx")
         from onnx.reference import ReferenceEvaluator
 
         path = adapted.export(tmp_path / "policy.onnx", format="onnx")
-        got = ReferenceEvaluator(onnx.load(str(path))).run(None, {"obs": obs})[0]
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        evaluator = ReferenceEvaluator(onnx.load(str(path)))
+
+        def run(inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return list(evaluator.run(None, inputs))
+
+    if not adapted.stateful:
+        expected = adapted.act(obs)
+        got = run({"obs": obs})[0]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+        return
+    # RL²: the export is one step from any memory; started from the memory written beside
+    # it and fed back its outputs, it gives the adapted policy's actions through an episode.
+    saved = np.load(path.with_name(path.stem + ".memory.npz"))
+    memory = {k: np.repeat(saved[k], len(obs), axis=0) for k in ("hidden", "prev_action",
+              "prev_reward", "done")}  # fmt: skip
+    adapted.reset()
+    for t in range(4):
+        x = rng.uniform(-0.5, 0.5, (7, 2)).astype(np.float32) if t else obs
+        expected = adapted.act(x)
+        action, memory["hidden"], memory["prev_action"] = run({"obs": x, **memory})
+        assert action.shape == expected.shape
+        np.testing.assert_allclose(action, expected, rtol=0, atol=1e-5)
+        reward = rng.normal(size=len(obs)).astype(np.float32)
+        adapted.observe(reward, False)
+        memory["prev_reward"], memory["done"] = reward, np.zeros(len(obs), np.float32)
 
 
 def test_bad_input_gets_one_clear_line(runs: dict[str, Path], tmp_path) -> None:
