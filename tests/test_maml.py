@@ -574,7 +574,7 @@ def test_resume_with_changed_curvature_settings_is_recorded(tmp_path: Path) -> N
     assert len(lines) == 1 and lines[0]["iteration"] == 1
     assert lines[0]["changed"] == {"num_iterations": [1, 2], "cg_subsample": [0.5, 1.0],
                                    "ls_backtrack_ratio": [0.5, 0.8],
-                                   "curvature": ["exact", "gauss-newton"]}  # fmt: skip
+                                   "curvature": ["structured", "gauss-newton"]}  # fmt: skip
     assert json.loads((d / "config.json").read_text())["config"]["cg_subsample"] == 0.5
     # The next resume compares with the last checkpoint's settings: only what changes again.
     assert main(["train", "--resume", str(d), "--num-iterations", "3", "--cg-subsample", "1.0",
