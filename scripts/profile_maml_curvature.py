@@ -43,12 +43,14 @@ OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def median_s(fn: Callable[[], Any], repeats: int = 7) -> float:
+    """Median CPU seconds of ``fn`` (the process's CPU time: one thread, so what other work
+    on a shared machine does not inflate)."""
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return float(np.median(times))
 
 
@@ -177,6 +179,35 @@ def main() -> int:
                              cfg.replace(curvature="structured"))  # fmt: skip
     structured["whole product (structured)"] = median_s(lambda: new(v))
     structured["allocations"], structured["allocated_mb"] = allocations(lambda: new(v))
+    # Candidate (a): the inner step's Hessian-vector product by forward-over-reverse
+    # (torch.func.jvp of torch.func.grad), vmapped over the tasks, against double backward
+    # through the retained graph and the structured R-passes.
+    from torch.func import grad, jvp, vmap
+
+    from metarl.adaptation.policy_gradient import reinforce_loss
+
+    def task_loss(p: dict[str, Any], *d: torch.Tensor) -> torch.Tensor:
+        return reinforce_loss(policy, p, *d)
+
+    def one_hvp(p: dict[str, Any], t: dict[str, Any], *d: torch.Tensor) -> Any:
+        return jvp(lambda q: grad(task_loss)(q, *d), (p,), (t,))[1]
+
+    start = {k: x.detach() for k, x in step.start.items()}
+    vt = expand_tasks(v, n)
+    fwd_rev = vmap(one_hvp)
+    inner_data = tuple(step.data)
+    hvp_fwd_rev = fwd_rev(start, vt, *inner_data)
+    hvp_double = step._hvp(vt)
+    err = max(float((hvp_fwd_rev[k] - hvp_double[k]).abs().max()) for k in vt)
+    inner_hvp = {
+        "double backward (retained graph)": median_s(lambda: step._hvp(vt)),
+        "forward-over-reverse (vmap of jvp of grad)": median_s(
+            lambda: fwd_rev(start, vt, *inner_data)
+        ),
+        "structured (R-passes, chunks of tasks)": median_s(
+            lambda: [ch.inner[0].hvp(vc) for _, ch, vc in chunks]
+        ),
+    }
     nodes = {
         "inner step (retained graph of the inner gradients)": graph_nodes(
             [t for gr in step.grads for t in gr.values()]),
@@ -190,7 +221,10 @@ def main() -> int:
     h = cfg.hidden_sizes[-1]
     a, b = torch.randn(n, per_task, h), torch.randn(n, h, h)
     flat = a.reshape(-1, h)
+    a1, b1 = a[:1].clone(), b[:1].clone()
     rates = {
+        "bmm (1, R, h) @ (1, h, h), × N (one task at a time)": n
+        * median_s(lambda: torch.bmm(a1, b1), 21),
         "bmm (N, R, h) @ (N, h, h)": median_s(lambda: torch.bmm(a, b)),
         "bmm (N, h, R) @ (N, R, h)": median_s(lambda: torch.bmm(a.transpose(1, 2), a)),
         "mm (N·R, h) @ (h, h)": median_s(lambda: flat @ b[0]),
@@ -209,7 +243,8 @@ def main() -> int:
         f"`{command.strip()}` — cpu, torch threads 1, {machine} (no GPU; 1-min load "
         f"{load_before:.2f} before, {load_after:.2f} after), torch {torch.__version__}; "
         f"{n} tasks × {per_task} rows, policy {'×'.join(map(str, cfg.hidden_sizes))} "
-        f"{cfg.nonlinearity}, float32, median of 7.",
+        f"{cfg.nonlinearity}, float32; CPU seconds (one thread: what the machine's other "
+        "work does not inflate), median of 7.",
         "",
         "| part | autograd (gauss-newton) s | structured s |",
         "| --- | ---: | ---: |",
@@ -227,6 +262,15 @@ def main() -> int:
         f"{allocs} ({alloc_mb:.0f} MB), structured {structured['allocations']} "
         f"({structured['allocated_mb']:.0f} MB).",
         "",
+        "One inner-step Hessian-vector product for all tasks, the three ways (candidates for "
+        "the products ``J v`` and ``Jᵀ u``):",
+        "",
+        "| inner-step HVP | s |",
+        "| --- | ---: |",
+        *[f"| {k} | {t:.3f} |" for k, t in inner_hvp.items()],
+        "",
+        f"(forward-over-reverse agrees with double backward to {err:.1e}, max abs.)",
+        "",
         f"Arithmetic: one product needs {flops['product'] / 1e9:.1f} GFLOP of matrix products "
         f"(each inner-step Hessian-vector product {flops['hvp'] / 1e9:.1f}, the Fisher "
         f"{flops['fisher'] / 1e9:.1f}), {big / 1e9:.2f} GFLOP per matmul of the {h}×{h} "
@@ -237,6 +281,15 @@ def main() -> int:
     ]
     for k, s in rates.items():
         lines.append(f"| {k}, N={n}, R={per_task}, h={h} | {s:.4f} | {gflops[k]:.1f} |")
+    lines += [
+        "",
+        f"The structured product's {flops['product'] / 1e9:.1f} GFLOP in "
+        f"{structured['whole product (structured)']:.3f} s: "
+        f"{flops['product'] / structured['whole product (structured)'] / 1e9:.0f} GFLOP/s; "
+        f"the autograd one's "
+        f"{flops['product'] / parts['whole product (gauss-newton)'] / 1e9:.0f} GFLOP/s "
+        "(if it did no more arithmetic).",
+    ]
     lines += [
         "",
         f"Floor at the best of those rates ({best:.0f} GFLOP/s): {floor_s:.3f} s per product, "
@@ -250,6 +303,7 @@ def main() -> int:
         payload = {"command": command.strip(), "threads": 1, "machine": machine,
                    "load_before": load_before, "load_after": load_after,
                    "autograd_s": parts, "structured_s": structured, "graph_nodes": nodes,
+                   "inner_hvp_s": inner_hvp, "fwd_rev_max_abs_diff": err,
                    "allocations": allocs, "allocated_mb": alloc_mb, "flops": flops,
                    "matmul_s": rates, "matmul_gflops": gflops,
                    "floor_s_per_product": floor_s}  # fmt: skip
