@@ -19,11 +19,14 @@ of the inner step ``J_i = I − α H_i`` (``H_i`` the Hessian of task ``i``'s in
 is symmetric). The KL has zero gradient at the current parameters, so its Hessian is exactly
 ``Σ_i J_i F_i J_i`` (``F_i`` the Hessian of the KL in the adapted parameters, i.e. the Fisher
 matrix of the adapted policy); conjugate gradient uses that product: two inner-loss
-Hessian-vector products and one product with ``F_i`` per CG iteration, each a single backward
-pass for all tasks at once. ``F_i`` is taken in Gauss–Newton form, ``J_netᵀ M J_net`` with ``M``
-the Fisher in the network's outputs in closed form (TRPO's App. C.1), or with
-``curvature="exact"`` by double backward through the KL: the same matrix, to round-off.
-``first_order=True`` (FOMAML) sets ``J_i = I``.
+Hessian-vector products and one product with ``F_i`` per CG iteration. ``F_i`` is taken in
+Gauss–Newton form, ``J_netᵀ M J_net`` with ``M`` the Fisher in the network's outputs in
+closed form (TRPO's App. C.1). With ``curvature="structured"`` (the default) all three are
+batched matmuls on activations cached once per meta-iteration (Pearlmutter's R-passes,
+:mod:`metarl.adaptation.curvature`; the project's MLP policies); ``"gauss-newton"`` does the
+same by autograd (each product a backward pass for all tasks at once), ``"exact"`` by double
+backward through the KL: the same matrix, to round-off. ``first_order=True`` (FOMAML) sets
+``J_i = I``.
 
 ``learn_inner_lr=True`` is Meta-SGD (Li, Zhou, Chen, Li 2017, "Meta-SGD: Learning to Learn
 Quickly for Few-Shot Learning", Sec. 3): ``θ'_i = θ − α ∘ ∇L_i(θ)`` with a rate per parameter

@@ -11,7 +11,7 @@ curvature. Every variant runs in its own process (so its peak resident memory is
 with one torch thread; the time of each iteration is split into sampling, adaptation, the
 curvature (the products' set-up, the meta-gradient through the inner steps and conjugate
 gradient) and the line search; median of the timed iterations after a warm-up; also the
-process's CPU seconds per iteration (what a busy machine's other work does not inflate).
+process's CPU seconds per iteration (what a busy CPU's other processes do not inflate).
 
 It also times the CG products alone, the three curvatures alternating on one
 meta-iteration's data (robust to a change of the machine's load), and measures the agreement
@@ -220,9 +220,9 @@ def main() -> int:
         "",
         f"`{command.strip()}` — cpu, torch threads 1 (one process per variant), {machine} "
         f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
-        f"after: the machine's two cores were shared with other work, so wall-clock seconds "
-        f"are inflated; CPU seconds and the alternating per-product timings are the robust "
-        f"comparison), torch {torch.__version__}.",
+        f"after: at such a load the cores are busy with other processes, so wall-clock "
+        f"seconds are inflated; CPU seconds and the alternating per-product timings are the "
+        f"robust comparison), torch {torch.__version__}.",
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, 2×100 ReLU "
         f"policy, one inner step, 10 CG iterations); median of {args.iterations} iterations "

@@ -43,8 +43,8 @@ OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def median_s(fn: Callable[[], Any], repeats: int = 7) -> float:
-    """Median CPU seconds of ``fn`` (the process's CPU time: one thread, so what other work
-    on a shared machine does not inflate)."""
+    """Median CPU seconds of ``fn`` (the process's CPU time: one thread, so what a busy CPU's
+    other processes do not inflate)."""
     fn()
     times = []
     for _ in range(repeats):
@@ -243,8 +243,8 @@ def main() -> int:
         f"`{command.strip()}` — cpu, torch threads 1, {machine} (no GPU; 1-min load "
         f"{load_before:.2f} before, {load_after:.2f} after), torch {torch.__version__}; "
         f"{n} tasks × {per_task} rows, policy {'×'.join(map(str, cfg.hidden_sizes))} "
-        f"{cfg.nonlinearity}, float32; CPU seconds (one thread: what the machine's other "
-        "work does not inflate), median of 7.",
+        f"{cfg.nonlinearity}, float32; CPU seconds (one thread: what a busy CPU's other "
+        "processes do not inflate), median of 7.",
         "",
         "| part | autograd (gauss-newton) s | structured s |",
         "| --- | ---: | ---: |",
