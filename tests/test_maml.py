@@ -237,7 +237,7 @@ def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
      {"first_order": True}],
     ids=["exact", "half-the-episodes", "half-the-tasks", "first-order"],
 )  # fmt: skip
-@pytest.mark.parametrize("curvature", ["gauss-newton", "exact"])
+@pytest.mark.parametrize("curvature", ["structured", "gauss-newton", "exact"])
 def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict, curvature: str) -> None:
     """TRPO's curvature product against ``torch.func.hessian`` of the mean KL as a function of
     the flat meta-parameters, through the inner step (closed form, float64). The subsampled
