@@ -19,11 +19,14 @@ of the inner step ``J_i = I − α H_i`` (``H_i`` the Hessian of task ``i``'s in
 is symmetric). The KL has zero gradient at the current parameters, so its Hessian is exactly
 ``Σ_i J_i F_i J_i`` (``F_i`` the Hessian of the KL in the adapted parameters, i.e. the Fisher
 matrix of the adapted policy); conjugate gradient uses that product: two inner-loss
-Hessian-vector products and one product with ``F_i`` per CG iteration, each a single backward
-pass for all tasks at once. ``F_i`` is taken in Gauss–Newton form, ``J_netᵀ M J_net`` with ``M``
-the Fisher in the network's outputs in closed form (TRPO's App. C.1), or with
-``curvature="exact"`` by double backward through the KL: the same matrix, to round-off.
-``first_order=True`` (FOMAML) sets ``J_i = I``.
+Hessian-vector products and one product with ``F_i`` per CG iteration. ``F_i`` is taken in
+Gauss–Newton form, ``J_netᵀ M J_net`` with ``M`` the Fisher in the network's outputs in
+closed form (TRPO's App. C.1). With ``curvature="structured"`` (the default) all three are
+batched matmuls on activations cached once per meta-iteration (Pearlmutter's R-passes,
+:mod:`metarl.adaptation.curvature`; the project's MLP policies); ``"gauss-newton"`` does the
+same by autograd (each product a backward pass for all tasks at once), ``"exact"`` by double
+backward through the KL: the same matrix, to round-off. ``first_order=True`` (FOMAML) sets
+``J_i = I``.
 
 ``learn_inner_lr=True`` is Meta-SGD (Li, Zhou, Chen, Li 2017, "Meta-SGD: Learning to Learn
 Quickly for Few-Shot Learning", Sec. 3): ``θ'_i = θ − α ∘ ∇L_i(θ)`` with a rate per parameter
@@ -51,6 +54,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from metarl.adaptation.curvature import MLPStructure, StructuredCurvature, structured_curvature
 from metarl.adaptation.meta_training import meta_train
 from metarl.adaptation.policy_gradient import (
     InnerStep,
@@ -171,16 +175,19 @@ class MAMLTRPOConfig(PolicyOptions, ReturnOptions, EnvOptions, RunConfig):
     cg_iters: int = option(10, "conjugate-gradient iterations", low=1)
     cg_damping: float = option(1e-5, "damping added to the KL Hessian in CG", low=0.0)
     curvature: str = option(
-        "exact",
-        "how CG's KL Hessian-vector products are computed: exact (double backward through "
-        "the KL's gradient, the reference) or gauss-newton (Jᵀ M J, M the adapted policies' "
-        "Fisher in closed form in the network's outputs, TRPO's App. C.1: two first-order "
-        "backward passes through the network, no second-order graph of the KL; 1.14-1.17x "
-        "faster per product, benchmarks/maml_curvature_speed.md). The same matrix, as the "
-        "KL's gradient is zero at the current parameters: the choice changes numbers only at "
-        "round-off level (which conjugate gradient amplifies in float32, so two runs drift "
-        "apart as after any reordering of sums), and may change on --resume",
-        choices=("gauss-newton", "exact"),
+        "structured",
+        "how CG's KL Hessian-vector products are computed: structured (for the project's MLP "
+        "policies: Pearlmutter's R-forward/R-backward passes for the inner steps' Hessians and "
+        "the Gauss–Newton Fisher in closed form, as batched matmuls on activations cached once "
+        "per meta-iteration, no autograd graph; another policy class falls back to "
+        "gauss-newton), gauss-newton (the same Jᵀ M J by autograd: two first-order backward "
+        "passes through the network, double backward through the inner gradients) or exact "
+        "(double backward through the KL's gradient, the reference). All three are the same "
+        "matrix, as the KL's gradient is zero at the current parameters: the choice changes "
+        "numbers only at round-off level (which conjugate gradient amplifies in float32, so "
+        "two runs drift apart as after any reordering of sums), and may change on --resume; "
+        "speeds in benchmarks/maml_curvature_speed.md",
+        choices=("structured", "gauss-newton", "exact"),
         may_change_on_resume=True,
     )
     cg_subsample: float = option(
@@ -526,6 +533,7 @@ def kl_hessian_product(
     cfg: MAMLTRPOConfig,
     exact: tuple[Tensor, list[Params], list[slice]] | None = None,
     rates: Params | None = None,
+    structured: StructuredCurvature | None = None,
 ) -> Callable[[Params], Params]:
     """``v ↦ (∇²KL + λI) v`` at the current ``θ``, the curvature TRPO's conjugate gradient
     uses: ``KL = mean_i KL(π_old || π_θ'_i(θ))`` on the validation episodes, through the inner
@@ -533,13 +541,19 @@ def kl_hessian_product(
     ``cfg.cg_subsample < 1``, on the subsample ``cfg.cg_subsample_unit`` says.
 
     ``steps``: the meta-iteration's inner steps (built with ``keep_graph`` unless first
-    order); ``adapted``: the last step's per-task parameters; ``exact``: the mean KL on all
-    the validation episodes with its per-chunk leaves and chunks, when the caller has them
-    (saves a forward pass; used only when nothing is subsampled); ``rates``: Meta-SGD's
-    per-entry inner rates, when they are meta-learned too: the product is then on
-    ``(θ, α)`` (``α``'s entries named ``"α:" + name``)."""
+    order or the curvature is ``structured``); ``adapted``: the last step's per-task
+    parameters; ``exact``: the mean KL on all the validation episodes with its per-chunk
+    leaves and chunks, when the caller has them (saves a forward pass; used only when nothing
+    is subsampled); ``rates``: Meta-SGD's per-entry inner rates, when they are meta-learned
+    too: the product is then on ``(θ, α)`` (``α``'s entries named ``"α:" + name``);
+    ``structured``: the structured products on all the data, when the caller has them
+    (used only when nothing is subsampled)."""
     lr: float | Params = cfg.inner_lr if rates is None else rates
+    curvature = cfg.curvature
+    if curvature == "structured" and MLPStructure.of(policy) is None:
+        curvature = "gauss-newton"  # a policy class the structured products do not know
     curv_steps, curv_tasks = steps, valid.num_tasks
+    curv_data = [(step.start, step.data) for step in steps]
     if cfg.cg_subsample < 1.0:
 
         def cut(eps: Episodes, adv: Tensor) -> tuple[Episodes, Tensor]:
@@ -547,13 +561,23 @@ def kl_hessian_product(
 
         valid, valid_adv = cut(valid, valid_adv)
         curv_tasks = valid.num_tasks  # the first ones; _leaves below slices them
-        if not cfg.first_order:
+        curv_data = [(step.start, TaskData.of(*cut(step.episodes, step.adv))) for step in steps]
+        if not cfg.first_order and curvature != "structured":
             curv_steps = []
             for step in steps:
                 eps_c, adv_c = cut(step.episodes, step.adv)
                 curv_steps.append(InnerStep(policy, step.start, eps_c, adv_c, lr, True))
-        exact = None
-    if cfg.curvature == "gauss-newton":
+        exact, structured = None, None
+    if curvature == "structured":
+        sc = structured or structured_curvature(policy, curv_data, TaskData.of(valid, valid_adv),
+                                                adapted, lr, cfg.first_order, _RATE)  # fmt: skip
+        assert sc is not None
+
+        def structured_hvp(v: Params) -> Params:
+            return axpy(cfg.cg_damping, v, sc.product(v))
+
+        return structured_hvp
+    if curvature == "gauss-newton":
         fisher = _fisher_product(policy, adapted, TaskData.of(valid, valid_adv))
     else:
         fisher = _kl_double_backward(policy, adapted, valid, valid_adv, exact)
@@ -624,6 +648,7 @@ def meta_step(
         check_finite("Meta-SGD inner rates α", rates,
                      hint="restart from an earlier checkpoint with a lower --max-kl")  # fmt: skip
     lr: float | Params = cfg.inner_lr if rates is None else rates
+    structured = cfg.curvature == "structured" and MLPStructure.of(policy) is not None
     t0 = time.perf_counter()
 
     # 1-3. Inner steps on fresh episodes, then validation episodes with the adapted policies.
@@ -640,7 +665,9 @@ def meta_step(
         ta = time.perf_counter()
         adv = _inner_advantages(eps, cfg, baseline)
         start = current if per_task_params else expand_tasks(current, n)
-        step = InnerStep(policy, start, eps, adv, lr, keep_graph=not cfg.first_order)
+        # The structured curvature needs no autograd graph of the inner gradients.
+        step = InnerStep(policy, start, eps, adv, lr,
+                         keep_graph=not (cfg.first_order or structured))  # fmt: skip
         steps.append(step)
         current, per_task_params = step.adapted, True
         sample_s += ta - ts
@@ -656,9 +683,19 @@ def meta_step(
     leaves = chunk_leaves(current, valid_data.chunks())
     surrogate, kl, old = _outer_terms(policy, leaves, valid_data)
     g_out = cat_chunks(grad_by_chunk(surrogate, leaves, retain_graph=True))
-    kl_hvp = kl_hessian_product(policy, steps, valid, valid_adv, current, cfg,
-                                exact=(kl, leaves, valid_data.chunks()), rates=rates)  # fmt: skip
-    grad = _back_to_theta(g_out, steps, cfg.first_order, rates)
+    tc = time.perf_counter()
+    if structured:  # cached passes for the meta-gradient and (unless subsampled) CG
+        sc = structured_curvature(policy, [(s.start, s.data) for s in steps], valid_data,
+                                  current, lr, cfg.first_order, _RATE)  # fmt: skip
+        assert sc is not None
+        kl_hvp = kl_hessian_product(policy, steps, valid, valid_adv, current, cfg, rates=rates,
+                                    structured=sc)  # fmt: skip
+        grad = sc.back_to_theta(g_out)
+    else:
+        exact = (kl, leaves, valid_data.chunks())
+        kl_hvp = kl_hessian_product(policy, steps, valid, valid_adv, current, cfg, exact=exact,
+                                    rates=rates)  # fmt: skip
+        grad = _back_to_theta(g_out, steps, cfg.first_order, rates)
     hint = "lower --inner-lr or --max-kl, or check the env's rewards"
     check_finite("MAML-TRPO surrogate loss", surrogate, hint=hint)
     check_finite("meta-gradient", grad, hint=hint)
@@ -666,6 +703,7 @@ def meta_step(
     check_finite("TRPO step (conjugate-gradient direction)", full_step,
                  hint="raise --cg-damping or lower --max-kl")  # fmt: skip
     old_loss = surrogate.item()
+    tl = time.perf_counter()
 
     # Backtracking line search: re-adapt from the candidate (θ, α) and check the surrogate
     # and KL; the accepted candidate is the last one tried.
@@ -698,6 +736,7 @@ def meta_step(
                 for name, v in inner_lrs.items():
                     v.copy_(candidate["α"][name])
     outer_s = time.perf_counter() - to
+    line_search_s = time.perf_counter() - tl
     total = time.perf_counter() - t0
     env_steps = sum(s.num_env_steps for s in steps) + valid.num_steps()
     stats = {
@@ -713,6 +752,8 @@ def meta_step(
         "sample_s": sample_s,
         "adapt_s": adapt_s,
         "outer_s": outer_s,
+        "curvature_s": tl - tc,
+        "line_search_s": line_search_s,
         "iteration_s": total,
     }
     if inner_lrs is not None:

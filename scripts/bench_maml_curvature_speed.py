@@ -1,19 +1,23 @@
-"""Seconds per MAML-TRPO meta-iteration with the exact and the Gauss–Newton curvature.
+"""Seconds per MAML-TRPO meta-iteration with each curvature product, split by phase.
 
 Side by side on the same episodes (the same seeds, tasks and initial policy): the 2D-navigation
 paper preset of Finn et al. 2017 (20 tasks × 20 episodes × horizon 100, 2×100 ReLU policy,
-10 CG iterations), with ``--curvature exact`` (double backward through the KL) and
-``--curvature gauss-newton`` (``Jᵀ M J``, the default), each with and without
-``--cg-subsample 0.1``; the Gauss–Newton preset once more with glibc's allocator thresholds
-raised (``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``, set in the environment of the
-process before it starts); then HalfCheetahVel's paper preset with both curvatures. Every
-variant runs in its own process (so its peak resident memory is its own), with one torch
-thread, median of the timed iterations after a warm-up.
+10 CG iterations) with ``--curvature exact`` (double backward through the KL), ``gauss-newton``
+(``Jᵀ M J`` by autograd) and ``structured`` (the same matrix by cached batched matmuls, the
+default), exact and structured also with ``--cg-subsample 0.1`` and with the allocator
+tuning off (``METARL_MALLOC_TUNING=0``; every other variant runs with it on, as the
+``metarl`` command does); then HalfCheetahVel's paper preset with exact and structured
+curvature. Every variant runs in its own process (so its peak resident memory is its own),
+with one torch thread; the time of each iteration is split into sampling, adaptation, the
+curvature (the products' set-up, the meta-gradient through the inner steps and conjugate
+gradient) and the line search; median of the timed iterations after a warm-up; also the
+process's CPU seconds per iteration (what a busy CPU's other processes do not inflate).
 
-It also times the CG products alone, exact and Gauss–Newton alternating on one
+It also times the CG products alone, the three curvatures alternating on one
 meta-iteration's data (robust to a change of the machine's load), and measures the agreement
-of the two curvatures: the TRPO step direction (10 CG iterations) of one meta-iteration of the
-nav2d preset in float64, both products on the same episodes, as the max relative difference.
+of the curvatures: the TRPO step direction (10 CG iterations, from the meta-gradient each
+path computes) of one meta-iteration of the nav2d preset, each curvature against exact on
+the same episodes, in float64 and in float32, as the max relative difference.
 
 Results go to ``benchmarks/OUT.{md,json}`` with the command.
 
@@ -37,13 +41,19 @@ import numpy as np
 import torch
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
-MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+CURVATURES = ("exact", "gauss-newton", "structured")
+TUNING_OFF = {"METARL_MALLOC_TUNING": "0"}
+PHASES = ("sample_s", "adapt_s", "curvature_s", "line_search_s", "iteration_s", "cpu_s")
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Time ``spec["iterations"]`` meta-iterations (after a warm-up) in this process."""
-    from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
+    import time
 
+    from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
+    from metarl.stepping.allocator import tune_allocator
+
+    tuned = tune_allocator()  # as the metarl command does (off with METARL_MALLOC_TUNING=0)
     torch.set_num_threads(1)
     cfg = MAMLTRPOConfig.from_preset(spec["preset"], device="cpu", **spec["overrides"])
     torch.manual_seed(0)
@@ -53,14 +63,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for it in range(spec["iterations"] + 1):  # the first is a warm-up
         batch = [tasks[i] for i in rng.choice(len(tasks), cfg.meta_batch_size, replace=False)]
+        cpu = time.process_time()
         stats = meta_step(policy, sampler, batch, 1000 * it, cfg)
+        stats["cpu_s"] = time.process_time() - cpu
         if it:
             rows.append(stats)
     sampler.close()
-    keys = ("sample_s", "adapt_s", "outer_s", "iteration_s")
-    out: dict[str, Any] = {k: float(np.median([r[k] for r in rows])) for k in keys}
+    out: dict[str, Any] = {k: float(np.median([r[k] for r in rows])) for k in PHASES}
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["hidden_sizes"] = list(cfg.hidden_sizes)
+    out["allocator_tuned"] = tuned
     return out
 
 
@@ -107,38 +119,47 @@ def captured_products(preset: str, curvature: str, dtype: torch.dtype) -> tuple[
     return captured[0]
 
 
-def agreement() -> float:
-    """Max relative difference of the TRPO direction (10 CG iterations), exact vs
-    Gauss–Newton, float64, on the nav2d preset's first meta-iteration."""
+def agreement(dtype: torch.dtype) -> dict[str, float]:
+    """Max relative difference of the TRPO direction (10 CG iterations, from each path's
+    own meta-gradient) of gauss-newton and structured against exact, on the nav2d preset's
+    first meta-iteration."""
     from metarl.learning.trpo import conjugate_gradient
 
     torch.set_num_threads(1)
-    mvp_e, grad = captured_products("nav2d-paper", "exact", torch.float64)
-    mvp_g, grad_g = captured_products("nav2d-paper", "gauss-newton", torch.float64)
-    assert all(torch.equal(grad[k], grad_g[k]) for k in grad)  # the same episodes
-    d_e = conjugate_gradient(mvp_e, grad, 10)
-    d_g = conjugate_gradient(mvp_g, grad, 10)
+    mvp_e, grad_e = captured_products("nav2d-paper", "exact", dtype)
+    d_e = conjugate_gradient(mvp_e, grad_e, 10)
     flat_e = torch.cat([v.flatten() for v in d_e.values()])
-    flat_g = torch.cat([d_g[k].flatten() for k in d_e])
-    return float((flat_e - flat_g).abs().max() / flat_e.abs().max())
+    out = {}
+    for curvature in ("gauss-newton", "structured"):
+        mvp, grad = captured_products("nav2d-paper", curvature, dtype)
+        d = conjugate_gradient(mvp, grad, 10)
+        flat = torch.cat([d[k].flatten() for k in d_e])
+        out[curvature] = float((flat_e - flat).abs().max() / flat_e.abs().max())
+    return out
 
 
-def product_seconds(preset: str, rounds: int = 3) -> dict[str, float]:
-    """Seconds per CG product (float32, one thread), exact and Gauss–Newton alternating on
-    the same meta-iteration's data (so a change of the machine's load hits both alike);
+def product_seconds(preset: str, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Wall and CPU seconds per CG product (float32, one thread), the curvatures alternating
+    on the same meta-iteration's data (so a change of the machine's load hits all alike);
     median over ``rounds`` × 3 products."""
     import time
 
+    from metarl.stepping.allocator import tune_allocator
+
+    tune_allocator()
     torch.set_num_threads(1)
-    mvps = {c: captured_products(preset, c, torch.float32) for c in ("exact", "gauss-newton")}
-    times: dict[str, list[float]] = {c: [] for c in mvps}
+    mvps = {c: captured_products(preset, c, torch.float32) for c in CURVATURES}
+    wall: dict[str, list[float]] = {c: [] for c in mvps}
+    cpu: dict[str, list[float]] = {c: [] for c in mvps}
     for _ in range(rounds):
         for c, (mvp, grad) in mvps.items():
             for _ in range(3):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 mvp(grad)
-                times[c].append(time.perf_counter() - t0)
-    return {c: float(np.median(t)) for c, t in times.items()}
+                wall[c].append(time.perf_counter() - t0)
+                cpu[c].append(time.process_time() - c0)
+    return {c: {"wall_s": float(np.median(wall[c])), "cpu_s": float(np.median(cpu[c]))}
+            for c in mvps}  # fmt: skip
 
 
 def main() -> int:
@@ -158,12 +179,14 @@ def main() -> int:
     nav: dict[str, tuple[dict[str, Any], dict[str, str] | None]] = {
         "exact": ({"curvature": "exact"}, None),
         "gauss-newton": ({"curvature": "gauss-newton"}, None),
+        "structured": ({"curvature": "structured"}, None),
         "exact, --cg-subsample 0.1": ({"curvature": "exact", "cg_subsample": 0.1}, None),
-        "gauss-newton, --cg-subsample 0.1": (
-            {"curvature": "gauss-newton", "cg_subsample": 0.1},
+        "structured, --cg-subsample 0.1": (
+            {"curvature": "structured", "cg_subsample": 0.1},
             None,
         ),
-        "gauss-newton, malloc thresholds raised": ({"curvature": "gauss-newton"}, MALLOC),
+        "exact, allocator tuning off": ({"curvature": "exact"}, TUNING_OFF),
+        "structured, allocator tuning off": ({"curvature": "structured"}, TUNING_OFF),
     }
     results: dict[str, Any] = {"nav2d": {}, "halfcheetah_vel": {}}
     for name, (overrides, env) in nav.items():
@@ -171,7 +194,7 @@ def main() -> int:
         results["nav2d"][name] = run_child(spec, env)
         print("nav2d", name, results["nav2d"][name], flush=True)
     if args.cheetah_iterations:
-        for curvature in ("exact", "gauss-newton"):
+        for curvature in ("exact", "structured"):
             spec = {"preset": "halfcheetah-vel-paper", "overrides": {"curvature": curvature},
                     "iterations": args.cheetah_iterations}  # fmt: skip
             results["halfcheetah_vel"][curvature] = run_child(spec)
@@ -180,33 +203,41 @@ def main() -> int:
     if args.cheetah_iterations:
         results["product_s"]["halfcheetah_vel"] = product_seconds("halfcheetah-vel-paper")
     print("seconds per product", results["product_s"], flush=True)
-    results["direction_max_rel_diff_float64"] = agreement()
-    print("agreement", results["direction_max_rel_diff_float64"], flush=True)
+    results["direction_max_rel_diff"] = {"float64": agreement(torch.float64),
+                                         "float32": agreement(torch.float32)}  # fmt: skip
+    print("agreement", results["direction_max_rel_diff"], flush=True)
     load_after = os.getloadavg()[0]
 
     command = "python scripts/bench_maml_curvature_speed.py " + " ".join(sys.argv[1:])
     machine = f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    header = [
+        "| variant | sampling s | adaptation s | curvature s | line search s | total s/iter | "
+        "vs exact | CPU s/iter | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     lines = [
-        "# MAML-TRPO seconds per meta-iteration: exact vs Gauss–Newton curvature",
+        "# MAML-TRPO seconds per meta-iteration: exact, Gauss–Newton and structured curvature",
         "",
         f"`{command.strip()}` — cpu, torch threads 1 (one process per variant), {machine} "
         f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
-        f"after), torch {torch.__version__}.",
+        f"after: at such a load the cores are busy with other processes, so wall-clock "
+        f"seconds are inflated; CPU seconds and the alternating per-product timings are the "
+        f"robust comparison), torch {torch.__version__}.",
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, 2×100 ReLU "
         f"policy, one inner step, 10 CG iterations); median of {args.iterations} iterations "
-        "after a warm-up.",
+        "after a warm-up. Curvature: the products' set-up, the meta-gradient through the "
+        "inner step and the 10 CG products.",
         "",
-        "| variant | sampling s | adaptation s | outer step s | total s/iter | vs exact | "
-        "peak RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *header,
     ]
 
     def rows(table: dict[str, Any], ref: dict[str, Any]) -> None:
         for name, r in table.items():
             lines.append(
-                f"| {name} | {r['sample_s']:.3f} | {r['adapt_s']:.3f} | {r['outer_s']:.3f} | "
-                f"{r['iteration_s']:.3f} | {ref['iteration_s'] / r['iteration_s']:.2f}× | "
+                f"| {name} | {r['sample_s']:.3f} | {r['adapt_s']:.3f} | {r['curvature_s']:.3f} "
+                f"| {r['line_search_s']:.3f} | {r['iteration_s']:.3f} | "
+                f"{ref['iteration_s'] / r['iteration_s']:.2f}× | {r['cpu_s']:.3f} | "
                 f"{r['peak_rss_mb']:.0f} |"
             )
 
@@ -218,32 +249,36 @@ def main() -> int:
             f"policy, native batched MuJoCo); median of {args.cheetah_iterations} after a "
             "warm-up.",
             "",
-            "| variant | sampling s | adaptation s | outer step s | total s/iter | vs exact | "
-            "peak RSS MB |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            *header,
         ]
         rows(results["halfcheetah_vel"], results["halfcheetah_vel"]["exact"])
     lines += [
         "",
-        "Seconds per CG product (the curvature alone: two inner-step Hessian-vector "
-        "products and one with the KL's Hessian in the adapted parameters), float32, "
-        "exact and Gauss–Newton alternating on the first meta-iteration's data, median of "
-        "9:",
+        "Seconds per CG product (the curvature alone: the inner step's forward product, the "
+        "Fisher of the adapted policies, the transpose), float32, one thread, the three "
+        "curvatures alternating on the first meta-iteration's data, median of 9, wall-clock "
+        "(CPU):",
         "",
-        "| preset | exact s | gauss-newton s | ratio |",
-        "| --- | ---: | ---: | ---: |",
+        "| preset | exact s | gauss-newton s | structured s | exact / structured |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for preset, p in results["product_s"].items():
-        lines.append(f"| {preset} | {p['exact']:.3f} | {p['gauss-newton']:.3f} | "
-                     f"{p['exact'] / p['gauss-newton']:.2f}× |")  # fmt: skip
+        cells = " | ".join(f"{p[c]['wall_s']:.3f} ({p[c]['cpu_s']:.3f})" for c in CURVATURES)
+        lines.append(f"| {preset} | {cells} | "
+                     f"{p['exact']['wall_s'] / p['structured']['wall_s']:.2f}× |")  # fmt: skip
+    agree = results["direction_max_rel_diff"]
     lines += [
         "",
-        "Agreement: the TRPO step direction of one nav2d meta-iteration (float64, the same "
-        "episodes, 10 CG iterations) differs between the two curvatures by "
-        f"{results['direction_max_rel_diff_float64']:.1e} (max relative difference).",
+        "Agreement: the TRPO step direction of one nav2d meta-iteration (the same episodes, "
+        "10 CG iterations, each path's own meta-gradient) against exact curvature, max "
+        f"relative difference: gauss-newton {agree['float64']['gauss-newton']:.1e}, "
+        f"structured {agree['float64']['structured']:.1e} in float64; "
+        f"{agree['float32']['gauss-newton']:.1e} and {agree['float32']['structured']:.1e} "
+        "in float32 (round-off, which conjugate gradient amplifies).",
         "",
-        "Malloc row: `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` set to "
-        f"{MALLOC['MALLOC_MMAP_THRESHOLD_']} in the environment of that variant's process.",
+        "Allocator rows: `METARL_MALLOC_TUNING=0` in that variant's environment (glibc's "
+        "default thresholds); every other row runs with the tuning of "
+        "`metarl.stepping.allocator` on, as the `metarl` command does.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)
@@ -252,7 +287,7 @@ def main() -> int:
         (OUT / f"{args.out}.md").write_text(text)
         payload = {"command": command.strip(), "threads": 1, "machine": machine,
                    "load_before": load_before, "load_after": load_after,
-                   "policy": "2x100 relu", "malloc_env": MALLOC, **results}  # fmt: skip
+                   "policy": "2x100 relu", **results}  # fmt: skip
         (OUT / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
     return 0
 

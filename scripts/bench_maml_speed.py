@@ -4,7 +4,8 @@ The 2D-navigation paper preset of Finn et al. 2017: 20 tasks × 20 episodes × h
 the inner step, as many validation episodes with the adapted policies, and the TRPO step
 (10 CG iterations on the exact second-order KL Hessian-vector product, backtracking line
 search, max-KL 0.01), 2×100 ReLU policy. The products use the default ``--curvature``
-(``scripts/bench_maml_curvature_speed.py`` compares ``exact`` with ``gauss-newton``).
+(``scripts/bench_maml_curvature_speed.py`` compares ``exact``, ``gauss-newton`` and
+``structured``; ``benchmarks/maml_speed.md`` was made when ``exact`` was the default).
 Measured in one run, side by side:
 
 * ``ours`` — ``agents/maml_trpo.py`` as trained: on-device torch env, every task at once

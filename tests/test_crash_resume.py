@@ -42,8 +42,8 @@ from metarl.testing import tally
 #: Iterations of every job: one checkpoint per iteration, so every kill has one to lose.
 ITERATIONS = 8
 #: Timings and throughput differ between runs; everything else logged must not.
-TIMING_COLUMNS = {"sample_s", "adapt_s", "outer_s", "update_s", "vae_s", "iteration_s",
-                  "env_steps_per_s", "wall_clock_s"}  # fmt: skip
+TIMING_COLUMNS = {"sample_s", "adapt_s", "outer_s", "curvature_s", "line_search_s", "update_s",
+                  "vae_s", "iteration_s", "env_steps_per_s", "wall_clock_s"}  # fmt: skip
 _HOOK = "METARL_TEST_KILL_IN_CHECKPOINT_WRITE"
 
 

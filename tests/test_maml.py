@@ -237,7 +237,7 @@ def test_inner_step_jacobian_is_identity_minus_lr_hessian() -> None:
      {"first_order": True}],
     ids=["exact", "half-the-episodes", "half-the-tasks", "first-order"],
 )  # fmt: skip
-@pytest.mark.parametrize("curvature", ["gauss-newton", "exact"])
+@pytest.mark.parametrize("curvature", ["structured", "gauss-newton", "exact"])
 def test_kl_hessian_product_is_the_hessian_of_the_mean_kl(variant: dict, curvature: str) -> None:
     """TRPO's curvature product against ``torch.func.hessian`` of the mean KL as a function of
     the flat meta-parameters, through the inner step (closed form, float64). The subsampled
@@ -574,7 +574,7 @@ def test_resume_with_changed_curvature_settings_is_recorded(tmp_path: Path) -> N
     assert len(lines) == 1 and lines[0]["iteration"] == 1
     assert lines[0]["changed"] == {"num_iterations": [1, 2], "cg_subsample": [0.5, 1.0],
                                    "ls_backtrack_ratio": [0.5, 0.8],
-                                   "curvature": ["exact", "gauss-newton"]}  # fmt: skip
+                                   "curvature": ["structured", "gauss-newton"]}  # fmt: skip
     assert json.loads((d / "config.json").read_text())["config"]["cg_subsample"] == 0.5
     # The next resume compares with the last checkpoint's settings: only what changes again.
     assert main(["train", "--resume", str(d), "--num-iterations", "3", "--cg-subsample", "1.0",

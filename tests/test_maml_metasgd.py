@@ -76,7 +76,7 @@ def _flat(d: dict[str, torch.Tensor], names: list[str]) -> torch.Tensor:
     return torch.cat([d[k].flatten() for k in names])
 
 
-@pytest.mark.parametrize("curvature", ["gauss-newton", "exact"])
+@pytest.mark.parametrize("curvature", ["structured", "gauss-newton", "exact"])
 @pytest.mark.parametrize("num_adapt_steps", [1, 2])
 def test_meta_gradient_and_kl_hessian_on_theta_and_rates_equal_brute_force(
     num_adapt_steps: int, curvature: str, monkeypatch: pytest.MonkeyPatch

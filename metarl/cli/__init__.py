@@ -515,6 +515,9 @@ def _out_of_memory(e: BaseException) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from metarl.stepping.allocator import tune_allocator
+
+    tune_allocator()  # glibc's allocator thresholds (METARL_MALLOC_TUNING=0 turns it off)
     argv = list(sys.argv[1:] if argv is None else argv)
     _state.clear()
     command = argv[0] if argv else None

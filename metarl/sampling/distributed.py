@@ -219,7 +219,10 @@ class _Worker:
     """The Ray actor: one :class:`ShardSampler`, the policy's architecture, timing."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from metarl.stepping.allocator import tune_allocator
+
         torch.set_num_threads(1)
+        tune_allocator()  # the actor's process (METARL_MALLOC_TUNING=0 in its env: off)
         self.shard = ShardSampler(*args, **kwargs)
         self.policy: Policy | None = None
 

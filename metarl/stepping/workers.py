@@ -47,6 +47,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from metarl.stepping.allocator import tune_allocator
 from metarl.stepping.batched import BatchedTaskEnv, EnvError
 
 __all__ = ["EnvWorkerError", "SubprocessBatchedEnv", "WorkerPool"]
@@ -86,6 +87,7 @@ def _die_with_parent() -> None:
 def _worker(conn: Connection, parent_conn: Connection, env_fn: Callable[[], Any]) -> None:
     parent_conn.close()
     _die_with_parent()
+    tune_allocator()  # a spawned worker does not inherit the parent's settings
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
     env = None
     try:
