@@ -90,7 +90,9 @@ def _raise_one_line(event: Any, prog: str) -> NoReturn:
             raise ConfigError(event.message)
         metavar = getattr(event.argument.lowered, "metavar", None)
         takes = f" takes {metavar}" if metavar else ""
-        raise CommandLineError(f"{_argument(event.argument)}{takes}: {event.message}{see}")
+        # a union's message lists each type's failure on lines of its own: the first says it
+        message = str(event.message).strip().splitlines()[0].rstrip(".")
+        raise CommandLineError(f"{_argument(event.argument)}{takes}: {message}{see}")
     if isinstance(event, e.BadValue):
         if event.offending_value is None:
             raise CommandLineError(f"{_argument(event.argument)} needs a value{see}")
