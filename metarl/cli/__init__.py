@@ -325,8 +325,10 @@ def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:
 
 
 def _benchmark(argv: Sequence[str]) -> int:
+    from metarl.agents import agent_names, get_agent
     from metarl.cli.args import BenchmarkArgs
     from metarl.cli.benchmark import BenchmarkError, format_command, run_benchmark
+    from metarl.cli.parsing import CommandLineError, parse_option
 
     args = _parse_command(BenchmarkArgs, "benchmark", argv)
     _set_num_threads(args.num_threads)
@@ -357,10 +359,14 @@ def _benchmark(argv: Sequence[str]) -> int:
         agent, dot, option = key.partition(".")
         if not (eq and dot and agent and option):
             raise BenchmarkError(f"--set takes AGENT.OPTION=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        if agent not in agent_names():
+            raise BenchmarkError(f"--set {item}: no agent {agent!r}; agents: "
+                                 f"{', '.join(agent_names())}")  # fmt: skip
+        try:  # the option's type, read as `metarl train` reads it
+            value = parse_option(get_agent(agent).CONFIG, option, raw,
+                                 prog=f"metarl train --agent {agent}")  # fmt: skip
+        except CommandLineError as e:
+            raise BenchmarkError(f"--set {item}: {agent}'s {e}") from None
         overrides.setdefault(agent, {})[option.replace("-", "_")] = value
     report = run_benchmark(
         args.agents,

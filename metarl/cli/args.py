@@ -137,7 +137,8 @@ class BenchmarkArgs:
     set: tuple[str, ...] = option(
         (),
         "an agent's option over its preset as AGENT.OPTION=VALUE, e.g. rl2.num_iterations=100 "
-        "or maml-trpo.hidden_sizes=[32,32] (VALUE read as JSON, else as a string)",
+        "or maml-trpo.hidden_sizes=32,32: VALUE is read as the option's type, as metarl train "
+        "reads it (a sequence's items separated by commas or spaces; a boolean: true or false)",
     )
     runs_dir: str = option("runs/bench", "where runs go and are reused from")
     out: str = option("benchmarks/report", "directory of report.md, report.json, report.png")

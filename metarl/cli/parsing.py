@@ -30,7 +30,14 @@ from typing import Any, NoReturn, TypeVar
 
 from metarl.runs.config import ConfigError
 
-__all__ = ["CommandLineError", "flags_given", "parse", "print_help", "spelled_out"]
+__all__ = [
+    "CommandLineError",
+    "flags_given",
+    "parse",
+    "parse_option",
+    "print_help",
+    "spelled_out",
+]
 
 T = TypeVar("T")
 
@@ -166,3 +173,50 @@ def print_help(
     except SystemExit as e:  # tyro exits after printing the help
         if e.code not in (0, None):
             raise
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_option(cls: type, name: str, value: str, *, prog: str) -> Any:
+    """One option of ``cls`` from its text, parsed as tyro parses ``--name`` for ``cls`` on
+    the command line (``metarl benchmark --set AGENT.OPTION=VALUE``). A sequence takes its
+    items separated by commas or spaces (``32,32``, ``"32 32"``, ``[32, 32]``); a boolean takes
+    true or false. The value is checked against the type only: the config checks ranges
+    when it is built.
+
+    Example:
+        >>> from metarl.agents.maml_trpo import MAMLTRPOConfig
+        >>> parse_option(MAMLTRPOConfig, "hidden_sizes", "32,32", prog="x")
+        (32, 32)
+
+    Raises:
+        CommandLineError: ``cls`` has no option ``name``, or ``value`` is not of its type
+            (the line names the option and its type).
+    """
+    import re
+    import types
+    import typing
+
+    name = name.replace("-", "_")
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in by_name:
+        raise CommandLineError(f"no option {_flag(name)} (`{prog} --help` lists them)")
+    tp = typing.get_type_hints(cls)[name]
+    flag = _flag(name)
+    if tp is bool:
+        if value.strip().lower() not in _TRUE + _FALSE:
+            raise CommandLineError(f"{flag} takes a boolean (true or false), got {value!r}")
+        return value.strip().lower() in _TRUE
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    base = typing.get_args(tp)[0] if optional else tp
+    if typing.get_origin(base) in (tuple, list) or typing.get_origin(tp) in (tuple, list):
+        tokens = [t for t in re.split(r"[,\s]+", value.strip().strip("[]()")) if t]
+    else:
+        tokens = [value]
+    one = dataclasses.make_dataclass(cls.__name__, [(name, tp, dataclasses.field())])
+    out: Any
+    out, rest = parse(one, [flag, *tokens], prog=prog, flags_only=True)
+    if rest:
+        raise CommandLineError(f"{flag} takes one value, got {value!r} (`{prog} --help`)")
+    return getattr(out, name)
