@@ -47,6 +47,9 @@ def test_defaults_preset_then_command_line() -> None:
     cfg = _parse(["--first-order", "--env", "metarl/AntVel-v0", "--nonlinearity", "tanh"])
     assert cfg.first_order and cfg.env_id == "metarl/AntVel-v0" and cfg.nonlinearity == "tanh"
     assert _parse(["--env=metarl/AntVel-v0", "--no-tensorboard"]).tensorboard is False
+    # tensorboard: None (when installed) unless --tensorboard or --no-tensorboard says
+    assert _parse([]).tensorboard is None and _parse(["--tensorboard"]).tensorboard is True
+    assert _parse(["--tensorboard", "False", "--lr", "0.2"]).tensorboard is False
     assert _parse(["--init-from", "runs/a"]).init_from == "runs/a"
     # What is not the config's comes back, in order.
     _, rest = parse(ToyConfig, ["--seed", "3", "--other", "x"], prog="toy")

@@ -335,9 +335,12 @@ class RunConfig(Config):
         low=0,
         may_change_on_resume=True,
     )
-    tensorboard: bool = option(
-        True,
-        "also write TensorBoard logs when the tensorboard package is installed",
+    tensorboard: bool | None = option(
+        None,
+        "TensorBoard logs beside metrics.csv: None (the default) writes them when the "
+        "tensorboard package is importable and is silent otherwise; true (--tensorboard) "
+        "asks for them, with one warning when the package is missing; false "
+        "(--no-tensorboard) never",
         may_change_on_resume=True,
     )
 
