@@ -29,7 +29,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["Provenance", "command_line", "describe_machine", "machine", "write_report"]
+__all__ = [
+    "Provenance",
+    "command_line",
+    "describe_machine",
+    "load_average",
+    "machine",
+    "write_report",
+]
 
 
 def _cpu_model() -> str:
@@ -51,11 +58,16 @@ def _git_revision(cwd: Path) -> str | None:
     return out.stdout.strip() or None
 
 
-def _load() -> list[float] | None:
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages now (None where the system has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def _load_text(load: Sequence[float] | None) -> str:
+    return "not recorded" if load is None else " ".join(f"{x:.2f}" for x in load)
 
 
 def machine(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
@@ -99,21 +111,32 @@ class Provenance:
     """Started before a measurement, finished after: the machine, the command and the load
     average on both sides (kept in the JSON; the Markdown names the machine and command)."""
 
-    def __init__(self, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, device: str = "cpu", threads: int | None = None,
+        argv: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
+        """``argv``: the script's arguments when ``main(argv)`` was called from Python (None:
+        ``sys.argv``)."""
         self.machine = machine(device, threads)
-        self.command = command_line()
-        self.load_before = _load()
+        self.command = command_line(None if argv is None else [sys.argv[0], *argv])
+        self.load_before = load_average()
         self.load_after: list[float] | None = None
 
     def finish(self) -> dict[str, Any]:
         """The provenance record, with the load average after the measurement."""
-        self.load_after = _load()
+        self.load_after = load_average()
         return {
             "command": self.command,
             "machine": self.machine,
             "load_average_before": self.load_before,
             "load_average_after": self.load_after,
         }
+
+    def describe_load(self) -> str:
+        """``load average 1.20 0.80 0.50 before, 2.10 1.00 0.60 after`` (1, 5 and 15 min;
+        after: as :meth:`finish` read it, or now)."""
+        after = self.load_after if self.load_after is not None else load_average()
+        return f"load average {_load_text(self.load_before)} before, {_load_text(after)} after"
 
     def header(self) -> str:
         """The Markdown line under a report's title: the command and the machine."""
