@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from metarl.evaluation.report import Provenance, write_report
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -154,7 +155,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    load_before = os.getloadavg()[0]
+    prov = Provenance("cpu", 1)
     nav: dict[str, tuple[dict[str, Any], dict[str, str] | None]] = {
         "exact": ({"curvature": "exact"}, None),
         "gauss-newton": ({"curvature": "gauss-newton"}, None),
@@ -182,16 +183,11 @@ def main() -> int:
     print("seconds per product", results["product_s"], flush=True)
     results["direction_max_rel_diff_float64"] = agreement()
     print("agreement", results["direction_max_rel_diff_float64"], flush=True)
-    load_after = os.getloadavg()[0]
-
-    command = "python scripts/bench_maml_curvature_speed.py " + " ".join(sys.argv[1:])
-    machine = f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
+    prov.finish()
     lines = [
         "# MAML-TRPO seconds per meta-iteration: exact vs Gauss–Newton curvature",
         "",
-        f"`{command.strip()}` — cpu, torch threads 1 (one process per variant), {machine} "
-        f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
-        f"after), torch {torch.__version__}.",
+        f"{prov.header()[:-1]} (one process per variant); {prov.describe_load()}.",
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, 2×100 ReLU "
         f"policy, one inner step, 10 CG iterations); median of {args.iterations} iterations "
@@ -248,12 +244,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        OUT.mkdir(exist_ok=True)
-        (OUT / f"{args.out}.md").write_text(text)
-        payload = {"command": command.strip(), "threads": 1, "machine": machine,
-                   "load_before": load_before, "load_after": load_after,
-                   "policy": "2x100 relu", "malloc_env": MALLOC, **results}  # fmt: skip
-        (OUT / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        payload = {"threads": 1, "policy": "2x100 relu", "malloc_env": MALLOC, **results}
+        write_report(args.out, payload, text, OUT, prov)
     return 0
 
 
