@@ -49,13 +49,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_revision(cwd: Path) -> str | None:
+def _git(cwd: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, timeout=10,
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(["git", *args], cwd=cwd, timeout=10, capture_output=True,
+                             text=True, check=True)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
+
+
+def _git_revision(cwd: Path) -> str | None:
+    return _git(cwd, "rev-parse", "--short", "HEAD") or None
 
 
 def load_average() -> list[float] | None:
@@ -71,8 +75,11 @@ def _load_text(load: Sequence[float] | None) -> str:
 
 
 def machine(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """What a figure was measured on: cores, CPU model, GPU (or None), torch threads, versions
-    and the git revision of the code."""
+    """What a figure was measured on: cores, CPU model, GPU (or None), torch threads, versions,
+    the git revision of the code and whether tracked files differed from it (``git_dirty``;
+    None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    status = _git(here, "status", "--porcelain", "--untracked-files=no")
     gpu = None
     if str(device).startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(torch.device(device))
@@ -85,7 +92,8 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_revision": _git_revision(Path(__file__).resolve().parent),
+        "git_revision": _git_revision(here),
+        "git_dirty": None if status is None else bool(status),
     }
 
 
