@@ -150,7 +150,7 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
 
-    prov = Provenance(args.device, args.threads)
+    prov = Provenance(args.device, args.threads, script=__file__)
     rows = []
     for num_query in args.num_query:
         for order in ("second", "first"):

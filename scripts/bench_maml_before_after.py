@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    prov = Provenance("cpu", args.threads)
+    prov = Provenance("cpu", args.threads, script=__file__)
     nav = MAMLTRPOConfig.from_preset("nav2d-paper")
     variants: dict[str, tuple[MAMLTRPOConfig, int, bool]] = {
         "2D navigation, exact second order": (nav, args.iterations, True),

@@ -155,7 +155,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    prov = Provenance("cpu", 1)
+    prov = Provenance("cpu", 1, script=__file__)
     nav: dict[str, tuple[dict[str, Any], dict[str, str] | None]] = {
         "exact": ({"curvature": "exact"}, None),
         "gauss-newton": ({"curvature": "gauss-newton"}, None),

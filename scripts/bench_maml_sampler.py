@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1:
         p.error("--iterations must be at least 1")
     torch.set_num_threads(args.threads)
-    prov = Provenance(args.device, args.threads, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance(
+        args.device, args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
+    )
     res = run(args.iterations, args.device, args.cg_subsample)
     prov.finish()
     t, n = res["torch"]["median"], res["native"]["median"]

@@ -171,7 +171,7 @@ def main() -> int:
                     help="results go to benchmarks/OUT.{md,json}")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    prov = Provenance(args.device, args.threads)
+    prov = Provenance(args.device, args.threads, script=__file__)
     nav = MAMLTRPOConfig.from_preset("nav2d-paper", device=args.device)
     results: dict[str, Any] = {}
     variants = {

@@ -105,7 +105,7 @@ def main() -> int:
     if args.rows % 10:
         parser.error("--rows must be a multiple of 10 (ML10's training types)")
     meta_world.import_metaworld()  # patched for the installed MuJoCo before Meta-World runs
-    prov = Provenance("cpu")
+    prov = Provenance("cpu", script=__file__)
     results = []
     for label, (env_id, name) in FAMILIES.items():
         settings: dict[str, Callable[[], float]] = {}

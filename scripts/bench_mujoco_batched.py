@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv, script=__file__)
     results = []
     for name in args.families:
         env_id = f"metarl/{name}-v0"

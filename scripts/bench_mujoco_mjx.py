@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         child_argv += ["--pin-core", str(args.pin_core)]
     from metarl.evaluation.report import Provenance, write_report
 
-    prov = Provenance("cpu", argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance("cpu", argv=sys.argv[1:] if argv is None else argv, script=__file__)
     t_start = time.perf_counter()
     configs = [(f, b) for f in args.families for b in args.num_envs]
     results = []

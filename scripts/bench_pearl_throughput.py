@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--steps and --threads must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    prov = Provenance(args.device, args.threads, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance(
+        args.device, args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
+    )
     wall0, cpu0 = time.perf_counter(), time.process_time()
     rows = {}
     for name, (preset, overrides) in SETTINGS.items():

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ray_sampler")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv, script=__file__)
 
     local = BatchedSampler(ENV, args.tasks, args.episodes, backend=native_backend(ENV))
     torch.manual_seed(0)

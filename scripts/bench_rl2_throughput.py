@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_trials is not None and (args.num_trials < 2 or args.num_trials % 2):
         parser.error("--num-trials must be an even number >= 2 (two minibatches of trials)")
     torch.set_num_threads(args.threads)
-    prov = Provenance(args.device, args.threads, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance(
+        args.device, args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
+    )
     results: list[dict[str, Any]] = []
     for family, base in FAMILIES.items():
         for backend in ("torch", "numpy"):

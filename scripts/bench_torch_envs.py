@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/torch_envs.md")
     args = parser.parse_args()
     device = metarl.stepping.torch_batched.resolve_device(args.device)
-    prov = Provenance(str(device))
+    prov = Provenance(str(device), script=__file__)
     train = metarl.task_distribution(ENV_ID).split("train")
     tasks = [train[i % len(train)] for i in range(args.rows)]
     net = policy(device)

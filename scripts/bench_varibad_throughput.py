@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1 or args.threads < 1:
         parser.error("--iterations and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    prov = Provenance("cpu", args.threads, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance(
+        "cpu", args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
+    )
     results = []
     for name, (trainer, cfg, size) in _cases(args.skip_mujoco).items():
         row = {"case": name, "size": size, "env_id": cfg.env_id,

@@ -176,7 +176,7 @@ def run_one(
                 "test.csv and images/; it cannot be downloaded here)"
             )
         overrides = {**overrides, "data_path": data_path}
-    start, prov = time.perf_counter(), Provenance("cpu")
+    start, prov = time.perf_counter(), Provenance("cpu", script=__file__)
     lake = overrides.get("omniglot_split") == "lake"
     if name in EVALUATE_FROM:
         source, changes = EVALUATE_FROM[name]

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv)
+    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv, script=__file__)
     for spec in args.run:
         name, sep, run = spec.partition("=")
         if not sep:

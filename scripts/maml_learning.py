@@ -228,7 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     seeds = list(maml.meta["seeds"])
     steps = maml.num_units
     episodes = int(maml.meta["episodes_per_step"])
-    prov = Provenance("cpu")
+    prov = Provenance("cpu", script=__file__)
     t0 = time.perf_counter()
     curves = [maml, random_init_curve(cfg, seeds, steps, episodes)]
     for d in args.baseline:

@@ -291,7 +291,7 @@ def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tally, junit = Path(d) / "tally.jsonl", Path(d) / "junit.xml"
-        prov = Provenance("cpu")
+        prov = Provenance("cpu", script=__file__)
         code, seconds = run_tests(tally, junit)
         summary = summarise(read_tally(tally))
         counts = junit_counts(junit)

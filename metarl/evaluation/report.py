@@ -121,12 +121,13 @@ class Provenance:
 
     def __init__(
         self, device: str = "cpu", threads: int | None = None,
-        argv: Sequence[str] | None = None,
+        argv: Sequence[str] | None = None, script: str | None = None,
     ) -> None:  # fmt: skip
         """``argv``: the script's arguments when ``main(argv)`` was called from Python (None:
-        ``sys.argv``)."""
+        ``sys.argv``'s); ``script``: its file (``__file__``; None: ``sys.argv[0]``)."""
         self.machine = machine(device, threads)
-        self.command = command_line(None if argv is None else [sys.argv[0], *argv])
+        args = sys.argv[1:] if argv is None else list(argv)
+        self.command = command_line([script or sys.argv[0], *args])
         self.load_before = load_average()
         self.load_after: list[float] | None = None
 
