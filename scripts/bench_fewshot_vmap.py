@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metarl.evaluation.report import Provenance, describe_machine
 from metarl.fewshot.data import EpisodeBatch, EpisodeSampler, omniglot
 from metarl.fewshot.maml import MAML
 from metarl.fewshot.models import Conv4
@@ -150,7 +150,7 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
 
-    load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    prov = Provenance(args.device, args.threads, script=__file__)
     rows = []
     for num_query in args.num_query:
         for order in ("second", "first"):
@@ -164,24 +164,15 @@ def main() -> None:
             )
             print(row, flush=True)
             rows.append(row)
-    device = (
-        torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-    )
+    prov.finish()
     header = [
         "",
-        f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {args.device} "
-        f"({device or platform.machine()}), torch {torch.__version__}, "
-        f"{args.threads} thread(s), median of {args.iterations} iterations",
+        f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} — {args.device}, "
+        f"{describe_machine(prov.machine)}, median of {args.iterations} iterations",
         "",
-        f"1/5/15-minute load average at the start: {load_start}, at the end: "
-        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-        + (
-            ""
-            if args.device.startswith("cuda")
-            else f" (on a CPU of {os.cpu_count()} cores, no GPU)"
-        ),
+        f"1/5/15-minute {prov.describe_load()}",
         "",
-        "`python scripts/bench_fewshot_vmap.py " + " ".join(sys.argv[1:]) + "`",
+        f"`{prov.command}`",
         "",
         "MAML, Omniglot 5-way 1-shot, meta-batch 32, strided Conv4 (64 filters), 1 inner step.",
         "",

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ import torch
 from maml_trpo_reference import meta_step_before  # beside this script
 
 from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
+from metarl.evaluation.report import Provenance, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks"
@@ -72,7 +70,7 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    prov = Provenance("cpu", args.threads, script=__file__)
     nav = MAMLTRPOConfig.from_preset("nav2d-paper")
     variants: dict[str, tuple[MAMLTRPOConfig, int, bool]] = {
         "2D navigation, exact second order": (nav, args.iterations, True),
@@ -84,15 +82,11 @@ def main() -> int:
         hc = MAMLTRPOConfig.from_preset("halfcheetah-vel-paper")
         variants["HalfCheetahVel, exact second order"] = (hc, args.cheetah_iterations, False)
     results = {name: paired(cfg, n, warm) for name, (cfg, n, warm) in variants.items()}
-    load_after = os.getloadavg()[0]
-
-    command = "python scripts/bench_maml_before_after.py " + " ".join(sys.argv[1:])
+    prov.finish()
     lines = [
         "# MAML-TRPO meta-iteration before and after the outer-step speed-up (paired)",
         "",
-        f"`{command.strip()}` — cpu, torch threads {args.threads}, {os.cpu_count()} CPUs "
-        f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
-        f"after), torch {torch.__version__}, {platform.processor() or platform.machine()}.",
+        f"{prov.header()[:-1]}; {prov.describe_load()}.",
         "",
         "Before: `scripts/maml_trpo_reference.py` (the code of commit 441edd4); after: "
         "`agents/maml_trpo.py`. Each iteration runs both on the same policy state, tasks and "
@@ -114,11 +108,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        (OUT / "maml_speed_before_after.md").write_text(text)
-        payload = {"command": command.strip(), "threads": args.threads,
-                   "load_before": load_before, "load_after": load_after,
-                   "results": results}  # fmt: skip
-        (OUT / "maml_speed_before_after.json").write_text(json.dumps(payload, indent=2) + "\n")
+        payload = {"threads": args.threads, "results": results}
+        write_report("maml_speed_before_after", payload, text, OUT, prov)
     return 0
 
 

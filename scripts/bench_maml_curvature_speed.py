@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from metarl.evaluation.report import Provenance, write_report
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 CURVATURES = ("exact", "gauss-newton", "structured")
@@ -175,7 +176,7 @@ def main() -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    load_before = os.getloadavg()[0]
+    prov = Provenance("cpu", 1, script=__file__)
     nav: dict[str, tuple[dict[str, Any], dict[str, str] | None]] = {
         "exact": ({"curvature": "exact"}, None),
         "gauss-newton": ({"curvature": "gauss-newton"}, None),
@@ -206,10 +207,8 @@ def main() -> int:
     results["direction_max_rel_diff"] = {"float64": agreement(torch.float64),
                                          "float32": agreement(torch.float32)}  # fmt: skip
     print("agreement", results["direction_max_rel_diff"], flush=True)
-    load_after = os.getloadavg()[0]
+    prov.finish()
 
-    command = "python scripts/bench_maml_curvature_speed.py " + " ".join(sys.argv[1:])
-    machine = f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
     header = [
         "| variant | sampling s | adaptation s | curvature s | line search s | total s/iter | "
         "vs exact | CPU s/iter | peak RSS MB |",
@@ -218,11 +217,8 @@ def main() -> int:
     lines = [
         "# MAML-TRPO seconds per meta-iteration: exact, Gauss–Newton and structured curvature",
         "",
-        f"`{command.strip()}` — cpu, torch threads 1 (one process per variant), {machine} "
-        f"(no GPU; 1-min load {load_before:.2f} before, {load_after:.2f} "
-        f"after: at such a load the cores are busy with other processes, so wall-clock "
-        f"seconds are inflated; CPU seconds and the alternating per-product timings are the "
-        f"robust comparison), torch {torch.__version__}.",
+        f"{prov.header()[:-1]} (one process per variant); {prov.describe_load()}; under "
+        "load, CPU seconds and the alternating per-product timings are the robust comparison.",
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, 2×100 ReLU "
         f"policy, one inner step, 10 CG iterations); median of {args.iterations} iterations "
@@ -283,12 +279,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        OUT.mkdir(exist_ok=True)
-        (OUT / f"{args.out}.md").write_text(text)
-        payload = {"command": command.strip(), "threads": 1, "machine": machine,
-                   "load_before": load_before, "load_after": load_after,
-                   "policy": "2x100 relu", **results}  # fmt: skip
-        (OUT / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        payload = {"threads": 1, "policy": "2x100 relu", **results}
+        write_report(args.out, payload, text, OUT, prov)
     return 0
 
 

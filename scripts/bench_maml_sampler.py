@@ -26,9 +26,6 @@ Usage: python scripts/bench_maml_sampler.py [--iterations 3] [--threads 1] [--de
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ import numpy as np
 import torch
 
 from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
+from metarl.evaluation.report import Provenance, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ("sample_s", "adapt_s", "outer_s", "iteration_s", "env_steps_per_s")
@@ -83,9 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1:
         p.error("--iterations must be at least 1")
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
+    prov = Provenance(
+        args.device, args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
+    )
     res = run(args.iterations, args.device, args.cg_subsample)
-    load_after = os.getloadavg()
+    prov.finish()
     t, n = res["torch"]["median"], res["native"]["median"]
     print(
         f"iteration: torch {t['iteration_s']:.3f} s, native {n['iteration_s']:.3f} s "
@@ -94,21 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         f"(native ÷ torch {n['sample_s'] / t['sample_s']:.2f})"
     )
     meta = {
-        "command": "python scripts/bench_maml_sampler.py " + " ".join(argv or sys.argv[1:]),
         "device": args.device,
         "threads": args.threads,
         "cg_subsample": args.cg_subsample,
         "iterations": args.iterations,
-        "cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "load_before": load_before,
-        "load_after": load_after,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": res}, indent=1))
-    out.with_suffix(".md").write_text(_markdown(meta, res))
+    write_report(out.name, {"meta": meta, "results": res}, _markdown(meta, res, prov),
+                 out.parent, prov)  # fmt: skip
     print(f"wrote {out.with_suffix('.md')} and .json")
     return 0
 
@@ -118,17 +111,13 @@ def _paired(res: dict[str, Any], key: str) -> list[float]:
     return [n[key] / t[key] for t, n in zip(res["torch"]["all"], res["native"]["all"], strict=True)]
 
 
-def _markdown(meta: dict[str, Any], res: dict[str, Any]) -> str:
-    lb, la = meta["load_before"], meta["load_after"]
+def _markdown(meta: dict[str, Any], res: dict[str, Any], prov: Provenance) -> str:
     t, n = res["torch"]["median"], res["native"]["median"]
     gpu = "measured" if meta["device"].startswith("cuda") else "not measured: no GPU"
     lines = [
         "# MAML-TRPO meta-iteration: `--sampler torch` vs `--sampler native`",
         "",
-        f"`{meta['command'].strip()}` — device `{meta['device']}`, torch threads "
-        f"{meta['threads']}, {meta['cores']} cores (load "
-        f"average {lb[0]:.1f} {lb[1]:.1f} {lb[2]:.1f} before, {la[0]:.1f} {la[1]:.1f} "
-        f"{la[2]:.1f} after), torch {meta['torch']}, {meta['cpu']}.",
+        f"{prov.header()[:-1]}; device `{meta['device']}`, {prov.describe_load()}.",
         "",
         "2D navigation, paper preset (Finn et al. 2017: 20 tasks × 20 episodes × horizon 100, "
         f"one inner step, validation episodes, TRPO outer step, CG on {meta['cg_subsample']:g} "

@@ -32,9 +32,6 @@ Usage: python scripts/bench_maml_speed.py [--iterations 3] [--threads 1] [--devi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -46,6 +43,7 @@ import torch
 import metarl
 from metarl.adaptation.policy_gradient import advantages
 from metarl.agents.maml_trpo import MAMLTRPOConfig, build, meta_step
+from metarl.evaluation.report import Provenance, write_report
 from metarl.learning.functional import Params, forward, load_params
 from metarl.learning.policies import Policy
 from metarl.learning.trpo import conjugate_gradient
@@ -174,7 +172,7 @@ def main() -> int:
                     help="results go to benchmarks/OUT.{md,json}")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    prov = Provenance(args.device, args.threads, script=__file__)
     nav = MAMLTRPOConfig.from_preset("nav2d-paper", device=args.device)
     results: dict[str, Any] = {}
     variants = {
@@ -198,16 +196,13 @@ def main() -> int:
         # The preset's exact curvature, and TRPO's 10% subsample as in the nav2d row.
         cheetah_cg = time_ours(hc.replace(cg_subsample=0.1), args.cheetah_iterations, args.device)
         print("HalfCheetahVel, CG on 10%", cheetah_cg, flush=True)
-    load_after = os.getloadavg()[0]
+    prov.finish()
 
     ref = results.get("per-task loop (pytorch-maml-rl's structure)")
-    command = "python scripts/bench_maml_speed.py " + " ".join(sys.argv[1:])
     lines = [
         "# MAML-TRPO seconds per meta-iteration",
         "",
-        f"`{command.strip()}` — {args.device}, torch threads {args.threads}, "
-        f"{os.cpu_count()} CPUs (no GPU; 1-min load {load_before:.2f} before, "
-        f"{load_after:.2f} after), torch {torch.__version__}, {platform.processor() or platform.machine()}.",  # noqa: E501
+        f"{prov.header()[:-1]}; {args.device}, {prov.describe_load()}.",
         "",
         "2D navigation, paper preset (20 tasks × 20 episodes × horizon 100, one inner step, "
         "validation episodes, TRPO step with 10 CG iterations); median of "
@@ -244,13 +239,10 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        OUT.mkdir(exist_ok=True)
-        (OUT / f"{args.out}.md").write_text(text)
-        payload = {"command": command.strip(), "device": args.device, "threads": args.threads,
-                   "load_before": load_before, "load_after": load_after, "nav2d": results,
+        payload = {"device": args.device, "threads": args.threads, "nav2d": results,
                    "halfcheetah_vel": cheetah, "halfcheetah_vel_cg_subsample_0.1": cheetah_cg,
                    "metarl": metarl.__version__}  # fmt: skip
-        (OUT / f"{args.out}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_report(args.out, payload, text, OUT, prov)
     return 0
 
 

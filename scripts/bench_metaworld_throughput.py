@@ -23,9 +23,6 @@ Usage: python scripts/bench_metaworld_throughput.py [--rows 20] [--steps 200] [-
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +34,7 @@ import numpy as np
 
 import metarl
 from metarl.envs import meta_world
+from metarl.evaluation.report import Provenance, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = {"ML1 reach": ("metarl/MetaWorld-ML1-reach-v3-v0", "reach-v3"),
@@ -107,7 +105,7 @@ def main() -> int:
     if args.rows % 10:
         parser.error("--rows must be a multiple of 10 (ML10's training types)")
     meta_world.import_metaworld()  # patched for the installed MuJoCo before Meta-World runs
-    load_before = os.getloadavg()[0]
+    prov = Provenance("cpu", script=__file__)
     results = []
     for label, (env_id, name) in FAMILIES.items():
         settings: dict[str, Callable[[], float]] = {}
@@ -133,37 +131,30 @@ def main() -> int:
     import metaworld
     import mujoco
 
+    prov.finish()
     data = {
-        "command": "python scripts/bench_metaworld_throughput.py"
-        + "".join(f" {a}" for a in sys.argv[1:]),
         "rows": args.rows,
         "steps": args.steps,
         "repeats": args.repeats,
-        "cpus": os.cpu_count(),
-        "load_avg_1min_before_after": [load_before, os.getloadavg()[0]],
-        "python": platform.python_version(),
         "mujoco": mujoco.__version__,
         "gymnasium": gymnasium.__version__,
         "metaworld": getattr(metaworld, "__version__", "3.1.1"),
         "results": results,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    out.with_suffix(".md").write_text(_markdown(data))
+    write_report(out.name, data, _markdown(data, prov), out.parent, prov)
     print(f"wrote {out.with_suffix('.md')} and .json")
     return 0
 
 
-def _markdown(data: dict[str, Any]) -> str:
+def _markdown(data: dict[str, Any], prov: Provenance) -> str:
     lines = [
         "# Meta-World throughput: metarl's `--backend subprocess` against Meta-World's vector env",
         "",
-        f"`{data['command']}` — {data['rows']} envs × one {data['steps']}-step episode of random "
-        f"actions per timing, median of {data['repeats']} interleaved timings; {data['cpus']} "
-        f"CPUs, 1-minute load average {data['load_avg_1min_before_after'][0]:.1f} before and "
-        f"{data['load_avg_1min_before_after'][1]:.1f} after (timings are indicative at such a "
-        f"load); MuJoCo {data['mujoco']}, Gymnasium {data['gymnasium']}, Meta-World "
+        f"{prov.header()[:-1]}; {data['rows']} envs × one {data['steps']}-step episode of "
+        f"random actions per timing, median of {data['repeats']} interleaved timings; "
+        f"{prov.describe_load()} (timings are indicative at such a load); MuJoCo "
+        f"{data['mujoco']}, Gymnasium {data['gymnasium']}, Meta-World "
         f"{data['metaworld']}.",
         "",
         "Env steps per second (higher is better); the ratios divide by Meta-World's own vector "

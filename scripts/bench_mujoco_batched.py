@@ -23,9 +23,6 @@ Usage: python scripts/bench_mujoco_batched.py [--tasks 40] [--episodes 20] [--nt
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +36,7 @@ from mujoco import rollout as mj_rollout
 
 import metarl
 from metarl.envs.mujoco.batched import MujocoBatchedEnv, default_threads
+from metarl.evaluation.report import Provenance, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILIES = ["HalfCheetahVel", "AntVel", "HopperRandParams"]
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    load_before = os.getloadavg()
+    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv, script=__file__)
     results = []
     for name in args.families:
         env_id = f"metarl/{name}-v0"
@@ -161,30 +159,22 @@ def main(argv: list[str] | None = None) -> int:
             f"(b)/(c) {row['ours_over_sync_vector']:.2f}",
             flush=True,
         )
-    load_after = os.getloadavg()
-    command = "python scripts/bench_mujoco_batched.py " + " ".join(argv or sys.argv[1:])
+    prov.finish()
     meta = {
-        "command": command.strip(),
         "tasks": args.tasks,
         "episodes": args.episodes,
         "horizon": HORIZON,
         "nthread": args.nthread,
         "cpus": default_threads(),
-        "load_avg_1min_before_after": [load_before[0], load_after[0]],
-        "python": platform.python_version(),
         "mujoco": mujoco.__version__,
         "gymnasium": gym.__version__,
-        "machine": platform.processor() or platform.machine(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=2))
     lines = [
         "# Native batched MuJoCo stepping",
         "",
-        f"`{meta['command']}` — {args.tasks} tasks × {args.episodes} episodes, "
+        f"{prov.header()[:-1]}; {args.tasks} tasks × {args.episodes} episodes, "
         f"{HORIZON} steps, random actions, {args.nthread} native threads on {meta['cpus']} "
-        f"cores; 1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} after "
-        "(no GPU). MuJoCo "
+        f"cores; {prov.describe_load()}. MuJoCo "
         f"{meta['mujoco']}, Gymnasium {meta['gymnasium']}.",
         "",
         "(a) the limit: `mujoco.rollout` alone, one native call per env step for all rows, "
@@ -205,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['sync_vector']:,.0f} | {r['ours_over_limit']:.2f} | "
             f"{r['ours_over_sync_vector']:.2f} | {s['rollout_one_call']:,.0f} |"
         )
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(args.out.name, {**meta, "results": results}, lines, args.out.parent, prov)
     print(f"wrote {args.out.with_suffix('.md')} and .json")
     return 0
 

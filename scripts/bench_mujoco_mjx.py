@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -229,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                   "--nthread", str(args.nthread)]  # fmt: skip
     if args.pin_core is not None:
         child_argv += ["--pin-core", str(args.pin_core)]
-    load_before = os.getloadavg()
+    from metarl.evaluation.report import Provenance, write_report
+
+    prov = Provenance("cpu", argv=sys.argv[1:] if argv is None else argv, script=__file__)
     t_start = time.perf_counter()
     configs = [(f, b) for f in args.families for b in args.num_envs]
     results = []
@@ -246,18 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         r = _run_child(child_argv, family, b, limit)
         results.append(r)
         print(_line(r), flush=True)
-    load_after = os.getloadavg()
+    prov.finish()
     meta = {
-        "command": "python scripts/bench_mujoco_mjx.py " + " ".join(argv or sys.argv[1:]),
         "jax_device": device,
         "jax_x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", XLA_ONE_THREAD),
         "native_threads": args.nthread,
         "pinned_core": args.pin_core,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "load_before": load_before,
-        "load_after": load_after,
         "wall_s": time.perf_counter() - t_start,
         "max_seconds": args.max_seconds,
         "versions": {
@@ -267,9 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    out.with_suffix(".md").write_text(_markdown(meta, results))
+    write_report(out.name, {"meta": meta, "results": results}, _markdown(meta, results, prov),
+                 out.parent, prov)  # fmt: skip
     print(f"wrote {out.with_suffix('.md')} and .json ({meta['wall_s']:.0f} s)")
     return 0
 
@@ -296,18 +291,16 @@ def _fmt(x: float | None, spec: str = ",.0f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def _markdown(meta: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def _markdown(meta: dict[str, Any], results: list[dict[str, Any]], prov: Any) -> str:
     v = meta["versions"]
-    lb, la = meta["load_before"], meta["load_after"]
     pin = f", each measurement pinned to core {meta['pinned_core']}" if meta["pinned_core"] else ""
     lines = [
         "# MJX backend beside the native one",
         "",
-        f"`{meta['command'].strip()}` — JAX device **{meta['jax_device']}** "
+        f"{prov.header()[:-1]}; JAX device **{meta['jax_device']}** "
         f"({'float64' if meta['jax_x64'] else 'float32'}), `XLA_FLAGS={meta['xla_flags']}`; "
         f"native `mujoco.rollout` on {meta['native_threads']} thread(s){pin}. "
-        f"{meta['cores']} cores: load average "
-        f"{lb[0]:.1f} {lb[1]:.1f} {lb[2]:.1f} before, {la[0]:.1f} {la[1]:.1f} {la[2]:.1f} after; "
+        f"{prov.describe_load()}; "
         f"the run took {meta['wall_s']:.0f} s (limit {meta['max_seconds']:.0f} s). "
         f"JAX {v['jax']}, MuJoCo {v['mujoco']}, mujoco-mjx {v['mujoco_mjx']}.",
         "",

@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,6 +35,7 @@ import numpy as np
 import torch
 
 from metarl.agents import pearl
+from metarl.evaluation.report import Provenance, describe_machine, write_report
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -47,13 +45,6 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
                                                    "num_initial_steps": 400}),
     "2D navigation (nav2d preset)": ("nav2d", {}),
 }  # fmt: skip
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def measure(preset: str, overrides: dict[str, Any], steps: int, device: str) -> dict[str, Any]:
@@ -122,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--steps and --threads must be >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    command = "python scripts/bench_pearl_throughput.py " + shlex.join(argv or sys.argv[1:])
-    load_before = _loadavg()
+    prov = Provenance(
+        args.device, args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
+    )
     wall0, cpu0 = time.perf_counter(), time.process_time()
     rows = {}
     for name, (preset, overrides) in SETTINGS.items():
@@ -131,18 +123,15 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = measure(preset, overrides, args.steps, args.device)
         print(json.dumps(rows[name], indent=1), flush=True)
     share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-    machine = (f"{platform.platform()}, {os.cpu_count()} cores (load average {load_before} "
-               f"before, {_loadavg()} after), torch {torch.__version__}, {args.threads} "
-               f"thread(s), device `{args.device}`; this process ran on the CPU "
-               f"{share:.0%} of the wall-clock time")  # fmt: skip
+    prov.finish()
+    machine = (f"{describe_machine(prov.machine)}, device `{args.device}`, "
+               f"{prov.describe_load()}; this process ran on the CPU {share:.0%} of the "
+               "wall-clock time")  # fmt: skip
     out = Path(args.out)
-    out.with_suffix(".json").write_text(
-        json.dumps({"command": command, "machine": machine, "rows": rows}, indent=2)
-    )
     lines = [
         "# PEARL training throughput",
         "",
-        f"Made by `{command.strip()}`. Machine: {machine}. Absolute numbers move with the "
+        f"Made by `{prov.command}`. Machine: {machine}. Absolute numbers move with the "
         "machine's load; the ratios within one run are the comparison.",
         "",
         "| setting | policy / Q MLP | meta-batch × (RL + context) | collection round (env "
@@ -173,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "HalfCheetahVel for hundreds of such iterations; on a 2-core CPU without a GPU an "
         "iteration of its setting is dominated by the 2000 SAC steps.",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(out.name, {"cpu_share": share, "rows": rows}, lines, out.parent, prov)
     print(f"wrote {out.with_suffix('.md')}")
     return 0
 

@@ -22,9 +22,7 @@ Usage: python scripts/bench_ray_sampler.py [--tasks 40] [--episodes 20] [--worke
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 import torch
 
 import metarl
+from metarl.evaluation.report import Provenance, write_report
 from metarl.learning.functional import named_params
 from metarl.learning.policies import make_policy
 from metarl.sampling.distributed import RaySampler, native_backend
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ray_sampler")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    load_before = os.getloadavg()
+    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv, script=__file__)
 
     local = BatchedSampler(ENV, args.tasks, args.episodes, backend=native_backend(ENV))
     torch.manual_seed(0)
@@ -117,13 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     remote.close()
     local.close()
-    load_after = os.getloadavg()
-
-    command = "python scripts/bench_ray_sampler.py " + " ".join(argv or sys.argv[1:])
+    prov.finish()
     import ray
 
     meta = {
-        "command": command.strip(),
         "env": ENV,
         "tasks": args.tasks,
         "episodes": args.episodes,
@@ -131,22 +127,16 @@ def main(argv: list[str] | None = None) -> int:
         "workers": args.workers,
         "cpus": len(os.sched_getaffinity(0)),
         "ray_startup_s": startup_s,
-        "load_avg_1min_before_after": [load_before[0], load_after[0]],
-        "python": platform.python_version(),
         "ray": ray.__version__,
-        "torch": torch.__version__,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps({**meta, "results": rows}, indent=2))
     sent = sum(r["bytes_sent"] for r in rows.values())
     received = sum(r["bytes_received"] for r in rows.values())
     lines = [
         "# Sampling in-process vs on Ray",
         "",
-        f"`{meta['command']}` — {ENV}, {args.tasks} tasks × {args.episodes} episodes × 200 "
+        f"{prov.header()[:-1]}; {ENV}, {args.tasks} tasks × {args.episodes} episodes × 200 "
         f"steps, Gaussian MLP 100-100; {args.workers} local Ray workers of 1 core each vs one "
-        f"process on {meta['cpus']} cores; 1-min load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after, no GPU. Ray {meta['ray']}; "
+        f"process on {meta['cpus']} cores; {prov.describe_load()}. Ray {meta['ray']}; "
         f"starting the workers took {startup_s:.1f} s (once per run). Episodes checked equal.",
         "",
         "| collect | in-process steps/s | Ray steps/s | Ray / in-process | Ray overhead (s) "
@@ -167,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "per run, not per iteration. Ray overhead = wall time − the slowest worker's sampling "
         "time (serialisation, object store, scheduling).",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_report(args.out.name, {**meta, "results": rows}, lines, args.out.parent, prov)
     print(f"wrote {args.out.with_suffix('.md')} and .json")
     return 0
 

@@ -25,11 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
-import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ import numpy as np
 import torch
 
 from metarl.agents import rl2
+from metarl.evaluation.report import Provenance, describe_machine, write_report
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -46,13 +43,6 @@ FAMILIES: dict[str, rl2.RL2Config] = {
     "MDP n=10": rl2.PRESETS["mdp-n10"],
     "2D navigation, 4 episodes": rl2.PRESETS["nav2d"],
 }
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def measure(cfg: rl2.RL2Config, iterations: int) -> dict[str, Any]:
@@ -97,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_trials is not None and (args.num_trials < 2 or args.num_trials % 2):
         parser.error("--num-trials must be an even number >= 2 (two minibatches of trials)")
     torch.set_num_threads(args.threads)
-    command = "python scripts/bench_rl2_throughput.py " + " ".join(
-        map(shlex.quote, sys.argv[1:] if argv is None else argv)
+    prov = Provenance(
+        args.device, args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
     )
-    load_before = _loadavg()
     results: list[dict[str, Any]] = []
     for family, base in FAMILIES.items():
         for backend in ("torch", "numpy"):
@@ -122,30 +111,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"iteration {row['iteration_steps_per_s']:>10,.0f} steps/s",
                 flush=True,
             )
-    machine = {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": args.threads,
-        "device": args.device,
-        "loadavg_before": load_before,
-        "loadavg_after": _loadavg(),
-    }
+    prov.finish()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "machine": machine, "results": results}
-    (out / "rl2_throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# RL² training throughput",
         "",
-        f"Made by `{command}`: {args.iterations} timed iterations per row after one warm-up, "
+        f"Made by `{prov.command}`: {args.iterations} timed iterations per row after one warm-up, "
         "median shown (every value in rl2_throughput.json).",
         "",
-        f"Machine: {machine['platform']}, {machine['cpu_count']} cores, "
-        f"{'a GPU' if args.device.startswith('cuda') else 'no GPU'} (load average "
-        f"{load_before} before, {machine['loadavg_after']} "
-        f"after), torch {machine['torch']}, {args.threads} thread(s), device "
-        f"`{args.device}`. Absolute numbers move with the load; the ratios within one run "
+        f"Machine: {describe_machine(prov.machine)}, device `{args.device}`, "
+        f"{prov.describe_load()}. Absolute numbers move with the load; the ratios within one run "
         "are the comparison.",
         "",
         "| family | backend | trials | env steps per iteration | collection (steps/s) | "
@@ -176,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "here: not measured on a GPU yet (`--device cuda` measures them, where the",
         "torch backend saves a host round trip per step).",
     ]
-    (out / "rl2_throughput.md").write_text("\n".join(lines) + "\n")
+    write_report("rl2_throughput", {"results": results}, lines, out, prov)
     print(f"wrote {out / 'rl2_throughput.md'}")
     return 0
 

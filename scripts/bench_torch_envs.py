@@ -12,9 +12,6 @@ Usage: python scripts/bench_torch_envs.py [--rows 4000] [--device cpu|cuda] [--r
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import torch
 from torch import nn
 
 import metarl
+from metarl.evaluation.report import Provenance, describe_machine
 
 ENV_ID = "metarl/Navigation2D-v0"
 
@@ -69,6 +67,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/torch_envs.md")
     args = parser.parse_args()
     device = metarl.stepping.torch_batched.resolve_device(args.device)
+    prov = Provenance(str(device), script=__file__)
     train = metarl.task_distribution(ENV_ID).split("train")
     tasks = [train[i % len(train)] for i in range(args.rows)]
     net = policy(device)
@@ -78,14 +77,13 @@ def main() -> None:
         np_rates.append(run_numpy(args.rows, tasks, net, device))
         t_rates.append(run_torch(args.rows, tasks, net, device))
     a, b = float(np.median(np_rates)), float(np.median(t_rates))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    prov.finish()
     lines = [
         f"## {time.strftime('%Y-%m-%d %H:%M')} — {ENV_ID}, {args.rows} rows × horizon 100, "
-        f"policy in the loop, device {device} ({name or platform.machine()}), "
-        f"{os.cpu_count()} CPUs, load {load:.1f}",
+        f"policy in the loop, device {device}; {describe_machine(prov.machine)}, "
+        f"{prov.describe_load()}",
         "",
-        f"command: `python {' '.join(sys.argv)}`",
+        f"command: `{prov.command}`",
         "",
         "| backend | env-steps/s (median of repeats) |",
         "| --- | ---: |",
@@ -95,7 +93,7 @@ def main() -> None:
         "",
     ]
     print("\n".join(lines))
-    out = Path(args.out)
+    out = Path(args.out)  # a log: each run appends its section
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("a") as f:
         f.write("\n".join(lines) + "\n")

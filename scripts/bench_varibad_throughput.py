@@ -20,10 +20,6 @@ Usage: python scripts/bench_varibad_throughput.py [--iterations 3] [--threads 1]
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,16 +28,10 @@ import numpy as np
 import torch
 
 from metarl.agents import rl2, varibad
+from metarl.evaluation.report import Provenance, describe_machine, write_report
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 GRID = "metarl/GridNavigation-v0"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def _cases(skip_mujoco: bool) -> dict[str, tuple[Any, Any, str]]:
@@ -97,10 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1 or args.threads < 1:
         parser.error("--iterations and --threads must be >= 1")
     torch.set_num_threads(args.threads)
-    command = "python scripts/bench_varibad_throughput.py " + " ".join(
-        map(shlex.quote, sys.argv[1:] if argv is None else argv)
+    prov = Provenance(
+        "cpu", args.threads, argv=sys.argv[1:] if argv is None else argv, script=__file__
     )
-    load_before = _loadavg()
     results = []
     for name, (trainer, cfg, size) in _cases(args.skip_mujoco).items():
         row = {"case": name, "size": size, "env_id": cfg.env_id,
@@ -110,18 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:36s} {m['iteration_s']:.3f} s/iteration  {m['steps_per_s']:,.0f} steps/s",
               flush=True)  # fmt: skip
     base = next(r for r in results if r["case"].startswith("RL²"))["median"]["iteration_s"]
-    machine = (f"{platform.platform()}, {os.cpu_count()} cores (load average {load_before} "
-               f"before, {_loadavg()} after), torch {torch.__version__}, {args.threads} "
-               "thread(s), device `cpu`, no GPU")  # fmt: skip
+    prov.finish()
+    machine = f"{describe_machine(prov.machine)}, device `cpu`, {prov.describe_load()}"
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "varibad_throughput.json").write_text(
-        json.dumps({"command": command, "machine": machine, "results": results}, indent=1)
-    )
     lines = [
         "# VariBAD training throughput",
         "",
-        f"Made by `{command}`: {args.iterations} timed iterations per row after one warm-up, "
+        f"Made by `{prov.command}`: {args.iterations} timed iterations per row after one warm-up, "
         "median shown (every value in varibad_throughput.json).",
         "",
         f"Machine: {machine}. Absolute numbers move with the load; the ratios within one run "
@@ -140,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{m['update_s']:.3f} | {vae} | {m['iteration_s']:.3f} | "
             f"{m['steps_per_s']:,.0f} | {m['iteration_s'] / base:.2f} |"
         )
-    (out / "varibad_throughput.md").write_text("\n".join(lines) + "\n")
+    write_report("varibad_throughput", {"results": results}, lines, out, prov)
     print(f"wrote {out / 'varibad_throughput.md'}")
     return 0
 

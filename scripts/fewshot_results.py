@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 
 import torch
 
+from metarl.evaluation.report import Provenance
 from metarl.fewshot.configs import all_presets
 from metarl.fewshot.data import lake_one_shot_runs
 from metarl.fewshot.evaluate import evaluate, evaluate_episodes
@@ -177,7 +176,7 @@ def run_one(
                 "test.csv and images/; it cannot be downloaded here)"
             )
         overrides = {**overrides, "data_path": data_path}
-    start, load_start = time.perf_counter(), os.getloadavg()
+    start, prov = time.perf_counter(), Provenance("cpu", script=__file__)
     lake = overrides.get("omniglot_split") == "lake"
     if name in EVALUATE_FROM:
         source, changes = EVALUATE_FROM[name]
@@ -218,6 +217,7 @@ def run_one(
             scores = evaluate_episodes(learner, lake_one_shot_runs(cfg.data_path, cfg.image_size))
             result["lake_one_shot_runs"] = {k: v for k, v in scores.items() if k != "per_episode"}
     result.pop("per_episode", None)
+    provenance = prov.finish()
     result.update(
         {
             "name": name,
@@ -229,14 +229,15 @@ def run_one(
             + (f" --iterations {iterations}" if iterations is not None else "")
             + (" --data-path DIR" if name in MINI_IMAGENET else ""),
             "cli_equivalent": _cli(name, preset, cfg),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
-            "cpu_count": os.cpu_count(),
+            "threads": prov.machine["threads"],
+            "torch": prov.machine["torch"],
+            "machine": prov.machine["cpu"],
+            "cpu_count": prov.machine["cores"],
             "device": str(cfg.device),
             "session_wall_clock_s": time.perf_counter() - start,
             # 1/5/15-minute load averages of the machine at start and end
-            "loadavg": {"start": load_start, "end": os.getloadavg()},
+            "loadavg": {"start": prov.load_before, "end": provenance["load_average_after"]},
+            "provenance": provenance,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
     )

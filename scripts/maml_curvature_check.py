@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -38,6 +35,7 @@ import numpy as np
 import torch
 
 from metarl.agents import maml_trpo as M
+from metarl.evaluation.report import Provenance, write_report
 
 OUT = Path(__file__).resolve().parent.parent / "benchmarks"
 NOTES = "<!-- notes: kept when the script rewrites the table above -->"
@@ -146,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
+    prov = Provenance("cpu", 1, argv=sys.argv[1:] if argv is None else argv, script=__file__)
     for spec in args.run:
         name, sep, run = spec.partition("=")
         if not sep:
@@ -154,30 +153,22 @@ def main(argv: list[str] | None = None) -> int:
         runs[name] = {"run_dir": run, "env_id": cfg["env_id"], "meta_batch_size":
                       cfg["meta_batch_size"], "max_kl": cfg["max_kl"]}  # fmt: skip
         rows += check_run(name, run, args.batches, args.seed)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    command = "python scripts/maml_curvature_check.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
+    prov.finish()
     header = (
-        f"`{command}` — {platform.machine()}, {os.cpu_count()} CPUs, no GPU, "
-        f"torch {torch.__version__}, 1 thread, load average at the end {load}, "
-        f"{time.perf_counter() - t0:.0f} s. Runs: "
+        f"{prov.header()[:-1]}; {prov.describe_load()}, {time.perf_counter() - t0:.0f} s. Runs: "
         + "; ".join(
             f"{k} = `{v['run_dir']}` ({v['env_id']}, meta-batch {v['meta_batch_size']})"
             for k, v in runs.items()
         )
         + f". One cell value per meta-batch ({args.batches}), separated by /."
     )
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.out}.json").write_text(
-        json.dumps({"command": command, "runs": runs, "rows": rows}, indent=1) + "\n"
-    )
     md = OUT / f"{args.out}.md"
     # The text above the command line and the reading below the marker survive a re-run.
     old = md.read_text() if md.exists() else ""
     above = old.partition("`python scripts/maml_curvature_check.py")[0] if old else ""
     notes = old.partition(NOTES)[2]
-    md.write_text(above + markdown(rows, runs, header) + "\n" + NOTES + (notes or "\n"))
+    text = above + markdown(rows, runs, header) + "\n" + NOTES + (notes or "\n")
+    write_report(args.out, {"runs": runs, "rows": rows}, text, OUT, prov)
     print(f"wrote {OUT / args.out}.md")
     return 0
 

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import re
 import shlex
 import statistics
@@ -43,6 +41,7 @@ import torch
 from metarl.agents import get_agent
 from metarl.agents.maml_trpo import MAMLTRPOConfig, inner_step_fn
 from metarl.evaluation import AdaptationCurve, evaluate_policy_adaptation, mean_ci95
+from metarl.evaluation.report import Provenance, describe_machine
 from metarl.learning.functional import load_params
 from metarl.learning.policies import make_policy
 from metarl.runs import Run
@@ -64,13 +63,6 @@ PUBLISHED = {
         "source": "Li et al. 2017 (Meta-SGD), MAML after one gradient step on 2D navigation",
     },
 }
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def training_summary(run_dir: Path, evaluated: int | None = None) -> dict[str, Any]:
@@ -236,7 +228,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     seeds = list(maml.meta["seeds"])
     steps = maml.num_units
     episodes = int(maml.meta["episodes_per_step"])
-    load_before = _loadavg()
+    prov = Provenance("cpu", script=__file__)
     t0 = time.perf_counter()
     curves = [maml, random_init_curve(cfg, seeds, steps, episodes)]
     for d in args.baseline:
@@ -246,6 +238,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         c.agent = agent
         curves.append(c)
     eval_s = time.perf_counter() - t0
+    provenance = prov.finish()
     OUT.mkdir(parents=True, exist_ok=True)
     result = {
         "name": args.name,
@@ -257,15 +250,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
         "training_load": load_summary(Path(args.load_log) if args.load_log else None, run),
         "note": args.note,
         "baseline_eval_s": eval_s,
-        "baseline_eval_load_before_after": [load_before, _loadavg()],
-        "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.machine()}",
+        "baseline_eval_load_before_after": [
+            " ".join(f"{x:.2f}" for x in load or []) or "n/a"
+            for load in (prov.load_before, prov.load_after)
+        ],
+        "machine": describe_machine(provenance["machine"]),
         "commands": list(args.commands),
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+        "provenance": provenance,
         "curves": {c.agent: c.to_json() for c in curves},
     }
     (OUT / f"{args.name}.json").write_text(json.dumps(result, indent=1))
     title = f"{cfg.env_id}, held-out tasks ({len(seeds)} seeds × {maml.returns.shape[1]} tasks)"
-    note = (f"{result['training']['iterations']} meta-iterations; {os.cpu_count()}-core CPU; "
+    note = (f"{result['training']['iterations']} meta-iterations; "
+            f"{provenance['machine']['cores']}-core CPU; "
             "mean ± 95% CI over (seed, task)")  # fmt: skip
     plot(curves, run, OUT / f"{args.name}.png", title, note)
     print(f"wrote {OUT / (args.name + '.json')} and .png")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from metarl.evaluation.report import Provenance, describe_machine, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = [
@@ -110,21 +111,16 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    if dirty:
+def write(summary: dict[str, Any], junit: dict[str, int], seconds: float, prov: Provenance) -> None:
+    prov.finish()
+    commit = str(prov.machine["git_revision"])
+    if prov.machine["git_dirty"]:
         commit += " with uncommitted changes"
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python " \
-              f"{platform.python_version()}, {platform.system()}"  # fmt: skip
+    machine = describe_machine(prov.machine)
     ok = junit["failures"] == 0 and junit["errors"] == 0
-    data = {"command": COMMAND, "commit": commit, "machine": machine, "tests": junit,
-            "all_passed": ok, "seconds": round(seconds, 1), **summary}  # fmt: skip
+    data = {"commit": commit, "tests": junit, "all_passed": ok, "seconds": round(seconds, 1),
+            **summary}  # fmt: skip
     out = ROOT / "benchmarks"
-    out.mkdir(exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(data, indent=2) + "\n")
 
     c = summary["counts"]
     lines = [
@@ -191,15 +187,14 @@ def write(summary: dict[str, Any], junit: dict[str, int], seconds: float) -> Non
         )
     lines += [
         "",
-        f"Load average when the report started and ended (`/proc/loadavg`): "
-        f"{summary.get('load_start', '?')} / {summary.get('load_end', '?')}; the wall-clock "
+        f"{prov.describe_load().capitalize()} (1, 5 and 15 minutes); the wall-clock "
         "figures (seconds per iteration, the run's duration) grow with it, the memory figures "
         "do not.",
     ]
     lines += _run_dir_section(summary, ok)
     lines += ["", "## Every tallied case", "", "| case | count |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in c.items()]
-    (out / "reliability.md").write_text("\n".join(lines) + "\n")
+    write_report("reliability", data, lines, out, prov)
 
 
 def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
@@ -293,22 +288,14 @@ def _run_dir_section(summary: dict[str, Any], ok: bool) -> list[str]:
     return lines
 
 
-def _load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tally, junit = Path(d) / "tally.jsonl", Path(d) / "junit.xml"
-        load_start = _load()
+        prov = Provenance("cpu", script=__file__)
         code, seconds = run_tests(tally, junit)
         summary = summarise(read_tally(tally))
-        summary.update(load_start=load_start, load_end=_load())
         counts = junit_counts(junit)
-    write(summary, counts, seconds)
+    write(summary, counts, seconds, prov)
     print((ROOT / "benchmarks" / "reliability.md").read_text())
     return code
 

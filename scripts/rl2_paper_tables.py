@@ -36,6 +36,7 @@ from metarl.agents import bandit_baselines as bb
 from metarl.agents import mdp_baselines as mb
 from metarl.agents import rl2
 from metarl.evaluation import mean_ci95
+from metarl.evaluation.report import load_average
 from metarl.runs import load_checkpoint_file
 
 # Duan et al. 2016, Table 1 (bandits: k arms, n pulls) and Table 2 (MDPs: n episodes),
@@ -81,10 +82,9 @@ def _mean_ci(values: np.ndarray) -> dict[str, Any]:
 
 
 def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
+    """The load averages now, as the tables print them."""
+    load = load_average()
+    return "unknown" if load is None else " ".join(f"{x:.2f}" for x in load)
 
 
 def paired(results: dict[str, Any], a: str, b: str) -> tuple[float, float] | None:

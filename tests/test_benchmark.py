@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -171,3 +172,41 @@ def test_cli_benchmark_writes_the_report_and_explains_bad_input(tmp_path, capsys
     assert "unknown agent 'nope'" in capsys.readouterr().err
     assert main(["benchmark", "--agents", "rl2", "--envs", NAV, "--set", "rl2num=1"]) == 2
     assert "AGENT.OPTION=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("nope.seed=1", "--set nope.seed=1: no agent 'nope'; agents: "),
+        ("maml-trpo.nope=1", "--set maml-trpo.nope=1: maml-trpo's no option --nope"),
+        ("maml-trpo.hidden_sizes=a,b", "maml-trpo's --hidden-sizes takes \\[INT \\[INT"),
+        ("maml-trpo.inner_lr=x", "maml-trpo's --inner-lr takes FLOAT: could not convert"),
+        ("maml-trpo.num_iterations=1.5", "maml-trpo's --num-iterations takes INT"),
+        ("maml-trpo.first_order=maybe", "--first-order takes a boolean \\(true or false\\)"),
+        ("maml-trpo.hidden_sizes=0", "hidden_sizes \\(--hidden-sizes\\) must be >= 1, got 0"),
+    ],
+)
+def test_cli_benchmark_set_is_read_with_the_option_type(tmp_path, capsys, item, message):
+    argv = ["benchmark", "--agents", "maml-trpo", "--envs", NAV, "--set", item,
+            "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_benchmark_set_values_are_those_train_reads():
+    """``--set`` VALUE through the option's type: the CLI's spellings and JSON's alike."""
+    from metarl.agents.maml_trpo import MAMLTRPOConfig
+    from metarl.cli.parsing import parse_option
+
+    def read(name, value):
+        return parse_option(MAMLTRPOConfig, name, value, prog="x")
+
+    assert read("hidden_sizes", "32,32") == read("hidden-sizes", "[32, 32]") == (32, 32)
+    assert read("hidden_sizes", "16 8 4") == (16, 8, 4)
+    assert read("first_order", "true") is True and read("first_order", "False") is False
+    assert read("inner_lr", "0.05") == 0.05 and read("env_id", "metarl/AntVel-v0") == (
+        "metarl/AntVel-v0"
+    )
+    assert read("num_iterations", "7") == 7

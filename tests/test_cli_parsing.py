@@ -47,6 +47,9 @@ def test_defaults_preset_then_command_line() -> None:
     cfg = _parse(["--first-order", "--env", "metarl/AntVel-v0", "--nonlinearity", "tanh"])
     assert cfg.first_order and cfg.env_id == "metarl/AntVel-v0" and cfg.nonlinearity == "tanh"
     assert _parse(["--env=metarl/AntVel-v0", "--no-tensorboard"]).tensorboard is False
+    # tensorboard: None (when installed) unless --tensorboard or --no-tensorboard says
+    assert _parse([]).tensorboard is None and _parse(["--tensorboard"]).tensorboard is True
+    assert _parse(["--tensorboard", "False", "--lr", "0.2"]).tensorboard is False
     assert _parse(["--init-from", "runs/a"]).init_from == "runs/a"
     # What is not the config's comes back, in order.
     _, rest = parse(ToyConfig, ["--seed", "3", "--other", "x"], prog="toy")
@@ -108,6 +111,34 @@ def test_an_unknown_preset_is_named() -> None:
         (["check-env"], "missing TARGET"),
         (["check-env", "x", "--steps", "1.5"], "--steps takes INT"),
         (["envs", "--json", "yes"], "unrecognized argument"),
+        (["evaluate", "r", "--episodes", "x"], r"--episodes takes \{None\}\|INT: no type"),
+        (["fewshot"], "say what to do: metarl fewshot train"),
+        (["fewshot", "nope"], "no command 'nope'"),
+        (["fewshot", "train", "--learner", "nope"], "no few-shot learner named 'nope'"),
+        (["fewshot", "train", "--preset", "nope"], "no few-shot preset 'nope'"),
+        (["fewshot", "train", "--learner", "maml", "--seed"], "--seed needs a value"),
+        (["fewshot", "train", "--num-iterations", "x"], "--num-iterations takes INT"),
+        (
+            ["fewshot", "train", "--learner", "maml", "--meta-step", "0.5"],
+            "--meta-step is an option of reptile, not of maml",
+        ),
+        (
+            ["fewshot", "train", "--preset", "maml-sinusoid", "--no-transductive"],
+            "--no-transductive is an option of reptile, not of maml",
+        ),
+        (["fewshot", "train", "--nope"], r"unrecognized option\(s\) for maml: --nope"),
+        (
+            ["fewshot", "train", "--learner", "maml", "--preset", "reptile-omniglot-5w1s"],
+            "preset 'reptile-omniglot-5w1s' is reptile's, not maml's",
+        ),
+        (["fewshot", "train", "--pool", "avg"], "must be one of max, stride"),
+        (["fewshot", "train", "--num-eval-episodes", "0"], "--num-eval-episodes must be >= 1"),
+        (["fewshot", "train", "--resume"], "--resume needs --run-dir"),
+        (["fewshot", "evaluate"], "missing RUN_DIR"),
+        (["fewshot", "evaluate", "r", "--checkpoint", "x"], "must be one of latest, best"),
+        (["fewshot", "evaluate", "r", "--num-ways", "x"], "--num-ways takes"),
+        (["fewshot", "evaluate", "r", "--nope"], r"unrecognized argument\(s\): --nope"),
+        (["fewshot", "presets", "x"], r"unrecognized argument\(s\): x"),
     ],
 )
 def test_bad_command_lines_are_one_line_with_exit_code_2(
@@ -144,3 +175,43 @@ def test_command_help_shows_the_options(capsys: pytest.CaptureFixture[str]) -> N
     out = " ".join(capsys.readouterr().out.split())
     assert "RUN_DIR" in out and "--num-threads INT" in out and "(default: 1)" in out
     assert "--import MODULE_OR_FILE.py" in out
+
+
+def test_fewshot_train_reads_the_learner_config_through_tyro() -> None:
+    """defaults < preset < command line, the learner's class chosen by --learner or the
+    preset, with the same values as the config built in Python."""
+    from metarl.cli.args import FewShotTrainArgs
+    from metarl.cli.fewshot import train_config
+    from metarl.fewshot.configs import FewShotConfig, MAMLConfig, ReptileConfig
+
+    args, rest = parse(FewShotTrainArgs, ["--preset", "maml-sinusoid", "--num-iterations", "7",
+                                          "--no-vectorize", "--run-dir", "r"],
+                       prog="x", flags_only=True)  # fmt: skip
+    assert (args.preset, args.run_dir) == ("maml-sinusoid", "r")
+    assert rest == ["--num-iterations", "7", "--no-vectorize"]
+    cfg = train_config(args, rest)
+    assert cfg == FewShotConfig.from_preset("maml-sinusoid", num_iterations=7, vectorize=False)
+    assert isinstance(cfg, MAMLConfig) and cfg.inner_lr == 0.01 and cfg.meta_batch_size == 25
+    cfg = train_config(FewShotTrainArgs(learner="reptile"), ["--meta-step", "0.5"])
+    assert cfg == ReptileConfig(meta_step=0.5)
+    assert train_config(FewShotTrainArgs(), []) == MAMLConfig()
+
+
+def test_fewshot_help_shows_the_learner_options_with_the_preset_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["fewshot", "train", "--preset", "reptile-omniglot-5w1s", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--num-eval-episodes INT" in out and "(default: 600)" in out  # the run's options
+    assert "--meta-step FLOAT" in out and "initial outer step" in out  # reptile's own
+    assert "(default: 100000)" in out  # the preset's num_iterations
+    assert main(["fewshot", "train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "protonet" in out and "`metarl fewshot train --learner NAME --help`" in out
+    assert main(["fewshot", "--help"]) == 0
+    assert "presets" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["fewshot", "evaluate", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "RUN_DIR" in out and "--checkpoint {latest,best}" in out

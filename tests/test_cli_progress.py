@@ -186,11 +186,39 @@ def test_missing_tensorboard_is_said_once_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
     assert "tensorboard package is not installed" in err
-    assert "pip install tensorboard" in err and "--no-tensorboard" in err
+    assert "pip install tensorboard" in err and "leave --tensorboard out" in err
     assert not (tmp_path / "a" / "tensorboard").exists()
-    # Not asked for: nothing said.
-    monkeypatch.setattr(runs, "_warned_no_tensorboard", False)
-    Run.create(tmp_path / "c", "counter", cfg.replace(tensorboard=False)).close()
+    # Not asked for (false), or left to the default (None: when installed): nothing said.
+    for name, value in (("c", False), ("d", None)):
+        monkeypatch.setattr(runs, "_warned_no_tensorboard", False)
+        Run.create(tmp_path / name, "counter", cfg.replace(tensorboard=value)).close()
+        assert capsys.readouterr().err == ""
+        assert not (tmp_path / name / "tensorboard").exists()
+    assert RunConfig().tensorboard is None
+
+
+def test_tensorboard_by_default_when_the_package_is_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    made: list[str] = []
+
+    class SummaryWriter:  # stands in for the installed package's writer
+        def __init__(self, path: str) -> None:
+            made.append(path)
+
+        def close(self) -> None:
+            pass
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    for name, value in (("auto", None), ("on", True), ("off", False)):
+        Run.create(
+            tmp_path / name, "counter", RunConfig(num_iterations=1, tensorboard=value)
+        ).close()
+    assert made == [str(tmp_path / "auto" / "tensorboard"), str(tmp_path / "on" / "tensorboard")]
     assert capsys.readouterr().err == ""
 
 

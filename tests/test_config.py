@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pytest
 
-from metarl.runs.config import Config, ConfigError, RunConfig, add_arguments, from_args, option
+from metarl.cli.parsing import parse
+from metarl.runs.config import Config, ConfigError, RunConfig, option
 
 
 @dataclass
@@ -24,28 +24,20 @@ class ToyConfig(RunConfig):
     }
 
 
-def _parse(argv: list[str]) -> ToyConfig:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, ToyConfig)
-    return from_args(ToyConfig, parser.parse_args(argv))
+def _parse(argv: list[str], preset: str | None = None) -> ToyConfig:
+    cfg, rest = parse(ToyConfig, argv, prog="toy", preset=preset)
+    assert rest == []
+    return cfg
 
 
 def test_defaults_preset_then_command_line() -> None:
     assert _parse([]) == ToyConfig()
-    cfg = _parse(["--preset", "paper"])
+    cfg = _parse([], preset="paper")
     assert (cfg.lr, cfg.meta_batch_size, cfg.hidden_sizes) == (0.05, 40, (64, 64))
-    cfg = _parse(["--preset", "paper", "--lr", "0.2", "--hidden-sizes", "8", "8", "8"])
+    cfg = _parse(["--lr", "0.2", "--hidden-sizes", "8", "8", "8"], preset="paper")
     assert (cfg.lr, cfg.meta_batch_size, cfg.hidden_sizes) == (0.2, 40, (8, 8, 8))
     cfg = _parse(["--first-order", "--env", "metarl/AntVel-v0", "--nonlinearity", "tanh"])
     assert cfg.first_order and cfg.env_id == "metarl/AntVel-v0" and cfg.nonlinearity == "tanh"
-
-
-def test_help_text_is_the_field_doc() -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, ToyConfig)
-    text = parser.format_help()
-    assert "--meta-batch-size" in text and "tasks per meta-batch" in text
-    assert "--preset" in text and "paper" in text
 
 
 @pytest.mark.parametrize(

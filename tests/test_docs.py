@@ -176,10 +176,45 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         if e.code == 0:
             return None
         raise AssertionError(err.getvalue().strip()) from None
-    if extra and not getattr(args, "accepts_extra", False):
+    if extra:
         raise AssertionError(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
     return args
+
+
+def _show_help(argv: list[str]) -> None:
+    from metarl.cli import main
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main(argv)
+    except SystemExit as e:  # tyro exits after printing a command's help
+        code = e.code
+    assert code in (0, None), err.getvalue().strip()
+
+
+def _check_fewshot_command(argv: list[str]) -> None:
+    """``metarl fewshot ARGV`` parses as the command would read it, the learner's options
+    with its preset, without running it."""
+    from metarl.cli.args import FewShotEvaluateArgs, FewShotTrainArgs
+    from metarl.cli.fewshot import FEWSHOT_COMMANDS, train_config
+    from metarl.cli.parsing import parse
+
+    assert argv and argv[0] in FEWSHOT_COMMANDS, f"no command metarl fewshot {argv[:1]}"
+    command, rest = argv[0], argv[1:]
+    prog = f"metarl fewshot {command}"
+    try:
+        if command == "train":
+            args, extra = parse(FewShotTrainArgs, rest, prog=prog, flags_only=True)
+            if not args.resume:  # a resumed run's learner reads its options
+                train_config(args, extra)
+        elif command == "evaluate":
+            _args, extra = parse(FewShotEvaluateArgs, rest, prog=prog, flags_only=True)
+            assert not extra, f"unrecognized arguments: {' '.join(extra)}"
+        else:
+            assert not rest, f"{prog} takes no arguments"
+    except ValueError as e:  # the command's one-line error
+        raise AssertionError(str(e)) from None
 
 
 def _check_env_id(env_id: str) -> None:
@@ -197,16 +232,16 @@ def check_metarl_command(argv: list[str]) -> None:
     from metarl.cli import args as cli_args
     from metarl.cli import build_parser
     from metarl.cli.parsing import parse
-    from metarl.fewshot.configs import all_presets
 
-    if not argv or argv[0].startswith("-") or "--help" in argv or "-h" in argv:
+    if not argv or argv[0].startswith("-"):
         _parse(build_parser(), argv)
+        return
+    if "--help" in argv or "-h" in argv:  # the help itself, as the command prints it
+        _show_help(argv)
         return
     command, rest = argv[0], argv[1:]
     if command == "fewshot":
-        args = _parse(build_parser(), argv)
-        if args is not None and args.fewshot_command == "train" and args.preset:
-            assert args.preset in all_presets(), f"no few-shot preset {args.preset}"
+        _check_fewshot_command(rest)
         return
     classes = {"envs": cli_args.EnvsArgs, "check-env": cli_args.CheckEnvArgs,
                "train": cli_args.TrainArgs, "evaluate": cli_args.EvaluateArgs,

@@ -205,3 +205,51 @@ def test_every_sampler_keeps_the_sampler_interface() -> None:
 
     for cls in (RaySampler,):
         assert all(hasattr(cls, name) for name in ("collect", "close")), cls
+
+
+RAY_FAMILY = """
+from dataclasses import dataclass
+
+from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+import metarl
+
+
+@dataclass(frozen=True)
+class PoleTask:
+    length: float
+
+
+dist = metarl.BoxTaskDistribution(
+    "PoleLength", PoleTask, low={"length": 0.5}, high={"length": 2.0}, num_train=8, num_test=2
+)
+PendulumLength = metarl.make_task_env(
+    PendulumEnv, dist, lambda env, task: setattr(env, "l", task.length)
+)
+metarl.register_family("raytest/PendulumLength-v0", PendulumLength, max_episode_steps=5)
+"""
+
+
+def test_ray_workers_import_the_families_of_import(ray_local: Any, tmp_path: Any) -> None:
+    """A family registered by ``--import FILE.py`` in the learner is registered in the Ray
+    workers too (they import the file before building envs), and its episodes are the
+    in-process sampler's."""
+    import gymnasium as gym
+
+    from metarl.sampling.distributed import RaySampler
+    from metarl.stepping import registry
+
+    env_id = "raytest/PendulumLength-v0"
+    path = tmp_path / "ray_families_for_workers.py"
+    path.write_text(RAY_FAMILY)
+    registry.import_plugin(str(path))  # what --import does in the learner's process
+    try:
+        full, policy, tasks = _setup(env_id, 2, 2)
+        with RaySampler(env_id, 2, 2, num_workers=2) as sampler:
+            assert sampler.imports == [str(path.resolve())]
+            params = named_params(policy)
+            _assert_same(full.collect(policy, params, tasks, seed=3),
+                         sampler.collect(policy, params, tasks, seed=3))  # fmt: skip
+    finally:
+        registry._FAMILIES.pop(env_id, None)
+        gym.registry.pop(env_id, None)

@@ -32,3 +32,15 @@ def test_write_report_writes_both_files_with_provenance(tmp_path: Path) -> None:
 def test_write_report_refuses_a_path_as_name(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="plain file stem"):
         write_report(name, {}, "x", tmp_path)
+
+
+def test_provenance_names_the_command_and_the_load_on_both_sides() -> None:
+    from metarl.evaluation.report import Provenance, load_average
+
+    prov = Provenance(threads=1, argv=["--iterations", "2"])
+    assert prov.command.startswith("python ") and prov.command.endswith(" --iterations 2")
+    record = prov.finish()
+    assert record["command"] == prov.command and record["machine"]["threads"] == 1
+    if load_average() is not None:
+        text = prov.describe_load()
+        assert text.startswith("load average ") and " before, " in text and text.endswith(" after")

@@ -91,7 +91,8 @@ def test_throughput_script_measures_every_family_and_backend(tmp_path):
     assert rows[("bandit k=5, n=100", "torch")]["steps_per_iteration"] == 4 * 100
     assert rows[("MDP n=10", "numpy")]["steps_per_iteration"] == 4 * 10 * 10
     md = (tmp_path / "rl2_throughput.md").read_text()
-    assert "cores, no GPU" in md and "--num-trials 4" in md
+    assert "-core CPU" in md and "no GPU" in md and "--num-trials 4" in md
+    assert "python scripts/bench_rl2_throughput.py --iterations 1" in md
 
 
 def test_mdp_diagnostics_reference_values_and_a_checkpoint(tmp_path, capsys):

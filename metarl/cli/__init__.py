@@ -3,8 +3,8 @@
 Subcommands live in small functions registered in ``COMMANDS``. Each one's options are a
 typed dataclass (:mod:`metarl.cli.args`; an agent's are its config class), read by tyro
 through :mod:`metarl.cli.parsing`, so ``--help`` shows every option's doc and default and a
-bad value is one line with exit code 2. ``metarl fewshot`` keeps its own parser
-(:mod:`metarl.cli.fewshot`).
+bad value is one line with exit code 2; ``metarl fewshot``'s subcommands and learners
+(:mod:`metarl.cli.fewshot`) too.
 """
 
 from __future__ import annotations
@@ -325,8 +325,10 @@ def _require_family(record: dict[str, Any], run_dir: str, command: str) -> None:
 
 
 def _benchmark(argv: Sequence[str]) -> int:
+    from metarl.agents import agent_names, get_agent
     from metarl.cli.args import BenchmarkArgs
     from metarl.cli.benchmark import BenchmarkError, format_command, run_benchmark
+    from metarl.cli.parsing import CommandLineError, parse_option
 
     args = _parse_command(BenchmarkArgs, "benchmark", argv)
     _set_num_threads(args.num_threads)
@@ -357,10 +359,14 @@ def _benchmark(argv: Sequence[str]) -> int:
         agent, dot, option = key.partition(".")
         if not (eq and dot and agent and option):
             raise BenchmarkError(f"--set takes AGENT.OPTION=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        if agent not in agent_names():
+            raise BenchmarkError(f"--set {item}: no agent {agent!r}; agents: "
+                                 f"{', '.join(agent_names())}")  # fmt: skip
+        try:  # the option's type, read as `metarl train` reads it
+            value = parse_option(get_agent(agent).CONFIG, option, raw,
+                                 prog=f"metarl train --agent {agent}")  # fmt: skip
+        except CommandLineError as e:
+            raise BenchmarkError(f"--set {item}: {agent}'s {e}") from None
         overrides.setdefault(agent, {})[option.replace("-", "_")] = value
     report = run_benchmark(
         args.agents,
@@ -385,13 +391,10 @@ def _benchmark(argv: Sequence[str]) -> int:
     return 0
 
 
-def _fewshot(args: argparse.Namespace) -> int:
+def _fewshot(argv: Sequence[str]) -> int:
     from metarl.cli.fewshot import run_fewshot
 
-    try:
-        return run_fewshot(args)
-    finally:  # what it records for the Ctrl-C line
-        _state.update({k: getattr(args, k) for k in ("run_path", "resume_hint") if k in args})
+    return run_fewshot(argv, _state)  # it records the run for the Ctrl-C line
 
 
 def _doc(name: str) -> str:
@@ -401,9 +404,8 @@ def _doc(name: str) -> str:
     return " ".join(str(getattr(args, name).__doc__).split())
 
 
-#: name -> (help, run): ``run`` takes the command's arguments (``metarl fewshot``'s: its
-#: argparse namespace, see :func:`build_parser`).
-COMMANDS: dict[str, tuple[str, Callable[[Any], int]]] = {
+#: name -> (help, run): ``run`` takes the command's arguments, after its name.
+COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "envs": (_doc("EnvsArgs"), _envs),
     "check-env": (_doc("CheckEnvArgs"), _check_env),
     "train": ("meta-train an agent (metarl train --agent maml-trpo --help)", _train),
@@ -445,10 +447,9 @@ def _import_all(imports: Sequence[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's top level: ``--version``, ``--help`` (the commands) and ``metarl
-    fewshot``'s options; every other command reads its own (:func:`main`)."""
+    """The command's top level: ``--version`` and ``--help`` (the commands); every command
+    reads its own options (:func:`main`)."""
     from metarl import __version__
-    from metarl.cli.fewshot import add_fewshot_arguments
 
     parser = argparse.ArgumentParser(
         prog="metarl",
@@ -457,11 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"metarl {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (help_text, run) in COMMANDS.items():
-        sub = subs.add_parser(name, help=help_text, description=help_text)
-        if name == "fewshot":
-            add_fewshot_arguments(sub)
-        sub.set_defaults(run=run)
+    for name, (help_text, _run) in COMMANDS.items():
+        subs.add_parser(name, help=help_text, description=help_text, add_help=False)
     return parser
 
 
@@ -521,20 +519,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _state.clear()
     command = argv[0] if argv else None
-    rest: Any
-    if command in COMMANDS and command != "fewshot":
+    if command in COMMANDS:
         run, rest = COMMANDS[command][1], argv[1:]  # it reads its own options
-    else:  # --help, --version, an unknown command, or metarl fewshot
+    else:  # --help, --version or an unknown command
         parser = build_parser()
-        # metarl fewshot train reads its learner's options once it knows the learner
-        args, extra = parser.parse_known_args(argv)
-        if extra and not getattr(args, "accepts_extra", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.extra = extra
-        if args.command is None:
-            parser.print_help()
-            return 2
-        command, run, rest = args.command, args.run, args
+        parser.parse_args(argv)  # --help and --version exit here, an unknown command too
+        parser.print_help()  # no command
+        return 2
 
     from metarl.numerics import NonFiniteError
     from metarl.runs import CheckpointError, RunLockedError, UnsafeRunDirError

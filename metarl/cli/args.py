@@ -11,7 +11,15 @@ import tyro
 
 from metarl.runs.config import option
 
-__all__ = ["BenchmarkArgs", "CheckEnvArgs", "EnvsArgs", "EvaluateArgs", "TrainArgs"]
+__all__ = [
+    "BenchmarkArgs",
+    "CheckEnvArgs",
+    "EnvsArgs",
+    "EvaluateArgs",
+    "FewShotEvaluateArgs",
+    "FewShotTrainArgs",
+    "TrainArgs",
+]
 
 NUM_THREADS_HELP = (
     "CPU threads for torch (0: torch's default); 1, as metarl train's default, avoids "
@@ -129,7 +137,8 @@ class BenchmarkArgs:
     set: tuple[str, ...] = option(
         (),
         "an agent's option over its preset as AGENT.OPTION=VALUE, e.g. rl2.num_iterations=100 "
-        "or maml-trpo.hidden_sizes=[32,32] (VALUE read as JSON, else as a string)",
+        "or maml-trpo.hidden_sizes=32,32: VALUE is read as the option's type, as metarl train "
+        "reads it (a sequence's items separated by commas or spaces; a boolean: true or false)",
     )
     runs_dir: str = option("runs/bench", "where runs go and are reused from")
     out: str = option("benchmarks/report", "directory of report.md, report.json, report.png")
@@ -153,3 +162,43 @@ class BenchmarkArgs:
     )
     retrain: bool = option(False, "train every run again, even a finished one")
     imports: Imports = option((), _IMPORTS_HELP)  # noqa: RUF009 - a field, as option() gives
+
+
+@dataclass
+class FewShotTrainArgs:
+    """meta-train a few-shot learner, then evaluate it on held-out episodes; the learner's
+    options follow (``--learner NAME --help`` lists them)"""
+
+    learner: str | None = option(
+        None, "the meta-learner (None: the --preset's, the resumed run's, or maml)"
+    )
+    preset: str | None = option(
+        None,
+        "a paper's settings (`metarl fewshot presets`), applied beneath the options given here",
+    )
+    run_dir: str | None = option(None, "run directory (None: runs/fewshot-LEARNER-TIME)")
+    resume: bool = option(False, "continue the run in --run-dir")
+    overwrite: bool = option(False, "replace a run already in --run-dir")
+    num_eval_episodes: int = option(600, "held-out episodes of the final evaluation")
+
+
+@dataclass
+class FewShotEvaluateArgs:
+    """evaluate a trained few-shot run on held-out episodes (mean ± 95% CI, JSON)"""
+
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")] = field(
+        metadata={"help": "the run directory `metarl fewshot train` made"}
+    )
+    num_episodes: int = option(600, "held-out episodes")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    lake_runs: bool = option(False, "also Lake et al.'s 20 one-shot runs")
+    out: str | None = option(None, "JSON file (None: RUN_DIR/eval.json)")
+    num_ways: int | None = option(
+        None, "N of the test episodes (None: the run's; another N for protonet and matching)"
+    )
+    eval_query: int | None = option(None, "queries per class (None: the run's)")
+    checkpoint: Literal["latest", "best"] = option(
+        "latest",
+        "latest: the last checkpoint; best: the one of the best validation accuracy (best.pt, "
+        "kept by a run trained with --val-every)",
+    )

@@ -1,128 +1,50 @@
-"""``metarl fewshot train|evaluate|presets``: the few-shot runs from the command line."""
+"""``metarl fewshot train|evaluate|presets``: the few-shot runs from the command line.
+
+Each subcommand's options are a typed dataclass (:class:`~metarl.cli.args.FewShotTrainArgs`,
+:class:`~metarl.cli.args.FewShotEvaluateArgs`) and a learner's own options are its config
+class (:data:`metarl.fewshot.configs.LEARNER_CONFIGS`), all read by tyro through
+:mod:`metarl.cli.parsing` as ``metarl train`` reads an agent's: ``--help`` shows each
+option's doc and default (a preset's values as the defaults), a preset sits beneath the
+options given, and a bad command line is one line with exit code 2.
+
+Example:
+    >>> from metarl.cli.args import FewShotTrainArgs
+    >>> cfg = train_config(FewShotTrainArgs(preset="maml-sinusoid"), ["--num-iterations", "3"])
+    >>> type(cfg).__name__, cfg.num_iterations, cfg.meta_batch_size
+    ('MAMLConfig', 3, 25)
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from metarl.runs.config import add_arguments
+__all__ = ["FEWSHOT_COMMANDS", "run_fewshot", "train_config"]
 
-__all__ = ["add_fewshot_arguments", "run_fewshot"]
-
-
-def add_fewshot_arguments(parser: argparse.ArgumentParser) -> None:
-    from metarl.fewshot.configs import LEARNERS
-
-    subs = parser.add_subparsers(dest="fewshot_command", metavar="{train,evaluate,presets}")
-    train = subs.add_parser(
-        "train",
-        help="meta-train a few-shot learner, then evaluate it on held-out episodes",
-        description="Meta-train a few-shot learner (`--learner NAME --help` lists its options; "
-        "a --preset holds a paper's settings), checkpointing into --run-dir, then evaluate it "
-        "on held-out episodes (eval.json). Resume an interrupted run with --resume.",
-        add_help=False,
-    )
-    # The learner's own options are known only once --learner (or --preset, or the resumed
-    # run) is: they are parsed in _train, and --help there shows them.
-    train.add_argument("-h", "--help", action="store_true", help="show the learner's options")
-    train.add_argument(
-        "--learner",
-        choices=LEARNERS,
-        help="the meta-learner (default: the --preset's, the resumed run's, or maml)",
-    )
-    train.add_argument("--preset", help="a paper's settings (`metarl fewshot presets`)")
-    train.add_argument(
-        "--run-dir", type=Path, help="run directory (default runs/fewshot-<learner>-<time>)"
-    )
-    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    train.add_argument(
-        "--overwrite", action="store_true", help="replace a run already in --run-dir"
-    )
-    train.add_argument(
-        "--num-eval-episodes", type=int, default=600, help="held-out episodes (default 600)"
-    )
-    train.set_defaults(accepts_extra=True)
-    ev = subs.add_parser(
-        "evaluate",
-        help="evaluate a trained run on held-out episodes (mean ± 95%% CI, JSON)",
-        description="Evaluate a run's latest checkpoint on held-out test episodes.",
-    )
-    ev.add_argument("run_dir", type=Path, help="the run directory `metarl fewshot train` made")
-    ev.add_argument("--num-episodes", type=int, default=600, help="held-out episodes (default 600)")
-    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    ev.add_argument("--lake-runs", action="store_true", help="also Lake et al.'s 20 one-shot runs")
-    ev.add_argument("--out", type=Path, help="JSON file (default <run_dir>/eval.json)")
-    ev.add_argument(
-        "--num-ways",
-        type=int,
-        help="N of the test episodes (default the run's; another N for protonet and matching)",
-    )
-    ev.add_argument("--eval-query", type=int, help="queries per class (default the run's)")
-    ev.add_argument(
-        "--checkpoint",
-        choices=("latest", "best"),
-        default="latest",
-        help="latest: the last checkpoint; best: the one of the best validation accuracy "
-        "(best.pt, kept by a run trained with --val-every)",
-    )
-    subs.add_parser("presets", help="list the presets with their settings")
+#: ``metarl fewshot``'s subcommands and their one-line help.
+FEWSHOT_COMMANDS = {
+    "train": "meta-train a few-shot learner, then evaluate it on held-out episodes",
+    "evaluate": "evaluate a trained run on held-out episodes (mean ± 95% CI, JSON)",
+    "presets": "list the presets with their settings",
+}
+_PROG = "metarl fewshot"
 
 
-def _learner_parser(learner: str) -> argparse.ArgumentParser:
-    from metarl.fewshot.configs import config_class
-
-    parser = argparse.ArgumentParser(
-        prog=f"metarl fewshot train --learner {learner}", usage=argparse.SUPPRESS, add_help=False
-    )
-    add_arguments(parser, config_class(learner))
-    return parser
+def _fewshot_help() -> None:
+    print(f"usage: {_PROG} {{{','.join(FEWSHOT_COMMANDS)}}} [options]\n\ncommands:")
+    for name, text in FEWSHOT_COMMANDS.items():
+        print(f"  {name:9s} {text}")
+    print(f"\n`{_PROG} COMMAND --help` lists the command's options.")
 
 
-def _train_help(learner: str | None) -> None:
-    from metarl.fewshot.configs import LEARNER_CONFIGS
-
-    print(
-        "usage: metarl fewshot train [--learner NAME] [--preset NAME] [--run-dir DIR] "
-        "[--resume] [--overwrite] [--num-eval-episodes N] [learner options]\n\nlearners:"
-    )
-    for name, cls in LEARNER_CONFIGS.items():
-        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
-        print(f"  {name:10s} {doc}")
-    if learner is None:
-        print("\n`metarl fewshot train --learner NAME --help` lists the learner's options.")
-        return
-    print("\n" + _learner_parser(learner).format_help().strip())
-
-
-def _unknown_options(learner: str, unknown: list[str]) -> str:
-    """One line for options the learner does not have, naming the learners that do."""
-    from metarl.fewshot.configs import learner_of_option
-
-    for token in unknown:
-        if not token.startswith("--"):
-            continue
-        flag = token.split("=", 1)[0]
-        name = flag[2:].replace("-", "_")
-        owners = learner_of_option(name) or (
-            learner_of_option(name[3:]) if name.startswith("no_") else []
-        )
-        if owners:
-            return (
-                f"{flag} is an option of {', '.join(owners)}, not of {learner} "
-                f"(`metarl fewshot train --learner {owners[0]} --help` lists its options)"
-            )
-    return (
-        f"unrecognized option(s) for {learner}: {' '.join(unknown)} "
-        f"(`metarl fewshot train --learner {learner} --help` lists them)"
-    )
-
-
-def _train_config(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The config the command line asks for, and the run directory."""
-    from metarl.fewshot.configs import FewShotConfig, config_class, learner_of_preset
+def _learner_and_default(args: Any) -> tuple[str, Any, bool]:
+    """The learner the train options ask for, the config beneath the learner's options
+    (the resumed run's, then the preset; None: the learner's defaults), and whether the
+    learner was named (by --learner, --preset or the resumed run)."""
+    from metarl.fewshot.configs import config_class, learner_of_preset
     from metarl.runs import Run
 
     learner = args.learner
@@ -149,89 +71,197 @@ def _train_config(args: argparse.Namespace) -> tuple[Any, Any]:
                 f"one of {learner}'s presets (`metarl fewshot presets`)"
             )
         learner = owner
-    if learner is None:
-        learner = "maml"
-    if args.help:
-        _train_help(learner if (args.learner or args.preset or args.resume) else None)
-        return None, None
-    opts, unknown = _learner_parser(learner).parse_known_args(args.extra)
-    if unknown:
-        raise ValueError(_unknown_options(learner, unknown))
-    explicit = {k: v for k, v in vars(opts).items() if k != "preset"}
-    cls = config_class(learner)
+    named = learner is not None
+    learner = learner or "maml"
+    cls = config_class(learner)  # an unknown learner is refused here
+    default = None
     if args.resume:
-        # The saved config, under what this command line gives explicitly (only the settings
-        # that may change on resume, e.g. --num-iterations, can differ).
+        # The saved config, then the preset, beneath what this command line gives (only the
+        # settings that may change on resume, e.g. --num-iterations, can differ).
         base = cls.upgrade(saved)
         if args.preset:
             base.update(cls.presets[args.preset])
-        cfg = cls.from_dict({**base, **explicit})
-    else:
-        cfg = FewShotConfig.from_preset(args.preset, learner=learner, **explicit)
-    return cfg, args.run_dir
+        default = cls.from_dict(base)
+    elif args.preset is not None:
+        default = cls.from_preset(args.preset)
+    return learner, default, named
 
 
-def run_fewshot(args: argparse.Namespace) -> int:
+def _unknown_options(learner: str, unknown: Sequence[str]) -> str:
+    """One line for options the learner does not have, naming the learners that do."""
+    from metarl.fewshot.configs import learner_of_option
+
+    for token in unknown:
+        if not token.startswith("--"):
+            continue
+        flag = token.split("=", 1)[0]
+        name = flag[2:].replace("-", "_")
+        owners = learner_of_option(name) or (
+            learner_of_option(name[3:]) if name.startswith("no_") else []
+        )
+        if owners:
+            return (
+                f"{flag} is an option of {', '.join(owners)}, not of {learner} "
+                f"(`metarl fewshot train --learner {owners[0]} --help` lists its options)"
+            )
+    return (
+        f"unrecognized option(s) for {learner}: {' '.join(unknown)} "
+        f"(`metarl fewshot train --learner {learner} --help` lists them)"
+    )
+
+
+def train_config(args: Any, rest: Sequence[str]) -> Any:
+    """The config ``metarl fewshot train`` runs: the learner's defaults, the resumed run's
+    config or the preset, then the learner options in ``rest``.
+
+    Raises:
+        CommandLineError: a value of the wrong type, or an option the learner does not have
+            (the line names the learners that have it).
+        ConfigError: a value the config refuses, an unknown learner or preset.
+    """
+    from metarl.cli.parsing import parse
+    from metarl.fewshot.configs import config_class
+
+    learner, default, _ = _learner_and_default(args)
+    cls = config_class(learner)
+    cfg, unknown = parse(cls, rest, prog=f"{_PROG} train --learner {learner}", default=default)
+    if unknown:
+        raise ValueError(_unknown_options(learner, unknown))
+    return cfg
+
+
+def _train_help(args: Any) -> None:
+    from metarl.cli.args import FewShotTrainArgs
+    from metarl.cli.parsing import print_help
+    from metarl.fewshot.configs import LEARNER_CONFIGS, config_class
+
+    print(
+        f"usage: {_PROG} train [--learner NAME] [--preset NAME] [--run-dir DIR] [--resume] "
+        "[--overwrite] [--num-eval-episodes N] [learner options]\n\nlearners:"
+    )
+    for name, cls in LEARNER_CONFIGS.items():
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        print(f"  {name:10s} {doc}")
+    print()
+    print_help(FewShotTrainArgs, prog=f"{_PROG} train", flags_only=True)
+    learner, default, named = _learner_and_default(args)
+    if not named:
+        print(f"\n`{_PROG} train --learner NAME --help` lists the learner's options.")
+        return
+    cls = config_class(learner)
+    print()
+    print_help(cls, prog=f"{_PROG} train --learner {learner}", default=default,
+               description=cls.__doc__)  # fmt: skip
+
+
+def _train(argv: Sequence[str], state: MutableMapping[str, str]) -> int:
     import time
 
-    from metarl.fewshot.train import evaluate_run, summary_line, train
+    from metarl.cli.args import FewShotTrainArgs
+    from metarl.cli.parsing import parse
+    from metarl.fewshot.train import summary_line, train
 
-    cmd = args.fewshot_command
-    if cmd == "presets":
-        from metarl.fewshot.configs import all_presets
-
-        for name, (learner, values) in sorted(all_presets().items()):
-            print(f"{name}: {json.dumps({'learner': learner, **values})}")
+    # The learner's options are known only once --learner (or --preset, or the resumed run)
+    # is: the train options are read first, the rest is the learner's (--help too).
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    args, rest = parse(FewShotTrainArgs, [a for a in argv if a not in ("-h", "--help")],
+                       prog=f"{_PROG} train", flags_only=True)  # fmt: skip
+    if wants_help:
+        _train_help(args)
         return 0
-    if cmd == "train":
-        if args.num_eval_episodes < 1:
-            raise ValueError(f"--num-eval-episodes must be >= 1, got {args.num_eval_episodes}")
-        if args.resume and args.overwrite:
-            raise ValueError("--resume continues the run and --overwrite replaces it: pick one")
-        cfg, run_dir = _train_config(args)
-        if cfg is None:  # --help
-            return 0
-        if run_dir is None:
-            run_dir = Path("runs") / f"fewshot-{cfg.learner}-{time.strftime('%Y%m%d-%H%M%S')}"
-        print(f"run directory: {run_dir}")
-        args.run_path = run_dir  # for the Ctrl-C line
-        args.resume_hint = f"metarl fewshot train --run-dir {run_dir} --resume"
-        result = train(
-            cfg,
-            run_dir,
-            resume=args.resume,
-            num_eval_episodes=args.num_eval_episodes,
-            overwrite=args.overwrite,
+    if args.num_eval_episodes < 1:
+        raise ValueError(f"--num-eval-episodes must be >= 1, got {args.num_eval_episodes}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run and --overwrite replaces it: pick one")
+    cfg = train_config(args, rest)
+    run_dir = Path(
+        args.run_dir or Path("runs") / f"fewshot-{cfg.learner}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    print(f"run directory: {run_dir}")
+    state["run_path"] = str(run_dir)  # for the Ctrl-C line
+    state["resume_hint"] = f"metarl fewshot train --run-dir {run_dir} --resume"
+    result = train(
+        cfg,
+        run_dir,
+        resume=args.resume,
+        num_eval_episodes=args.num_eval_episodes,
+        overwrite=args.overwrite,
+    )
+    print(summary_line(result))
+    return 0
+
+
+def _evaluate(argv: Sequence[str]) -> int:
+    from metarl.cli.args import FewShotEvaluateArgs
+    from metarl.cli.parsing import parse
+    from metarl.fewshot.train import evaluate_run, summary_line
+    from metarl.runs import Run
+    from metarl.runs.rundir import check_writable
+
+    prog = f"{_PROG} evaluate"
+    args, unknown = parse(FewShotEvaluateArgs, argv, prog=prog, flags_only=True)
+    if unknown:
+        raise ValueError(
+            f"unrecognized argument(s): {' '.join(unknown)} (`{prog} --help` lists the options)"
         )
-        print(summary_line(result))
-        return 0
-    if cmd == "evaluate":
-        if args.num_episodes < 1:
-            raise ValueError(f"--num-episodes must be >= 1, got {args.num_episodes}")
-        for flag in ("num_ways", "eval_query"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-        from metarl.runs import Run
-        from metarl.runs.rundir import check_writable
+    if args.num_episodes < 1:
+        raise ValueError(f"--num-episodes must be >= 1, got {args.num_episodes}")
+    for flag in ("num_ways", "eval_query"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    run_dir = Path(args.run_dir)
+    out = None if args.out is None else Path(args.out)
+    Run.read_record(run_dir)  # a run directory, holding no link where it writes
+    check_writable(out.parent if out else run_dir)  # before the work
+    result = evaluate_run(
+        run_dir,
+        args.num_episodes,
+        device=args.device,
+        lake_runs=args.lake_runs,
+        out=out,
+        num_ways=args.num_ways,
+        eval_query=args.eval_query,
+        checkpoint=args.checkpoint,
+    )
+    print(summary_line(result))
+    if "lake_one_shot_runs" in result:
+        lake = result["lake_one_shot_runs"]
+        print(f"Lake et al.'s 20 runs: {100 * lake['mean']:.2f} ± {100 * lake['ci95']:.2f}%")
+        if "warning" in lake:
+            print(f"warning: {lake['warning']}", file=sys.stderr)
+    return 0
 
-        Run.read_record(args.run_dir)  # a run directory, holding no link where it writes
-        check_writable(args.out.parent if args.out else args.run_dir)  # before the work
-        result = evaluate_run(
-            args.run_dir,
-            args.num_episodes,
-            device=args.device,
-            lake_runs=args.lake_runs,
-            out=args.out,
-            num_ways=args.num_ways,
-            eval_query=args.eval_query,
-            checkpoint=args.checkpoint,
-        )
-        print(summary_line(result))
-        if "lake_one_shot_runs" in result:
-            lake = result["lake_one_shot_runs"]
-            print(f"Lake et al.'s 20 runs: {100 * lake['mean']:.2f} ± {100 * lake['ci95']:.2f}%")
-            if "warning" in lake:
-                print(f"warning: {lake['warning']}", file=sys.stderr)
+
+def _presets(argv: Sequence[str]) -> int:
+    from metarl.fewshot.configs import all_presets
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(f"usage: {_PROG} presets\n\n{FEWSHOT_COMMANDS['presets']}")
         return 0
-    raise ValueError("say what to do: metarl fewshot train|evaluate|presets (see --help)")
+    if argv:
+        raise ValueError(f"unrecognized argument(s): {' '.join(argv)} (`{_PROG} presets` "
+                         "takes none)")  # fmt: skip
+    for name, (learner, values) in sorted(all_presets().items()):
+        print(f"{name}: {json.dumps({'learner': learner, **values})}")
+    return 0
+
+
+def run_fewshot(argv: Sequence[str], state: MutableMapping[str, str]) -> int:
+    """``metarl fewshot ARGV``; ``state`` receives the run directory and how to resume it
+    (for the Ctrl-C line)."""
+    command, rest = (argv[0], list(argv[1:])) if argv else (None, [])
+    if command in ("-h", "--help"):
+        _fewshot_help()
+        return 0
+    if command == "train":
+        return _train(rest, state)
+    if command == "evaluate":
+        return _evaluate(rest)
+    if command == "presets":
+        return _presets(rest)
+    if command is None:
+        raise ValueError(f"say what to do: {_PROG} {'|'.join(FEWSHOT_COMMANDS)} (see --help)")
+    raise ValueError(
+        f"no command {command!r}: {_PROG} {'|'.join(FEWSHOT_COMMANDS)} (`{_PROG} --help`)"
+    )

@@ -30,7 +30,14 @@ from typing import Any, NoReturn, TypeVar
 
 from metarl.runs.config import ConfigError
 
-__all__ = ["CommandLineError", "flags_given", "parse", "print_help", "spelled_out"]
+__all__ = [
+    "CommandLineError",
+    "flags_given",
+    "parse",
+    "parse_option",
+    "print_help",
+    "spelled_out",
+]
 
 T = TypeVar("T")
 
@@ -43,17 +50,34 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _optional_bools(cls: type) -> set[str]:
+    """The flags of ``cls``'s ``bool | None`` fields (None: decided at run time, e.g.
+    ``tensorboard``)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return {_flag(f.name) for f in dataclasses.fields(cls) if hints.get(f.name) == bool | None}
+
+
 def spelled_out(cls: type, argv: Sequence[str]) -> list[str]:
-    """``argv`` with the aliases of ``cls``'s fields (``--env`` → ``--env-id``) spelled out."""
+    """``argv`` with the aliases of ``cls``'s fields (``--env`` → ``--env-id``) spelled out,
+    and a ``bool | None`` field's flags ``--x``/``--no-x`` as tyro reads them (``--x=True``,
+    ``--x=False``; ``--x None`` asks for the default)."""
     names = {}
     for f in dataclasses.fields(cls):
         for alias in f.metadata.get("aliases", ()):
             names[alias] = _flag(f.name)
-    out = []
-    for token in argv:
+    flags = _optional_bools(cls)
+    out: list[str] = []
+    for i, token in enumerate(argv):
         head, eq, value = token.partition("=")
         if head in names:
             token = names[head] + eq + value
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if token in flags and following not in ("True", "False", "None"):
+            token += "=True"
+        elif token.startswith("--no-") and "--" + token[5:] in flags:
+            token = "--" + token[5:] + "=False"
         out.append(token)
     return out
 
@@ -90,7 +114,9 @@ def _raise_one_line(event: Any, prog: str) -> NoReturn:
             raise ConfigError(event.message)
         metavar = getattr(event.argument.lowered, "metavar", None)
         takes = f" takes {metavar}" if metavar else ""
-        raise CommandLineError(f"{_argument(event.argument)}{takes}: {event.message}{see}")
+        # a union's message lists each type's failure on lines of its own: the first says it
+        message = str(event.message).strip().splitlines()[0].rstrip(".")
+        raise CommandLineError(f"{_argument(event.argument)}{takes}: {message}{see}")
     if isinstance(event, e.BadValue):
         if event.offending_value is None:
             raise CommandLineError(f"{_argument(event.argument)} needs a value{see}")
@@ -164,3 +190,54 @@ def print_help(
     except SystemExit as e:  # tyro exits after printing the help
         if e.code not in (0, None):
             raise
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_option(cls: type, name: str, value: str, *, prog: str) -> Any:
+    """One option of ``cls`` from its text, parsed as tyro parses ``--name`` for ``cls`` on
+    the command line (``metarl benchmark --set AGENT.OPTION=VALUE``). A sequence takes its
+    items separated by commas or spaces (``32,32``, ``"32 32"``, ``[32, 32]``); a boolean takes
+    true or false (and none where the field may be None). The value is checked against the
+    type only: the config checks ranges when it is built.
+
+    Example:
+        >>> from metarl.agents.maml_trpo import MAMLTRPOConfig
+        >>> parse_option(MAMLTRPOConfig, "hidden_sizes", "32,32", prog="x")
+        (32, 32)
+
+    Raises:
+        CommandLineError: ``cls`` has no option ``name``, or ``value`` is not of its type
+            (the line names the option and its type).
+    """
+    import re
+    import types
+    import typing
+
+    name = name.replace("-", "_")
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in by_name:
+        raise CommandLineError(f"no option {_flag(name)} (`{prog} --help` lists them)")
+    tp = typing.get_type_hints(cls)[name]
+    flag = _flag(name)
+    if tp in (bool, bool | None):
+        word = value.strip().lower()
+        if tp is not bool and word == "none":
+            return None
+        if word not in _TRUE + _FALSE:
+            also = "" if tp is bool else " or none"
+            raise CommandLineError(f"{flag} takes a boolean (true or false{also}), got {value!r}")
+        return word in _TRUE
+    optional = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    base = typing.get_args(tp)[0] if optional else tp
+    if typing.get_origin(base) in (tuple, list) or typing.get_origin(tp) in (tuple, list):
+        tokens = [t for t in re.split(r"[,\s]+", value.strip().strip("[]()")) if t]
+    else:
+        tokens = [value]
+    one = dataclasses.make_dataclass(cls.__name__, [(name, tp, dataclasses.field())])
+    out: Any
+    out, rest = parse(one, [flag, *tokens], prog=prog, flags_only=True)
+    if rest:
+        raise CommandLineError(f"{flag} takes one value, got {value!r} (`{prog} --help`)")
+    return getattr(out, name)

@@ -29,7 +29,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["Provenance", "command_line", "describe_machine", "machine", "write_report"]
+__all__ = [
+    "Provenance",
+    "command_line",
+    "describe_machine",
+    "load_average",
+    "machine",
+    "write_report",
+]
 
 
 def _cpu_model() -> str:
@@ -42,25 +49,37 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git_revision(cwd: Path) -> str | None:
+def _git(cwd: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, timeout=10,
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(["git", *args], cwd=cwd, timeout=10, capture_output=True,
+                             text=True, check=True)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip()
 
 
-def _load() -> list[float] | None:
+def _git_revision(cwd: Path) -> str | None:
+    return _git(cwd, "rev-parse", "--short", "HEAD") or None
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages now (None where the system has none)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except (OSError, AttributeError):
         return None
 
 
+def _load_text(load: Sequence[float] | None) -> str:
+    return "not recorded" if load is None else " ".join(f"{x:.2f}" for x in load)
+
+
 def machine(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
-    """What a figure was measured on: cores, CPU model, GPU (or None), torch threads, versions
-    and the git revision of the code."""
+    """What a figure was measured on: cores, CPU model, GPU (or None), torch threads, versions,
+    the git revision of the code and whether tracked files differed from it (``git_dirty``;
+    None outside a git checkout)."""
+    here = Path(__file__).resolve().parent
+    status = _git(here, "status", "--porcelain", "--untracked-files=no")
     gpu = None
     if str(device).startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(torch.device(device))
@@ -73,7 +92,8 @@ def machine(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_revision": _git_revision(Path(__file__).resolve().parent),
+        "git_revision": _git_revision(here),
+        "git_dirty": None if status is None else bool(status),
     }
 
 
@@ -99,21 +119,33 @@ class Provenance:
     """Started before a measurement, finished after: the machine, the command and the load
     average on both sides (kept in the JSON; the Markdown names the machine and command)."""
 
-    def __init__(self, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self, device: str = "cpu", threads: int | None = None,
+        argv: Sequence[str] | None = None, script: str | None = None,
+    ) -> None:  # fmt: skip
+        """``argv``: the script's arguments when ``main(argv)`` was called from Python (None:
+        ``sys.argv``'s); ``script``: its file (``__file__``; None: ``sys.argv[0]``)."""
         self.machine = machine(device, threads)
-        self.command = command_line()
-        self.load_before = _load()
+        args = sys.argv[1:] if argv is None else list(argv)
+        self.command = command_line([script or sys.argv[0], *args])
+        self.load_before = load_average()
         self.load_after: list[float] | None = None
 
     def finish(self) -> dict[str, Any]:
         """The provenance record, with the load average after the measurement."""
-        self.load_after = _load()
+        self.load_after = load_average()
         return {
             "command": self.command,
             "machine": self.machine,
             "load_average_before": self.load_before,
             "load_average_after": self.load_after,
         }
+
+    def describe_load(self) -> str:
+        """``load average 1.20 0.80 0.50 before, 2.10 1.00 0.60 after`` (1, 5 and 15 min;
+        after: as :meth:`finish` read it, or now)."""
+        after = self.load_after if self.load_after is not None else load_average()
+        return f"load average {_load_text(self.load_before)} before, {_load_text(after)} after"
 
     def header(self) -> str:
         """The Markdown line under a report's title: the command and the machine."""

@@ -162,8 +162,13 @@ class FewShotConfig(Config):
         500, "checkpoint every this many iterations", low=1, may_change_on_resume=True
     )
     log_every: int = option(50, "log metrics every this many iterations", low=1)
-    tensorboard: bool = option(
-        True, "TensorBoard logs when tensorboard is installed", may_change_on_resume=True
+    tensorboard: bool | None = option(
+        None,
+        "TensorBoard logs beside metrics.csv: None (the default) writes them when the "
+        "tensorboard package is importable and is silent otherwise; true (--tensorboard) "
+        "asks for them, with one warning when the package is missing; false "
+        "(--no-tensorboard) never",
+        may_change_on_resume=True,
     )
 
     def validate(self) -> None:

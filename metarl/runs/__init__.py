@@ -4,7 +4,7 @@ A run directory holds
 
 * ``config.json`` — the agent's name, the resolved config and the metarl version;
 * ``metrics.csv`` — one row per logged iteration (``tensorboard/`` too when the
-  ``tensorboard`` package is installed);
+  ``tensorboard`` package is installed, unless the config says ``tensorboard: false``);
 * ``checkpoint.pt`` — the latest good checkpoint;
 * ``.lock`` — locked by the one process writing the run (:class:`metarl.runs.rundir.RunLock`).
 
@@ -254,7 +254,8 @@ class Run:
         self._tb: Any = None
         self._resuming = False  # set by resume(): load_checkpoint records what changed
         self._lock: RunLock | None = None  # held by create() and resume(): the one writer
-        if getattr(config, "tensorboard", False):
+        wants = getattr(config, "tensorboard", False)  # True, False or None: when installed
+        if wants is not False and (wants or _tensorboard_installed()):
             rundir.check_written_names(path, ["tensorboard"])
             self._tb = _tensorboard_writer(path / "tensorboard")
 
@@ -963,6 +964,15 @@ def _scalar(v: Any) -> Any:
 _warned_no_tensorboard = False
 
 
+def _tensorboard_installed() -> bool:
+    """Whether TensorBoard logs can be written (a config's ``tensorboard: None``)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _tensorboard_writer(path: Path) -> Any:
     global _warned_no_tensorboard
     try:
@@ -973,7 +983,8 @@ def _tensorboard_writer(path: Path) -> Any:
             print(
                 "metarl: warning: the config asks for TensorBoard logs (tensorboard: true) but "
                 "the tensorboard package is not installed, so only metrics.csv is written: pip "
-                "install tensorboard (or 'metarl[tensorboard]'), or pass --no-tensorboard",
+                "install tensorboard (or 'metarl[tensorboard]'), or leave --tensorboard out "
+                "(the default writes them only when the package is installed)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -4,10 +4,9 @@ Every agent (and every few-shot learner) describes its settings as a dataclass d
 :class:`Config`. A field is declared with :func:`option`, which records its help text and its
 constraints in the field's metadata. The ``metarl`` command reads a config with tyro
 (:func:`metarl.cli.parsing.parse`: ``meta_batch_size`` → ``--meta-batch-size``, the help text
-from the metadata) in the order *dataclass defaults < preset < command line*;
-:func:`add_arguments` and :func:`from_args` do the same with ``argparse`` (``metarl
-fewshot``). Validation runs whenever a config is built, so a negative learning rate or an
-empty meta-batch is refused with a message that names the option and says what is allowed.
+from the metadata) in the order *dataclass defaults < preset < command line*, every
+command and few-shot learner alike. Validation runs whenever a config is built, so a negative
+learning rate or an empty meta-batch is refused with a message that names the option and says what is allowed.
 
 Presets are named dicts of overrides kept on the class (``presets``), e.g. the paper settings
 of Finn et al. 2017 for 2D navigation.
@@ -28,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import types
@@ -45,9 +43,7 @@ __all__ = [
     "PolicyOptions",
     "ReturnOptions",
     "RunConfig",
-    "add_arguments",
     "command_line_only_fields",
-    "from_args",
     "num_workers_option",
     "option",
     "worker_timeout_option",
@@ -340,9 +336,12 @@ class RunConfig(Config):
         low=0,
         may_change_on_resume=True,
     )
-    tensorboard: bool = option(
-        True,
-        "also write TensorBoard logs when the tensorboard package is installed",
+    tensorboard: bool | None = option(
+        None,
+        "TensorBoard logs beside metrics.csv: None (the default) writes them when the "
+        "tensorboard package is importable and is silent otherwise; true (--tensorboard) "
+        "asks for them, with one warning when the package is missing; false "
+        "(--no-tensorboard) never",
         may_change_on_resume=True,
     )
 
@@ -416,43 +415,3 @@ class EnvOptions:
     def env_kwargs(self) -> dict[str, Any]:
         """What ``gymnasium.make`` and the batched envs take for this episode length."""
         return {"max_episode_steps": self.horizon} if self.horizon else {}
-
-
-# -- argparse -------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser, cls: type[Config]) -> None:
-    """Add one ``--option`` per field of ``cls`` (help text = the field's doc) and
-    ``--preset``. Options left out stay unset, so presets and defaults apply beneath them."""
-    hints = _field_types(cls)
-    if cls.presets:
-        parser.add_argument(
-            "--preset",
-            choices=sorted(cls.presets),
-            default=None,
-            help="named settings applied beneath the options given here: "
-            + "; ".join(f"{k}: {v}" for k, v in sorted(cls.presets.items())),
-        )
-    for f in fields(cls):
-        base, _ = _unwrap_optional(hints[f.name])
-        factory: Any = f.default_factory
-        default = f.default if f.default is not dataclasses.MISSING else factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        kwargs: dict[str, Any] = {"help": help_text, "default": argparse.SUPPRESS}
-        origin = typing.get_origin(base)
-        if base is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif origin in (tuple, list):
-            args = [a for a in typing.get_args(base) if a is not Ellipsis]
-            kwargs["nargs"] = "+"
-            kwargs["type"] = args[0] if args and args[0] in (int, float, str) else str
-        elif base in (int, float, str):
-            kwargs["type"] = base
-        if f.metadata.get("choices") is not None:
-            kwargs["choices"] = list(f.metadata["choices"])
-        parser.add_argument(_flag(f.name), *f.metadata.get("aliases", ()), dest=f.name, **kwargs)
-
-
-def from_args(cls: type[C], args: argparse.Namespace) -> C:
-    """The config given on the command line: defaults < ``--preset`` < explicit options."""
-    names = {f.name for f in fields(cls)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
-    return cls.from_preset(getattr(args, "preset", None), **overrides)

@@ -29,7 +29,9 @@ an error that says what was asked for.
 Ray is an optional extra (``pip install "metarl[ray]"``). On a laptop, ``RaySampler(...)``
 starts a local Ray instance (``ray.init()``) and shuts it down on :meth:`RaySampler.close`;
 on a cluster call ``ray.init(address="auto")`` (or pass ``address=``) first: every node
-needs the same ``metarl`` installed.
+needs the same ``metarl`` installed. A family registered by ``--import my_families.py`` (or
+:func:`metarl.stepping.registry.import_plugin`) is imported by every worker before it builds
+its envs (``imports=``).
 
 Example:
     >>> sampler = RaySampler("metarl/HalfCheetahVel-v0", num_tasks=40, episodes_per_task=20,
@@ -218,11 +220,14 @@ class ShardSampler(BatchedSampler):
 class _Worker:
     """The Ray actor: one :class:`ShardSampler`, the policy's architecture, timing."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, imports: Sequence[str], *args: Any, **kwargs: Any) -> None:
         from metarl.stepping.allocator import tune_allocator
+        from metarl.stepping.registry import import_plugin
 
         torch.set_num_threads(1)
         tune_allocator()  # the actor's process (METARL_MALLOC_TUNING=0 in its env: off)
+        for spec in imports:  # the learner's --import families, before any env is built
+            import_plugin(spec)
         self.shard = ShardSampler(*args, **kwargs)
         self.policy: Policy | None = None
 
@@ -283,6 +288,10 @@ class RaySampler:
         timeout_s: the longest a collect may take before :class:`TimeoutError`.
         start_timeout_s: the longest the workers may take to start.
         restarts: how many times each worker is replaced after dying before a collect fails.
+        imports: modules or ``.py`` files (as ``--import`` takes them) each worker imports
+            before it builds its envs, so that a family registered by one exists there too
+            (None: the ones that registered ``env_id`` in this process, as a run directory
+            records them; on a cluster, every node needs them at the same path).
     """
 
     def __init__(
@@ -300,6 +309,7 @@ class RaySampler:
         timeout_s: float = 600.0,
         start_timeout_s: float = 120.0,
         restarts: int = 1,
+        imports: Sequence[str] | None = None,
     ) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -346,6 +356,11 @@ class RaySampler:
         self.cpus_per_worker = cpus_per_worker
         self.timeout_s, self.start_timeout_s = float(timeout_s), float(start_timeout_s)
         self.restarts = restarts
+        if imports is None:
+            from metarl.stepping.registry import run_record
+
+            imports = run_record(env_id)["imports"]
+        self.imports = list(imports)
         self.shards = shard_bounds(self.num_tasks, num_workers)
         self.num_workers = len(self.shards)
         self._restarts_used = [0] * self.num_workers
@@ -364,6 +379,7 @@ class RaySampler:
             self.workers[k] = self._actor_cls.options(
                 num_cpus=self.cpus_per_worker, max_restarts=0
             ).remote(
+                self.imports,
                 self.env_id,
                 self.shards[k],
                 self.num_tasks,
