@@ -200,6 +200,8 @@ def test_eval_points_give_the_held_out_return_against_meta_training_env_steps(tm
     progress = data["entries"][0]["progress"]
     assert [p["iteration"] for p in progress] == [2, 4] and len(progress[0]["mean"]) == 3
     np.testing.assert_allclose(progress[0]["mean"], half["curve"].mean())
+    raw = np.asarray(data["entries"][0]["progress_curves"][0]["returns"])
+    np.testing.assert_array_equal(raw, half["curve"].returns)  # each point's raw returns
     md = (tmp_path / "report" / "report.md").read_text()
     assert "### Held-out return against meta-training env steps" in md
     assert sum(line.startswith("| rl2 | ") for line in md.splitlines()) == 1 + 2

@@ -150,7 +150,19 @@ class BenchmarkReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
-            "entries": [{**e.summary(), "curve": e.curve.to_json()} for e in self.entries],
+            "entries": [
+                {
+                    **e.summary(),
+                    "curve": e.curve.to_json(),
+                    # every progress point's pooled curve, raw returns included
+                    **(
+                        {"progress_curves": [p["curve"].to_json() for p in e.progress]}
+                        if e.progress
+                        else {}
+                    ),
+                }
+                for e in self.entries
+            ],
         }
 
     def markdown(self, plot_name: str | None = "report.png") -> str:
