@@ -230,7 +230,8 @@ _NAV2D: dict[str, Any] = {
 }
 
 #: The paper's settings (Duan et al. 2016, Sec. 4.1–4.2): bandits with k arms and n pulls,
-#: random MDPs with n episodes of 10 steps; 2D navigation (``nav2d``, and ``quick``: about a
+#: random MDPs with n episodes of 10 steps; HalfCheetahVel (``halfcheetah-vel``, after the
+#: VariBAD reference code's RL² baseline); 2D navigation (``nav2d``, and ``quick``: about a
 #: minute on a CPU). Iteration counts fit a CPU budget of minutes per setting (the paper
 #: trained far longer); raise ``num_iterations`` for better agents.
 RL2Config.presets = {
@@ -252,6 +253,29 @@ RL2Config.presets = {
         **_MANY_STEPS,
     },
     "nav2d": {**_NAV2D, "num_iterations": 500, "checkpoint_every": 25},
+    # HalfCheetahVel after the RL² baseline of the VariBAD reference code
+    # (config/mujoco/args_cheetah_vel_rl2.py in github.com/lmzintgraf/varibad; the RL² paper
+    # has no MuJoCo experiment): trials of 2 episodes of 200 steps, 16 processes × 800 steps
+    # per PPO update (32 trials here), GRU 128, PPO 2 epochs × 4 minibatches, clip 0.1, lr
+    # 7e-4, γ 0.97, GAE λ 0.9 (its returns the value target), entropy 0.01; its 1e8 frames are
+    # 7,812 iterations. Not reproduced: the reference's MLP layer between the GRU and the
+    # heads, and its reward normalisation.
+    "halfcheetah-vel": {
+        "env_id": "metarl/HalfCheetahVel-v0",
+        "episodes_per_trial": 2,
+        "num_trials": 32,
+        "hidden_size": 128,
+        "lr": 7e-4,
+        "clip_coef": 0.1,
+        "update_epochs": 2,
+        "num_minibatches": 4,
+        "gamma": 0.97,
+        "gae_lambda": 0.9,
+        "value_target": "gae",
+        "ent_coef": 0.01,
+        "num_iterations": 7_812,
+        "checkpoint_every": 50,
+    },
     "quick": {
         **_NAV2D,
         "num_iterations": 30,

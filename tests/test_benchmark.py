@@ -210,3 +210,74 @@ def test_benchmark_set_values_are_those_train_reads():
         "metarl/AntVel-v0"
     )
     assert read("num_iterations", "7") == 7
+
+
+def test_eval_points_give_the_held_out_return_against_meta_training_env_steps(tmp_path):
+    """eval_points=2: every run is evaluated half-way (trained there, then resumed) and at
+    its end; the points' env steps are the runs' metrics.csv up to them; a second call
+    reuses them without training, and a point a run went past unrecorded is reported
+    missing, not made up."""
+    tiny = {"rl2": {**TINY["rl2"], "num_iterations": 4}}
+    report = _bench(tmp_path, agents=["rl2"], overrides=tiny, eval_points=2)
+    (entry,) = report.entries
+    assert [r["reused"] for r in entry.runs] == ["trained", "trained"]
+    assert [p["iteration"] for p in entry.progress] == [2, 4]
+    half, end = entry.progress
+    assert half["num_runs"] == end["num_runs"] == 2
+    # Four iterations of equal size: the half-way point spent half the env steps.
+    assert end["env_steps"] == pytest.approx(entry.meta_train()["env_steps"])
+    assert end["env_steps"] > 0
+    assert half["env_steps"] == pytest.approx(end["env_steps"] / 2)
+    assert end["curve"] is entry.curve
+    # The half-way point is the evaluation of the half-trained run, not the finished one.
+    assert not np.array_equal(half["curve"].returns, end["curve"].returns)
+    for r in entry.runs:
+        with open(Path(r["run_dir"]) / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [int(row["iteration"]) for row in rows] == [0, 1, 2, 3]  # resumed, not redone
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    progress = data["entries"][0]["progress"]
+    assert [p["iteration"] for p in progress] == [2, 4] and len(progress[0]["mean"]) == 3
+    np.testing.assert_allclose(progress[0]["mean"], half["curve"].mean())
+    raw = np.asarray(data["entries"][0]["progress_curves"][0]["returns"])
+    np.testing.assert_array_equal(raw, half["curve"].returns)  # each point's raw returns
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "### Held-out return against meta-training env steps" in md
+    assert sum(line.startswith("| rl2 | ") for line in md.splitlines()) == 1 + 2
+
+    # The summary page lists the points too, and keeps what is written by hand below its mark.
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "pearl_benchmark_summary.py"
+    spec = importlib.util.spec_from_file_location("pearl_benchmark_summary", path)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    HAND, summarise = script.HAND, script.main
+
+    page = tmp_path / "summary.md"
+    page.write_text(f"old\n{HAND}\nread by hand\n")
+    assert summarise([str(tmp_path / "report"), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# RL² on metarl/Navigation2D-v0") and "old" not in text
+    assert text.endswith(f"{HAND}\nread by hand\n")
+    rows = [line for line in text.splitlines() if line.startswith("| rl2 | 2 | ")]
+    assert len(rows) == 1 and f"{half['env_steps']:,.0f}" in rows[0]
+
+    # Again: both points reused, nothing trained or evaluated anew.
+    ckpts = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("checkpoint.pt")}
+    again = _bench(tmp_path, agents=["rl2"], overrides=tiny, eval_points=2)
+    assert {p: p.stat().st_mtime_ns for p in ckpts} == ckpts
+    np.testing.assert_array_equal(again.entries[0].progress[0]["curve"].returns,
+                                  half["curve"].returns)  # fmt: skip
+
+    # A finished run without recorded points (made with eval_points=1): the points it went
+    # past are left out, the end is still there.
+    other = tmp_path / "other"
+    _bench(other, agents=["rl2"], overrides=tiny)
+    lines: list[str] = []
+    late = _bench(other, agents=["rl2"], overrides=tiny, eval_points=2, log=lines.append)
+    assert [p["iteration"] for p in late.entries[0].progress] == [4]
+    assert any("no held-out point at iteration 2" in line for line in lines)
+    with pytest.raises(BenchmarkError, match="eval_points"):
+        _bench(other, agents=["rl2"], overrides=tiny, eval_points=0)

@@ -233,6 +233,17 @@ def test_continuous_actions_and_early_ends_through_the_numpy_backend():
     )
 
 
+def test_halfcheetah_vel_preset_runs_an_iteration_on_its_family():
+    # The preset as given (family, trials of 2 episodes, GAE value target), cut to 2 trials
+    # of 2 x 10 steps: one PPO iteration on MuJoCo, finite, with the preset's episode count.
+    cfg = rl2.PRESETS["halfcheetah-vel"]
+    assert cfg.env_id == "metarl/HalfCheetahVel-v0" and cfg.episodes_per_trial == 2
+    agent = rl2.RL2(dataclasses.replace(cfg, num_trials=4, max_episode_steps=10, hidden_size=8))
+    stats = agent.iteration(0)
+    assert np.isfinite(stats["policy_loss"]) and stats["env_steps"] == 4 * 2 * 10
+    assert agent.evaluate(num_tasks=2, trials_per_task=1).returns.shape == (1, 2, 2)
+
+
 def _trained(cfg: rl2.RL2Config, run_dir, make=None) -> rl2.RL2:
     """The agent after training ``cfg`` in ``run_dir`` through the one training loop."""
     cfg = cfg.replace(tensorboard=False, num_threads=1)

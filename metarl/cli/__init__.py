@@ -338,6 +338,8 @@ def _benchmark(argv: Sequence[str]) -> int:
         raise ValueError(f"--max-tasks must be >= 1, got {args.max_tasks}")
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if args.eval_points < 1:
+        raise ValueError(f"--eval-points must be >= 1, got {args.eval_points}")
     _check_seeds("--seeds", args.seeds)
     _check_seeds("--eval-seeds", args.eval_seeds)
     default: str | None = None
@@ -386,6 +388,7 @@ def _benchmark(argv: Sequence[str]) -> int:
         log=lambda m: print(m, flush=True),
         command=format_command(argv),
         note=args.note,
+        eval_points=args.eval_points,
     )
     print(report.markdown(plot_name=None))
     return 0

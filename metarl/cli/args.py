@@ -148,6 +148,12 @@ class BenchmarkArgs:
         "(trials of K+1 episodes)",
     )
     eval_seeds: tuple[int, ...] = option((0,), "evaluation seeds of every run")
+    eval_points: int = option(
+        1,
+        "N > 1: also evaluate every run on the held-out tasks after each 1/N of its "
+        "iterations (trained to that point, then resumed), for the held-out return against "
+        "meta-training env steps; 1: only the finished run",
+    )
     episodes: int | None = option(
         None, "episodes (RL²: trials) per step and task (None: 40 for 2D navigation, 20 "
         "otherwise)"

@@ -10,7 +10,13 @@ trial for RL²), and writes an adaptation-speed report:
   (seed, task) pairs), success rate where the family defines one, env steps and wall-clock
   spent adapting, and the meta-training cost read from each run's ``metrics.csv``;
 * ``report.json`` — the same numbers and every curve's raw returns;
-* ``report.png`` — the adaptation curves, one panel per family.
+* ``report.png`` — the adaptation curves, one panel per family; with ``eval_points > 1``
+  (``--eval-points``) a second row: the held-out return against meta-training env steps.
+
+With ``eval_points=N`` every run is also evaluated on the held-out split after each ``1/N`` of
+its iterations (trained to that point, checkpointed, evaluated, then resumed), so agents whose
+iterations cost different numbers of env steps compare at the same meta-training env steps;
+the points made are kept in the run (``benchmark_points.json``) and reused.
 
 Runs live in ``RUNS_DIR/AGENT/FAMILY-seedN``; a run whose checkpoint has reached the asked
 number of iterations is reused as is, one that stopped earlier is resumed, and one made with
@@ -76,6 +82,23 @@ class BenchmarkEntry:
     preset: str | None
     curve: AdaptationCurve
     runs: list[dict[str, Any]] = field(default_factory=list)
+    #: the held-out curve at points of meta-training (``eval_points``): per point
+    #: ``iteration``, ``env_steps`` and ``wall_clock_s`` (means over the runs), ``curve``
+    #: (the runs' evaluations pooled) and ``num_runs``; the last point is the finished run.
+    progress: list[dict[str, Any]] = field(default_factory=list)
+
+    def progress_summary(self) -> list[dict[str, Any]]:
+        """The progress points as numbers: mean and 95% CI of the return after 0..K units."""
+        out = []
+        for p in self.progress:
+            c: AdaptationCurve = p["curve"]
+            out.append({
+                "iteration": p["iteration"], "env_steps": p["env_steps"],
+                "wall_clock_s": p["wall_clock_s"], "num_runs": p["num_runs"],
+                "mean": c.mean().tolist(),
+                "ci95": [None if math.isnan(h) else h for h in c.ci95().tolist()],
+            })  # fmt: skip
+        return out
 
     def meta_train(self) -> dict[str, Any]:
         """Mean meta-training cost over the runs (None where a run does not log it)."""
@@ -109,6 +132,8 @@ class BenchmarkEntry:
             "meta_train": self.meta_train(),
             "runs": self.runs,
         }
+        if self.progress:
+            out["progress"] = self.progress_summary()
         return out
 
 
@@ -125,7 +150,19 @@ class BenchmarkReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "settings": self.settings,
-            "entries": [{**e.summary(), "curve": e.curve.to_json()} for e in self.entries],
+            "entries": [
+                {
+                    **e.summary(),
+                    "curve": e.curve.to_json(),
+                    # every progress point's pooled curve, raw returns included
+                    **(
+                        {"progress_curves": [p["curve"].to_json() for p in e.progress]}
+                        if e.progress
+                        else {}
+                    ),
+                }
+                for e in self.entries
+            ],
         }
 
     def markdown(self, plot_name: str | None = "report.png") -> str:
@@ -198,6 +235,7 @@ class BenchmarkReport:
                 cells.append("—" if mt["wall_clock_s"] is None else f"{mt['wall_clock_s']:.0f}")
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
+            lines += _progress_table(entries)
         if plot_name:
             lines += [f"![adaptation curves]({plot_name})", ""]
         return "\n".join(lines)
@@ -211,8 +249,10 @@ class BenchmarkReport:
         from matplotlib.ticker import MaxNLocator
 
         families = self.families()
+        by_steps = any(len(e.progress) > 1 for e in self.entries)
+        rows = 2 if by_steps else 1
         fig, axes = plt.subplots(
-            1, len(families), figsize=(5.2 * len(families), 3.8), squeeze=False
+            rows, len(families), figsize=(5.2 * len(families), 3.8 * rows), squeeze=False
         )
         for ax, env_id in zip(axes[0], families, strict=True):
             for e in self.entries:
@@ -232,13 +272,31 @@ class BenchmarkReport:
             ax.set_title(env_id)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
+        for ax, env_id in zip(axes[1] if by_steps else (), families, strict=False):
+            for e in self.entries:
+                if e.env_id != env_id or len(e.progress) < 2:
+                    continue
+                points = [p for p in e.progress if p["env_steps"] is not None]
+                x = np.array([p["env_steps"] for p in points])
+                k = min(p["curve"].num_units for p in points)
+                mean = np.array([p["curve"].mean()[k] for p in points])
+                half = np.nan_to_num(np.array([p["curve"].ci95()[k] for p in points]))
+                ax.plot(x, mean, marker="o", label=f"{e.agent} (after {k} {e.curve.unit})")
+                ax.fill_between(x, mean - half, mean + half, alpha=0.2)
+            ax.set_xlabel("meta-training env steps")
+            ax.set_ylabel(f"return on {self.settings['split']} tasks")
+            ax.set_title(f"{env_id.split('/')[-1]}: held-out return vs. env steps")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
         note = self.settings.get("note")
         if note:
             import textwrap
 
             wrapped = "\n".join(textwrap.wrap(str(note), width=int(95 * len(families))))
             fig.text(0.01, 0.01, wrapped, fontsize=7, va="bottom", ha="left", color="0.3")
-            fig.tight_layout(rect=(0, 0.04 + 0.03 * wrapped.count("\n"), 1, 1))
+            # The note's height in inches, as a share of the figure's (taller with two rows).
+            bottom = (0.15 + 0.115 * wrapped.count("\n")) / fig.get_figheight()
+            fig.tight_layout(rect=(0, bottom, 1, 1))
         else:
             fig.tight_layout()
         path = Path(path)
@@ -257,6 +315,34 @@ class BenchmarkReport:
         js = out / "report.json"
         js.write_text(json.dumps(self.to_json(), indent=2))
         return {"markdown": md, "json": js, "png": png}
+
+
+def _progress_table(entries: Sequence[BenchmarkEntry]) -> list[str]:
+    """The held-out return at each point of meta-training, against its env steps."""
+    entries = [e for e in entries if len(e.progress) > 1]
+    if not entries:
+        return []
+    lines = [
+        "### Held-out return against meta-training env steps",
+        "",
+        "Each run evaluated on the held-out tasks after every share of its iterations "
+        "(`eval_points`); *meta-train steps*: the env steps of meta-training up to that "
+        "point (mean over the runs); return before adaptation (k=0) and after the last unit.",
+        "",
+        "| agent | iteration | meta-train steps | meta-train s | k=0 | k=K (last unit) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for e in entries:
+        for p in e.progress:
+            c: AdaptationCurve = p["curve"]
+            mean, half = c.mean(), c.ci95()
+            steps = "—" if p["env_steps"] is None else f"{p['env_steps']:,.0f}"
+            wall = "—" if p["wall_clock_s"] is None else f"{p['wall_clock_s']:.0f}"
+            last = f"{_pm(mean[-1], half[-1])} (k={c.num_units})"
+            lines.append(f"| {e.agent} | {p['iteration']:g} | {steps} | {wall} | "
+                         f"{_pm(mean[0], half[0])} | {last} |")  # fmt: skip
+    lines.append("")
+    return lines
 
 
 def _unit_cell(curve: AdaptationCurve) -> str:
@@ -449,6 +535,109 @@ def _evaluate_cached(module: Any, run_dir: Path, settings: dict[str, Any]) -> Ad
     return curve
 
 
+_POINTS_FILE = "benchmark_points.json"
+
+
+def _point_targets(total: int, eval_points: int) -> list[int]:
+    """The iterations before ``total`` at which a run is evaluated: after each ``1/N``."""
+    return sorted({max(1, round(i * total / eval_points)) for i in range(1, eval_points)} - {total})
+
+
+def _read_points(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / _POINTS_FILE
+    if not os.path.lexists(path):
+        return {}
+    try:
+        data = json.loads(read_bytes(path, 1 << 30))
+        return data if isinstance(data, dict) else {}
+    except (json.JSONDecodeError, ValueError, OSError):
+        return {}  # a damaged file: its points are made again where the run allows
+
+
+def _progress_points(
+    module: Any, agent: str, cfg: Any, run_dir: Path, retrain: bool, eval_points: int,
+    settings: dict[str, Any], log: Callable[[str], None] | None,
+) -> tuple[list[dict[str, Any] | None], str | None]:  # fmt: skip
+    """Train the run to each point before its end, evaluate it there, keep the point.
+
+    Returns one record per point of :func:`_point_targets` (``iteration``, ``env_steps``,
+    ``wall_clock_s``, ``curve``; None for a point the run went past before it was recorded)
+    and how the run was first made (``"trained"``, ...; None when nothing was trained).
+    """
+    from dataclasses import replace
+
+    targets = _point_targets(cfg.num_iterations, eval_points)
+    if not targets:
+        return [], None
+    if retrain or not (run_dir / "config.json").exists():
+        (run_dir / _POINTS_FILE).unlink(missing_ok=True)  # points of an older run
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    stored = _read_points(run_dir)
+    out: list[dict[str, Any] | None] = []
+    how: str | None = None
+    for target in targets:
+        key = f"{digest}-{target}"
+        done = _checkpoint_iteration(run_dir) if (run_dir / "config.json").exists() else None
+        if key in stored and done is not None and done >= target:
+            record = stored[key]
+            out.append({**record, "curve": _curve_from_json(record["curve"])})
+            continue
+        if done is not None and done > target and not (retrain and how is None):
+            if log:
+                log(f"   no held-out point at iteration {target}: {run_dir} is at {done} and "
+                    "did not record it (--retrain makes it)")  # fmt: skip
+            out.append(None)
+            continue
+        made = _train_or_reuse(module, agent, replace(cfg, num_iterations=target), run_dir,
+                               retrain and how is None, log)  # fmt: skip
+        how = how or made
+        curve = _evaluate_cached(module, run_dir, settings)
+        cost = _meta_train_cost(run_dir)
+        record = {"iteration": target, "env_steps": cost["env_steps"],
+                  "wall_clock_s": cost["wall_clock_s"], "curve": curve.to_json()}  # fmt: skip
+        stored[key] = record
+        write_atomic(run_dir / _POINTS_FILE, json.dumps(stored).encode())
+        if log:
+            log(f"   held-out point at iteration {target} ({cost['env_steps'] or 0:,.0f} env "
+                f"steps): return after 0..K {curve.unit}: "
+                f"{', '.join(f'{v:.2f}' for v in curve.mean())}")  # fmt: skip
+        out.append({**record, "curve": curve})
+    return out, how
+
+
+def _pool_progress(
+    per_run: list[list[dict[str, Any] | None]], final: AdaptationCurve,
+    runs: list[dict[str, Any]], agent: str, env_id: str,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The points of every run pooled (a point missing from a run is left out), then the
+    finished runs' evaluation as the last point."""
+
+    def mean(values: list[Any]) -> float | None:
+        return None if any(v is None for v in values) else float(np.mean(values))
+
+    out = []
+    for i in range(len(per_run[0]) if per_run else 0):
+        records = [point for r in per_run if (point := r[i]) is not None]
+        if not records:
+            continue
+        out.append({
+            "iteration": records[0]["iteration"],
+            "env_steps": mean([r["env_steps"] for r in records]),
+            "wall_clock_s": mean([r["wall_clock_s"] for r in records]),
+            "num_runs": len(records),
+            "curve": _pool([r["curve"] for r in records], agent, env_id),
+        })  # fmt: skip
+    if any(per_run):  # points were asked for: the finished runs are the last
+        out.append({
+            "iteration": runs[0]["iterations"],
+            "env_steps": mean([r["env_steps"] for r in runs]),
+            "wall_clock_s": mean([r["wall_clock_s"] for r in runs]),
+            "num_runs": len(runs),
+            "curve": final,
+        })  # fmt: skip
+    return out
+
+
 def _curve_from_json(data: Mapping[str, Any]) -> AdaptationCurve:
     fields = {k: v for k, v in data.items() if k != "summary"}
     return AdaptationCurve(**fields)
@@ -517,6 +706,7 @@ def run_benchmark(
     log: Callable[[str], None] | None = None,
     command: str | None = None,
     note: str | None = None,
+    eval_points: int = 1,
 ) -> BenchmarkReport:
     """Train (or reuse) and evaluate ``agents`` × ``envs`` × ``seeds``; write the report.
 
@@ -538,6 +728,10 @@ def run_benchmark(
         log: one-line progress messages (e.g. ``print``).
         command: how the report was made, written into it (the CLI passes its command line).
         note: a sentence for the report and the plot (schedules, a shared machine...).
+        eval_points: N > 1 also evaluates every run on the held-out split after each
+            ``1/N`` of its iterations (training it to that point, then resuming), for the
+            held-out return against meta-training env steps (the report's second table and
+            plot row); 1: only the finished run.
     """
     from metarl.agents import agent_names, get_agent
 
@@ -556,6 +750,8 @@ def run_benchmark(
         raise BenchmarkError(f"seeds must be >= 0, got {seeds}")
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
         raise BenchmarkError(f"num_steps must be an integer >= 0, got {num_steps!r}")
+    if isinstance(eval_points, bool) or not isinstance(eval_points, int) or eval_points < 1:
+        raise BenchmarkError(f"eval_points must be an integer >= 1, got {eval_points!r}")
     if not eval_seeds:
         raise BenchmarkError("give at least one evaluation seed")
     if split not in ("train", "test"):
@@ -596,12 +792,19 @@ def run_benchmark(
     entries = []
     for env_id in envs:
         for a in agents:
-            curves, runs = [], []
+            curves, runs, points = [], [], []
             for s in seeds:
                 run_dir = _run_dir(runs_dir, a, env_id, s)
+                cfg = configs[a, env_id, s]
                 if log:
                     log(f"== {a} on {env_id}, seed {s}: {run_dir}")
-                how = _train_or_reuse(modules[a], a, configs[a, env_id, s], run_dir, retrain, log)
+                run_points, first = _progress_points(
+                    modules[a], a, cfg, run_dir, retrain, eval_points, eval_settings, log
+                )
+                points.append(run_points)
+                how = _train_or_reuse(modules[a], a, cfg, run_dir, retrain and not first, log)
+                if first == "trained":  # trained from scratch up to its first point
+                    how = first
                 t0 = time.perf_counter()
                 curves.append(_evaluate_cached(modules[a], run_dir, eval_settings))
                 if log:
@@ -610,7 +813,9 @@ def run_benchmark(
                         f"{curves[-1].unit}: {', '.join(f'{v:.2f}' for v in m)}")  # fmt: skip
                 runs.append({"seed": s, "run_dir": str(run_dir), "reused": how,
                              **_meta_train_cost(run_dir)})  # fmt: skip
-            entries.append(BenchmarkEntry(a, env_id, presets[a], _pool(curves, a, env_id), runs))
+            pooled = _pool(curves, a, env_id)
+            progress = _pool_progress(points, pooled, runs, a, env_id)
+            entries.append(BenchmarkEntry(a, env_id, presets[a], pooled, runs, progress))
     settings = {
         "agents": agents,
         "envs": envs,
@@ -619,6 +824,7 @@ def run_benchmark(
         "overrides": {a: dict(v) for a, v in overrides.items()},
         "runs_dir": str(runs_dir),
         "num_steps": num_steps,
+        "eval_points": eval_points,
         "eval_seeds": list(eval_settings["seeds"]),
         "episodes_per_step": episodes_per_step,
         "max_tasks": max_tasks,
