@@ -108,29 +108,29 @@ run() {
     [ "$QUICK" = 1 ] && it=1 && q=1
     for g in "${groups[@]}"; do
         case $g in
-        tests) # CUDA paths of every agent, the device meta-step against the CPU's (#4, #8)
+        tests) # CUDA paths of every agent, the device meta-step against the CPU's
             step tests 110 "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts="-ra" \
                 "$REPO/tests/test_devices.py" "$REPO/tests/test_torch_envs.py" ;;
-        maml) # #4: s/meta-iteration on the 2D-navigation paper preset and HalfCheetahVel
+        maml) # s/meta-iteration on the 2D-navigation paper preset and HalfCheetahVel
             step maml 130 "$PYTHON" "$REPO/scripts/bench_maml_speed.py" --device "$DEVICE" \
                 --iterations "$it" --reference-iterations 0 --cheetah-iterations 1 \
                 --threads 4 --out "maml_speed_$DEVICE"
             cp "$REPO/benchmarks/maml_speed_$DEVICE".* "$RES/" 2>/dev/null; pack ;;
-        fewshot) # #6: MAML 5-way 1-shot Omniglot, meta-batch 32: vmap / fold vs the task loop
+        fewshot) # MAML 5-way 1-shot Omniglot, meta-batch 32: vmap / fold vs the task loop
             step fewshot 170 "$PYTHON" "$REPO/scripts/bench_fewshot_vmap.py" --device "$DEVICE" \
                 --omniglot "$REPO/.device/omniglot" --iterations "$it" \
                 --out "$RES/fewshot_vmap_$DEVICE.md" ;;
-        sampler) # #8: MAML-TRPO with the envs on the device vs the native NumPy sampler
+        sampler) # MAML-TRPO with the envs on the device vs the native NumPy sampler
             step sampler 70 "$PYTHON" "$REPO/scripts/bench_maml_sampler.py" --device "$DEVICE" \
                 --iterations $((it > 3 ? 3 : it)) --out "$RES/maml_sampler_$DEVICE" ;;
-        torchenvs) # #8: 2D-navigation env-steps/s with the policy in the loop
+        torchenvs) # 2D-navigation env-steps/s with the policy in the loop
             step torchenvs 45 "$PYTHON" "$REPO/scripts/bench_torch_envs.py" --device "$DEVICE" \
                 --out "$RES/torch_envs_$DEVICE.md" ;;
-        rl2) # #8: RL² env-steps/s, collection and PPO update
+        rl2) # RL² env-steps/s, collection and PPO update
             step rl2 70 "$PYTHON" "$REPO/scripts/bench_rl2_throughput.py" --device "$DEVICE" \
                 --iterations $((it > 2 ? 2 : it)) $([ "$q" = 1 ] && echo --num-trials 8) \
                 --out "$RES/rl2_$DEVICE" ;;
-        mjx) # #8: HalfCheetahVel on MJX (JAX's GPU) vs native MuJoCo on the CPU
+        mjx) # HalfCheetahVel on MJX (JAX's GPU) vs native MuJoCo on the CPU
             step mjx 170 "$PYTHON" "$REPO/scripts/bench_mujoco_mjx.py" --families HalfCheetahVel \
                 --num-envs 256 4096 --steps 50 --max-seconds 150 --nthread 8 \
                 --out "$RES/mujoco_mjx_$DEVICE" ;;
