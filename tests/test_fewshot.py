@@ -684,3 +684,24 @@ def test_every_learner_trains_and_evaluates_from_the_cli(
     result = json.loads((run / "eval.json").read_text())
     assert result["num_episodes"] == 3 and result["iterations"] == 2
     assert 0.0 <= result["mean"] <= 1.0
+
+
+def test_a_run_gets_a_model_card_with_its_held_out_result(tmp_path: Path) -> None:
+    """Training ends with the evaluation and the card that shows it; evaluating again rewrites
+    the card from the new eval.json; an evaluation written elsewhere leaves it alone."""
+    from metarl.fewshot.train import FewShotConfig, evaluate_run, train
+
+    cfg = FewShotConfig.from_preset(
+        "maml-sinusoid", num_iterations=2, checkpoint_every=1, log_every=1, tensorboard=False
+    ).replace(device="cpu")
+    result = train(cfg, tmp_path / "run", num_eval_episodes=5)
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: metarl\n")
+    assert '- "few-shot-learning"' in card and '- "maml"' in card
+    assert "# maml on sinusoid, 10-shot regression" in card
+    assert f"| query mse | {result['mean']:.4f} | ± {result['ci95']:.4f} | 5 |" in card
+    again = evaluate_run(tmp_path / "run", 7, device="cpu")
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert f"| query mse | {again['mean']:.4f} | ± {again['ci95']:.4f} | 7 |" in card
+    evaluate_run(tmp_path / "run", 3, device="cpu", out=tmp_path / "elsewhere.json")
+    assert (tmp_path / "run" / "README.md").read_text() == card

@@ -388,6 +388,10 @@ def evaluate_run(
             result["iterations"] = int(rows[-1]["iteration"]) + 1
             result["train_wall_clock_s"] = float(rows[-1].get("wall_clock_s") or "nan")
     write_json(out if out is not None else Path(run_dir) / EVAL_FILE, result)
+    if out is None:  # the run's own evaluation: its model card shows it
+        from metarl.fewshot.model_card import write_model_card
+
+        write_model_card(run_dir)
     return result
 
 
