@@ -15,7 +15,7 @@ on first use. Every agent keeps one contract, :class:`metarl.agent.Agent`:
   :class:`metarl.evaluation.EvalSettings` (split, K, seeds, episodes, device, max tasks,
   inner rates) returning ``(AdaptationCurve, json_path, png_path)``: the one evaluation
   protocol of :mod:`metarl.evaluation`;
-* ``trained_policy(run_dir, device="cpu")`` — what ``metarl.load(run_dir)`` returns: one of
+* ``trained_policy(run_dir, device="cpu")`` — what ``metarl.agents.load(run_dir)`` returns: one of
   the kinds in :mod:`metarl.agents.trained` (``GradientTrainedPolicy`` for gradient steps,
   ``EpisodeTrainedPolicy``'s subclasses for memory, belief or context, the task-conditioned
   oracle), so every agent's policy adapts, acts, evaluates and exports the same way.
@@ -35,11 +35,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from metarl.agent import Agent
 
-__all__ = ["agent_names", "describe_agents", "get_agent", "register_agent"]
+if TYPE_CHECKING:
+    from metarl.agents.trained import TrainedPolicy
+
+__all__ = ["agent_names", "describe_agents", "get_agent", "load", "register_agent"]
 
 #: name -> (module path, one-line description)
 _AGENTS: dict[str, tuple[str, str]] = {
@@ -76,6 +81,15 @@ _AGENTS: dict[str, tuple[str, str]] = {
         "baseline: PPO (SB3) with the task parameters in the observation; no adaptation",
     ),
 }
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
+    """Any agent's run directory as a policy to adapt, act with, evaluate and export
+    (:func:`metarl.agents.trained.load`, imported on first use so that importing the
+    registry loads no agent)."""
+    from metarl.agents.trained import load as load_trained
+
+    return load_trained(run_dir, device)
 
 
 def register_agent(name: str, module: str, description: str = "") -> None:

@@ -935,7 +935,7 @@ def evaluate(
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
-    """The run's policy for :func:`metarl.load`: it adapts by :func:`evaluate`'s inner step
+    """The run's policy for :func:`metarl.agents.load`: it adapts by :func:`evaluate`'s inner step
     and rates (a Meta-SGD run: its learned rates, ``lr`` multiplying them)."""
     from metarl.agents.trained import GradientTrainedPolicy
 

@@ -203,7 +203,7 @@ def evaluate_tasks(
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
-    """The run's policy for :func:`metarl.load`: ``adapt(task)`` folds the task's features in
+    """The run's policy for :func:`metarl.agents.load`: ``adapt(task)`` folds the task's features in
     (no episodes, no adaptation); ``evaluate`` is :func:`evaluate`'s flat curve."""
     from metarl.agents.trained import TaskConditionedPolicy
 

@@ -990,7 +990,7 @@ def _adapt_one(agent: PEARL) -> Callable[[Any, int, int], tuple[nn.Module, list[
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
-    """The run's policy for :func:`metarl.load`: ``adapt(task, steps=n)`` runs ``n`` episodes
+    """The run's policy for :func:`metarl.agents.load`: ``adapt(task, steps=n)`` runs ``n`` episodes
     of the task (posterior sampling, as the evaluation) and acts with ``z`` drawn from the
     posterior over their transitions; ``evaluate`` is :func:`evaluate`'s curve."""
     from metarl.agents.trained import ContextTrainedPolicy

@@ -140,6 +140,6 @@ def evaluate(
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
-    """The run's policy for :func:`metarl.load`: fine-tuned by :func:`evaluate`'s step (MAML's
-    inner step) and rates."""
+    """The run's policy for :func:`metarl.agents.load`: fine-tuned by :func:`evaluate`'s step
+    (MAML's inner step) and rates."""
     return finetuned_policy(AGENT, load_policy(run_dir, device), device)

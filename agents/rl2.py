@@ -846,7 +846,7 @@ def evaluate_tasks(
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
-    """The run's policy for :func:`metarl.load`: it adapts by running episodes of the task,
+    """The run's policy for :func:`metarl.agents.load`: it adapts by running episodes of the task,
     its memory carried through them; ``evaluate`` is :func:`evaluate`'s curve."""
     from metarl.agents.trained import RecurrentTrainedPolicy
 

@@ -561,7 +561,7 @@ def finetune_step_fn(
 def finetuned_policy(
     agent: str, loaded: tuple[Policy, Params, FineTuneConfig], device: str
 ) -> TrainedPolicy:
-    """A baseline's policy for :func:`metarl.load` (``loaded``: its ``load_policy``):
+    """A baseline's policy for :func:`metarl.agents.load` (``loaded``: its ``load_policy``):
     fine-tuned by MAML's inner step at the evaluation's rates, ``α`` then ``α/2``."""
     from metarl.agents.trained import GradientTrainedPolicy
 

@@ -2,7 +2,7 @@
 
 The same few calls for every registered agent::
 
-    policy = metarl.load("runs/nav")                 # any agent's run directory
+    policy = metarl.agents.load("runs/nav")                 # any agent's run directory
     adapted = policy.adapt(task, steps=1)            # a task of the run's family, or its env
     action = adapted.act(obs)                        # one observation or a batch
     curve = policy.evaluate(steps=3)                 # what `metarl evaluate` computes
@@ -29,11 +29,11 @@ How a policy adapts is the agent's own (its ``CAPABILITIES.adapts_by``):
 
 Each agent module provides the hook ``trained_policy(run_dir, device) ->`` a
 :class:`TrainedPolicy` built from the classes here (see :mod:`metarl.agent`); :func:`load`
-reads the run's record and calls its agent's hook. ``metarl.load`` is this :func:`load`.
+reads the run's record and calls its agent's hook; ``metarl.agents.load`` calls it.
 
 Example:
-    >>> import metarl
-    >>> policy = metarl.load("runs/nav")  # doctest: +SKIP
+    >>> import metarl.agents
+    >>> policy = metarl.agents.load("runs/nav")  # doctest: +SKIP
     >>> task = policy.tasks("test")[0]  # doctest: +SKIP
     >>> adapted = policy.adapt(task, steps=1)  # doctest: +SKIP
     >>> adapted.act([0.1, -0.2]).shape  # doctest: +SKIP

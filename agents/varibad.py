@@ -909,7 +909,7 @@ def evaluate_tasks(
 
 
 def trained_policy(run_dir: str | Path, device: str = "cpu") -> TrainedPolicy:
-    """The run's policy for :func:`metarl.load`: it adapts by running episodes of the task,
+    """The run's policy for :func:`metarl.agents.load`: it adapts by running episodes of the task,
     which update its belief; the adapted policy acts from that belief, held fixed."""
     from metarl.agents.trained import BeliefTrainedPolicy
 

@@ -1,18 +1,14 @@
 """metarl: meta-reinforcement learning on Gymnasium, MuJoCo and PyTorch.
 
 Importing the package registers every task family with Gymnasium, so that
-``gymnasium.make("metarl/Navigation2D-v0")`` works. ``metarl.load(run_dir)`` gives a
-meta-trained policy to adapt, act with, evaluate and export (:mod:`metarl.agents.trained`).
-
-This module is the face of ``import metarl``, at the top of the layers beside the command
-line (``tests/test_layers.py``): it re-exports the core's public names, and no module of the
-core, the families or the agents imports a name from it.
+``gymnasium.make("metarl/Navigation2D-v0")`` works. A meta-trained policy to adapt, act
+with, evaluate and export comes from ``metarl.agents.load(run_dir)`` (the agents sit above
+the core, which never imports them).
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
 
 from metarl.runs.seeding import seed_everything
 from metarl.stepping.batched import BatchedTaskEnv, GenericBatchedEnv
@@ -40,20 +36,6 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 from metarl import envs  # registers the task families
 
-if TYPE_CHECKING:
-    from metarl.agents.trained import load
-
-
-def __getattr__(name: str) -> Any:
-    # metarl.load lives with the agents (it reads their registry): imported on first use, so
-    # that `import metarl` (or any metarl.x, which runs this module first) loads no agent.
-    if name == "load":
-        from metarl.agents.trained import load
-
-        return load
-    raise AttributeError(f"module 'metarl' has no attribute {name!r}")
-
-
 __all__ = [
     "BatchedTaskEnv",
     "BoxTaskDistribution",
@@ -66,7 +48,6 @@ __all__ = [
     "envs",
     "family",
     "family_ids",
-    "load",
     "make",
     "make_batched",
     "make_task_env",

@@ -21,7 +21,7 @@ and, optionally,
 
 * ``trained_policy(run_dir, device="cpu")`` — the run's policy as a
   ``metarl.agents.trained.TrainedPolicy`` (adapt to a task the agent's own way, act,
-  evaluate, export): what ``metarl.load(run_dir)`` returns. Every agent in the registry
+  evaluate, export): what ``metarl.agents.load(run_dir)`` returns. Every agent in the registry
   provides it.
 
 :class:`Agent` states this as a :class:`typing.Protocol`; ``tests/test_agent_contract.py``

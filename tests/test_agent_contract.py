@@ -35,7 +35,7 @@ def test_every_registered_agent_keeps_the_contract(name: str) -> None:
             module.evaluate("no-such-run", lrs=(0.1,))
     with pytest.raises(TypeError, match="unknown evaluation setting"):
         module.evaluate("no-such-run", steps=3)
-    # metarl.load's hook: the run's policy, to adapt, act with and export.
+    # metarl.agents.load's hook: the run's policy, to adapt, act with and export.
     hook = inspect.signature(module.trained_policy).parameters
     assert list(hook) == ["run_dir", "device"] and hook["device"].default == "cpu", name
 

@@ -1,8 +1,6 @@
 """The layers read from the folders: imports point down only, and no module circle.
 
     face      metarl/cli/            the metarl command, benchmark, few-shot command
-              metarl/__init__.py     the Python face: the core's public names, the families
-                                     registered on import, and metarl.load from the agents
     learners  agents/, metarl/fewshot/   algorithms, each on the agent/learner contract
     envs      envs/                  task families, declaring their backends to the registry
     core      metarl/ (the rest), one folder per concern, each importing only the ones
@@ -16,10 +14,8 @@
 
 A module may import from its own layer and the layers below; the core imports no env family
 (families register themselves with the core's registry). Two modules are above the core by
-purpose and say so here: the package root ``metarl/__init__.py`` (the face of ``import
-metarl``: it registers metarl's own families and gives ``metarl.load`` from the agents, so no
-module below may import a name from it) and ``metarl/testing.py`` (fault-injection families
-for the tests).
+purpose and say so here: the package root ``metarl/__init__.py`` (registers metarl's own
+families on import) and ``metarl/testing.py`` (fault-injection families for the tests).
 Every import counts, at module level or inside a function, and so does
 ``importlib.import_module("metarl...")`` with a literal name.
 """
@@ -40,7 +36,7 @@ PACKAGES = {
 }
 RANK = {"core": 0, "envs": 1, "learners": 2, "face": 3}
 #: modules placed above their folder's layer, and why (see the module doc)
-ABOVE = {"metarl": "face", "metarl.testing": "envs"}
+ABOVE = {"metarl": "envs", "metarl.testing": "envs"}
 
 
 def _modules() -> dict[str, Path]:

@@ -50,7 +50,7 @@ def test_training_writes_a_card_without_results(run: Path) -> None:
                 "Navigation2D-v0"} <= set(tags)  # fmt: skip
     assert "model-index" not in meta  # no metrics before an evaluation
     assert "# maml-trpo on metarl/Navigation2D-v0" in text
-    assert "Not evaluated yet" in text and "metarl.load(" in text
+    assert "Not evaluated yet" in text and "metarl.agents.load(" in text
     config = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
     assert config == json.loads((run / "config.json").read_text())["config"]
 

@@ -1,5 +1,5 @@
-"""metarl.load: every registered agent's run adapts, acts, evaluates and exports the same way,
-and its evaluation is `metarl evaluate`'s, number for number."""
+"""metarl.agents.load: every registered agent's run adapts, acts, evaluates and exports the
+same way, and its evaluation is `metarl evaluate`'s, number for number."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import metarl
+import metarl.agents
 from metarl.agents import agent_names
 from metarl.cli import main
 from metarl.evaluation import AdaptationCurve
@@ -86,7 +87,7 @@ def _adapt_kwargs(name: str) -> dict[str, int]:
 
 @pytest.mark.parametrize("name", list(RUNS))
 def test_load_adapt_act(runs: dict[str, Path], name: str) -> None:
-    policy = metarl.load(runs[name])
+    policy = metarl.agents.load(runs[name])
     assert policy.env_id == NAV
     task = policy.tasks("test")[0]
     adapted = policy.adapt(task, steps=1, **_adapt_kwargs(name))
@@ -116,7 +117,7 @@ def test_load_adapt_act(runs: dict[str, Path], name: str) -> None:
 def test_gradient_adaptation_is_the_evaluation_step(runs: dict[str, Path], name: str) -> None:
     """One step changes the policy; zero steps leave it as trained; the same seed gives the
     same adapted policy."""
-    policy = metarl.load(runs[name])
+    policy = metarl.agents.load(runs[name])
     task = policy.tasks("test")[1]
     obs = np.random.default_rng(0).uniform(-0.5, 0.5, (8, 2))
     before = policy.adapt(task, steps=0).act(obs)
@@ -129,7 +130,7 @@ def test_gradient_adaptation_is_the_evaluation_step(runs: dict[str, Path], name:
 
 
 def test_pearl_adapts_its_latent(runs: dict[str, Path]) -> None:
-    policy = metarl.load(runs["pearl"])
+    policy = metarl.agents.load(runs["pearl"])
     assert policy.adapts_by == "episodes"
     task = policy.tasks("test")[0]
     obs = np.zeros((3, 2))
@@ -145,7 +146,7 @@ def test_pearl_adapts_its_latent(runs: dict[str, Path]) -> None:
 
 
 def test_rl2_adapts_its_memory(runs: dict[str, Path]) -> None:
-    policy = metarl.load(runs["rl2"])
+    policy = metarl.agents.load(runs["rl2"])
     task = policy.tasks("test")[0]
     obs = np.zeros((3, 2))
     blank = policy.adapt(task, steps=0)
@@ -175,7 +176,7 @@ def test_rl2_act_carries_its_memory_as_the_evaluation_trial(runs: dict[str, Path
     and rewards: drawn, as the trial draws them, from the generator adaptation continued.
     (The most likely action is the trial's head at the first step; after it a deterministic
     episode is another trajectory, its memory holding other actions.)"""
-    policy = metarl.load(runs["rl2"])
+    policy = metarl.agents.load(runs["rl2"])
     rl2 = policy.rl2  # type: ignore[attr-defined]
     task, n, seed = policy.tasks("test")[2], 2, 7
     trials = rl2.collect([task], n + 1, seed=seed)  # what evaluate runs, one episode more
@@ -195,7 +196,8 @@ def test_rl2_act_carries_its_memory_as_the_evaluation_trial(runs: dict[str, Path
 
 
 def test_rl2_act_needs_the_reward_of_its_last_action(runs: dict[str, Path]) -> None:
-    adapted = metarl.load(runs["rl2"]).adapt(metarl.load(runs["rl2"]).tasks("test")[0])
+    rl2 = metarl.agents.load(runs["rl2"])
+    adapted = rl2.adapt(rl2.tasks("test")[0])
     with pytest.raises(ValueError, match="act first"):
         adapted.observe(0.0, False)
     adapted.act(np.zeros((3, 2)))
@@ -209,7 +211,7 @@ def test_rl2_act_needs_the_reward_of_its_last_action(runs: dict[str, Path]) -> N
     adapted.reset()
     assert adapted.act(np.zeros((2, 2))).shape == (2, 2)
     # The other policies hold no memory: observe and reset do nothing.
-    other = metarl.load(runs["maml-trpo"]).adapt(adapted.task, steps=0)
+    other = metarl.agents.load(runs["maml-trpo"]).adapt(adapted.task, steps=0)
     a = other.act(np.zeros(2))
     other.observe(1.0, True)
     np.testing.assert_array_equal(other.act(np.zeros(2)), a)
@@ -222,7 +224,7 @@ def test_policy_evaluate_is_metarl_evaluate(runs: dict[str, Path], name: str, ca
     assert main(["evaluate", str(d), *args]) == 0
     capsys.readouterr()
     cli = AdaptationCurve.load(d / "eval_test.json")
-    policy = metarl.load(d)
+    policy = metarl.agents.load(d)
     curve = policy.evaluate(steps=1, seeds=(0, 1), max_tasks=2, episodes=2)
     assert isinstance(curve, AdaptationCurve)
     assert curve.unit == cli.unit and curve.agent == cli.agent
@@ -235,7 +237,7 @@ def test_policy_evaluate_is_metarl_evaluate(runs: dict[str, Path], name: str, ca
 @pytest.mark.parametrize("name", ["maml-trpo", "rl2", "varibad", "oracle", "random-init"])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_gives_the_same_actions(runs: dict[str, Path], name: str, fmt: str, tmp_path):
-    policy = metarl.load(runs[name])
+    policy = metarl.agents.load(runs[name])
     adapted = policy.adapt(policy.tasks("test")[0], steps=1, **_adapt_kwargs(name))
     rng = np.random.default_rng(1)
     obs = rng.uniform(-0.5, 0.5, (7, 2)).astype(np.float32)
@@ -280,7 +282,7 @@ def test_export_gives_the_same_actions(runs: dict[str, Path], name: str, fmt: st
 
 
 def test_bad_input_gets_one_clear_line(runs: dict[str, Path], tmp_path) -> None:
-    maml = metarl.load(runs["maml-trpo"])
+    maml = metarl.agents.load(runs["maml-trpo"])
     task = maml.tasks("test")[0]
     adapted = maml.adapt(task, steps=0)
     with pytest.raises(ValueError, match=r"observations have shape \(2,\).*got shape \(3,\)"):
@@ -299,26 +301,29 @@ def test_bad_input_gets_one_clear_line(runs: dict[str, Path], tmp_path) -> None:
         maml.adapt(task, episodes=0)
     with pytest.raises(ValueError, match="format must be one of torchscript, onnx"):
         adapted.export(tmp_path / "x", format="tflite")
-    rl2 = metarl.load(runs["rl2"])
+    rl2 = metarl.agents.load(runs["rl2"])
     with pytest.raises(ValueError, match="rl2 adapts by episodes, not gradient steps; drop lr"):
         rl2.adapt(task, lr=0.1)
     with pytest.raises(ValueError, match="give their number as steps="):
         rl2.adapt(task, episodes=5)
     with pytest.raises(ValueError, match="drop lrs"):
-        metarl.load(runs["oracle"]).evaluate(lrs=(0.1,))
+        metarl.agents.load(runs["oracle"]).evaluate(lrs=(0.1,))
     with pytest.raises(FileNotFoundError):
-        metarl.load(tmp_path / "no-run")
+        metarl.agents.load(tmp_path / "no-run")
 
 
-def test_import_metarl_stays_light_and_load_is_lazy() -> None:
-    """`import metarl` imports no agent; `metarl.load` imports its module on first use."""
+def test_import_metarl_stays_light_and_load_is_lazy(tmp_path: Path) -> None:
+    """`import metarl` imports no agent, `import metarl.agents` only the registry; `load`
+    imports the trained-policy module on first use."""
     import subprocess
 
-    code = ("import sys, metarl; assert 'metarl.agents' not in sys.modules; metarl.load; "
-            "assert 'metarl.agents.trained' in sys.modules")  # fmt: skip
-    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
-    with pytest.raises(AttributeError, match="no attribute 'lod'"):
-        metarl.lod  # type: ignore[attr-defined]  # noqa: B018
+    code = ("import sys, metarl; assert 'metarl.agents' not in sys.modules; "
+            "import metarl.agents; assert 'metarl.agents.trained' not in sys.modules; "
+            f"metarl.agents.load({str(tmp_path / 'no-run')!r})")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                         text=True)  # fmt: skip
+    assert out.returncode != 0 and "no-run" in out.stderr  # reached load, which refused it
+    assert not hasattr(metarl, "load")  # the core gives no agent's policy
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "using-a-trained-policy.md"

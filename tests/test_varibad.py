@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import metarl
+import metarl.agents
 from metarl.agents import varibad
 from metarl.cli import main
 from metarl.numerics import NonFiniteError
@@ -155,7 +156,7 @@ def test_bad_options_get_one_line_and_exit_2(args, message, tmp_path, capsys) ->
 
 def test_load_adapts_its_belief_acts_and_refuses_bad_input(tmp_path: Path) -> None:
     varibad.train(_config(num_iterations=1), tmp_path / "run")
-    policy = metarl.load(tmp_path / "run")
+    policy = metarl.agents.load(tmp_path / "run")
     assert policy.adapts_by == "episodes"
     task = policy.tasks("test")[0]
     blank = policy.adapt(task, steps=0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import metarl
+import metarl.agents
 from metarl.cli import main
 from metarl.envs.navigation import RENDER_SIZE, GoalTask
 from metarl.evaluation.video import can_write_mp4, side_by_side, write_video
@@ -88,7 +89,7 @@ def test_evaluate_video_before_and_after(tmp_path: Path, capsys) -> None:
     # As long as the longer of the two episodes (before, after 1 step), first frame included.
     from metarl.agents.trained import render_episode
 
-    policy = metarl.load(run)
+    policy = metarl.agents.load(run)
     task = policy.tasks("test")[0]
     lengths = [len(render_episode(policy.adapt(task, steps=k, episodes=2), {})) for k in (0, 1)]
     assert _num_frames(files[0]) == max(lengths)

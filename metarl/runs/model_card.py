@@ -13,7 +13,7 @@ directory can be published as it is. The card is built from the run's own files:
   ``mean_reward``) and the success rate where the family defines one;
 * the task family, the agent, the held-out adaptation table (return after 0..K units with
   its 95% CI, success rate where defined), the plot, how to load the policy
-  (``metarl.load``) and the resolved config.
+  (``metarl.agents.load``) and the resolved config.
 
 The card is documentation, never the thing that fails a run: :func:`write_model_card` warns
 in one line and returns None when it cannot write (the write itself goes through
@@ -204,9 +204,9 @@ def model_card(run_dir: str | Path) -> str:
         "## Usage",
         "",
         "```python",
-        "import metarl",
+        "import metarl.agents",
         "",
-        'policy = metarl.load("path/to/this/run")   # this directory',
+        'policy = metarl.agents.load("path/to/this/run")   # this directory',
         'task = policy.tasks("test")[0]               # or a task / env of the family',
         "adapted = policy.adapt(task, steps=1)",
         "action = adapted.act(obs)                     # obs: an observation of the family",
