@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from metarl.fewshot.data import default_omniglot_path
-from metarl.runs.config import MAX_SEED, Config, ConfigError, option
+from metarl.runs.config import MAX_SEED, Config, ConfigError, option, tensorboard_option
 
 __all__ = [
     "LEARNERS",
@@ -162,14 +162,7 @@ class FewShotConfig(Config):
         500, "checkpoint every this many iterations", low=1, may_change_on_resume=True
     )
     log_every: int = option(50, "log metrics every this many iterations", low=1)
-    tensorboard: bool | None = option(
-        None,
-        "TensorBoard logs beside metrics.csv: None (the default) writes them when the "
-        "tensorboard package is importable and is silent otherwise; true (--tensorboard) "
-        "asks for them, with one warning when the package is missing; false "
-        "(--no-tensorboard) never",
-        may_change_on_resume=True,
-    )
+    tensorboard: bool | None = tensorboard_option()
 
     def validate(self) -> None:
         if type(self) is FewShotConfig:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
-from metarl.runs.rundir import read_bytes, write_atomic
+from metarl.runs.model_card import write_model_card as write_run_card
+from metarl.runs.rundir import read_bytes
 
 __all__ = ["model_card", "write_model_card"]
 
@@ -105,12 +105,7 @@ def model_card(run_dir: str | Path) -> str:
 
 
 def write_model_card(run_dir: str | Path) -> Path | None:
-    """Write (or rewrite) ``run_dir/README.md``; returns its path, or None with a one-line
-    warning when it could not be written."""
-    path = Path(run_dir) / "README.md"
-    try:
-        write_atomic(path, model_card(run_dir).encode())
-    except Exception as e:  # documentation only: the results are already written
-        warnings.warn(f"model card {path} not written: {type(e).__name__}: {e}", stacklevel=2)
-        return None
-    return path
+    """Write (or rewrite) ``run_dir/README.md`` through
+    :func:`metarl.runs.model_card.write_model_card`; returns its path, or None with a
+    one-line warning when it could not be written."""
+    return write_run_card(run_dir, model_card)

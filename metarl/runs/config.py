@@ -118,6 +118,18 @@ def num_workers_option() -> Any:
                   may_change_on_resume=True)  # fmt: skip
 
 
+def tensorboard_option() -> Any:
+    """The ``tensorboard`` field of every run, RL and few-shot."""
+    return option(
+        None,
+        "TensorBoard logs beside metrics.csv: None (the default) writes them when the "
+        "tensorboard package is importable and is silent otherwise; true (--tensorboard) "
+        "asks for them, with one warning when the package is missing; false "
+        "(--no-tensorboard) never",
+        may_change_on_resume=True,
+    )
+
+
 def worker_timeout_option() -> Any:
     """The ``worker_timeout`` field of every agent with ``--backend subprocess``: how long a
     worker may take before its env counts as hung (an error, never a wait forever)."""
@@ -336,14 +348,7 @@ class RunConfig(Config):
         low=0,
         may_change_on_resume=True,
     )
-    tensorboard: bool | None = option(
-        None,
-        "TensorBoard logs beside metrics.csv: None (the default) writes them when the "
-        "tensorboard package is importable and is silent otherwise; true (--tensorboard) "
-        "asks for them, with one warning when the package is missing; false "
-        "(--no-tensorboard) never",
-        may_change_on_resume=True,
-    )
+    tensorboard: bool | None = tensorboard_option()
 
 
 # -- option groups that several agents share (each written once) ---------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,12 +227,15 @@ def model_card(run_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-def write_model_card(run_dir: str | Path) -> Path | None:
-    """Write (or rewrite) ``run_dir/README.md``; returns its path, or None with a one-line
-    warning when it could not be written (the card never fails a run)."""
+def write_model_card(
+    run_dir: str | Path, card: Callable[[str | Path], str] | None = None
+) -> Path | None:
+    """Write (or rewrite) ``run_dir/README.md`` from ``card(run_dir)`` (default: this
+    module's :func:`model_card`; few-shot runs give theirs); returns its path, or None with a
+    one-line warning when it could not be written (the card never fails a run)."""
     path = Path(run_dir) / CARD_FILE
     try:
-        write_atomic(path, model_card(run_dir).encode())
+        write_atomic(path, (card or model_card)(run_dir).encode())
     except Exception as e:  # documentation only: the run's results are already safe
         warnings.warn(f"model card {path} not written: {type(e).__name__}: {e}", stacklevel=2)
         return None
